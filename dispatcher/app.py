@@ -1,0 +1,203 @@
+"""The supervisor: owns every long-lived task in one TaskGroup and shuts down cleanly.
+
+Start: open and check the pool, refuse a schema that is behind, LISTEN, then
+tell systemd READY. Stop (SIGTERM/SIGINT): stop claiming, give in-flight
+attempts the grace period, record their outcomes, release what was not
+finished, exit 0. A second signal exits at once (leases cover the rest). A task
+that dies unexpectedly takes the process down with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import psycopg
+import structlog
+from psycopg_pool import PoolTimeout
+
+from dispatcher import __version__, migrations
+from dispatcher.db import Pool, open_pool
+from dispatcher.delivery import Sender
+from dispatcher.dispatch import Dispatcher
+from dispatcher.errors import ExitCode
+from dispatcher.health import HealthServer
+from dispatcher.listener import Listener
+from dispatcher.metrics import Metrics
+from dispatcher.queries import query
+from dispatcher.recorder import Recorder
+from dispatcher.sdnotify import Notifier
+from dispatcher.settings import Settings, split_address
+
+log = structlog.get_logger("dispatcher.app")
+
+
+class App:
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
+                 install_signals: bool = True) -> None:
+        self.settings = settings
+        self._install_signal_handlers = install_signals
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier()
+        self.stop_requested = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.pool: Pool | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.listener: Listener | None = None
+        self.recorder: Recorder | None = None
+        self.health: HealthServer | None = None
+        self._signals = 0
+        self._db_ok = False
+
+    # -- public -------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def run(self) -> ExitCode:
+        s = self.settings
+        log.info("starting", version=__version__, settings=s.summary())
+        self.pool = await open_pool(s)
+        try:
+            async with self.pool.connection() as conn:
+                await migrations.check_current(conn)
+            return await self._supervise()
+        finally:
+            await self.pool.close()
+
+    # -- internals ----------------------------------------------------------------
+    async def _supervise(self) -> ExitCode:
+        s = self.settings
+        assert self.pool is not None
+        sender = Sender(s)
+        await sender.start()
+        self.recorder = Recorder(self.pool)
+        self.dispatcher = Dispatcher(s, self.pool, sender, self.recorder, self.metrics)
+        self.listener = Listener(s, self.dispatcher.wake, self.metrics)
+        if self._install_signal_handlers:
+            self._install_signals()
+        try:
+            if s.metrics_address:
+                host, port = split_address(s.metrics_address)
+                self.health = HealthServer(host, port, self.metrics, self._alive, self._ready)
+                await self.health.start()
+                log.info("health_listening", address=f"{host}:{self.health.port}")
+            async with asyncio.TaskGroup() as tg:
+                background = [
+                    tg.create_task(self.listener.run(), name="listener"),
+                    tg.create_task(self.recorder.run(), name="recorder"),
+                    tg.create_task(self._gauges_loop(), name="gauges"),
+                    tg.create_task(self._watchdog_loop(), name="watchdog"),
+                ]
+                dispatch = tg.create_task(self.dispatcher.run(), name="dispatch")
+                await self._wait_listening()
+                if not self.stop_requested.is_set():
+                    self._db_ok = True
+                    self.ready.set()
+                    self.metrics.up.set(1)
+                    self.notifier.ready()
+                    log.info("ready", concurrency=s.concurrency)
+                await self._wait_stop_or_crash(dispatch)
+                self.ready.clear()
+                self.metrics.up.set(0)
+                self.notifier.stopping()
+                log.info(
+                    "stopping", inflight=self.dispatcher.inflight, grace_seconds=s.shutdown_grace
+                )
+                await self.dispatcher.stop(s.shutdown_grace)
+                await dispatch
+                if not await self.recorder.drain(timeout=max(5.0, s.shutdown_grace)):
+                    log.warning(
+                        "outcomes_unwritten",
+                        outcomes=self.recorder.backlog,
+                        note="their deliveries are attempted again after the lease",
+                    )
+                for task in background:
+                    task.cancel()
+        finally:
+            await sender.close()
+            if self.health is not None:
+                await self.health.close()
+        log.info("stopped", recorded=self.recorder.written)
+        return ExitCode.OK
+
+    async def _wait_listening(self) -> None:
+        assert self.listener is not None
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        conn = asyncio.ensure_future(self.listener.connected.wait())
+        await asyncio.wait([stop, conn], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        conn.cancel()
+
+    async def _wait_stop_or_crash(self, dispatch: asyncio.Task[None]) -> None:
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait([stop, dispatch], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if dispatch.done() and not self.stop_requested.is_set():
+            dispatch.result()  # re-raise: the group takes the process down
+            raise RuntimeError("dispatch loop ended without a stop request")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("signal_received", signal=sig.name, action="graceful stop")
+            self.request_stop()
+        else:
+            log.warning("signal_received", signal=sig.name, action="exit now")
+            os._exit(ExitCode.INTERRUPTED)
+
+    def _alive(self) -> tuple[bool, str]:
+        return True, "alive"
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.ready.is_set():
+            return False, "not ready: starting or stopping"
+        if self.listener is None or not self.listener.connected.is_set():
+            return False, "not ready: LISTEN connection is down (database unreachable?)"
+        if not self._db_ok:
+            return False, "not ready: database queries are failing"
+        return True, "ready"
+
+    async def _gauges_loop(self, every: float = 10.0) -> None:
+        assert self.pool is not None
+        while True:
+            try:
+                async with self.pool.connection(timeout=5) as conn:
+                    cur = await conn.execute(query("gauges"))
+                    row = await cur.fetchone()
+                self._db_ok = True
+                if row:
+                    m = self.metrics
+                    m.deliveries_due.set(row["due"])
+                    m.oldest_due_seconds.set(float(row["oldest_due_seconds"] or 0))
+                    m.deliveries.labels(status="pending").set(row["pending"])
+                    m.deliveries.labels(status="retrying").set(row["retrying"])
+                    m.deliveries.labels(status="dlq").set(row["dlq"])
+                    m.dlq_size.set(row["dlq"])
+                    m.outbox_backlog.set(row["outbox"])
+                    m.webhooks_disabled.set(row["webhooks_disabled"])
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._db_ok = False
+                log.warning("gauges_failed", error=type(exc).__name__)
+            if self.dispatcher is not None:
+                self.metrics.inflight.set(self.dispatcher.inflight)
+            await asyncio.sleep(every)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        last = -1
+        while True:
+            progress = self.dispatcher.progress if self.dispatcher else 0
+            if progress != last:
+                self.notifier.watchdog()
+                last = progress
+            await asyncio.sleep(min(interval, 10.0))

@@ -1,0 +1,135 @@
+"""The `dispatcher` command: run the daemon, migrate, and operator commands.
+
+Every command has --help. Errors print one line to stderr and exit non-zero
+with the code of their kind (see errors.ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from dispatcher import __version__
+from dispatcher.errors import DispatcherError, ExitCode
+from dispatcher.logs import configure_logging
+from dispatcher.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+_COMMANDS: dict[str, Handler] = {}
+_EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def extend(fn: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]) -> None:
+    """Modules with more commands register their sub-parsers here."""
+    _EXTENSIONS.append(fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatcher",
+        description="Signed, durable webhook delivery from PostgreSQL. "
+        "Configuration comes from DISPATCHER_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("run", help="run the daemon (needs DISPATCHER_DATABASE_URL)")
+    p.set_defaults(handler="run")
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only report pending migrations; exit 5 when there are some",
+    )
+    p.set_defaults(handler="migrate")
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(handler="version")
+    _load_extensions()
+    for ext in _EXTENSIONS:
+        ext(sub)
+    return parser
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for module in ("dispatcher.admin_cli", "dispatcher.demo"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+@command("version")
+def _version(_: argparse.Namespace, __: Settings) -> int:
+    print(f"webhook-dispatcher {__version__}")
+    return ExitCode.OK
+
+
+@command("migrate")
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher import db, migrations
+
+    async def go() -> int:
+        if args.check:
+            conn = await db.connect(settings)
+            async with conn:
+                todo = await migrations.pending(conn)
+            if todo:
+                for m in todo:
+                    print(f"pending: {m.version:04d}_{m.name}")
+                return ExitCode.SCHEMA_BEHIND
+            print("schema is current")
+            return ExitCode.OK
+        await db.connect(settings)  # a clear DatabaseUnavailable before anything else
+        applied = await migrations.apply_migrations(settings.dsn())
+        for name in applied:
+            print(f"applied: {name}")
+        if not applied:
+            print("schema is current; nothing to apply")
+        return ExitCode.OK
+
+    return asyncio.run(go())
+
+
+@command("run")
+def _run(_: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.app import App
+
+    settings.dsn()  # ConfigError with what to set, before anything starts
+    return int(_run_loop(App(settings).run()))
+
+
+def _run_loop(coro: object) -> int:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        runner: Callable[[object], int] = uvloop.run
+    except ImportError:
+        runner = asyncio.run  # type: ignore[assignment]
+    return runner(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        quiet = args.handler != "run" and not getattr(args, "verbose", False)
+        configure_logging("warning" if quiet else settings.log_level, settings.log_format)
+        return int(_COMMANDS[args.handler](args, settings))
+    except DispatcherError as exc:
+        print(f"dispatcher: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)

@@ -1,0 +1,99 @@
+"""Connections: one checked pool for queries, dedicated connections for LISTEN.
+
+Pool connections are autocommit (each dispatcher statement is its own
+transaction) and carry statement and idle-in-transaction timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from dispatcher.errors import DatabaseUnavailable, PermissionDenied
+from dispatcher.settings import Settings, redact_dsn
+
+log = structlog.get_logger("dispatcher.db")
+
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    options = (
+        f"-c statement_timeout={settings.statement_timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
+    )
+    return {
+        "autocommit": True,
+        "application_name": f"webhook-dispatcher/{settings.instance_name}"[:63],
+        "options": options,
+        "row_factory": dict_row,
+        "connect_timeout": 10,
+    }
+
+
+async def connect(settings: Settings) -> psycopg.AsyncConnection[DictRow]:
+    """One autocommit connection outside the pool (LISTEN, migrations, CLI)."""
+    try:
+        return await psycopg.AsyncConnection.connect(settings.dsn(), **connect_kwargs(settings))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(describe_connect_error(settings, exc)) from None
+
+
+def describe_connect_error(settings: Settings, exc: BaseException) -> str:
+    """One line, without the password, saying why the database could not be reached."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    secret = settings.database_url.get_secret_value() if settings.database_url else ""
+    if secret and secret in detail:
+        detail = detail.replace(secret, redact_dsn(secret))
+    return f"cannot connect to PostgreSQL at {redact_dsn(settings.dsn())}: {detail}"
+
+
+def make_pool(settings: Settings) -> Pool:
+    return AsyncConnectionPool(
+        settings.dsn(),
+        min_size=settings.pool_min_size,
+        max_size=max(settings.pool_min_size, settings.pool_max_size),
+        kwargs=connect_kwargs(settings),
+        connection_class=psycopg.AsyncConnection[DictRow],
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        name="dispatcher",
+        reconnect_timeout=0,  # keep trying for ever: outages are waited out
+    )
+
+
+async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Pool:
+    """Open the pool, waiting up to startup_timeout for the database.
+
+    DatabaseUnavailable (one clear line) when it never answers; PermissionDenied
+    when it answers but refuses us.
+    """
+    deadline = asyncio.get_running_loop().time() + startup_timeout
+    delay = 0.5
+    while True:
+        try:
+            conn = await psycopg.AsyncConnection.connect(settings.dsn(), **connect_kwargs(settings))
+            await conn.close()
+            break
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if "password authentication failed" in text or "permission denied" in text:
+                raise PermissionDenied(describe_connect_error(settings, exc)) from None
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise DatabaseUnavailable(describe_connect_error(settings, exc)) from None
+            log.warning(
+                "database_unreachable",
+                retry_in=round(delay, 2),
+                error=describe_connect_error(settings, exc),
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0) * (0.8 + random.random() * 0.4)
+    pool = make_pool(settings)
+    await pool.open(wait=True, timeout=startup_timeout)
+    return pool

@@ -1,0 +1,291 @@
+"""The dispatch loop: claim due work, attempt it, hand outcomes to the recorder.
+
+The loop wakes on a NOTIFY (doorbell), on the poll interval, when attempt slots
+free up, or on stop. Each pass first fans out the outbox (creating deliveries,
+the first ones already leased to us) and then claims due deliveries, until
+nothing is due or every slot is busy. No transaction is open across an HTTP call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+import structlog
+from psycopg_pool import PoolTimeout
+
+from dispatcher.backoff import RetryPolicy
+from dispatcher.db import Pool
+from dispatcher.delivery import AttemptResult, Sender, Target
+from dispatcher.metrics import Metrics
+from dispatcher.outcomes import Outcome
+from dispatcher.queries import query
+from dispatcher.recorder import OutcomeRow, Recorder
+from dispatcher.settings import Settings
+from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
+
+log = structlog.get_logger("dispatcher.dispatch")
+
+_POLICY_KEYS = (
+    "max_retries",
+    "retry_strategy",
+    "base_delay_seconds",
+    "max_delay_seconds",
+    "enable_jitter",
+    "enable_dlq",
+)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A delivery leased to this process; `claim` is the lease token."""
+
+    id: UUID
+    org_id: UUID
+    webhook_id: UUID
+    event_id: UUID | None
+    event_type: str
+    request_body: str
+    attempt: int
+    max_attempts: int
+    claim: datetime
+    url: str
+    secrets: list[str]
+    headers: Any
+    active: bool
+    policy: RetryPolicy
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
+        policy_row = {k: row[k] for k in _POLICY_KEYS} if row["max_retries"] is not None else None
+        policy, warnings = RetryPolicy.from_row(policy_row)
+        if warnings:
+            log.warning("retry_config_clamped", org_id=str(row["org_id"]), problems=warnings)
+        secrets = [row["secret"] or ""]
+        if (
+            row["previous_secret"]
+            and row["previous_expires_at"]
+            and row["previous_expires_at"] > now
+        ):
+            secrets.append(row["previous_secret"])
+        return cls(
+            id=row["id"],
+            org_id=row["org_id"],
+            webhook_id=row["webhook_id"],
+            event_id=row["event_id"],
+            event_type=row["event_type"] or "",
+            request_body=row["request_body"] or "",
+            attempt=max(int(row["attempt_number"]), 1),
+            max_attempts=max(int(row["max_attempts"]), 1),
+            claim=row["claim"],
+            url=row["url"] or "",
+            secrets=secrets,
+            headers=row["headers"],
+            active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
+            policy=policy,
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self, settings: Settings, pool: Pool, sender: Sender, recorder: Recorder, metrics: Metrics
+    ) -> None:
+        self._s = settings
+        self._pool = pool
+        self._sender = sender
+        self._recorder = recorder
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._inflight: dict[UUID, tuple[asyncio.Task[None], Claimed]] = {}
+        self._stopping = False
+        self._stop_ev = asyncio.Event()
+        self.progress = 0  # bumped on every loop pass; the watchdog reads it
+        self._min_batch = max(1, settings.concurrency // 8)
+
+    # -- doorbell ---------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Claim and start attempts until stop() is called."""
+        backoff = 0.2
+        while not self._stopping:
+            self.progress += 1
+            free = self._s.concurrency - len(self._inflight)
+            if free < min(self._min_batch, self._s.concurrency):
+                self._slot_freed.clear()
+                await self._wait([self._slot_freed], self._s.poll_interval)
+                continue
+            self._wake.clear()
+            try:
+                more = await self._claim_and_start(free)
+                backoff = 0.2
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning(
+                    "claim_failed",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    retry_in=round(backoff, 2),
+                )
+                self._metrics.db_errors.inc()
+                await self._wait([], backoff * (0.8 + random.random() * 0.4))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if more:
+                continue
+            self._slot_freed.clear()
+            await self._wait([self._wake], self._s.poll_interval)
+
+    async def _wait(self, events: list[asyncio.Event], timeout: float) -> None:
+        if self._stopping:
+            return
+        waiters = [asyncio.ensure_future(e.wait()) for e in [*events, self._stop_ev]]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _claim_and_start(self, free: int) -> bool:
+        """One pass; True when there may be more work right now."""
+        lease = self._s.lease_seconds
+        batch = min(free, self._s.batch_size)
+        now = datetime.now(UTC)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                query("fan_out"), {"batch": batch, "claim": batch, "lease": lease}
+            )
+            rows = await cur.fetchall()
+            events = int(rows[-1]["events_claimed"]) if rows else 0
+            claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
+            left = batch - len(claimed)
+            due: list[Claimed] = []
+            if left > 0:
+                cur = await conn.execute(query("claim_due"), {"limit": left, "lease": lease})
+                due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
+        if events:
+            self._metrics.events_fanned_out.inc(events)
+        for d in (*claimed, *due):
+            self._start(d)
+        return events >= batch or len(due) >= left > 0 or len(claimed) >= batch
+
+    def _start(self, d: Claimed) -> None:
+        task = asyncio.create_task(self._deliver(d), name=f"delivery-{d.id}")
+        self._inflight[d.id] = (task, d)
+        task.add_done_callback(functools.partial(self._done, d.id))
+
+    def _done(self, delivery_id: UUID, _: asyncio.Task[None]) -> None:
+        self._inflight.pop(delivery_id, None)
+        self._slot_freed.set()
+
+    async def _deliver(self, d: Claimed) -> None:
+        if not d.active:
+            self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
+            return
+        result = await self._sender.attempt(
+            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers)
+        )
+        t = after_attempt(
+            outcome=result.outcome,
+            attempt=d.attempt,
+            max_attempts=d.max_attempts,
+            policy=d.policy,
+            retry_after=result.retry_after,
+        )
+        self._record(d, result, t, result.error_message)
+
+    def _record(self, d: Claimed, r: AttemptResult | None, t: Any, error: str | None) -> None:
+        row = OutcomeRow(
+            id=d.id,
+            webhook_id=d.webhook_id,
+            org_id=d.org_id,
+            claim=d.claim,
+            status=t.status,
+            outcome=r.outcome.value if r else "not_active",
+            attempt=d.attempt,
+            attempt_number=t.attempt_number,
+            retry_in=t.retry_in,
+            final=t.final,
+            counts=t.counts_as_failure,
+            success=t.success,
+            gone=t.gone,
+        )
+        if r is not None:
+            row.request_url = d.url
+            row.request_headers = r.request_headers
+            row.response_status = r.response_status
+            row.response_headers = r.response_headers
+            row.response_body = r.response_body
+            row.duration_ms = r.duration_ms
+            row.error_code = r.error_code
+            if r.outcome is Outcome.GONE:
+                error = (error or "HTTP 410") + "; the endpoint is gone: webhook disabled"
+            elif r.outcome is Outcome.RETRYABLE and t.status in ("dlq", "failed"):
+                error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
+        row.error_message = error
+        self._recorder.put(row)
+        outcome = row.outcome
+        self._metrics.attempts.labels(outcome=outcome).inc()
+        if r is not None and r.outcome is not Outcome.REFUSED:
+            self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
+        log.info(
+            "delivery_attempt",
+            delivery_id=str(d.id),
+            webhook_id=str(d.webhook_id),
+            event_id=str(d.event_id) if d.event_id else None,
+            org_id=str(d.org_id),
+            event_type=d.event_type,
+            attempt=d.attempt,
+            max_attempts=d.max_attempts,
+            outcome=outcome,
+            status=t.status,
+            response_status=r.response_status if r else None,
+            duration_ms=r.duration_ms if r else None,
+            retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
+            error=error,
+        )
+
+    # -- shutdown -----------------------------------------------------------------
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give in-flight attempts `grace` seconds, then cancel and release."""
+        self._stopping = True
+        self._stop_ev.set()
+        tasks = [t for t, _ in self._inflight.values()]
+        if tasks:
+            log.info("draining", inflight=len(tasks), grace_seconds=grace)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                claims = [d for t, d in list(self._inflight.values()) if t in pending]
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                await self.release(claims)
+
+    async def release(self, claims: list[Claimed]) -> None:
+        if not claims:
+            return
+        rows = [{"id": str(c.id), "claim": c.claim.isoformat()} for c in claims]
+        try:
+            async with self._pool.connection(timeout=5) as conn:
+                await conn.execute(query("release_claims"), {"rows": orjson.dumps(rows).decode()})
+            log.info("claims_released", deliveries=len(rows))
+        except Exception as exc:  # the lease covers it
+            log.warning(
+                "claims_not_released",
+                deliveries=len(rows),
+                error=type(exc).__name__,
+                note="they become due again when their lease ends",
+            )

@@ -1,0 +1,60 @@
+"""The dispatcher's errors, one family, each with a message an operator can act on."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes (documented in docs/operations.md)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    CONFIG = 3
+    DATABASE_UNAVAILABLE = 4
+    SCHEMA_BEHIND = 5
+    PERMISSION = 6
+    INTERRUPTED = 130
+
+
+class DispatcherError(Exception):
+    """Base of every error the dispatcher raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+
+class ConfigError(DispatcherError):
+    """The configuration is invalid; the message names the setting."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class DatabaseUnavailable(DispatcherError):
+    """PostgreSQL could not be reached."""
+
+    exit_code = ExitCode.DATABASE_UNAVAILABLE
+
+
+class SchemaBehind(DispatcherError):
+    """Migrations are pending: run `dispatcher migrate`."""
+
+    exit_code = ExitCode.SCHEMA_BEHIND
+
+
+class PermissionDenied(DispatcherError):
+    """The database role lacks a privilege the dispatcher needs."""
+
+    exit_code = ExitCode.PERMISSION
+
+
+class NotFound(DispatcherError):
+    """An id given on the command line or to the admin API does not exist."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class InvalidInput(DispatcherError):
+    """A value given by an operator is malformed or out of range."""
+
+    exit_code = ExitCode.USAGE

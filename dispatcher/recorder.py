@@ -1,0 +1,158 @@
+"""Writes attempt outcomes to PostgreSQL in batches, one statement per batch.
+
+Outcomes are queued by the delivery tasks and written by one task: under load a
+batch holds many outcomes; when idle each is written at once. A write that
+fails because the database is away is retried (with capped backoff) until it
+succeeds or shutdown's deadline passes; an outcome whose claim was retaken by
+another replica (lease ran out) is dropped by the statement itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+import structlog
+
+from dispatcher.db import Pool
+from dispatcher.queries import query
+
+log = structlog.get_logger("dispatcher.recorder")
+
+MAX_BATCH = 500
+
+
+@dataclass(slots=True)
+class OutcomeRow:
+    id: UUID
+    webhook_id: UUID
+    org_id: UUID
+    claim: datetime
+    status: str
+    outcome: str
+    attempt: int
+    attempt_number: int
+    retry_in: float | None
+    final: bool
+    counts: bool
+    success: bool
+    gone: bool
+    request_url: str | None = None
+    request_headers: dict[str, str] | None = None
+    response_status: int | None = None
+    response_headers: dict[str, str] | None = None
+    response_body: str | None = None
+    duration_ms: int | None = None
+    error_message: str | None = None
+    error_code: str | None = None
+
+    def as_json(self, seq: int) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "webhook_id": str(self.webhook_id),
+            "org_id": str(self.org_id),
+            "claim": self.claim.isoformat(),
+            "seq": seq,
+            "status": self.status,
+            "outcome": self.outcome,
+            "attempt": self.attempt,
+            "attempt_number": self.attempt_number,
+            "retry_in": self.retry_in,
+            "final": self.final,
+            "counts": self.counts,
+            "success": self.success,
+            "gone": self.gone,
+            "request_url": self.request_url,
+            "request_headers": self.request_headers,
+            "response_status": self.response_status,
+            "response_headers": self.response_headers,
+            "response_body": self.response_body,
+            "duration_ms": self.duration_ms,
+            "error_message": self.error_message[:2000] if self.error_message else None,
+            "error_code": self.error_code[:50] if self.error_code else None,
+        }
+
+
+class Recorder:
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._queue: asyncio.Queue[OutcomeRow] = asyncio.Queue()
+        self._seq = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.written = 0
+        self.dropped = 0  # claim retaken by another replica
+        self.batches = 0
+
+    def put(self, row: OutcomeRow) -> None:
+        self._idle.clear()
+        self._queue.put_nowait(row)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write_with_retry(batch)
+            if self._queue.empty():
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every queued outcome is written; False if the timeout passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except (
+                psycopg.OperationalError,
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure,
+                psycopg.errors.QueryCanceled,
+            ) as exc:
+                log.warning(
+                    "outcome_write_failed",
+                    outcomes=len(batch),
+                    error=type(exc).__name__,
+                    retry_in=round(delay, 2),
+                )
+                await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
+                delay = min(delay * 2, 5.0)
+
+    async def _write(self, batch: list[OutcomeRow]) -> None:
+        rows = []
+        for row in batch:
+            self._seq += 1
+            rows.append(row.as_json(self._seq))
+        payload = orjson.dumps(rows).decode()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(query("record_outcomes"), {"rows": payload})
+            recorded = len(await cur.fetchall())
+        self.batches += 1
+        self.written += recorded
+        if recorded < len(batch):
+            self.dropped += len(batch) - recorded
+            log.warning(
+                "outcomes_not_recorded",
+                outcomes=len(batch) - recorded,
+                reason="claim no longer held (lease ran out or row changed by the host)",
+            )

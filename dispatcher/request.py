@@ -1,0 +1,134 @@
+"""Build the exact HTTP request of one attempt: headers for both signature schemes.
+
+Pure: no I/O. The body is the delivery's stored `request_body`, sent byte for
+byte; every signature is computed over those bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dispatcher import __version__
+from dispatcher.signing import intime_timestamp, sign_intime, sign_standard
+
+USER_AGENT = f"webhook-dispatcher/{__version__}"
+
+# Headers the dispatcher owns: a webhook's custom headers can never replace them.
+RESERVED = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "user-agent",
+        "host",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-intime-event",
+        "x-intime-delivery",
+        "x-intime-timestamp",
+        "x-intime-signature",
+        # hop-by-hop (RFC 9110 7.6.1) and framing
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "proxy-connection",
+    }
+)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SENSITIVE = re.compile(r"auth|token|secret|key|password|cookie|signature|credential", re.I)
+MAX_CUSTOM_HEADERS = 50
+MAX_HEADER_VALUE = 8192
+
+
+class InvalidWebhook(ValueError):
+    """The webhook's configuration cannot produce a valid request."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltRequest:
+    headers: dict[str, str]
+    recorded_headers: dict[str, str]  # what is stored in the delivery row: no secrets
+    ignored_headers: tuple[str, ...]  # custom headers dropped because the dispatcher owns them
+
+
+def custom_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Validate a webhook's `headers` jsonb: returns (usable headers, ignored names).
+
+    InvalidWebhook when it is not an object, a name is not an HTTP token, a value
+    is not a scalar or contains CR, LF or NUL.
+    """
+    if raw is None:
+        return {}, ()
+    if not isinstance(raw, Mapping):
+        raise InvalidWebhook(
+            f"custom headers must be a JSON object of name -> value, not {type(raw).__name__}"
+        )
+    if len(raw) > MAX_CUSTOM_HEADERS:
+        raise InvalidWebhook(f"too many custom headers ({len(raw)}, at most {MAX_CUSTOM_HEADERS})")
+    usable: dict[str, str] = {}
+    ignored: list[str] = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise InvalidWebhook(f"custom header name {name!r} is not a valid HTTP header name")
+        if isinstance(value, bool) or value is None:
+            text = "" if value is None else str(value).lower()
+        elif isinstance(value, str | int | float):
+            text = str(value)
+        else:
+            raise InvalidWebhook(f"custom header {name!r} must be a string, not a JSON object")
+        if any(c in text for c in "\r\n\0"):
+            raise InvalidWebhook(f"custom header {name!r} contains CR, LF or NUL")
+        if len(text) > MAX_HEADER_VALUE:
+            raise InvalidWebhook(f"custom header {name!r} is longer than {MAX_HEADER_VALUE}")
+        if name.lower() in RESERVED:
+            ignored.append(name)
+            continue
+        usable[name] = text
+    return usable, tuple(ignored)
+
+
+def build_request(
+    *,
+    delivery_id: str,
+    event_type: str,
+    body: bytes,
+    secrets: Sequence[str],
+    headers: Any,
+    now: datetime | None = None,
+) -> BuiltRequest:
+    """Headers of one attempt; `secrets[0]` is current, later ones are rotating out."""
+    if not secrets or not secrets[0]:
+        raise InvalidWebhook("the webhook secret is empty")
+    now = now or datetime.now(UTC)
+    extra, ignored = custom_headers(headers)
+    ts = intime_timestamp(now)
+    unix = int(now.timestamp())
+    own = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(unix),
+        "webhook-signature": sign_standard(delivery_id, unix, body, list(secrets)),
+        "X-InTime-Event": event_type,
+        "X-InTime-Delivery": delivery_id,
+        "X-InTime-Timestamp": ts,
+        "X-InTime-Signature": sign_intime(ts, body, secrets[0]),
+    }
+    if any(c in event_type for c in "\r\n\0"):
+        own["X-InTime-Event"] = re.sub(r"[\r\n\0]", " ", event_type)
+    sent = {**extra, **own}
+    recorded = {
+        **{k: ("[redacted]" if _SENSITIVE.search(k) else v) for k, v in extra.items()},
+        **own,
+    }
+    return BuiltRequest(sent, recorded, ignored)

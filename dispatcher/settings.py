@@ -1,0 +1,153 @@
+"""One typed settings object, read from `DISPATCHER_*` environment variables.
+
+Invalid values raise ConfigError with one line naming the variable. Secrets are
+SecretStr and never printed: `summary()` is the redacted view that is logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.errors import ConfigError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ENV_PREFIX = "DISPATCHER_"
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon. See dispatcher.env.example for the commented list."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DISPATCHER_DATABASE_URL", "DATABASE_URL"),
+        description="libpq URL or key=value string of the PostgreSQL database",
+    )
+    allowed_target_networks: str = Field(
+        default="",
+        description="comma-separated CIDRs that webhooks may target despite the SSRF guard",
+    )
+    concurrency: int = Field(default=64, ge=1, le=4096, description="attempts in flight at once")
+    per_webhook_concurrency: int = Field(
+        default=8, ge=1, le=4096, description="attempts in flight to one webhook at once"
+    )
+    batch_size: int = Field(default=200, ge=1, le=5000, description="rows claimed per query")
+    poll_interval: float = Field(
+        default=1.0, gt=0, le=300, description="seconds between polls when no NOTIFY arrives"
+    )
+    lease_seconds: float = Field(
+        default=90.0, ge=5, le=3600, description="how long a claim is held before others retake it"
+    )
+    http_timeout: float = Field(default=30.0, gt=0, le=600, description="per-attempt timeout, s")
+    shutdown_grace: float = Field(
+        default=25.0, ge=0, le=3600, description="seconds in-flight attempts get on SIGTERM"
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest request body sent; larger fails"
+    )
+    response_body_chars: int = Field(
+        default=10_000, ge=0, le=1_000_000, description="characters of a response body kept"
+    )
+    pool_min_size: int = Field(default=2, ge=1, le=100)
+    pool_max_size: int = Field(default=8, ge=1, le=200)
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_address: str = Field(
+        default="127.0.0.1:9464", description="host:port of /healthz /readyz /metrics; empty = off"
+    )
+    instance_name: str = Field(default_factory=socket.gethostname)
+    delivery_retention_days: int = Field(default=30, ge=1, le=3650)
+    encryption_keys: SecretStr | None = Field(
+        default=None, description="comma-separated key-id:base64 keys; the first encrypts"
+    )
+
+    @field_validator("allowed_target_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address_parse(cls, value: str) -> str:
+        if value.strip():
+            split_address(value)
+        return value.strip()
+
+    @property
+    def allowed_networks(self) -> list[Network]:
+        return parse_networks(self.allowed_target_networks)
+
+    def dsn(self) -> str:
+        """The database URL, or ConfigError saying what to set."""
+        if self.database_url is None or not self.database_url.get_secret_value().strip():
+            raise ConfigError(
+                "no database configured: set DISPATCHER_DATABASE_URL (or DATABASE_URL), "
+                "e.g. postgresql://dispatcher@localhost:5432/app"
+            )
+        return self.database_url.get_secret_value()
+
+    def summary(self) -> dict[str, Any]:
+        """Redacted view for the start-up log line: no password, no key."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                value = redact_dsn(value.get_secret_value()) if value else None
+            elif isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else None
+            out[name] = value
+        return out
+
+
+def parse_networks(value: str) -> list[Network]:
+    """Comma-separated CIDRs or addresses; ValueError names the bad entry."""
+    nets: list[Network] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CIDR network such as 10.0.0.0/8") from None
+    return nets
+
+
+def split_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN with its password replaced, for logs and errors."""
+    import re
+
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; ConfigError with one line naming the variable when invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        env = field if field.isupper() else ENV_PREFIX + field.upper()
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"invalid setting {env}: {msg}{extra}") from None

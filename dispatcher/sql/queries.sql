@@ -1,0 +1,196 @@
+-- Named queries, loaded by dispatcher/queries.py. Each block starts with
+-- `-- name: <name>` and runs until the next one. Parameters use psycopg's
+-- %(name)s style.
+
+-- name: fan_out
+-- Claim a batch of outbox rows, create one delivery per (event, matching active
+-- webhook) and delete the outbox rows, in one statement. The first %(claim)s
+-- deliveries are created already leased to the caller and returned, so they can
+-- be sent without another round trip; the rest are created due now. A matching
+-- webhook that is not active (disabled, inactive) gets a `failed` row, unsent,
+-- so `recover` can find what it missed; soft-deleted webhooks get nothing.
+WITH claimed AS (
+    DELETE FROM dispatcher.outbox
+    WHERE id IN (
+        SELECT id FROM dispatcher.outbox ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+    )
+    RETURNING event_id
+), matched AS (
+    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type,
+           jsonb_build_object(
+               'id', e.id, 'type', e.event_type, 'event', e.event_type,
+               'timestamp', to_char(e.created_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+               'org_id', e.org_id, 'aggregate_id', e.aggregate_id, 'data', e.payload
+           ) AS body,
+           w.id AS webhook_id, w.url, w.secret, w.headers, w.status AS webhook_status,
+           w.deleted_at AS webhook_deleted_at,
+           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+           rc.enable_jitter, rc.enable_dlq,
+           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
+           row_number() OVER (PARTITION BY w.status = 'active'
+                              ORDER BY e.created_at, e.id, w.id) AS rn
+    FROM claimed c
+    JOIN public.events e ON e.id = c.event_id
+    JOIN public.webhooks w
+      ON w.org_id = e.org_id AND w.deleted_at IS NULL
+     AND dispatcher.matches_any(w.events, e.event_type)
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
+), inserted AS (
+    INSERT INTO public.webhook_deliveries (
+        id, org_id, webhook_id, event_type, event_id, payload, request_url,
+        request_headers, request_body, attempt_number, max_attempts, status, next_retry_at,
+        error_message, delivered_at
+    )
+    SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
+           '{}'::jsonb, body::text, 1, max_attempts,
+           CASE WHEN webhook_status = 'active' THEN 'pending' ELSE 'failed' END,
+           CASE WHEN webhook_status = 'active' AND rn <= %(claim)s
+                THEN now() + make_interval(secs => %(lease)s) END,
+           CASE WHEN webhook_status <> 'active' THEN 'Webhook is not active' END,
+           CASE WHEN webhook_status <> 'active' THEN now() END
+    FROM matched
+    RETURNING id, next_retry_at
+)
+SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
+       m.body::text AS request_body, 1 AS attempt_number, m.max_attempts,
+       'pending'::text AS status, i.next_retry_at AS claim,
+       m.url, m.secret, m.headers, m.webhook_status, m.webhook_deleted_at,
+       ws.previous_secret, ws.previous_expires_at,
+       m.max_retries, m.retry_strategy, m.base_delay_seconds, m.max_delay_seconds,
+       m.enable_jitter, m.enable_dlq,
+       (SELECT count(*) FROM claimed) AS events_claimed
+FROM matched m
+JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
+LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
+UNION ALL
+-- A marker row carrying the count of events claimed, for batches that produced
+-- no claimed delivery (id is null).
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed);
+
+-- name: claim_due
+-- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
+-- come, whoever wrote them). The lease end is written to next_retry_at and is
+-- the claim token: an outcome is recorded only while it is unchanged.
+WITH due AS (
+    SELECT d.id, w.url, w.secret, w.headers, w.status AS webhook_status,
+           w.deleted_at AS webhook_deleted_at,
+           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+           rc.enable_jitter, rc.enable_dlq
+    FROM public.webhook_deliveries d
+    JOIN public.webhooks w ON w.id = d.webhook_id
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
+    WHERE d.status IN ('pending', 'retrying')
+      AND coalesce(d.next_retry_at, '-infinity'::timestamptz) <= now()
+    ORDER BY coalesce(d.next_retry_at, '-infinity'::timestamptz), d.created_at
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE public.webhook_deliveries d
+SET next_retry_at = now() + make_interval(secs => %(lease)s)
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
+          coalesce(d.attempt_number, 1) AS attempt_number, coalesce(d.max_attempts, 3) AS max_attempts,
+          d.status, d.next_retry_at AS claim,
+          due.url, due.secret, due.headers, due.webhook_status, due.webhook_deleted_at,
+          (SELECT ws.previous_secret FROM dispatcher.webhook_secrets ws
+            WHERE ws.webhook_id = d.webhook_id) AS previous_secret,
+          (SELECT ws.previous_expires_at FROM dispatcher.webhook_secrets ws
+            WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
+          due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
+          due.enable_jitter, due.enable_dlq, 0::bigint AS events_claimed;
+
+-- name: record_outcomes
+-- Write a batch of attempt outcomes in one statement: the delivery rows (only
+-- where the claim is still ours), the attempt history, and the webhooks'
+-- counters. `seq` orders outcomes of one webhook within the batch so the
+-- consecutive-failure count stays exact. Returns the ids that were recorded.
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(
+        id uuid, webhook_id uuid, org_id uuid, claim timestamptz, seq integer,
+        status text, outcome text, attempt integer, attempt_number integer, retry_in double precision,
+        final boolean, counts boolean, success boolean, gone boolean,
+        request_url text, request_headers jsonb, response_status integer,
+        response_headers jsonb, response_body text, duration_ms integer,
+        error_message text, error_code text
+    )
+), upd AS (
+    UPDATE public.webhook_deliveries d SET
+        status = o.status,
+        attempt_number = o.attempt_number,
+        request_url = coalesce(o.request_url, d.request_url),
+        request_headers = coalesce(o.request_headers, d.request_headers),
+        response_status = o.response_status,
+        response_headers = o.response_headers,
+        response_body = o.response_body,
+        duration_ms = o.duration_ms,
+        error_message = o.error_message,
+        error_code = o.error_code,
+        next_retry_at = CASE WHEN o.retry_in IS NULL THEN NULL
+                             ELSE now() + make_interval(secs => o.retry_in) END,
+        delivered_at = CASE WHEN o.final THEN now() ELSE d.delivered_at END
+    FROM o
+    WHERE d.id = o.id AND d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
+    RETURNING d.id
+), done AS (
+    SELECT o.* FROM o JOIN upd ON upd.id = o.id
+), hist AS (
+    INSERT INTO dispatcher.attempts (delivery_id, org_id, webhook_id, attempt_number, outcome,
+                                     response_status, duration_ms, error_message)
+    SELECT id, org_id, webhook_id, attempt, outcome, response_status, duration_ms, error_message
+    FROM done WHERE counts OR success
+), last_ok AS (
+    SELECT webhook_id, max(seq) FILTER (WHERE success) AS seq, bool_or(gone) AS gone
+    FROM done WHERE counts OR success GROUP BY webhook_id
+), stats AS (
+    SELECT l.webhook_id, l.seq IS NOT NULL AS reset, l.gone,
+           count(*) FILTER (WHERE d.counts AND d.seq > coalesce(l.seq, -1)) AS failures,
+           bool_or(d.success) AS any_success, bool_or(d.counts) AS any_failure
+    FROM last_ok l JOIN done d ON d.webhook_id = l.webhook_id AND (d.counts OR d.success)
+    GROUP BY l.webhook_id, l.seq, l.gone
+    ORDER BY l.webhook_id
+), hooks AS (
+    UPDATE public.webhooks w SET
+        consecutive_failures = CASE WHEN s.reset THEN s.failures
+                                    ELSE coalesce(w.consecutive_failures, 0) + s.failures END,
+        last_triggered_at = now(),
+        last_success_at = CASE WHEN s.any_success THEN now() ELSE w.last_success_at END,
+        last_failure_at = CASE WHEN s.any_failure THEN now() ELSE w.last_failure_at END,
+        status = CASE WHEN s.gone AND w.status = 'active' THEN 'disabled' ELSE w.status END
+    FROM stats s
+    WHERE w.id = s.webhook_id
+    RETURNING w.id
+)
+SELECT id FROM upd;
+
+-- name: release_claims
+-- Give back leased deliveries that were never attempted (shutdown): due now.
+UPDATE public.webhook_deliveries d
+SET next_retry_at = CASE WHEN d.status = 'pending' THEN NULL ELSE now() END
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id uuid, claim timestamptz)
+WHERE d.id = r.id AND d.next_retry_at = r.claim AND d.status IN ('pending', 'retrying');
+
+-- name: next_due_at
+SELECT min(coalesce(next_retry_at, '-infinity'::timestamptz)) AS at
+FROM public.webhook_deliveries
+WHERE status IN ('pending', 'retrying');
+
+-- name: gauges
+-- Cheap figures for /metrics: every count here is served by a partial index or
+-- a small table.
+SELECT
+    (SELECT count(*) FROM public.webhook_deliveries
+      WHERE status IN ('pending', 'retrying')
+        AND coalesce(next_retry_at, '-infinity'::timestamptz) <= now()) AS due,
+    (SELECT extract(epoch FROM now() - min(coalesce(next_retry_at, created_at)))
+       FROM public.webhook_deliveries
+      WHERE status IN ('pending', 'retrying')
+        AND coalesce(next_retry_at, '-infinity'::timestamptz) <= now()) AS oldest_due_seconds,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'pending') AS pending,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'retrying') AS retrying,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'dlq') AS dlq,
+    (SELECT count(*) FROM dispatcher.outbox) AS outbox,
+    (SELECT count(*) FROM public.webhooks
+      WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled;

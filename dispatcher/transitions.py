@@ -1,0 +1,57 @@
+"""The state machine of a delivery: what one attempt's result does to its row.
+
+    pending ──attempt──▶ success                 (2xx)
+       │                 retrying ──attempt──▶ … (0/429/5xx, attempts left)
+       │                 dlq | failed            (retryable, exhausted: dlq if the org keeps one)
+       │                 failed                  (other status, 410, refused before sending)
+       └─ webhook not active ──▶ failed 'Webhook is not active' (not sent, not counted)
+
+Pure: the caller supplies the policy, the result and a random source.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dispatcher.backoff import RetryPolicy, retry_delay
+from dispatcher.outcomes import Outcome
+
+NOT_ACTIVE = "Webhook is not active"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    status: str  # success | retrying | dlq | failed
+    attempt_number: int  # stored: the next attempt while retrying, else the one made
+    retry_in: float | None  # seconds until next_retry_at, when retrying
+    final: bool  # sets delivered_at
+    counts_as_failure: bool  # adds to webhooks.consecutive_failures
+    success: bool
+    gone: bool  # 410: disable the webhook
+
+
+def not_active(attempt: int) -> Transition:
+    return Transition("failed", attempt, None, True, False, False, False)
+
+
+def after_attempt(
+    *,
+    outcome: Outcome,
+    attempt: int,
+    max_attempts: int,
+    policy: RetryPolicy,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> Transition:
+    """Where a delivery goes after attempt number `attempt` ended with `outcome`."""
+    if outcome is Outcome.DELIVERED:
+        return Transition("success", attempt, None, True, False, True, False)
+    if outcome is Outcome.RETRYABLE:
+        if attempt < max_attempts:
+            delay = retry_delay(policy, attempt, rng=rng, retry_after=retry_after)
+            return Transition("retrying", attempt + 1, delay, False, True, False, False)
+        status = "dlq" if policy.enable_dlq else "failed"
+        return Transition(status, attempt, None, True, True, False, False)
+    return Transition("failed", attempt, None, True, True, False, outcome is Outcome.GONE)

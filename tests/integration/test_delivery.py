@@ -1,0 +1,230 @@
+"""Core delivery behaviour: matching, signing, recording, retries, DLQ, auto-disable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+
+from standardwebhooks.webhooks import Webhook
+from support.receiver import Reply
+
+import hostdb
+
+
+def whsec(secret: str) -> str:
+    """The host's 64-hex secrets sign with their UTF-8 bytes: the whsec_ form of those bytes."""
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
+
+
+def intime_signature(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+async def test_published_event_reaches_matching_webhooks_signed_both_ways(
+    conn, receiver, start_daemon
+):
+    org = await hostdb.create_org(conn)
+    other_org = await hostdb.create_org(conn, "Other")
+    jobs = await hostdb.create_webhook(conn, org, receiver.url("/jobs"), ["job.*"],
+                                       headers={"X-Tenant": "acme"})
+    exact = await hostdb.create_webhook(conn, org, receiver.url("/exact"), ["job.created"])
+    await hostdb.create_webhook(conn, org, receiver.url("/candidates"), ["candidate.*"])
+    await hostdb.create_webhook(conn, other_org, receiver.url("/other"), ["*"])
+    await start_daemon()
+
+    event_id = await hostdb.publish(conn, "job.created", {"title": "Welder"}, org)
+
+    await receiver.wait_for(2)
+    rows = await hostdb.wait_deliveries(conn, "status = 'success'", 2)
+    assert {r["webhook_id"] for r in rows} == {jobs["id"], exact["id"]}
+    assert {r.path for r in receiver.requests} == {"/jobs", "/exact"}
+
+    for req in receiver.requests:
+        hook = jobs if req.path == "/jobs" else exact
+        row = next(r for r in rows if r["webhook_id"] == hook["id"])
+        # Standard Webhooks, verified by the official library as a receiver would.
+        payload = Webhook(whsec(hook["secret"])).verify(req.body, dict(req.headers))
+        assert payload["id"] == str(event_id)
+        assert payload["type"] == payload["event"] == "job.created"
+        assert payload["org_id"] == str(org)
+        assert payload["data"] == {"title": "Welder"}
+        assert req.headers["webhook-id"] == str(row["id"])
+        # The host's recipe, computed independently.
+        ts = req.headers["X-InTime-Timestamp"]
+        assert req.headers["X-InTime-Signature"] == intime_signature(hook["secret"], ts, req.body)
+        assert datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert req.headers["X-InTime-Event"] == "job.created"
+        assert req.headers["X-InTime-Delivery"] == str(row["id"])
+        assert req.headers["Content-Type"] == "application/json"
+        assert req.headers["User-Agent"].startswith("webhook-dispatcher/")
+        # The exact bytes sent are recorded, with the attempt.
+        assert row["request_body"].encode() == req.body
+        assert row["event_id"] == event_id
+        assert row["response_status"] == 204
+        assert row["attempt_number"] == 1 and row["max_attempts"] == 4
+        assert row["delivered_at"] is not None and row["duration_ms"] is not None
+        assert row["request_headers"]["webhook-id"] == str(row["id"])
+    assert receiver.requests_for("/jobs")[0].headers["X-Tenant"] == "acme"
+    hook = await hostdb.webhook(conn, jobs["id"])
+    assert hook["consecutive_failures"] == 0 and hook["last_success_at"] is not None
+
+
+async def test_custom_headers_never_replace_signature_headers(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(
+        conn, org, receiver.url(), ["*"],
+        headers={"webhook-signature": "v1,forged", "X-InTime-Signature": "forged",
+                 "Authorization": "Bearer sekrit-token"},
+    )
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    [req] = await receiver.wait_for(1)
+    Webhook(whsec(hook["secret"])).verify(req.body, dict(req.headers))
+    assert req.headers["Authorization"] == "Bearer sekrit-token"
+    [row] = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+    assert "sekrit-token" not in json.dumps(row["request_headers"])
+
+
+async def test_server_error_is_retried_with_backoff_then_succeeds(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, retry_strategy="fixed", base_delay_seconds=1,
+                                  enable_jitter=False)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(500), Reply(200))
+    await start_daemon()
+
+    await hostdb.publish(conn, "job.created", {}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'retrying'", 1)
+    assert row["response_status"] == 500 and row["attempt_number"] == 2
+    assert row["error_message"].startswith("HTTP 500")
+    # next_retry_at by the formula: fixed 1 s after the attempt, no jitter.
+    wait = (row["next_retry_at"] - row["created_at"]).total_seconds()
+    assert 0.9 <= wait <= 2.0, wait
+    [row] = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+    assert row["attempt_number"] == 2 and row["response_status"] == 200
+    reqs = await receiver.wait_for(2)
+    assert reqs[0].headers["webhook-id"] == reqs[1].headers["webhook-id"] == str(row["id"])
+    cur = await conn.execute(
+        "SELECT attempt_number, outcome, response_status FROM dispatcher.attempts "
+        "WHERE delivery_id = %s ORDER BY id", (row["id"],))
+    assert [tuple(r.values()) for r in await cur.fetchall()] == [
+        (1, "retryable", 500), (2, "delivered", 200)]
+
+
+async def test_client_error_fails_at_once(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(400))
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
+    assert row["response_status"] == 400 and row["attempt_number"] == 1
+    assert row["delivered_at"] is not None and row["next_retry_at"] is None
+    assert len(receiver.requests) == 1
+    w = await hostdb.webhook(conn, hook["id"])
+    assert w["consecutive_failures"] == 1 and w["last_failure_at"] is not None
+
+
+async def test_exhausted_delivery_goes_to_dlq(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, max_retries=1, retry_strategy="fixed",
+                                  base_delay_seconds=1)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(503))
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'dlq'", 1)
+    assert row["attempt_number"] == 2 and row["max_attempts"] == 2
+    assert row["delivered_at"] is not None
+    assert "no attempts left" in row["error_message"]
+    assert len(receiver.requests) == 2
+
+
+async def test_exhausted_delivery_fails_when_org_disabled_dlq(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, max_retries=1, retry_strategy="fixed",
+                                  base_delay_seconds=1, enable_dlq=False)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(500))
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
+    assert row["attempt_number"] == 2
+    assert len(receiver.requests) == 2
+
+
+async def test_429_retry_after_is_honoured(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, retry_strategy="fixed", base_delay_seconds=60,
+                                  enable_jitter=False)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(429, headers={"Retry-After": "1"}), Reply(200))
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'retrying'", 1)
+    wait = (row["next_retry_at"] - row["created_at"]).total_seconds()
+    assert 0.9 <= wait <= 3.0, f"Retry-After: 1 should win over the 60 s policy, got {wait}"
+    await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+
+
+async def test_ten_consecutive_failures_disable_the_webhook(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    receiver.respond("/hook", Reply(422))
+    await start_daemon()
+    for i in range(10):
+        await hostdb.publish(conn, "job.created", {"n": i}, org)
+    await hostdb.wait_deliveries(conn, "status = 'failed'", 10)
+    w = await hostdb.webhook(conn, hook["id"])
+    assert w["status"] == "disabled" and w["consecutive_failures"] == 10
+
+    await hostdb.publish(conn, "job.created", {"n": 10}, org)
+    rows = await hostdb.wait_deliveries(
+        conn, "status = 'failed' AND error_message = 'Webhook is not active'", 1)
+    assert rows[0]["response_status"] is None
+    assert len(receiver.requests) == 10
+
+
+async def test_pending_row_of_a_disabled_webhook_is_not_sent(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"], status="inactive")
+    await conn.execute(
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+        " request_headers, request_body) VALUES (%s, %s, 'webhook.test', '{}', %s, '{}', '{}')",
+        (org, hook["id"], receiver.url()))
+    await start_daemon()
+    [row] = await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
+    assert row["error_message"] == "Webhook is not active"
+    assert receiver.requests == []
+
+
+async def test_host_test_ping_and_dlq_retry_are_delivered(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["job.created"])
+    await start_daemon()
+    body = json.dumps({"event": "webhook.test", "test": True,
+                       "timestamp": "2025-12-05T14:08:26.123Z", "data": {"message": "hi"}})
+    # What the host's admin API does for "Send test webhook": a pending row.
+    await conn.execute(
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+        " request_headers, request_body, status) VALUES (%s, %s, 'webhook.test', %s::jsonb, %s,"
+        " '{}', %s, 'pending')", (org, hook["id"], body, hook["url"], body))
+    [req] = await receiver.wait_for(1)
+    assert req.body == body.encode()
+    [ping] = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+    Webhook(whsec(hook["secret"])).verify(req.body, dict(req.headers))
+
+    # A DLQ row set back to pending by the host's "retry" button.
+    await conn.execute(
+        "UPDATE webhook_deliveries SET status = 'dlq', attempt_number = 4 WHERE id = %s",
+        (ping["id"],))
+    await conn.execute(
+        "UPDATE webhook_deliveries SET status = 'pending', attempt_number = 1, "
+        "next_retry_at = NULL WHERE id = %s", (ping["id"],))
+    await receiver.wait_for(2)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'success' AND id = %s", 1, (ping["id"],))
+    assert row["attempt_number"] == 1

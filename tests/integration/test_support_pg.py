@@ -1,0 +1,113 @@
+"""Self-tests for the throwaway PostgreSQL cluster (tests/support/pg.py) and its fixtures."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from support.pg import PgCluster, pgserver_bindir
+
+
+def _one(cluster: PgCluster, query: str, dbname: str = "postgres") -> object:
+    with cluster.connect(dbname) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_cluster_accepts_connections_with_test_settings(pg_cluster: PgCluster) -> None:
+    assert pg_cluster.is_running()
+    assert pg_cluster.dsn("x") == f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/x"
+    assert pg_cluster.port != 5432
+    with psycopg.connect(pg_cluster.dsn()) as conn:
+        settings = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
+    assert settings["fsync"] == "off"
+    assert settings["synchronous_commit"] == "on"  # see FAST_SETTINGS
+    assert settings["full_page_writes"] == "off"
+    assert settings["max_connections"] == "200"
+    assert settings["listen_addresses"] == "127.0.0.1"
+    assert settings["server_encoding"] == "UTF8"
+
+
+def test_loopback_targets_allowed_for_the_session() -> None:
+    assert os.environ["DISPATCHER_ALLOWED_TARGET_NETWORKS"] == "127.0.0.0/8,::1/128"
+
+
+@pytest.fixture
+def scratch_db(pg_cluster: PgCluster) -> Iterator[str]:
+    name = f"s_{uuid.uuid4().hex}"
+    pg_cluster.create_database(name)
+    yield name
+    if not pg_cluster.is_running():
+        pg_cluster.start()
+    pg_cluster.drop_database(name)
+
+
+@pytest.mark.chaos
+def test_restart_keeps_port_and_data(pg_cluster: PgCluster, scratch_db: str) -> None:
+    with pg_cluster.connect(scratch_db) as conn:
+        conn.execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
+    port, pid = pg_cluster.port, pg_cluster.postmaster_pid()
+
+    pg_cluster.restart()
+
+    assert pg_cluster.port == port
+    assert pg_cluster.postmaster_pid() != pid
+    assert _one(pg_cluster, "SELECT v FROM t", scratch_db) == "kept"
+
+
+@pytest.mark.chaos
+def test_immediate_stop_breaks_connections_and_start_recovers(
+    pg_cluster: PgCluster, scratch_db: str
+) -> None:
+    with pg_cluster.connect(scratch_db) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 42 AS v")
+    conn = pg_cluster.connect(scratch_db)
+
+    pg_cluster.stop("immediate")
+
+    assert not pg_cluster.is_running()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(pg_cluster.dsn(), connect_timeout=2)
+    pg_cluster.start()
+    assert pg_cluster.is_running()
+    assert _one(pg_cluster, "SELECT v FROM t", scratch_db) == 42
+
+
+def test_stop_rejects_unknown_mode(pg_cluster: PgCluster) -> None:
+    with pytest.raises(ValueError, match="shutdown mode"):
+        pg_cluster.stop("sideways")
+
+
+def test_clone_from_template_without_connections(pg_cluster: PgCluster) -> None:
+    template, clone = f"tpl_{uuid.uuid4().hex}", f"c_{uuid.uuid4().hex}"
+    pg_cluster.create_database(template)
+    try:
+        with pg_cluster.connect(template) as conn:
+            conn.execute("CREATE TABLE marker AS SELECT 'from template' AS v")
+        with pg_cluster.connect() as conn:
+            conn.execute(f"ALTER DATABASE {template} WITH ALLOW_CONNECTIONS false")
+        pg_cluster.create_database(clone, template=template)
+        assert _one(pg_cluster, "SELECT v FROM marker", clone) == "from template"
+    finally:
+        pg_cluster.drop_database(clone)
+        pg_cluster.drop_database(template)
+
+
+@pytest.mark.skipif(pgserver_bindir() is None, reason="pgserver wheel not installed")
+def test_pgserver_binaries_fallback_works() -> None:
+    bindir = pgserver_bindir()
+    assert bindir is not None
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+        assert str(_one(cluster, "SHOW server_version")).startswith("16.")
+    finally:
+        cluster.cleanup()
+    assert not cluster.root.exists()

@@ -1,0 +1,328 @@
+"""A throwaway PostgreSQL cluster for the test session.
+
+Server binaries come from ``pg_config --bindir``, else ``initdb`` on ``PATH``, else the
+``pgserver`` wheel (bundled PostgreSQL 16). As root, every server command runs as an
+unprivileged user (``postgres``, else ``nobody``) because initdb/postgres refuse root.
+The machine's own server (e.g. on 5432) is never used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .net import LOOPBACK, reserved_port
+
+SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+UNPRIVILEGED_USERS = ("postgres", "nobody")
+BINDIR_ENV = "DISPATCHER_TEST_PG_BINDIR"
+
+FAST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    # "on" on purpose: with fsync=off it costs nothing measurable (a write(), no fsync), while
+    # "off" makes stop("immediate") silently lose already-acknowledged commits.
+    "synchronous_commit": "on",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+    "jit": "off",
+    "huge_pages": "off",
+    "checkpoint_timeout": "30min",
+    "max_wal_size": "2GB",
+    "log_line_prefix": "'%m [%p] %q%u@%d '",
+}
+
+
+class PgClusterError(RuntimeError):
+    """A server command failed; the message carries its output and the server log tail."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def _has_server(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in SERVER_PROGRAMS)
+
+
+def _pg_config_bindir() -> Path | None:
+    exe = shutil.which("pg_config")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(done.stdout.strip())
+
+
+def _path_bindir() -> Path | None:
+    exe = shutil.which("initdb")
+    return Path(exe).resolve().parent if exe else None
+
+
+def pgserver_bindir() -> Path | None:
+    """The PostgreSQL bin dir bundled in the ``pgserver`` wheel, without importing it."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def find_bindir() -> Path:
+    """Directory holding initdb, pg_ctl and postgres (see module docstring for the order)."""
+    forced = os.environ.get(BINDIR_ENV)
+    candidates = [Path(forced)] if forced else []
+    candidates += [_pg_config_bindir(), _path_bindir(), pgserver_bindir()]
+    for candidate in candidates:
+        if candidate is not None and _has_server(candidate):
+            return candidate
+    raise PgClusterError(f"no PostgreSQL server binaries found (tried {candidates})")
+
+
+# --------------------------------------------------------------------------- privileges
+
+
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The account to run the server as, or None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in UNPRIVILEGED_USERS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise PgClusterError(f"running as root and none of {UNPRIVILEGED_USERS} exists")
+
+
+def _command_prefix(user: pwd.struct_passwd | None) -> list[str]:
+    if user is None:
+        return []
+    if shutil.which("runuser"):
+        return ["runuser", "-u", user.pw_name, "--"]
+    if shutil.which("setpriv"):
+        return [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            "--",
+        ]
+    raise PgClusterError("running as root but neither runuser nor setpriv is available")
+
+
+def _others_can_traverse(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _temp_base(user: pwd.struct_passwd | None) -> str | None:
+    default = Path(tempfile.gettempdir())
+    if user is None or _others_can_traverse(default):
+        return None
+    return "/tmp"
+
+
+def _server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class PgCluster:
+    """initdb + pg_ctl in a fresh temp dir, listening on 127.0.0.1:<port>."""
+
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        *,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.bindir = bindir or find_bindir()
+        self.port = port or reserved_port()
+        self.settings = {**FAST_SETTINGS, **(settings or {})}
+        self._user = unprivileged_user()
+        self._prefix = _command_prefix(self._user)
+        self.root = Path(tempfile.mkdtemp(prefix="dispatcher-pg-", dir=_temp_base(self._user)))
+        self.data_dir = self.root / "data"
+        self.socket_dir = self.root / "sock"
+        self.log_path = self.root / "postgres.log"
+        self._initialized = False
+        self._cleaned = False
+        self._prepare_root()
+        atexit.register(self.cleanup)
+
+    def __repr__(self) -> str:
+        return f"PgCluster(port={self.port}, root={self.root}, bindir={self.bindir})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 30.0) -> None:
+        """initdb on first use, then start and wait until a TCP connection succeeds."""
+        if not self._initialized:
+            self._initdb()
+        if self.is_running():
+            return
+        deadline = time.monotonic() + timeout
+        self._pg_ctl(["-l", str(self.log_path), "-w", "-t", str(int(timeout)), "start"], timeout)
+        self._wait_accepting(deadline)
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server (``fast`` or ``immediate``, i.e. crash-like); no-op if stopped."""
+        if mode not in ("fast", "immediate", "smart"):
+            raise ValueError(f"unknown shutdown mode {mode!r}")
+        if not self.is_running():
+            return
+        self._pg_ctl(["-m", mode, "-w", "-t", str(int(timeout)), "stop"], timeout)
+
+    def restart(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop (if running) and start again on the same port and data dir."""
+        self.stop(mode, timeout)
+        self.start(timeout)
+
+    def is_running(self) -> bool:
+        pid = self.postmaster_pid()
+        return pid is not None and _process_alive(pid)
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            first_line = (self.data_dir / "postmaster.pid").read_text().splitlines()[0]
+            return int(first_line)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cleanup(self) -> None:
+        """Stop the server (immediately) and delete everything. Idempotent."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        atexit.unregister(self.cleanup)
+        try:
+            self.stop("immediate", timeout=10)
+        except (PgClusterError, subprocess.SubprocessError):
+            self._kill_postmaster()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ connections
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@{LOOPBACK}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new autocommit connection (override with ``autocommit=False``)."""
+        kwargs.setdefault("autocommit", True)
+        kwargs.setdefault("connect_timeout", 5)
+        return psycopg.connect(self.dsn(dbname), **kwargs)
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with self.connect() as conn:
+            conn.execute(query)
+
+    def drop_database(self, name: str) -> None:
+        query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        with self.connect() as conn:
+            conn.execute(query)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no server log>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare_root(self) -> None:
+        self.socket_dir.mkdir()
+        if self._user is None:
+            return
+        for path in (self.root, self.socket_dir):
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def _initdb(self) -> None:
+        args = ["-D", str(self.data_dir), "-A", "trust", "-U", "postgres"]
+        args += ["--no-sync", "-E", "UTF8", "--locale=C", "--no-instructions"]
+        self._run("initdb", args, timeout=120)
+        self._write_settings()
+        self._initialized = True
+
+    def _write_settings(self) -> None:
+        settings = {
+            "listen_addresses": f"'{LOOPBACK}'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            **self.settings,
+        }
+        lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# --- test settings (tests/support/pg.py) ---\n" + lines)
+
+    def _pg_ctl(self, args: Sequence[str], timeout: float) -> None:
+        self._run("pg_ctl", ["-D", str(self.data_dir), "-s", *args], timeout=timeout + 10)
+
+    def _run(self, program: str, args: Sequence[str], timeout: float) -> None:
+        argv = [*self._prefix, str(self.bindir / program), *args]
+        done = subprocess.run(
+            argv,
+            cwd=self.root,
+            env=_server_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise PgClusterError(
+                f"{program} {' '.join(args)} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}\nserver log:\n{self.log_tail()}"
+            )
+
+    def _wait_accepting(self, deadline: float) -> None:
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as exc:
+                last_error = exc
+                time.sleep(0.02)
+        raise PgClusterError(f"server not accepting connections: {last_error}\n{self.log_tail()}")
+
+    def _kill_postmaster(self) -> None:
+        pid = self.postmaster_pid()
+        if pid is not None and _process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
