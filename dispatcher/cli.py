@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError, ExitCode
@@ -110,14 +111,13 @@ def _run(_: argparse.Namespace, settings: Settings) -> int:
     return int(_run_loop(App(settings).run()))
 
 
-def _run_loop(coro: object) -> int:
+def _run_loop(coro: Coroutine[Any, Any, ExitCode]) -> int:
+    """Run on uvloop when it is installed (faster I/O), else asyncio's own loop."""
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
-
-        runner: Callable[[object], int] = uvloop.run
     except ImportError:
-        runner = asyncio.run  # type: ignore[assignment]
-    return runner(coro)
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,13 @@ from dispatcher.backoff import parse_retry_after
 from dispatcher.outcomes import Outcome, classify_status
 from dispatcher.request import BuiltRequest, InvalidWebhook, build_request
 from dispatcher.settings import Settings
-from dispatcher.ssrf import GuardedResolver, TargetRefused, refused_cause, validate_url
+from dispatcher.ssrf import (
+    GuardedResolver,
+    InvalidTarget,
+    TargetRefused,
+    refused_cause,
+    validate_url,
+)
 
 MAX_RESPONSE_HEADERS = 64
 MAX_RESPONSE_HEADER_VALUE = 1024
@@ -100,7 +106,7 @@ class Sender:
                 ),
             )
         try:
-            validate_url(target.url, self._allowed)
+            target.url = str(validate_url(target.url, self._allowed))
             return build_request(
                 delivery_id=target.delivery_id,
                 event_type=target.event_type,
@@ -108,6 +114,8 @@ class Sender:
                 secrets=target.secrets,
                 headers=target.headers,
             )
+        except InvalidTarget as exc:
+            return AttemptResult(Outcome.REFUSED, error_code="invalid_url", error_message=str(exc))
         except TargetRefused as exc:
             return AttemptResult(
                 Outcome.REFUSED, error_code="target_refused", error_message=str(exc)

@@ -1,4 +1,4 @@
-"""Named SQL blocks from `dispatcher/sql/queries.sql`, loaded once by name.
+"""Named SQL blocks from the `dispatcher/sql/*.sql` files, loaded once by name.
 
 A block starts with a line `-- name: <name>`; its text runs to the next such
 line. Comments inside a block are kept (PostgreSQL ignores them).
@@ -32,8 +32,15 @@ def parse(text: str) -> dict[str, str]:
 
 @functools.cache
 def _all() -> dict[str, str]:
-    text = resources.files("dispatcher").joinpath("sql/queries.sql").read_text("utf-8")
-    return parse(text)
+    blocks: dict[str, str] = {}
+    folder = resources.files("dispatcher").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            for name, body in parse(entry.read_text("utf-8")).items():
+                if name in blocks:
+                    raise ValueError(f"query {name!r} is defined twice in sql/*.sql")
+                blocks[name] = body
+    return blocks
 
 
 def query(name: str) -> LiteralString:
@@ -41,4 +48,4 @@ def query(name: str) -> LiteralString:
     try:
         return _all()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+        raise KeyError(f"no query named {name!r} in dispatcher/sql/*.sql") from None

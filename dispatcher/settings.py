@@ -6,7 +6,6 @@ SecretStr and never printed: `summary()` is the redacted view that is logged.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import Any, Literal
 
@@ -14,8 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.errors import ConfigError
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from dispatcher.ssrf import IPNetwork, parse_networks
 
 ENV_PREFIX = "DISPATCHER_"
 
@@ -86,7 +84,7 @@ class Settings(BaseSettings):
         return value.strip()
 
     @property
-    def allowed_networks(self) -> list[Network]:
+    def allowed_networks(self) -> list[IPNetwork]:
         return parse_networks(self.allowed_target_networks)
 
     def dsn(self) -> str:
@@ -109,20 +107,6 @@ class Settings(BaseSettings):
                 value = "**********" if value.get_secret_value() else None
             out[name] = value
         return out
-
-
-def parse_networks(value: str) -> list[Network]:
-    """Comma-separated CIDRs or addresses; ValueError names the bad entry."""
-    nets: list[Network] = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            nets.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ValueError(f"{part!r} is not a CIDR network such as 10.0.0.0/8") from None
-    return nets
 
 
 def split_address(value: str) -> tuple[str, int]:

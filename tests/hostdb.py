@@ -93,7 +93,9 @@ async def set_retry_config(conn: Conn, org: uuid.UUID, **values: Any) -> None:
     )
 
 
-async def deliveries(conn: Conn, where: str = "true", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+async def deliveries(
+    conn: Conn, where: str = "true", params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
     cur = await conn.execute(
         f"SELECT * FROM webhook_deliveries WHERE {where} ORDER BY created_at, id", params
     )

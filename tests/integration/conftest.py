@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import hostdb
 import pytest_asyncio
 
-import hostdb
 from dispatcher.app import App
 from dispatcher.settings import load_settings
 

@@ -8,10 +8,9 @@ import hmac
 import json
 from datetime import UTC, datetime
 
+import hostdb
 from standardwebhooks.webhooks import Webhook
 from support.receiver import Reply
-
-import hostdb
 
 
 def whsec(secret: str) -> str:
@@ -29,8 +28,9 @@ async def test_published_event_reaches_matching_webhooks_signed_both_ways(
 ):
     org = await hostdb.create_org(conn)
     other_org = await hostdb.create_org(conn, "Other")
-    jobs = await hostdb.create_webhook(conn, org, receiver.url("/jobs"), ["job.*"],
-                                       headers={"X-Tenant": "acme"})
+    jobs = await hostdb.create_webhook(
+        conn, org, receiver.url("/jobs"), ["job.*"], headers={"X-Tenant": "acme"}
+    )
     exact = await hostdb.create_webhook(conn, org, receiver.url("/exact"), ["job.created"])
     await hostdb.create_webhook(conn, org, receiver.url("/candidates"), ["candidate.*"])
     await hostdb.create_webhook(conn, other_org, receiver.url("/other"), ["*"])
@@ -76,9 +76,15 @@ async def test_published_event_reaches_matching_webhooks_signed_both_ways(
 async def test_custom_headers_never_replace_signature_headers(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(
-        conn, org, receiver.url(), ["*"],
-        headers={"webhook-signature": "v1,forged", "X-InTime-Signature": "forged",
-                 "Authorization": "Bearer sekrit-token"},
+        conn,
+        org,
+        receiver.url(),
+        ["*"],
+        headers={
+            "webhook-signature": "v1,forged",
+            "X-InTime-Signature": "forged",
+            "Authorization": "Bearer sekrit-token",
+        },
     )
     await start_daemon()
     await hostdb.publish(conn, "job.created", {}, org)
@@ -91,8 +97,9 @@ async def test_custom_headers_never_replace_signature_headers(conn, receiver, st
 
 async def test_server_error_is_retried_with_backoff_then_succeeds(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
-    await hostdb.set_retry_config(conn, org, retry_strategy="fixed", base_delay_seconds=1,
-                                  enable_jitter=False)
+    await hostdb.set_retry_config(
+        conn, org, retry_strategy="fixed", base_delay_seconds=1, enable_jitter=False
+    )
     await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(500), Reply(200))
     await start_daemon()
@@ -110,9 +117,13 @@ async def test_server_error_is_retried_with_backoff_then_succeeds(conn, receiver
     assert reqs[0].headers["webhook-id"] == reqs[1].headers["webhook-id"] == str(row["id"])
     cur = await conn.execute(
         "SELECT attempt_number, outcome, response_status FROM dispatcher.attempts "
-        "WHERE delivery_id = %s ORDER BY id", (row["id"],))
+        "WHERE delivery_id = %s ORDER BY id",
+        (row["id"],),
+    )
     assert [tuple(r.values()) for r in await cur.fetchall()] == [
-        (1, "retryable", 500), (2, "delivered", 200)]
+        (1, "retryable", 500),
+        (2, "delivered", 200),
+    ]
 
 
 async def test_client_error_fails_at_once(conn, receiver, start_daemon):
@@ -131,8 +142,9 @@ async def test_client_error_fails_at_once(conn, receiver, start_daemon):
 
 async def test_exhausted_delivery_goes_to_dlq(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
-    await hostdb.set_retry_config(conn, org, max_retries=1, retry_strategy="fixed",
-                                  base_delay_seconds=1)
+    await hostdb.set_retry_config(
+        conn, org, max_retries=1, retry_strategy="fixed", base_delay_seconds=1
+    )
     await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(503))
     await start_daemon()
@@ -146,8 +158,9 @@ async def test_exhausted_delivery_goes_to_dlq(conn, receiver, start_daemon):
 
 async def test_exhausted_delivery_fails_when_org_disabled_dlq(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
-    await hostdb.set_retry_config(conn, org, max_retries=1, retry_strategy="fixed",
-                                  base_delay_seconds=1, enable_dlq=False)
+    await hostdb.set_retry_config(
+        conn, org, max_retries=1, retry_strategy="fixed", base_delay_seconds=1, enable_dlq=False
+    )
     await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(500))
     await start_daemon()
@@ -159,8 +172,9 @@ async def test_exhausted_delivery_fails_when_org_disabled_dlq(conn, receiver, st
 
 async def test_429_retry_after_is_honoured(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
-    await hostdb.set_retry_config(conn, org, retry_strategy="fixed", base_delay_seconds=60,
-                                  enable_jitter=False)
+    await hostdb.set_retry_config(
+        conn, org, retry_strategy="fixed", base_delay_seconds=60, enable_jitter=False
+    )
     await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(429, headers={"Retry-After": "1"}), Reply(200))
     await start_daemon()
@@ -184,7 +198,8 @@ async def test_ten_consecutive_failures_disable_the_webhook(conn, receiver, star
 
     await hostdb.publish(conn, "job.created", {"n": 10}, org)
     rows = await hostdb.wait_deliveries(
-        conn, "status = 'failed' AND error_message = 'Webhook is not active'", 1)
+        conn, "status = 'failed' AND error_message = 'Webhook is not active'", 1
+    )
     assert rows[0]["response_status"] is None
     assert len(receiver.requests) == 10
 
@@ -195,7 +210,8 @@ async def test_pending_row_of_a_disabled_webhook_is_not_sent(conn, receiver, sta
     await conn.execute(
         "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
         " request_headers, request_body) VALUES (%s, %s, 'webhook.test', '{}', %s, '{}', '{}')",
-        (org, hook["id"], receiver.url()))
+        (org, hook["id"], receiver.url()),
+    )
     await start_daemon()
     [row] = await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
     assert row["error_message"] == "Webhook is not active"
@@ -206,13 +222,21 @@ async def test_host_test_ping_and_dlq_retry_are_delivered(conn, receiver, start_
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, receiver.url(), ["job.created"])
     await start_daemon()
-    body = json.dumps({"event": "webhook.test", "test": True,
-                       "timestamp": "2025-12-05T14:08:26.123Z", "data": {"message": "hi"}})
+    body = json.dumps(
+        {
+            "event": "webhook.test",
+            "test": True,
+            "timestamp": "2025-12-05T14:08:26.123Z",
+            "data": {"message": "hi"},
+        }
+    )
     # What the host's admin API does for "Send test webhook": a pending row.
     await conn.execute(
         "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
         " request_headers, request_body, status) VALUES (%s, %s, 'webhook.test', %s::jsonb, %s,"
-        " '{}', %s, 'pending')", (org, hook["id"], body, hook["url"], body))
+        " '{}', %s, 'pending')",
+        (org, hook["id"], body, hook["url"], body),
+    )
     [req] = await receiver.wait_for(1)
     assert req.body == body.encode()
     [ping] = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
@@ -221,10 +245,13 @@ async def test_host_test_ping_and_dlq_retry_are_delivered(conn, receiver, start_
     # A DLQ row set back to pending by the host's "retry" button.
     await conn.execute(
         "UPDATE webhook_deliveries SET status = 'dlq', attempt_number = 4 WHERE id = %s",
-        (ping["id"],))
+        (ping["id"],),
+    )
     await conn.execute(
         "UPDATE webhook_deliveries SET status = 'pending', attempt_number = 1, "
-        "next_retry_at = NULL WHERE id = %s", (ping["id"],))
+        "next_retry_at = NULL WHERE id = %s",
+        (ping["id"],),
+    )
     await receiver.wait_for(2)
     [row] = await hostdb.wait_deliveries(conn, "status = 'success' AND id = %s", 1, (ping["id"],))
     assert row["attempt_number"] == 1

@@ -86,7 +86,10 @@ BEGIN
         RETURN length(t) > length(p) - 1 AND right(t, length(p) - 1) = substr(p, 2);
     END IF;
     ps := string_to_array(p, '.');
-    IF EXISTS (SELECT 1 FROM unnest(ps) s WHERE s <> '*' AND strpos(s, '*') > 0) THEN
+    -- Only whole middle segments are wildcards; any other `*` makes an exact name.
+    IF cardinality(ps) < 3
+       OR strpos(ps[1], '*') > 0 OR strpos(ps[cardinality(ps)], '*') > 0
+       OR EXISTS (SELECT 1 FROM unnest(ps) s WHERE s <> '*' AND strpos(s, '*') > 0) THEN
         RETURN p = t;
     END IF;
     ts := string_to_array(t, '.');
@@ -94,7 +97,7 @@ BEGIN
         RETURN false;
     END IF;
     FOR i IN 1 .. cardinality(ps) LOOP
-        IF ps[i] <> '*' AND ps[i] <> ts[i] THEN
+        IF (ps[i] = '*' AND ts[i] = '') OR (ps[i] <> '*' AND ps[i] <> ts[i]) THEN
             RETURN false;
         END IF;
     END LOOP;
