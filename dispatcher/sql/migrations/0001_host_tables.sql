@@ -5,8 +5,6 @@
 -- host object is never replaced, dropped or retyped. Columns, types and
 -- defaults follow ../shared/HOST-SCHEMA.md.
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-
 CREATE TABLE IF NOT EXISTS public.organizations (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     name text NOT NULL,
@@ -81,53 +79,54 @@ BEGIN
 END
 $do$;
 
-CREATE TABLE IF NOT EXISTS public.webhooks (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    org_id uuid NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
-    name varchar(100) NOT NULL,
-    description text,
-    url text NOT NULL,
-    secret varchar(64) NOT NULL DEFAULT encode(gen_random_bytes(32), 'hex'),
-    events text[] NOT NULL DEFAULT '{}',
-    headers jsonb DEFAULT '{}'::jsonb,
-    status varchar(20) NOT NULL DEFAULT 'active',
-    consecutive_failures integer DEFAULT 0,
-    last_triggered_at timestamptz,
-    last_success_at timestamptz,
-    last_failure_at timestamptz,
-    created_by uuid,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    deleted_at timestamptz
-);
-
--- The host's auto-disable rule: crossing from below 10 to 10 or more consecutive
--- failures disables the webhook; re-enabling resets the counter.
+-- webhooks, and with it the host's auto-disable rule: crossing from below 10 to
+-- 10 or more consecutive failures disables the webhook; re-enabling resets the
+-- counter. Both only when the table is absent: a host database has its own trigger.
 DO $do$
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_trigger
-        WHERE tgrelid = 'public.webhooks'::regclass AND NOT tgisinternal
-          AND (tgname ILIKE '%disable%' OR tgname ILIKE '%consecutive%')
-    ) THEN
-        CREATE FUNCTION public.webhooks_auto_disable() RETURNS trigger
-        LANGUAGE plpgsql AS $body$
-        BEGIN
-            IF coalesce(OLD.consecutive_failures, 0) < 10
-               AND coalesce(NEW.consecutive_failures, 0) >= 10
-               AND NEW.status = 'active' THEN
-                NEW.status := 'disabled';
-            END IF;
-            IF NEW.status = 'active' AND OLD.status IS DISTINCT FROM 'active' THEN
-                NEW.consecutive_failures := 0;
-            END IF;
-            RETURN NEW;
-        END
-        $body$;
-        CREATE TRIGGER webhooks_auto_disable
-            BEFORE UPDATE ON public.webhooks
-            FOR EACH ROW EXECUTE FUNCTION public.webhooks_auto_disable();
+    IF to_regclass('public.webhooks') IS NOT NULL THEN
+        RETURN;
     END IF;
+    CREATE TABLE public.webhooks (
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        org_id uuid NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
+        name varchar(100) NOT NULL,
+        description text,
+        url text NOT NULL,
+        -- 64 lowercase hex characters from two random UUIDs (244 random bits).
+        secret varchar(64) NOT NULL
+            DEFAULT replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
+        events text[] NOT NULL DEFAULT '{}',
+        headers jsonb DEFAULT '{}'::jsonb,
+        status varchar(20) NOT NULL DEFAULT 'active',
+        consecutive_failures integer DEFAULT 0,
+        last_triggered_at timestamptz,
+        last_success_at timestamptz,
+        last_failure_at timestamptz,
+        created_by uuid,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        deleted_at timestamptz
+    );
+
+    CREATE FUNCTION public.webhooks_auto_disable() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+    BEGIN
+        IF coalesce(OLD.consecutive_failures, 0) < 10
+           AND coalesce(NEW.consecutive_failures, 0) >= 10
+           AND NEW.status = 'active' THEN
+            NEW.status := 'disabled';
+        END IF;
+        IF NEW.status = 'active' AND OLD.status IS DISTINCT FROM 'active' THEN
+            NEW.consecutive_failures := 0;
+        END IF;
+        RETURN NEW;
+    END
+    $body$;
+
+    CREATE TRIGGER webhooks_auto_disable
+        BEFORE UPDATE ON public.webhooks
+        FOR EACH ROW EXECUTE FUNCTION public.webhooks_auto_disable();
 END
 $do$;
 

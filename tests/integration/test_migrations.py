@@ -1,0 +1,100 @@
+"""`dispatcher migrate`: idempotent, safe when run concurrently, harmless to a host database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import hostdb
+from dispatcher.migrations import apply_migrations, available
+
+HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
+
+CATALOG = """
+SELECT 'column' AS kind, table_name || '.' || column_name AS name,
+       concat_ws(' ', data_type, character_maximum_length, is_nullable, column_default) AS detail
+FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid))
+FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'policy', tablename || '.' || policyname, qual FROM pg_policies WHERE schemaname = 'public'
+UNION ALL
+SELECT 'rls', relname, relrowsecurity::text FROM pg_class
+WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+UNION ALL
+SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)
+FROM pg_trigger WHERE NOT tgisinternal AND tgname NOT LIKE 'dispatcher\\_%'
+"""
+
+
+def catalog(dsn: str) -> set[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return {tuple(r) for r in conn.execute(CATALOG).fetchall()}
+
+
+async def test_migrate_twice_changes_nothing(empty_db_dsn: str) -> None:
+    first = await apply_migrations(empty_db_dsn)
+    assert first == [f"{m.version:04d}_{m.name}" for m in available()]
+    before = catalog(empty_db_dsn)
+    assert await apply_migrations(empty_db_dsn) == []
+    assert catalog(empty_db_dsn) == before
+
+
+async def test_concurrent_migrations_apply_once(empty_db_dsn: str) -> None:
+    results = await asyncio.gather(*(apply_migrations(empty_db_dsn) for _ in range(4)))
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(available())]
+    with psycopg.connect(empty_db_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM dispatcher.schema_migrations").fetchone()
+    assert row is not None and row[0] == len(available())
+
+
+async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, receiver) -> None:
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute(HOST_SCHEMA)
+    before = catalog(empty_db_dsn)
+
+    await apply_migrations(empty_db_dsn)
+
+    after = catalog(empty_db_dsn)
+    assert before - after == set(), "a host object was changed or dropped"
+    added = {(kind, name) for kind, name, _ in after - before}
+    # Only the host tables that were absent (integrations) may appear; nothing else of ours.
+    assert all("integration" in name for _, name in added), added
+    with psycopg.connect(empty_db_dsn) as conn:
+        triggers = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
+        ).fetchall()
+    assert [t[0] for t in triggers] == ["trigger_check_webhook_failures"], "host trigger kept, no twin"
+
+
+async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -> None:
+    from dispatcher.app import App
+    from dispatcher.settings import load_settings
+
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute(HOST_SCHEMA)
+    await apply_migrations(empty_db_dsn)
+    async with await hostdb.connect(empty_db_dsn) as conn:
+        org = await hostdb.create_org(conn)
+        await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
+        app = App(load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
+                  install_signals=False)
+        task = asyncio.create_task(app.run())
+        try:
+            await asyncio.wait_for(app.ready.wait(), 20)
+            # The host's own publish_event (6 arguments) and its 5-argument overload.
+            await hostdb.publish(conn, "job.created", {"n": 1}, org)
+            await conn.execute("SELECT publish_event('job.updated', NULL, '{}'::jsonb, NULL, '{}')")
+            await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+            [req] = await receiver.wait_for(1)
+            assert b'"n": 1' in req.body
+        finally:
+            app.request_stop()
+            await asyncio.wait_for(task, 30)
