@@ -9,6 +9,7 @@ nothing is due or every slot is busy. No transaction is open across an HTTP call
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import random
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from dispatcher.settings import Settings
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.dispatch")
+
+FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
 
 _POLICY_KEYS = (
     "max_retries",
@@ -61,6 +64,7 @@ class Claimed:
     headers: Any
     active: bool
     policy: RetryPolicy
+    failing: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -90,6 +94,7 @@ class Claimed:
             headers=row["headers"],
             active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
             policy=policy,
+            failing=bool(row.get("failing")),
         )
 
 
@@ -109,6 +114,8 @@ class Dispatcher:
         self._stop_ev = asyncio.Event()
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
         self._min_batch = max(1, settings.concurrency // 8)
+        self._per_hook: collections.Counter[UUID] = collections.Counter()
+        self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
@@ -164,17 +171,38 @@ class Dispatcher:
         lease = self._s.lease_seconds
         batch = min(free, self._s.batch_size)
         now = datetime.now(UTC)
+        cap = self._s.per_webhook_concurrency
+        busy = {k: n for k, n in self._per_hook.items() if n > 0}
+        params: dict[str, Any] = {
+            "lease": lease,
+            "hook_cap": cap,
+            "failing_after": FAILING_AFTER,
+            "busy_ids": list(busy),
+            "busy_counts": list(busy.values()),
+        }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                query("fan_out"), {"batch": batch, "claim": batch, "lease": lease}
-            )
+            cur = await conn.execute(query("fan_out"), {**params, "batch": batch, "claim": batch})
             rows = await cur.fetchall()
             events = int(rows[-1]["events_claimed"]) if rows else 0
             claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
+            for d in claimed:
+                busy[d.webhook_id] = busy.get(d.webhook_id, 0) + 1
             left = batch - len(claimed)
             due: list[Claimed] = []
             if left > 0:
-                cur = await conn.execute(query("claim_due"), {"limit": left, "lease": lease})
+                # Webhooks with no room left in this process are not even scanned.
+                full = [k for k, n in busy.items() if n >= cap or k in self._failing]
+                cur = await conn.execute(
+                    query("claim_due"),
+                    {
+                        **params,
+                        "busy_ids": list(busy),
+                        "busy_counts": list(busy.values()),
+                        "full_ids": full,
+                        "limit": left,
+                        "scan": left * 4,
+                    },
+                )
                 due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
         if events:
             self._metrics.events_fanned_out.inc(events)
@@ -185,10 +213,17 @@ class Dispatcher:
     def _start(self, d: Claimed) -> None:
         task = asyncio.create_task(self._deliver(d), name=f"delivery-{d.id}")
         self._inflight[d.id] = (task, d)
-        task.add_done_callback(functools.partial(self._done, d.id))
+        self._per_hook[d.webhook_id] += 1
+        if d.failing:
+            self._failing.add(d.webhook_id)
+        task.add_done_callback(functools.partial(self._done, d))
 
-    def _done(self, delivery_id: UUID, _: asyncio.Task[None]) -> None:
-        self._inflight.pop(delivery_id, None)
+    def _done(self, d: Claimed, _: asyncio.Task[None]) -> None:
+        self._inflight.pop(d.id, None)
+        self._per_hook[d.webhook_id] -= 1
+        if self._per_hook[d.webhook_id] <= 0:
+            del self._per_hook[d.webhook_id]
+            self._failing.discard(d.webhook_id)
         self._slot_freed.set()
 
     async def _deliver(self, d: Claimed) -> None:

@@ -17,25 +17,31 @@ WITH claimed AS (
     RETURNING event_id
 ), matched AS (
     SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type,
-           jsonb_build_object(
-               'id', e.id, 'type', e.event_type, 'event', e.event_type,
-               'timestamp', to_char(e.created_at AT TIME ZONE 'UTC',
-                                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-               'org_id', e.org_id, 'aggregate_id', e.aggregate_id, 'data', e.payload
-           ) AS body,
+           -- one definition of the body, shared with recover_webhook (0005_admin_api.sql)
+           dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
+                                       e.aggregate_id, e.payload) AS body,
            w.id AS webhook_id, w.url, w.secret, w.headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
            rc.enable_jitter, rc.enable_dlq,
            least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
-           row_number() OVER (PARTITION BY w.status = 'active'
-                              ORDER BY e.created_at, e.id, w.id) AS rn
+           -- Claimable now: active, not failing, and under this process's per-webhook cap.
+           w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
+             AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
+                 <= %(hook_cap)s - coalesce(busy.n, 0) AS eligible,
+           e.created_at AS event_created_at
     FROM claimed c
     JOIN public.events e ON e.id = c.event_id
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL
      AND dispatcher.matches_any(w.events, e.event_type)
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
+    LEFT JOIN unnest(%(busy_ids)s::uuid[], %(busy_counts)s::int[]) AS busy (webhook_id, n)
+      ON busy.webhook_id = w.id
+), ranked AS (
+    SELECT m.*, row_number() OVER (PARTITION BY m.eligible
+                                   ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
+    FROM matched m
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
         id, org_id, webhook_id, event_type, event_id, payload, request_url,
@@ -45,11 +51,11 @@ WITH claimed AS (
     SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
            '{}'::jsonb, body::text, 1, max_attempts,
            CASE WHEN webhook_status = 'active' THEN 'pending' ELSE 'failed' END,
-           CASE WHEN webhook_status = 'active' AND rn <= %(claim)s
+           CASE WHEN eligible AND rn <= %(claim)s
                 THEN now() + make_interval(secs => %(lease)s) END,
            CASE WHEN webhook_status <> 'active' THEN 'Webhook is not active' END,
            CASE WHEN webhook_status <> 'active' THEN now() END
-    FROM matched
+    FROM ranked
     RETURNING id, next_retry_at
 )
 SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
@@ -73,9 +79,16 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
 -- come, whoever wrote them). The lease end is written to next_retry_at and is
 -- the claim token: an outcome is recorded only while it is unchanged.
-WITH due AS (
-    SELECT d.id, w.url, w.secret, w.headers, w.status AS webhook_status,
+-- Isolation: at most %(hook_cap)s attempts in flight per webhook in this process
+-- (busy_ids/busy_counts are those already in flight); a failing webhook
+-- (%(failing_after)s+ consecutive failures) gets one probe at a time, spaced by
+-- its org's backoff after its last failure, so it never hammers nor hogs slots.
+WITH candidates AS (
+    SELECT d.id, d.webhook_id, d.created_at,
+           coalesce(d.next_retry_at, '-infinity'::timestamptz) AS due_at,
+           w.url, w.secret, w.headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
+           coalesce(w.consecutive_failures, 0) >= %(failing_after)s AS failing,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
            rc.enable_jitter, rc.enable_dlq
     FROM public.webhook_deliveries d
@@ -83,16 +96,37 @@ WITH due AS (
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
     WHERE d.status IN ('pending', 'retrying')
       AND coalesce(d.next_retry_at, '-infinity'::timestamptz) <= now()
+      AND d.webhook_id <> ALL (%(full_ids)s::uuid[])
+      AND (w.status <> 'active' OR w.deleted_at IS NOT NULL
+           OR coalesce(w.consecutive_failures, 0) < %(failing_after)s
+           OR w.last_failure_at IS NULL
+           OR w.last_failure_at + make_interval(secs => least(
+                  greatest(coalesce(rc.base_delay_seconds, 5), 1)
+                    * power(2, least(w.consecutive_failures - %(failing_after)s, 20)),
+                  greatest(coalesce(rc.max_delay_seconds, 300), 1))) <= now())
     ORDER BY coalesce(d.next_retry_at, '-infinity'::timestamptz), d.created_at
-    LIMIT %(limit)s
+    LIMIT %(scan)s
     FOR UPDATE OF d SKIP LOCKED
+), ranked AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.due_at, c.created_at)
+                AS hook_rank
+    FROM candidates c
+), due AS (
+    SELECT r.* FROM ranked r
+    LEFT JOIN unnest(%(busy_ids)s::uuid[], %(busy_counts)s::int[]) AS busy (webhook_id, n)
+      ON busy.webhook_id = r.webhook_id
+    WHERE r.webhook_status <> 'active' OR r.webhook_deleted_at IS NOT NULL
+       OR r.hook_rank <= CASE WHEN r.failing THEN 1 ELSE %(hook_cap)s END - coalesce(busy.n, 0)
+    ORDER BY r.due_at, r.created_at
+    LIMIT %(limit)s
 )
 UPDATE public.webhook_deliveries d
 SET next_retry_at = now() + make_interval(secs => %(lease)s)
 FROM due
 WHERE d.id = due.id
 RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
-          coalesce(d.attempt_number, 1) AS attempt_number, coalesce(d.max_attempts, 3) AS max_attempts,
+          coalesce(d.attempt_number, 1) AS attempt_number,
+          coalesce(d.max_attempts, 3) AS max_attempts,
           d.status, d.next_retry_at AS claim,
           due.url, due.secret, due.headers, due.webhook_status, due.webhook_deleted_at,
           (SELECT ws.previous_secret FROM dispatcher.webhook_secrets ws
@@ -100,7 +134,7 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           (SELECT ws.previous_expires_at FROM dispatcher.webhook_secrets ws
             WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
-          due.enable_jitter, due.enable_dlq, 0::bigint AS events_claimed;
+          due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only

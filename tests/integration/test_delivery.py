@@ -187,12 +187,14 @@ async def test_429_retry_after_is_honoured(conn, receiver, start_daemon):
 
 async def test_ten_consecutive_failures_disable_the_webhook(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
+    # A failing endpoint is probed once per backoff step: keep the steps at 1 s here.
+    await hostdb.set_retry_config(conn, org, base_delay_seconds=1, max_delay_seconds=1)
     hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(422))
     await start_daemon()
     for i in range(10):
         await hostdb.publish(conn, "job.created", {"n": i}, org)
-    await hostdb.wait_deliveries(conn, "status = 'failed'", 10)
+    await hostdb.wait_deliveries(conn, "status = 'failed'", 10, timeout=30)
     w = await hostdb.webhook(conn, hook["id"])
     assert w["status"] == "disabled" and w["consecutive_failures"] == 10
 

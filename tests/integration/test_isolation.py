@@ -1,0 +1,66 @@
+"""One bad endpoint never slows the others."""
+
+from __future__ import annotations
+
+import time
+
+import hostdb
+from support.receiver import Hang, Reply
+
+
+async def healthy_drain_seconds(conn, receiver, org, count: int, tag: str) -> float:
+    before = len(receiver.requests_for("/good"))
+    started = time.monotonic()
+    await hostdb.insert_events_directly(conn, org, f"good.{tag}", count)
+    await receiver.wait_for(before + count, path="/good", timeout=60)
+    return time.monotonic() - started
+
+
+async def test_a_hanging_endpoint_does_not_slow_healthy_ones(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url("/good"), ["good.*"])
+    await hostdb.create_webhook(conn, org, receiver.url("/hang"), ["slow.*"])
+    receiver.respond("/good", Reply(204, delay=0.01))
+    receiver.respond("/hang", Hang())
+    running = await start_daemon(concurrency=16, per_webhook_concurrency=4, http_timeout=60)
+
+    alone = await healthy_drain_seconds(conn, receiver, org, 300, "alone")
+    # A backlog for the hanging endpoint, older than the healthy work that follows.
+    await hostdb.insert_events_directly(conn, org, "slow.created", 200)
+    await receiver.wait_for(4, path="/hang", timeout=10)
+    beside = await healthy_drain_seconds(conn, receiver, org, 300, "beside")
+
+    hung = len(receiver.requests_for("/hang"))
+    assert hung == 4, f"the per-webhook cap holds the hanging endpoint at 4 attempts, saw {hung}"
+    assert running.app.dispatcher is not None
+    ratio = alone / beside
+    print(
+        f"healthy drain alone {alone:.2f}s, beside a hanging endpoint {beside:.2f}s, "
+        f"ratio {ratio:.2f}"
+    )
+    # Isolation, not speed: with 12 of 16 slots free the healthy flow keeps its pace.
+    assert ratio > 0.5, f"healthy deliveries slowed {1 / ratio:.1f}x by a hanging endpoint"
+
+
+async def test_a_failing_endpoint_is_probed_not_hammered(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(
+        conn, org, base_delay_seconds=2, max_delay_seconds=2, max_retries=1
+    )
+    hook = await hostdb.create_webhook(conn, org, receiver.url("/down"), ["*"])
+    receiver.respond("/down", Reply(503))
+    await start_daemon(concurrency=16, per_webhook_concurrency=4)
+    await hostdb.insert_events_directly(conn, org, "job.created", 40)
+    # Ten failures in a row disable it (the host's rule); until then it is probed.
+    await receiver.wait_for(10, path="/down", timeout=40)
+    arrivals = sorted(r.received_at for r in receiver.requests_for("/down"))
+    # The first wave (up to the per-webhook cap) goes before any failure is known;
+    # after that, one probe at a time, one per backoff step (2 s), not 40 at once.
+    burst = [t for t in arrivals if t < arrivals[0] + 0.5]
+    assert len(burst) <= 4
+    later = arrivals[len(burst) :]
+    gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
+    assert gaps and min(gaps) > 1.0, f"probes came {gaps} apart"
+    await hostdb.wait_deliveries(conn, "error_message = 'Webhook is not active'", 1, timeout=10)
+    assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"
+    assert len(receiver.requests_for("/down")) == 10
