@@ -65,16 +65,63 @@ class Settings(BaseSettings):
         default="127.0.0.1:9464", description="host:port of /healthz /readyz /metrics; empty = off"
     )
     instance_name: str = Field(default_factory=socket.gethostname)
-    delivery_retention_days: int = Field(default=30, ge=1, le=3650)
+    delivery_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="days success/failed deliveries are kept"
+    )
+    retention_interval: float = Field(
+        default=600.0, gt=0, le=86400, description="seconds between retention passes"
+    )
     encryption_keys: SecretStr | None = Field(
         default=None, description="comma-separated key-id:base64 keys; the first encrypts"
     )
+    # -- integrations (dispatcher/integrations.py; docs/encryption.md) --------------------
+    encryption_keys_file: str | None = Field(
+        default=None, description="file of key-id:base64 keys (one a line), after the env keys"
+    )
+    credentials_directory: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DISPATCHER_CREDENTIALS_DIRECTORY", "CREDENTIALS_DIRECTORY"),
+        description="systemd LoadCredential directory; its `encryption-keys` file adds keys",
+    )
+    integrations_enabled: bool = Field(default=True, description="run OAuth refresh/health checks")
+    integrations_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    integrations_concurrency: int = Field(default=8, ge=1, le=256)
+    integrations_lease_seconds: float = Field(default=120.0, ge=1, le=3600)
+    integrations_http_timeout: float = Field(default=30.0, gt=0, le=300)
+    oauth_refresh_lead_seconds: float = Field(default=300.0, ge=0, le=86400)
+    oauth_retry_base_seconds: float = Field(default=10.0, gt=0, le=3600)
+    oauth_retry_max_seconds: float = Field(default=300.0, gt=0, le=86400)
+    health_check_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+    health_check_jitter: float = Field(default=0.1, ge=0, le=0.5)
+    health_check_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    health_check_slow_ms: int = Field(default=3000, ge=1)
+    health_unhealthy_after: int = Field(default=2, ge=1, le=100)
+    health_log_retention_days: int = Field(default=30, ge=1, le=3650)
+    health_log_purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("allowed_target_networks")
     @classmethod
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        from dispatcher.crypto import Keyring, parse_keys
+
+        if value is not None:
+            Keyring(parse_keys(value.get_secret_value()))
+        return value
+
+    @field_validator("encryption_keys_file")
+    @classmethod
+    def _keys_file_parse(cls, value: str | None) -> str | None:
+        from dispatcher.crypto import Keyring
+
+        if value:
+            Keyring.from_sources(key_file=value)
+        return value or None
 
     @field_validator("metrics_address")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import hostdb
@@ -59,7 +60,7 @@ async def test_a_failing_endpoint_is_probed_not_hammered(conn, receiver, start_d
     burst = [t for t in arrivals if t < arrivals[0] + 0.5]
     assert len(burst) <= 4
     later = arrivals[len(burst) :]
-    gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(later)]
     assert gaps and min(gaps) > 1.0, f"probes came {gaps} apart"
     await hostdb.wait_deliveries(conn, "error_message = 'Webhook is not active'", 1, timeout=10)
     assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"

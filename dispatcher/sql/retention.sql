@@ -1,0 +1,45 @@
+-- Retention: small batches, SKIP LOCKED, so a purge never holds long locks nor
+-- waits on rows another transaction is writing.
+
+-- name: purge_dlq
+-- DLQ rows older than their org's dlq_retention_days (1-90, default 30).
+WITH doomed AS (
+    SELECT d.id
+    FROM public.webhook_deliveries d
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
+    WHERE d.status = 'dlq'
+      AND coalesce(d.delivered_at, d.created_at) < now() - make_interval(
+              days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90))
+    LIMIT %(batch)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
+
+-- name: purge_finished
+-- success and failed deliveries older than the configured retention.
+WITH doomed AS (
+    SELECT id FROM public.webhook_deliveries
+    WHERE status IN ('success', 'failed')
+      AND created_at < now() - make_interval(days => %(days)s)
+    ORDER BY created_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
+
+-- name: purge_attempts
+WITH doomed AS (
+    SELECT id FROM dispatcher.attempts
+    WHERE attempted_at < now() - make_interval(days => %(days)s)
+    ORDER BY attempted_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM dispatcher.attempts a USING doomed WHERE a.id = doomed.id;
+
+-- name: retention_lock
+-- One replica purges at a time; the lock is released when the session ends.
+SELECT pg_try_advisory_lock(%(key)s) AS locked;
+
+-- name: retention_unlock
+SELECT pg_advisory_unlock(%(key)s) AS unlocked;

@@ -1,0 +1,58 @@
+"""Retention removes old DLQ and finished rows in batches and keeps everything else."""
+
+from __future__ import annotations
+
+import hostdb
+
+from dispatcher.db import make_pool
+from dispatcher.retention import Retention
+from dispatcher.settings import load_settings
+
+
+async def age(conn, days: int, where: str) -> None:
+    await conn.execute(
+        f"UPDATE webhook_deliveries SET created_at = now() - make_interval(days => {days}), "
+        f"delivered_at = now() - make_interval(days => {days}) WHERE {where}"
+    )
+
+
+async def test_old_rows_are_purged_by_their_rules(conn, db_dsn) -> None:
+    short = await hostdb.create_org(conn, "Short")
+    await hostdb.set_retry_config(conn, short, dlq_retention_days=7)
+    default = await hostdb.create_org(conn, "Default")
+    rows = []
+    for org in (short, default):
+        hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
+        for status in ("dlq", "success", "failed", "pending", "retrying"):
+            cur = await conn.execute(
+                "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload,"
+                " request_url, request_headers, request_body, status)"
+                " SELECT %s, %s, 'job.created', '{}', 'http://x', '{}', '{}', %s"
+                " FROM generate_series(1, 5) RETURNING id",
+                (org, hook["id"], status),
+            )
+            rows += await cur.fetchall()
+    await age(conn, 10, "true")
+    await conn.execute(
+        "INSERT INTO dispatcher.attempts (delivery_id, org_id, webhook_id, attempt_number,"
+        " outcome, attempted_at) SELECT gen_random_uuid(), %s, gen_random_uuid(), 1, 'delivered',"
+        " now() - make_interval(days => d) + interval '12 hours' FROM generate_series(1, 40) d",
+        (short,),
+    )
+
+    settings = load_settings(database_url=db_dsn)
+    pool = make_pool(settings)
+    await pool.open(wait=True)
+    try:
+        purged = await Retention(pool, days=30, batch=2).run_once()
+        # 10 days old: only the short-retention org's DLQ (7 days) goes; 30-day rules keep the rest.
+        assert (purged.dlq, purged.finished) == (5, 0)
+        assert purged.attempts == 10  # 30.5 .. 39.5 days old
+        await age(conn, 40, "true")
+        purged = await Retention(pool, days=30, batch=3).run_once()
+        assert (purged.dlq, purged.finished) == (5, 20)
+    finally:
+        await pool.close()
+    left = await hostdb.deliveries(conn)
+    assert sorted({r["status"] for r in left}) == ["pending", "retrying"]
+    assert len(left) == 20
