@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +30,7 @@ from dispatcher.delivery import AttemptResult, Sender, Target
 from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
+from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import OutcomeRow, Recorder
 from dispatcher.settings import Settings
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
@@ -116,6 +119,9 @@ class Dispatcher:
         self._min_batch = max(1, settings.concurrency // 8)
         self._per_hook: collections.Counter[UUID] = collections.Counter()
         self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
+        self.limits = RateLimits()
+        self.replica_id = uuid.uuid4()
+        self.replicas = 1
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
@@ -173,6 +179,9 @@ class Dispatcher:
         now = datetime.now(UTC)
         cap = self._s.per_webhook_concurrency
         busy = {k: n for k, n in self._per_hook.items() if n > 0}
+        for hook in self.limits.limited():  # a rate-limited webhook has only its tokens' room
+            room = self.limits.room(hook) or 0
+            busy[hook] = max(busy.get(hook, 0), cap - room)
         params: dict[str, Any] = {
             "lease": lease,
             "hook_cap": cap,
@@ -214,6 +223,8 @@ class Dispatcher:
         task = asyncio.create_task(self._deliver(d), name=f"delivery-{d.id}")
         self._inflight[d.id] = (task, d)
         self._per_hook[d.webhook_id] += 1
+        if d.active:
+            self.limits.take(d.webhook_id)
         if d.failing:
             self._failing.add(d.webhook_id)
         task.add_done_callback(functools.partial(self._done, d))
@@ -292,6 +303,32 @@ class Dispatcher:
             retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
             error=error,
         )
+
+    # -- replicas and shared limits -------------------------------------------------
+    async def coordinate(self, every: float = 2.0) -> None:
+        """Heartbeat this replica and refresh rate limits, until cancelled."""
+        params = {
+            "id": self.replica_id,
+            "name": self._s.instance_name,
+            "alive_within": max(every * 5, 10.0),
+            "forget_after": 3600,
+        }
+        try:
+            while True:
+                try:
+                    async with self._pool.connection(timeout=5) as conn:
+                        cur = await conn.execute(query("replica_heartbeat"), params)
+                        row = await cur.fetchone()
+                    if row is not None:
+                        self.replicas = int(row["live"])
+                        self.limits.update(row["limits"] or {}, self.replicas)
+                except (psycopg.Error, PoolTimeout) as exc:
+                    log.warning("heartbeat_failed", error=type(exc).__name__)
+                await asyncio.sleep(every)
+        finally:
+            with contextlib.suppress(Exception):
+                async with self._pool.connection(timeout=2) as conn:
+                    await conn.execute(query("replica_leave"), {"id": self.replica_id})
 
     # -- shutdown -----------------------------------------------------------------
     async def stop(self, grace: float) -> None:

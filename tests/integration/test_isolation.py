@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -65,3 +66,46 @@ async def test_a_failing_endpoint_is_probed_not_hammered(conn, receiver, start_d
     await hostdb.wait_deliveries(conn, "error_message = 'Webhook is not active'", 1, timeout=10)
     assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"
     assert len(receiver.requests_for("/down")) == 10
+
+
+async def test_rate_limit_is_shared_by_replicas(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url("/limited"), ["*"])
+    await conn.execute("SELECT dispatcher.set_webhook_rate_limit(%s, %s, 4)", (org, hook["id"]))
+    first = await start_daemon()
+    second = await start_daemon()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (
+        first.app.dispatcher.replicas == second.app.dispatcher.replicas == 2
+        and first.app.dispatcher.limits.limited()
+        and second.app.dispatcher.limits.limited()
+    ):
+        await asyncio.sleep(0.1)
+    assert first.app.dispatcher.replicas == 2, "replicas see each other through heartbeats"
+
+    await hostdb.insert_events_directly(conn, org, "job.created", 24)
+    requests = await receiver.wait_for(24, path="/limited", timeout=30)
+    arrivals = sorted(r.received_at for r in requests)
+    # 4/s shared by two replicas (2/s each, burst 2 each): 24 requests need about 5 s.
+    # Unshared (4/s each) they would take about 2.5 s. A noisy machine only slows it.
+    assert arrivals[-1] - arrivals[0] > 3.5, arrivals[-1] - arrivals[0]
+    busiest = max(sum(1 for t in arrivals if s <= t < s + 1.0) for s in arrivals)
+    assert busiest <= 8, f"{busiest} requests in one second against a limit of 4/s"
+
+
+async def test_rate_limit_refuses_other_orgs_and_bad_values(conn):
+    import psycopg
+
+    org = await hostdb.create_org(conn)
+    other = await hostdb.create_org(conn, "Other")
+    hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
+    for args, message in [
+        ((other, hook["id"], 5), "not found"),
+        ((org, hook["id"], -1), "between"),
+    ]:
+        try:
+            await conn.execute("SELECT dispatcher.set_webhook_rate_limit(%s, %s, %s)", args)
+        except psycopg.Error as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"{args} was accepted")
