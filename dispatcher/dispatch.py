@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,6 +120,9 @@ class Dispatcher:
         self._min_batch = max(1, settings.concurrency // 8)
         self._per_hook: collections.Counter[UUID] = collections.Counter()
         self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
+        # consecutive failures seen by this process, and when the next probe may go
+        self._streak: dict[UUID, tuple[int, float]] = {}
+        self._held_back = False  # the last claim skipped webhooks that had no room
         self.limits = RateLimits()
         self.replica_id = uuid.uuid4()
         self.replicas = 1
@@ -143,6 +147,7 @@ class Dispatcher:
                 await self._wait([self._slot_freed], self._s.poll_interval)
                 continue
             self._wake.clear()
+            self._slot_freed.clear()
             try:
                 more = await self._claim_and_start(free)
                 backoff = 0.2
@@ -159,8 +164,9 @@ class Dispatcher:
                 continue
             if more:
                 continue
-            self._slot_freed.clear()
-            await self._wait([self._wake], self._s.poll_interval)
+            # Work held back by a per-webhook limit resumes as soon as one of its attempts ends.
+            events = [self._wake, self._slot_freed] if self._held_back else [self._wake]
+            await self._wait(events, self._s.poll_interval)
 
     async def _wait(self, events: list[asyncio.Event], timeout: float) -> None:
         if self._stopping:
@@ -172,51 +178,81 @@ class Dispatcher:
             for w in waiters:
                 w.cancel()
 
-    async def _claim_and_start(self, free: int) -> bool:
-        """One pass; True when there may be more work right now."""
-        lease = self._s.lease_seconds
-        batch = min(free, self._s.batch_size)
-        now = datetime.now(UTC)
+    def _room(self) -> dict[UUID, int]:
+        """How many more attempts each webhook we know about may start in this process.
+
+        Bounded by the per-webhook cap, by rate tokens, and for a webhook failing
+        here and now (before the database has the outcomes) by one probe at a time.
+        Webhooks not listed have the full cap.
+        """
         cap = self._s.per_webhook_concurrency
-        busy = {k: n for k, n in self._per_hook.items() if n > 0}
-        for hook in self.limits.limited():  # a rate-limited webhook has only its tokens' room
-            room = self.limits.room(hook) or 0
-            busy[hook] = max(busy.get(hook, 0), cap - room)
+        room = {k: max(cap - n, 0) for k, n in self._per_hook.items() if n > 0}
+        for hook in self.limits.limited():
+            room[hook] = min(room.get(hook, cap), self.limits.room(hook) or 0)
+        now = time.monotonic()
+        for hook, (streak, quiet_until) in self._streak.items():
+            if streak >= FAILING_AFTER:
+                probe = 0 if self._per_hook[hook] or now < quiet_until else 1
+                room[hook] = min(room.get(hook, cap), probe)
+        for hook in self._failing:
+            room[hook] = 0
+        return room
+
+    async def _claim_and_start(self, free: int) -> bool:
+        """One pass; True when there may be more work right now.
+
+        Deliveries created by the fan-out start before the second query runs, so
+        a fresh event costs one round trip between NOTIFY and the POST.
+        """
+        batch = min(free, self._s.batch_size)
+        cap = self._s.per_webhook_concurrency
         params: dict[str, Any] = {
-            "lease": lease,
+            "lease": self._s.lease_seconds,
             "hook_cap": cap,
             "failing_after": FAILING_AFTER,
-            "busy_ids": list(busy),
-            "busy_counts": list(busy.values()),
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(query("fan_out"), {**params, "batch": batch, "claim": batch})
+            room = self._room()
+            cur = await conn.execute(
+                query("fan_out"),
+                {
+                    **params,
+                    "room_ids": list(room),
+                    "room_left": list(room.values()),
+                    "batch": batch,
+                    "claim": batch,
+                },
+            )
             rows = await cur.fetchall()
+            now = datetime.now(UTC)
             events = int(rows[-1]["events_claimed"]) if rows else 0
             claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
             for d in claimed:
-                busy[d.webhook_id] = busy.get(d.webhook_id, 0) + 1
+                self._start(d)
+            if events:
+                self._metrics.events_fanned_out.inc(events)
             left = batch - len(claimed)
             due: list[Claimed] = []
             if left > 0:
+                room = self._room()
                 # Webhooks with no room left in this process are not even scanned.
-                full = [k for k, n in busy.items() if n >= cap or k in self._failing]
+                full = [k for k, n in room.items() if n <= 0]
                 cur = await conn.execute(
                     query("claim_due"),
                     {
                         **params,
-                        "busy_ids": list(busy),
-                        "busy_counts": list(busy.values()),
+                        "room_ids": list(room),
+                        "room_left": list(room.values()),
                         "full_ids": full,
                         "limit": left,
                         "scan": left * 4,
                     },
                 )
                 due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
-        if events:
-            self._metrics.events_fanned_out.inc(events)
-        for d in (*claimed, *due):
-            self._start(d)
+                for d in due:
+                    self._start(d)
+        # A webhook at its limit may have more due work: look again when a slot frees.
+        self._held_back = any(n <= 0 for n in self._room().values())
         return events >= batch or len(due) >= left > 0 or len(claimed) >= batch
 
     def _start(self, d: Claimed) -> None:
@@ -283,6 +319,11 @@ class Dispatcher:
                 error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
         row.error_message = error
         self._recorder.put(row)
+        if row.success:
+            self._streak.pop(d.webhook_id, None)
+        elif row.counts:
+            streak = self._streak.get(d.webhook_id, (0, 0.0))[0] + 1
+            self._streak[d.webhook_id] = (streak, time.monotonic() + probe_delay(d.policy, streak))
         outcome = row.outcome
         self._metrics.attempts.labels(outcome=outcome).inc()
         if r is not None and r.outcome is not Outcome.REFUSED:
@@ -361,3 +402,11 @@ class Dispatcher:
                 error=type(exc).__name__,
                 note="they become due again when their lease ends",
             )
+
+
+def probe_delay(policy: RetryPolicy, streak: int) -> float:
+    """Seconds between probes of a failing webhook (mirrors the claim_due query)."""
+    if streak < FAILING_AFTER:
+        return 0.0
+    step = policy.base_delay_seconds * 2.0 ** min(streak - FAILING_AFTER, 20)
+    return float(min(step, policy.max_delay_seconds))

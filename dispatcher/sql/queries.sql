@@ -28,7 +28,7 @@ WITH claimed AS (
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
-                 <= %(hook_cap)s - coalesce(busy.n, 0) AS eligible,
+                 <= coalesce(room.n, %(hook_cap)s) AS eligible,
            e.created_at AS event_created_at
     FROM claimed c
     JOIN public.events e ON e.id = c.event_id
@@ -36,8 +36,8 @@ WITH claimed AS (
       ON w.org_id = e.org_id AND w.deleted_at IS NULL
      AND dispatcher.matches_any(w.events, e.event_type)
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
-    LEFT JOIN unnest(%(busy_ids)s::uuid[], %(busy_counts)s::int[]) AS busy (webhook_id, n)
-      ON busy.webhook_id = w.id
+    LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
+      ON room.webhook_id = w.id
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
@@ -80,7 +80,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- come, whoever wrote them). The lease end is written to next_retry_at and is
 -- the claim token: an outcome is recorded only while it is unchanged.
 -- Isolation: at most %(hook_cap)s attempts in flight per webhook in this process
--- (busy_ids/busy_counts are those already in flight); a failing webhook
+-- (room_ids/room_left: how many more each busy webhook may start); a failing webhook
 -- (%(failing_after)s+ consecutive failures) gets one probe at a time, spaced by
 -- its org's backoff after its last failure, so it never hammers nor hogs slots.
 WITH candidates AS (
@@ -113,10 +113,11 @@ WITH candidates AS (
     FROM candidates c
 ), due AS (
     SELECT r.* FROM ranked r
-    LEFT JOIN unnest(%(busy_ids)s::uuid[], %(busy_counts)s::int[]) AS busy (webhook_id, n)
-      ON busy.webhook_id = r.webhook_id
+    LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
+      ON room.webhook_id = r.webhook_id
     WHERE r.webhook_status <> 'active' OR r.webhook_deleted_at IS NOT NULL
-       OR r.hook_rank <= CASE WHEN r.failing THEN 1 ELSE %(hook_cap)s END - coalesce(busy.n, 0)
+       OR r.hook_rank <= least(CASE WHEN r.failing THEN 1 ELSE %(hook_cap)s END,
+                               coalesce(room.n, %(hook_cap)s))
     ORDER BY r.due_at, r.created_at
     LIMIT %(limit)s
 )
