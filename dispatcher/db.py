@@ -62,7 +62,8 @@ def make_pool(settings: Settings) -> Pool:
         kwargs=connect_kwargs(settings),
         connection_class=psycopg.AsyncConnection[DictRow],
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        # No check on every checkout (a round trip each time): a broken connection
+        # fails its statement, the caller retries, and the pool replaces it.
         name="dispatcher",
         reconnect_timeout=0,  # keep trying for ever: outages are waited out
     )

@@ -2,17 +2,30 @@
 
 Every failure becomes an AttemptResult (never an exception): the caller records
 it. One long-lived aiohttp session with explicit limits: total timeout,
-redirects off, a cap on response bytes read, an SSRF-guarding resolver.
+redirects off (a 3xx is a failure, never followed), a cap on response bytes
+read, on header count and line length, and an SSRF-guarding resolver.
+
+The status decides the outcome. Once the status line and headers have
+arrived, the body is read until the attempt's deadline, the byte cap or the
+end, whichever comes first: a body that never ends, trickles or breaks off
+keeps the status and what was read (the receiver has already answered).
+Everything that comes from the receiver is cleaned to text PostgreSQL and
+JSON can hold (no NUL, no lone surrogates) before it is recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
 from dispatcher.outcomes import Outcome, classify_status
@@ -26,8 +39,18 @@ from dispatcher.ssrf import (
     validate_url,
 )
 
+# What is kept of a response's headers.
 MAX_RESPONSE_HEADERS = 64
 MAX_RESPONSE_HEADER_VALUE = 1024
+# What aiohttp's parser accepts before giving up on a response: the status line and each
+# header line at most 8 KiB (nginx's default), at most 100 headers. Worst case ~800 KiB of
+# headers per attempt; aiohttp < 3.13.4 defaulted to 32768 headers.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 100
+# Socket read buffer per connection (aiohttp pauses reading at twice this).
+READ_BUFSIZE = 16 * 1024
+MAX_ERROR_CHARS = 300
 
 
 @dataclass(slots=True)
@@ -57,22 +80,41 @@ class AttemptResult:
 
 
 def _clean(text: str) -> str:
-    """PostgreSQL text cannot hold NUL."""
-    return text.replace("\x00", "\ufffd")
+    """Text PostgreSQL and JSON can hold: no NUL, no lone surrogates (aiohttp decodes
+    undecodable header bytes to surrogate escapes)."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    text = re.sub(r"\s+", " ", _clean(text)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Sender:
-    """Owns the aiohttp session; `attempt()` never raises for a receiver's behaviour."""
+    """Owns the aiohttp session; `attempt()` never raises for a receiver's behaviour.
 
-    def __init__(self, settings: Settings) -> None:
+    ``resolver`` does the DNS lookups (default: the system's getaddrinfo); it is always
+    wrapped in the SSRF guard unless it is a GuardedResolver already.
+    """
+
+    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None) -> None:
         self._settings = settings
         self._allowed = settings.allowed_networks
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, str] = {}  # URL -> validated form (only accepted URLs)
         self._read_bytes = max(settings.response_body_chars * 4, 1024)
+        if resolver is None or not isinstance(resolver, GuardedResolver):
+            resolver = GuardedResolver(allowed=self._allowed, inner=resolver)
+        self._resolver: GuardedResolver = resolver
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(allowed=self._allowed),
+            resolver=self._resolver,
             limit=max(self._settings.concurrency, 10),
             limit_per_host=0,
             ttl_dns_cache=60,
@@ -81,11 +123,13 @@ class Sender:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._settings.http_timeout),
-            auto_decompress=True,
+            auto_decompress=True,  # aiohttp >= 3.13 inflates in bounded steps
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("Accept-Encoding",),
-            max_line_size=8190,
-            max_field_size=8190,
+            read_bufsize=READ_BUFSIZE,
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            max_headers=MAX_HEADERS,
         )
 
     async def close(self) -> None:
@@ -106,7 +150,7 @@ class Sender:
                 ),
             )
         try:
-            target.url = str(validate_url(target.url, self._allowed))
+            target.url = self._validated(target.url)
             return build_request(
                 delivery_id=target.delivery_id,
                 event_type=target.event_type,
@@ -115,15 +159,27 @@ class Sender:
                 headers=target.headers,
             )
         except InvalidTarget as exc:
-            return AttemptResult(Outcome.REFUSED, error_code="invalid_url", error_message=str(exc))
+            return AttemptResult(
+                Outcome.REFUSED, error_code="invalid_url", error_message=_one_line(str(exc))
+            )
         except TargetRefused as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="target_refused", error_message=str(exc)
+                Outcome.REFUSED, error_code="target_refused", error_message=_one_line(str(exc))
             )
         except InvalidWebhook as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="invalid_webhook", error_message=str(exc)
+                Outcome.REFUSED, error_code="invalid_webhook", error_message=_one_line(str(exc))
             )
+
+    def _validated(self, url: str) -> str:
+        """validate_url, remembered per URL (webhook URLs repeat; the rules do not change)."""
+        known = self._urls.get(url)
+        if known is None:
+            known = str(validate_url(url, self._allowed))
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            self._urls[url] = known
+        return known
 
     async def attempt(self, target: Target) -> AttemptResult:
         prepared = self.prepare(target)
@@ -143,7 +199,6 @@ class Sender:
 
     async def _post(self, target: Target, req: BuiltRequest) -> AttemptResult:
         assert self._session is not None
-        timeout = self._settings.http_timeout
         try:
             async with self._session.post(
                 target.url,
@@ -151,13 +206,13 @@ class Sender:
                 headers=req.headers,
                 allow_redirects=False,
             ) as resp:
-                body = await self._read_capped(resp)
                 status = resp.status
-                headers = self._headers(resp)
-                outcome = classify_status(status)
                 result = AttemptResult(
-                    outcome, response_status=status, response_headers=headers, response_body=body
+                    classify_status(status),
+                    response_status=status,
+                    response_headers=self._headers(resp),
                 )
+                result.response_body, incomplete = await self._read_capped(resp)
                 if 300 <= status < 400:
                     location = resp.headers.get("Location", "")[:200]
                     result.error_message = (
@@ -165,9 +220,12 @@ class Sender:
                         "(webhook URLs must answer directly)"
                     )
                     result.error_code = "redirect"
-                elif outcome is not Outcome.DELIVERED:
-                    result.error_message = f"HTTP {status} {_clean(resp.reason or '')}".strip()
+                elif result.outcome is not Outcome.DELIVERED:
+                    reason = _one_line(resp.reason or "", 100)
+                    result.error_message = f"HTTP {status} {reason}".strip()
                     result.error_code = f"http_{status}"
+                if incomplete and result.error_message:
+                    result.error_message += f"; response body incomplete: {incomplete}"
                 if status in (429, 503):
                     result.retry_after = parse_retry_after(
                         resp.headers.get("Retry-After"), datetime.now(UTC)
@@ -177,40 +235,42 @@ class Sender:
             return AttemptResult(
                 Outcome.RETRYABLE,
                 error_code="timeout",
-                error_message=f"no complete answer within {timeout:g} s",
+                error_message=(
+                    f"no response within {self._settings.http_timeout:g} s "
+                    "(DISPATCHER_HTTP_TIMEOUT)"
+                ),
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             refused = refused_cause(exc)
             if refused is not None:
                 return AttemptResult(
-                    Outcome.REFUSED, error_code="target_refused", error_message=str(refused)
+                    Outcome.REFUSED,
+                    error_code="target_refused",
+                    error_message=_one_line(str(refused)),
                 )
-            return AttemptResult(
-                Outcome.RETRYABLE, error_code="network_error", error_message=_clean(_describe(exc))
-            )
-        except OSError as exc:
-            refused = refused_cause(exc)
-            if refused is not None:
-                return AttemptResult(
-                    Outcome.REFUSED, error_code="target_refused", error_message=str(refused)
-                )
-            return AttemptResult(
-                Outcome.RETRYABLE, error_code="network_error", error_message=_clean(_describe(exc))
-            )
+            code, message = describe_network_error(exc)
+            return AttemptResult(Outcome.RETRYABLE, error_code=code, error_message=message)
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> str:
-        """At most response_body_chars characters, reading at most a bounded number of bytes."""
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[str, str | None]:
+        """At most response_body_chars characters, reading at most a bounded number of bytes
+        and never past the attempt's deadline. Returns (text, why it is incomplete or None)."""
         limit = self._read_bytes
         chunks: list[bytes] = []
         got = 0
-        while got < limit:
-            chunk = await resp.content.read(limit - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        incomplete: str | None = None
+        try:
+            while got < limit:
+                chunk = await resp.content.read(limit - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        except (TimeoutError, asyncio.TimeoutError):
+            incomplete = f"not finished within {self._settings.http_timeout:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            incomplete = describe_network_error(exc)[1]
         text = b"".join(chunks).decode("utf-8", errors="replace")
-        return _clean(text[: self._settings.response_body_chars])
+        return _clean(text[: self._settings.response_body_chars]), incomplete
 
     @staticmethod
     def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
@@ -222,7 +282,70 @@ class Sender:
         return out
 
 
-def _describe(exc: BaseException) -> str:
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in exc's chain (cause, context, aiohttp's os_error and
+    certificate_error), aiohttp's wrappers excluded."""
+    stack, seen = [exc], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind) and not isinstance(current, aiohttp.ClientError):
+            return current  # aiohttp's own TLS errors subclass ssl's: look behind them
+        for linked in (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "os_error", None),
+            getattr(current, "certificate_error", None),
+        ):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    return None
+
+
+def _where(exc: BaseException) -> str:
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    return f" {host}:{port}" if host else ""
+
+
+def describe_network_error(exc: BaseException) -> tuple[str, str]:
+    """(error_code, one-line message) for a failure before a complete response arrived."""
+    cert = _find(exc, ssl.SSLCertVerificationError)
+    if cert is not None:
+        reason = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
+        return "tls_error", _one_line(
+            f"TLS failure: the certificate of{_where(exc)} was not accepted: {reason}"
+        )
+    tls = _find(exc, ssl.SSLError)
+    if tls is not None:
+        reason = getattr(tls, "reason", None) or str(tls)
+        hint = ""
+        if str(reason).upper() in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
+            hint = " (is the endpoint serving plain HTTP on an https URL?)"
+        return "tls_error", _one_line(
+            f"TLS failure: handshake with{_where(exc)} failed: {reason}{hint}"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns_error", _one_line(f"cannot resolve{_where(exc)}: {exc.strerror or exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error", _one_line(f"cannot connect to{_where(exc)}: {exc.strerror or exc}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected", "the receiver closed the connection before a complete response"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "invalid_response", _one_line(f"invalid response body: {_payload_reason(exc)}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Raised by the response parser (aiohttp sets status 400 on it: not the receiver's).
+        return "invalid_response", _one_line(f"invalid HTTP response: {exc.message}")
+    os_error = _find(exc, OSError)
+    if isinstance(os_error, OSError) and os_error.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection_reset", "the receiver reset the connection"
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return "network_error", _one_line(f"network error: {os_error.strerror}")
     text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}"[:500] if text else name
+    return "network_error", _one_line(f"network error: {type(exc).__name__}: {text}".rstrip(": "))
+
+
+def _payload_reason(exc: aiohttp.ClientPayloadError) -> str:
+    inner = exc.__cause__ or exc.__context__
+    return str(inner or exc) or type(exc).__name__

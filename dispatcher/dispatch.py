@@ -72,10 +72,7 @@ class Claimed:
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
-        policy_row = {k: row[k] for k in _POLICY_KEYS} if row["max_retries"] is not None else None
-        policy, warnings = RetryPolicy.from_row(policy_row)
-        if warnings:
-            log.warning("retry_config_clamped", org_id=str(row["org_id"]), problems=warnings)
+        policy = _policy(row["org_id"], tuple(row[k] for k in _POLICY_KEYS))
         secrets = [row["secret"] or ""]
         if (
             row["previous_secret"]
@@ -102,6 +99,20 @@ class Claimed:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _policy(org_id: UUID, values: tuple[Any, ...]) -> RetryPolicy:
+    """The org's retry policy, clamped; warned about once per org and configuration."""
+    if values[0] is None:  # no integration_retry_config row: the defaults
+        return DEFAULT_POLICY
+    policy, warnings = RetryPolicy.from_row(dict(zip(_POLICY_KEYS, values, strict=True)))
+    if warnings:
+        log.warning("retry_config_clamped", org_id=str(org_id), problems=warnings)
+    return policy
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
 class Dispatcher:
     def __init__(
         self, settings: Settings, pool: Pool, sender: Sender, recorder: Recorder, metrics: Metrics
@@ -113,11 +124,13 @@ class Dispatcher:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._hook_room = asyncio.Event()  # a webhook at its limit has room for a batch again
         self._inflight: dict[UUID, tuple[asyncio.Task[None], Claimed]] = {}
         self._stopping = False
         self._stop_ev = asyncio.Event()
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
         self._min_batch = max(1, settings.concurrency // 8)
+        self._refill_at = max(1, settings.per_webhook_concurrency // 4)
         self._per_hook: collections.Counter[UUID] = collections.Counter()
         self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
         # consecutive failures seen by this process, and when the next probe may go
@@ -148,6 +161,7 @@ class Dispatcher:
                 continue
             self._wake.clear()
             self._slot_freed.clear()
+            self._hook_room.clear()
             try:
                 more = await self._claim_and_start(free)
                 backoff = 0.2
@@ -165,7 +179,7 @@ class Dispatcher:
             if more:
                 continue
             # Work held back by a per-webhook limit resumes as soon as one of its attempts ends.
-            events = [self._wake, self._slot_freed] if self._held_back else [self._wake]
+            events = [self._wake, self._hook_room] if self._held_back else [self._wake]
             await self._wait(events, self._s.poll_interval)
 
     async def _wait(self, events: list[asyncio.Event], timeout: float) -> None:
@@ -267,11 +281,16 @@ class Dispatcher:
 
     def _done(self, d: Claimed, _: asyncio.Task[None]) -> None:
         self._inflight.pop(d.id, None)
-        self._per_hook[d.webhook_id] -= 1
-        if self._per_hook[d.webhook_id] <= 0:
+        left = self._per_hook[d.webhook_id] - 1
+        if left <= 0:
             del self._per_hook[d.webhook_id]
             self._failing.discard(d.webhook_id)
+        else:
+            self._per_hook[d.webhook_id] = left
         self._slot_freed.set()
+        # Claim again for a capped webhook once a quarter of its cap is free (not per attempt).
+        if left <= self._s.per_webhook_concurrency - self._refill_at:
+            self._hook_room.set()
 
     async def _deliver(self, d: Claimed) -> None:
         if not d.active:
@@ -330,10 +349,10 @@ class Dispatcher:
             self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
         log.info(
             "delivery_attempt",
-            delivery_id=str(d.id),
-            webhook_id=str(d.webhook_id),
-            event_id=str(d.event_id) if d.event_id else None,
-            org_id=str(d.org_id),
+            delivery_id=d.id,
+            webhook_id=d.webhook_id,
+            event_id=d.event_id,
+            org_id=d.org_id,
             event_type=d.event_type,
             attempt=d.attempt,
             max_attempts=d.max_attempts,

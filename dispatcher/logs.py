@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Any, TextIO
+from uuid import UUID
 
 import orjson
 import structlog
@@ -26,6 +27,14 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+def _readable_ids(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """UUIDs as plain text on a console (orjson writes them natively in JSON)."""
+    for key, value in event.items():
+        if isinstance(value, UUID):
+            event[key] = str(value)
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -39,6 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         shared.append(structlog.processors.dict_tracebacks)
     else:
+        shared.append(_readable_ids)
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     structlog.configure(
         processors=[*shared, renderer],

@@ -6,6 +6,7 @@ SecretStr and never printed: `summary()` is the redacted view that is logged.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=64, ge=1, le=4096, description="attempts in flight at once")
     per_webhook_concurrency: int = Field(
-        default=8, ge=1, le=4096, description="attempts in flight to one webhook at once"
+        default=16, ge=1, le=4096, description="attempts in flight to one webhook at once"
     )
     batch_size: int = Field(default=200, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
@@ -171,10 +172,27 @@ def redact_dsn(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
 
 
+DATABASE_URL_CREDENTIAL = "database-url"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment; ConfigError with one line naming the variable when invalid."""
+    """Read the environment; ConfigError with one line naming the variable when invalid.
+
+    With no database URL in the environment, a `database-url` file in the systemd
+    credentials directory (LoadCredential=database-url:...) provides it.
+    """
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        url_set = settings.database_url and settings.database_url.get_secret_value().strip()
+        if not url_set and settings.credentials_directory:
+            path = os.path.join(settings.credentials_directory, DATABASE_URL_CREDENTIAL)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as fh:
+                    url = SecretStr(fh.read().strip())
+                settings = settings.model_copy(update={"database_url": url})
+        return settings
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {DATABASE_URL_CREDENTIAL} credential: {exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"

@@ -175,7 +175,9 @@ WITH o AS (
     INSERT INTO dispatcher.attempts (delivery_id, org_id, webhook_id, attempt_number, outcome,
                                      response_status, duration_ms, error_message)
     SELECT id, org_id, webhook_id, attempt, outcome, response_status, duration_ms, error_message
-    FROM done WHERE counts OR success
+    -- A first attempt that succeeded is fully described by the delivery row itself;
+    -- history is kept for every attempt of a delivery that did not succeed at once.
+    FROM done WHERE counts OR (success AND attempt > 1)
 ), last_ok AS (
     SELECT webhook_id, max(seq) FILTER (WHERE success) AS seq, bool_or(gone) AS gone
     FROM done WHERE counts OR success GROUP BY webhook_id
