@@ -20,10 +20,10 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.daemon import DaemonProcess  # noqa: E402
-from support.pg import PgCluster  # noqa: E402
-from support.proxy import TcpProxy  # noqa: E402
-from support.receiver import Receiver  # noqa: E402
+from support.daemon import DaemonProcess
+from support.pg import PgCluster
+from support.proxy import TcpProxy
+from support.receiver import Receiver
 
 ALLOWED_TARGET_NETWORKS = "127.0.0.0/8,::1/128"
 TEMPLATE_DB = "dispatcher_template"
@@ -111,7 +111,9 @@ def daemon_factory() -> Iterator[DaemonFactory]:
     the test and their log tails printed (shown by pytest when the test fails)."""
     daemons: list[DaemonProcess] = []
 
-    def spawn(env: Mapping[str, str] | None = None, args: Sequence[str] = ("run",)) -> DaemonProcess:
+    def spawn(
+        env: Mapping[str, str] | None = None, args: Sequence[str] = ("run",)
+    ) -> DaemonProcess:
         daemon = DaemonProcess(env, args)
         daemons.append(daemon)
         daemon.start()

@@ -23,7 +23,8 @@ def test_cluster_accepts_connections_with_test_settings(pg_cluster: PgCluster) -
     assert pg_cluster.dsn("x") == f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/x"
     assert pg_cluster.port != 5432
     with psycopg.connect(pg_cluster.dsn()) as conn:
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
+        rows = conn.execute("SELECT name, setting FROM pg_settings").fetchall()
+    settings: dict[str, str] = dict(rows)
     assert settings["fsync"] == "off"
     assert settings["synchronous_commit"] == "on"  # see FAST_SETTINGS
     assert settings["full_page_writes"] == "off"

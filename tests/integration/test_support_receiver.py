@@ -107,9 +107,11 @@ async def test_wait_for_wakes_up_on_arrival(receiver: Receiver) -> None:
 
 async def test_wait_for_timeout_says_how_many_arrived(receiver: Receiver) -> None:
     await _post(receiver.url("/a"))
-    with pytest.raises(AssertionError, match=r"at least 2 request\(s\) for '/a' within 0.2s, got 1"):
+    with pytest.raises(
+        AssertionError, match=r"at least 2 request\(s\) for '/a' within 0.2s, got 1"
+    ):
         await receiver.wait_for(2, path="/a", timeout=0.2)
-    with pytest.raises(AssertionError, match="in total within 0.1s, got 1"):
+    with pytest.raises(AssertionError, match=r"in total within 0\.1s, got 1"):
         await receiver.wait_for(5, timeout=0.1)
 
 

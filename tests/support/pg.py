@@ -31,6 +31,9 @@ from .net import LOOPBACK, reserved_port
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 UNPRIVILEGED_USERS = ("postgres", "nobody")
 BINDIR_ENV = "DISPATCHER_TEST_PG_BINDIR"
+TMPDIR_ENV = "DISPATCHER_TEST_PG_TMPDIR"
+SHM = Path("/dev/shm")
+SHM_MIN_FREE = 1 << 30
 
 FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
@@ -42,8 +45,7 @@ FAST_SETTINGS: Mapping[str, str] = {
     "shared_buffers": "128MB",
     "jit": "off",
     "huge_pages": "off",
-    "checkpoint_timeout": "30min",
-    "max_wal_size": "2GB",
+    "max_wal_size": "256MB",  # the data dir may live in RAM (/dev/shm); checkpoints are cheap
     "log_line_prefix": "'%m [%p] %q%u@%d '",
 }
 
@@ -88,7 +90,7 @@ def pgserver_bindir() -> Path | None:
 def find_bindir() -> Path:
     """Directory holding initdb, pg_ctl and postgres (see module docstring for the order)."""
     forced = os.environ.get(BINDIR_ENV)
-    candidates = [Path(forced)] if forced else []
+    candidates: list[Path | None] = [Path(forced)] if forced else []
     candidates += [_pg_config_bindir(), _path_bindir(), pgserver_bindir()]
     for candidate in candidates:
         if candidate is not None and _has_server(candidate):
@@ -129,9 +131,23 @@ def _others_can_traverse(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
+def _usable_base(path: Path, user: pwd.struct_passwd | None, min_free: int = 0) -> bool:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return False
+    writable = path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    return writable and free >= min_free and (user is None or _others_can_traverse(path))
+
+
 def _temp_base(user: pwd.struct_passwd | None) -> str | None:
-    default = Path(tempfile.gettempdir())
-    if user is None or _others_can_traverse(default):
+    """Where to put the cluster: $DISPATCHER_TEST_PG_TMPDIR, else /dev/shm (RAM: CREATE
+    DATABASE is ~10x faster than on disk), else the default temp dir, else /tmp."""
+    if forced := os.environ.get(TMPDIR_ENV):
+        return forced
+    if _usable_base(SHM, user, SHM_MIN_FREE):
+        return str(SHM)
+    if _usable_base(Path(tempfile.gettempdir()), user):
         return None
     return "/tmp"
 

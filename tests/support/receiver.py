@@ -1,8 +1,8 @@
 """A scriptable webhook receiver: a real aiohttp server on 127.0.0.1 in the test's loop.
 
-    receiver.respond("/hook", Reply(500), Reply(500), Reply(200))  # last step repeats
-    ... daemon delivers ...
-    [first, *_] = await receiver.wait_for(3, path="/hook")
+receiver.respond("/hook", Reply(500), Reply(500), Reply(200))  # last step repeats
+... daemon delivers ...
+[first, *_] = await receiver.wait_for(3, path="/hook")
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class Receiver:
         self, count: int, path: str | None = None, timeout: float = 10.0
     ) -> list[ReceivedRequest]:
         """At least ``count`` requests (for ``path``, or all) — the matching ones, in order."""
+
         def matching() -> list[ReceivedRequest]:
             return self.requests if path is None else self.requests_for(path)
 
@@ -117,7 +118,7 @@ class Receiver:
         counts: dict[str, int] = defaultdict(int)
         for r in self.requests:
             counts[r.path] += 1
-        return dict(counts).__repr__()
+        return repr(dict(counts))
 
     def _next_step(self, path: str) -> Step:
         script = self._scripts.get(path)
