@@ -34,6 +34,13 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "options": options,
         "row_factory": dict_row,
         "connect_timeout": 10,
+        # Notice a dead peer: keepalives for idle links, and unacknowledged data fails
+        # the connection after 30 s instead of the kernel's ~15 minutes.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
     }
 
 

@@ -131,6 +131,10 @@ class Dispatcher:
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
         self._min_batch = max(1, settings.concurrency // 8)
         self._refill_at = max(1, settings.per_webhook_concurrency // 4)
+        # Client-side bound on one claim pass: a half-open connection never answers.
+        self._deadline = (
+            settings.statement_timeout_ms / 1000 + 10 if settings.statement_timeout_ms else 60
+        )
         self._per_hook: collections.Counter[UUID] = collections.Counter()
         self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
         # consecutive failures seen by this process, and when the next probe may go
@@ -163,9 +167,10 @@ class Dispatcher:
             self._slot_freed.clear()
             self._hook_room.clear()
             try:
-                more = await self._claim_and_start(free)
+                async with asyncio.timeout(self._deadline):
+                    more = await self._claim_and_start(free)
                 backoff = 0.2
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
                 log.warning(
                     "claim_failed",
                     error=type(exc).__name__,

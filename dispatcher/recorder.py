@@ -19,6 +19,7 @@ from uuid import UUID
 import orjson
 import psycopg
 import structlog
+from psycopg_pool import PoolTimeout
 
 from dispatcher.db import Pool
 from dispatcher.queries import query
@@ -80,8 +81,9 @@ class OutcomeRow:
 
 
 class Recorder:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, deadline: float = 60.0) -> None:
         self._pool = pool
+        self._deadline = deadline  # client-side bound on one write, beyond statement_timeout
         self._queue: asyncio.Queue[OutcomeRow] = asyncio.Queue()
         self._seq = 0
         self._idle = asyncio.Event()
@@ -128,6 +130,8 @@ class Recorder:
                 psycopg.errors.DeadlockDetected,
                 psycopg.errors.SerializationFailure,
                 psycopg.errors.QueryCanceled,
+                PoolTimeout,
+                TimeoutError,  # no answer at all: a half-open connection
             ) as exc:
                 log.warning(
                     "outcome_write_failed",
@@ -144,7 +148,7 @@ class Recorder:
             self._seq += 1
             rows.append(row.as_json(self._seq))
         payload = orjson.dumps(rows).decode()
-        async with self._pool.connection() as conn:
+        async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             recorded = len(await cur.fetchall())
         self.batches += 1

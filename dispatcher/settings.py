@@ -10,7 +10,14 @@ import os
 import socket
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.errors import ConfigError
@@ -131,6 +138,16 @@ class Settings(BaseSettings):
             split_address(value)
         return value.strip()
 
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> Settings:
+        if self.lease_seconds < self.http_timeout + 10:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must exceed http_timeout "
+                f"({self.http_timeout:g}) by at least 10 s, or a slow attempt could be "
+                "taken over and sent twice"
+            )
+        return self
+
     @property
     def allowed_networks(self) -> list[IPNetwork]:
         return parse_networks(self.allowed_target_networks)
@@ -195,8 +212,10 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"cannot read the {DATABASE_URL_CREDENTIAL} credential: {exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        env = field if field.isupper() else ENV_PREFIX + field.upper()
         msg = str(err["msg"]).removeprefix("Value error, ")
         extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        if not err["loc"]:  # a rule across settings: the message names them
+            raise ConfigError(f"invalid settings: {msg}{extra}") from None
+        field = str(err["loc"][0])
+        env = field if field.isupper() else ENV_PREFIX + field.upper()
         raise ConfigError(f"invalid setting {env}: {msg}{extra}") from None
