@@ -1,0 +1,421 @@
+"""Operator commands: webhooks, deliveries, dlq, recover, retry-config, stats.
+
+Registered into `dispatcher` (cli.py) through cli.extend and cli.command. Every
+command prints a table or a key/value block, or JSON with --json. Bad input
+raises InvalidInput/NotFound before anything is written; cli.main prints it as
+one line and exits non-zero. Times and durations: see admin_format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeAlias, TypeVar
+from uuid import UUID
+
+from dispatcher import admin, cli, db, migrations
+from dispatcher.admin_format import (
+    TIME_HELP,
+    age,
+    fields,
+    parse_time,
+    parse_uuid,
+    table,
+    to_json,
+    when,
+)
+from dispatcher.errors import ExitCode, InvalidInput
+from dispatcher.settings import Settings
+
+T = TypeVar("T")
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+DELIVERY_COLUMNS = (
+    ("id", "ID"),
+    ("created_at", "CREATED"),
+    ("webhook_name", "WEBHOOK"),
+    ("event_type", "EVENT"),
+    ("status", "STATUS"),
+    ("tries", "TRIES"),
+    ("response_status", "HTTP"),
+    ("error_message", "ERROR"),
+)
+
+
+def run_db(settings: Settings, action: Callable[[admin.Conn], Awaitable[T]]) -> T:
+    """Connect, refuse a schema that is behind, run `action` on the connection."""
+
+    async def go() -> T:
+        conn = await db.connect(settings)
+        async with conn:
+            with admin.translated():
+                await migrations.check_current(conn)
+            return await action(conn)
+
+    return asyncio.run(go())
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    print(to_json(data) if args.json else human())
+
+
+def warn(message: str) -> None:
+    print(f"dispatcher: warning: {message}", file=sys.stderr)
+
+
+def opt_uuid(value: str | None, what: str) -> UUID | None:
+    return None if value is None else parse_uuid(value, what)
+
+
+def opt_time(value: str | None, what: str) -> datetime | None:
+    return None if value is None else parse_time(value, what)
+
+
+def int_arg(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{what}: {value!r} is not a whole number") from None
+
+
+def choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise InvalidInput(f"{what}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def window(args: argparse.Namespace) -> admin.Window:
+    return admin.Window(
+        org=opt_uuid(args.org, "--org"),
+        webhook=opt_uuid(args.webhook, "--webhook"),
+        since=opt_time(args.since, "--since"),
+        until=opt_time(args.until, "--until"),
+    )
+
+
+def with_tries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "tries": f"{r['attempt_number']}/{r['max_attempts']}"} for r in rows]
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def _leaf(group: Sub, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+    p = group.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _filters(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--org", metavar="ID", help="only this organization")
+    p.add_argument("--webhook", metavar="ID", help="only this webhook")
+    p.add_argument("--since", metavar="TIME", help=f"{what} created at or after TIME: {TIME_HELP}")
+    p.add_argument("--until", metavar="TIME", help=f"{what} created before TIME")
+
+
+def register(sub: Sub) -> None:
+    from dispatcher.admin_cli_webhooks import register as register_webhooks
+
+    register_webhooks(sub)
+
+    p = sub.add_parser("deliveries", help="list and inspect deliveries")
+    g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = _leaf(g, "list", "deliveries list", "list deliveries, newest first")
+    _filters(q, "deliveries")
+    q.add_argument("--status", help="pending, retrying, success, failed or dlq")
+    q.add_argument("--limit", default="50", help="at most this many rows (default 50)")
+    q = _leaf(g, "show", "deliveries show", "one delivery: attempts, request headers, response")
+    q.add_argument("id", metavar="ID")
+    q = _leaf(g, "replay", "deliveries replay", "send a finished delivery again (new delivery)")
+    q.add_argument("id", metavar="ID")
+
+    p = sub.add_parser("dlq", help="list, retry or clear the dead-letter queue")
+    g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = _leaf(g, "list", "dlq list", "list dead-letter items, newest first")
+    _filters(q, "items")
+    q.add_argument("--limit", default="50", help="at most this many rows (default 50)")
+    for name, verb in (
+        ("retry", "put matching items back to pending (attempt 1, due now)"),
+        ("clear", "set matching items to failed"),
+    ):
+        q = _leaf(g, name, f"dlq {name}", verb + "; needs a filter or --all")
+        _filters(q, "items")
+        q.add_argument("--all", action="store_true", help="every item of every organization")
+
+    p = _leaf(
+        sub,
+        "recover",
+        "recover",
+        "re-deliver every event of a window that a webhook never received",
+    )
+    p.add_argument("--webhook", metavar="ID", required=True)
+    p.add_argument("--since", metavar="TIME", required=True, help=f"window start: {TIME_HELP}")
+    p.add_argument("--until", metavar="TIME", help="window end (default: now)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be queued")
+
+    p = sub.add_parser("retry-config", help="show or change an organization's retry settings")
+    g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = _leaf(g, "show", "retry-config show", "an organization's retry settings")
+    q.add_argument("--org", metavar="ID", required=True)
+    q = _leaf(g, "set", "retry-config set", "change an organization's retry settings")
+    q.add_argument("--org", metavar="ID", required=True)
+    q.add_argument("--max-retries", metavar="N", help="retries after the first attempt, 1-10")
+    q.add_argument("--strategy", help="exponential, linear or fixed")
+    q.add_argument("--base-delay", metavar="SECONDS", help="1-60")
+    q.add_argument("--max-delay", metavar="SECONDS", help="1-3600")
+    q.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument(
+        "--dlq",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep exhausted deliveries in the dead-letter queue",
+    )
+    q.add_argument("--retention-days", metavar="DAYS", help="DLQ retention, 1-90")
+
+    p = _leaf(sub, "stats", "stats", "webhooks, deliveries by status, DLQ, due work, outbox")
+    p.add_argument("--org", metavar="ID", help="only this organization")
+
+
+cli.extend(register)
+
+
+# -- deliveries --------------------------------------------------------------------
+
+
+@cli.command("deliveries list")
+def _deliveries_list(args: argparse.Namespace, settings: Settings) -> int:
+    w = window(args)
+    status = choice(args.status, admin.DELIVERY_STATUSES, "--status")
+    limit = int_arg(args.limit, "--limit")
+    rows = run_db(settings, lambda c: admin.list_deliveries(c, w, status=status, limit=limit))
+    emit(
+        args,
+        rows,
+        lambda: table(with_tries(rows), DELIVERY_COLUMNS) if rows else "no deliveries match",
+    )
+    return ExitCode.OK
+
+
+def _delivery_text(d: dict[str, Any]) -> str:
+    parts = [
+        fields(
+            [
+                ("delivery", d["id"]),
+                ("organization", d["org_id"]),
+                ("webhook", f"{d['webhook_name']} ({d['webhook_id']})"),
+                ("event", d["event_type"]),
+                ("event id", d["event_id"]),
+                ("status", d["status"]),
+                ("attempt", f"{d['attempt_number']} of {d['max_attempts']}"),
+                ("next attempt", d["next_retry_at"]),
+                ("created", d["created_at"]),
+                ("finished", d["delivered_at"]),
+                ("url", d["request_url"]),
+                ("response", d["response_status"]),
+                ("duration ms", d["duration_ms"]),
+                ("error", d["error_message"]),
+                ("error code", d["error_code"]),
+            ]
+        )
+    ]
+    cols = (
+        ("attempt_number", "ATTEMPT"),
+        ("attempted_at", "AT"),
+        ("outcome", "OUTCOME"),
+        ("response_status", "HTTP"),
+        ("duration_ms", "MS"),
+        ("error_message", "ERROR"),
+    )
+    attempts = d["attempts"]
+    parts.append("attempts:\n" + (table(attempts, cols) if attempts else "  none recorded"))
+    for title, key in (
+        ("request headers", "request_headers"),
+        ("response headers", "response_headers"),
+    ):
+        headers = d[key] or {}
+        parts.append(f"{title}:\n" + (fields(sorted(headers.items())) if headers else "  none"))
+    body = d["response_body"]
+    if body:
+        shown = body if len(body) <= 2000 else body[:2000] + f"… ({len(body)} characters)"
+        parts.append("response body:\n" + shown)
+    return "\n\n".join(parts)
+
+
+@cli.command("deliveries show")
+def _deliveries_show(args: argparse.Namespace, settings: Settings) -> int:
+    delivery = parse_uuid(args.id, "ID")
+    row = run_db(settings, lambda c: admin.get_delivery(c, delivery))
+    emit(args, row, lambda: _delivery_text(row))
+    return ExitCode.OK
+
+
+@cli.command("deliveries replay")
+def _deliveries_replay(args: argparse.Namespace, settings: Settings) -> int:
+    delivery = parse_uuid(args.id, "ID")
+    new = run_db(settings, lambda c: admin.replay_delivery(c, delivery))
+    emit(
+        args,
+        {"replayed": delivery, "delivery_id": new},
+        lambda: f"queued delivery {new} (a replay of {delivery})",
+    )
+    return ExitCode.OK
+
+
+# -- dlq ---------------------------------------------------------------------------
+
+
+@cli.command("dlq list")
+def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    w = window(args)
+    limit = int_arg(args.limit, "--limit")
+    rows = run_db(settings, lambda c: admin.dlq_list(c, w, limit=limit))
+    emit(
+        args,
+        rows,
+        lambda: (
+            table(with_tries(rows), DELIVERY_COLUMNS)
+            if rows
+            else "the dead-letter queue has no matching items"
+        ),
+    )
+    return ExitCode.OK
+
+
+@cli.command("dlq retry")
+def _dlq_retry(args: argparse.Namespace, settings: Settings) -> int:
+    w = window(args)
+    if args.all and w.filtered:
+        raise InvalidInput("--all acts on every item: give it alone, or only filters")
+    row = run_db(settings, lambda c: admin.dlq_retry(c, w, everything=args.all))
+
+    def human() -> str:
+        text = f"retried {row['retried']} DLQ item(s): back to pending, due now"
+        if row["skipped_inactive"]:
+            text += (
+                f"\n{row['skipped_inactive']} item(s) stay in the DLQ because their webhook "
+                "is not active: enable it (dispatcher webhooks enable ID), then retry"
+            )
+        return text
+
+    emit(args, row, human)
+    return ExitCode.OK
+
+
+@cli.command("dlq clear")
+def _dlq_clear(args: argparse.Namespace, settings: Settings) -> int:
+    w = window(args)
+    if args.all and w.filtered:
+        raise InvalidInput("--all acts on every item: give it alone, or only filters")
+    cleared = run_db(settings, lambda c: admin.dlq_clear(c, w, everything=args.all))
+    emit(args, {"cleared": cleared}, lambda: f"cleared {cleared} DLQ item(s): now failed")
+    return ExitCode.OK
+
+
+# -- recover ------------------------------------------------------------------------
+
+
+@cli.command("recover")
+def _recover(args: argparse.Namespace, settings: Settings) -> int:
+    webhook = parse_uuid(args.webhook, "--webhook")
+    since = parse_time(args.since, "--since")
+    until = opt_time(args.until, "--until")
+    row = run_db(settings, lambda c: admin.recover(c, webhook, since, until, dry_run=args.dry_run))
+    span = f"events from {when(since)} to {when(until or datetime.now(UTC))}"
+
+    def human() -> str:
+        verb = "would queue" if args.dry_run else "queued"
+        text = f"{verb} {row['queued']} delivery(ies) to webhook {webhook} ({span})"
+        if row["dlq_superseded"]:
+            done = "would be" if args.dry_run else "were"
+            text += (
+                f"\n{row['dlq_superseded']} DLQ item(s) of those events {done} "
+                "cleared (failed) so they are not sent twice"
+            )
+        return text
+
+    emit(args, {**row, "dry_run": args.dry_run}, human)
+    return ExitCode.OK
+
+
+# -- retry-config -------------------------------------------------------------------
+
+
+def _config_text(row: dict[str, Any]) -> str:
+    text = fields(
+        [(k.replace("_", " "), row[k]) for k in ("org_id", *admin.RETRY_DEFAULTS, "updated_at")]
+    )
+    if not row["configured"]:
+        text += "\n(no row for this organization: the host's defaults apply)"
+    return text
+
+
+@cli.command("retry-config show")
+def _retry_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    org = parse_uuid(args.org, "--org")
+    row = run_db(settings, lambda c: admin.get_retry_config(c, org))
+    emit(args, row, lambda: _config_text(row))
+    return ExitCode.OK
+
+
+@cli.command("retry-config set")
+def _retry_config_set(args: argparse.Namespace, settings: Settings) -> int:
+    org = parse_uuid(args.org, "--org")
+    values: dict[str, Any] = {}
+    for key, flag, raw in (
+        ("max_retries", "--max-retries", args.max_retries),
+        ("base_delay_seconds", "--base-delay", args.base_delay),
+        ("max_delay_seconds", "--max-delay", args.max_delay),
+        ("dlq_retention_days", "--retention-days", args.retention_days),
+    ):
+        if raw is not None:
+            values[key] = int_arg(raw, flag)
+    if args.strategy is not None:
+        values["retry_strategy"] = args.strategy
+    if args.jitter is not None:
+        values["enable_jitter"] = args.jitter
+    if args.dlq is not None:
+        values["enable_dlq"] = args.dlq
+    if not values:
+        raise InvalidInput("nothing to set: give at least one of the options (see --help)")
+    admin.check_retry_values(values)
+    row = run_db(settings, lambda c: admin.set_retry_config(c, org, **values))
+    emit(args, row, lambda: _config_text(row))
+    return ExitCode.OK
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+def _stats_text(s: dict[str, Any]) -> str:
+    oldest = s["oldest_due_at"]
+    due = f"{s['deliveries_due']}"
+    if oldest is not None:
+        due += f" (oldest due {age(datetime.now(UTC) - oldest)} ago)"
+    return fields(
+        [
+            (
+                "webhooks",
+                f"{s['webhooks_active']} active, {s['webhooks_inactive']} inactive, "
+                f"{s['webhooks_disabled']} disabled",
+            ),
+            (
+                "deliveries",
+                ", ".join(f"{s['deliveries_' + k]} {k}" for k in admin.DELIVERY_STATUSES),
+            ),
+            ("due now", due),
+            ("DLQ size", s["deliveries_dlq"]),
+            ("outbox", f"{s['outbox_events']} event(s) waiting for fan-out"),
+        ]
+    )
+
+
+@cli.command("stats")
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    org = opt_uuid(args.org, "--org")
+    row = run_db(settings, lambda c: admin.stats(c, org))
+    emit(args, {"org_id": org, **row}, lambda: _stats_text(row))
+    return ExitCode.OK
