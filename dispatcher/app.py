@@ -24,10 +24,12 @@ from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
 from dispatcher.health import HealthServer
+from dispatcher.integrations import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.queries import query
 from dispatcher.recorder import Recorder
+from dispatcher.retention import Retention
 from dispatcher.sdnotify import Notifier
 from dispatcher.settings import Settings, split_address
 
@@ -35,8 +37,9 @@ log = structlog.get_logger("dispatcher.app")
 
 
 class App:
-    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
-                 install_signals: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, notifier: Notifier | None = None, install_signals: bool = True
+    ) -> None:
         self.settings = settings
         self._install_signal_handlers = install_signals
         self.metrics = Metrics()
@@ -72,7 +75,7 @@ class App:
         assert self.pool is not None
         sender = Sender(s)
         await sender.start()
-        self.recorder = Recorder(self.pool)
+        self.recorder = Recorder(self.pool, deadline=s.statement_timeout_ms / 1000 + 10)
         self.dispatcher = Dispatcher(s, self.pool, sender, self.recorder, self.metrics)
         self.listener = Listener(s, self.dispatcher.wake, self.metrics)
         if self._install_signal_handlers:
@@ -89,6 +92,14 @@ class App:
                     tg.create_task(self.recorder.run(), name="recorder"),
                     tg.create_task(self._gauges_loop(), name="gauges"),
                     tg.create_task(self._watchdog_loop(), name="watchdog"),
+                    tg.create_task(self.dispatcher.coordinate(), name="coordination"),
+                    tg.create_task(IntegrationsWorker(s, self.pool).run(), name="integrations"),
+                    tg.create_task(
+                        Retention(
+                            self.pool, days=s.delivery_retention_days, interval=s.retention_interval
+                        ).run(),
+                        name="retention",
+                    ),
                 ]
                 dispatch = tg.create_task(self.dispatcher.run(), name="dispatch")
                 await self._wait_listening()

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_extensions() -> None:
     import importlib
 
-    for module in ("dispatcher.admin_cli", "dispatcher.demo"):
+    for module in ("dispatcher.admin_cli", "dispatcher.demo", "dispatcher.integrations_cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -122,13 +123,20 @@ class Settings(BaseSettings):
             Keyring(parse_keys(value.get_secret_value()))
         return value
 
-    @field_validator("encryption_keys_file")
+    @field_validator("encryption_keys_file", "credentials_directory")
     @classmethod
-    def _keys_file_parse(cls, value: str | None) -> str | None:
+    def _key_sources_parse(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The key file / credential parse, and together with the keys before them no key id
+        is configured twice (fields validate in order, so `info.data` holds the earlier ones)."""
         from dispatcher.crypto import Keyring
 
         if value:
-            Keyring.from_sources(key_file=value)
+            keys = info.data.get("encryption_keys")
+            secret = keys.get_secret_value() if keys else None
+            if info.field_name == "credentials_directory":
+                Keyring.from_sources(secret, info.data.get("encryption_keys_file"), value)
+            else:
+                Keyring.from_sources(secret, value)
         return value or None
 
     @field_validator("metrics_address")

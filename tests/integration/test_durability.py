@@ -75,7 +75,12 @@ async def test_kill_9_during_a_burst_loses_nothing(conn, receiver, db_dsn, daemo
     org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(204, delay=0.05))
-    env = daemon_env(db_dsn, DISPATCHER_CONCURRENCY="32", DISPATCHER_LEASE_SECONDS="5")
+    env = daemon_env(
+        db_dsn,
+        DISPATCHER_CONCURRENCY="32",
+        DISPATCHER_HTTP_TIMEOUT="5",
+        DISPATCHER_LEASE_SECONDS="15",
+    )
     first = daemon_factory(env)
     await first.wait_for_log("ready", timeout=20)
     await hostdb.insert_events_directly(conn, org, "job.created", 600)
