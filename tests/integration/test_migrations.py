@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import hostdb
 import psycopg
 
-import hostdb
 from dispatcher.migrations import apply_migrations, available
 
 HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
@@ -69,9 +69,12 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
     assert all("integration" in name for _, name in added), added
     with psycopg.connect(empty_db_dsn) as conn:
         triggers = conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
+            "SELECT tgname FROM pg_trigger"
+            " WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
         ).fetchall()
-    assert [t[0] for t in triggers] == ["trigger_check_webhook_failures"], "host trigger kept, no twin"
+    assert [t[0] for t in triggers] == ["trigger_check_webhook_failures"], (
+        "host trigger kept, no twin"
+    )
 
 
 async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -> None:
@@ -84,8 +87,10 @@ async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -
     async with await hostdb.connect(empty_db_dsn) as conn:
         org = await hostdb.create_org(conn)
         await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
-        app = App(load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
-                  install_signals=False)
+        app = App(
+            load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
+            install_signals=False,
+        )
         task = asyncio.create_task(app.run())
         try:
             await asyncio.wait_for(app.ready.wait(), 20)
