@@ -15,7 +15,6 @@ import functools
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -26,6 +25,7 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from dispatcher.backoff import RetryPolicy
+from dispatcher.claims import Claimed
 from dispatcher.db import Pool
 from dispatcher.delivery import AttemptResult, Sender, Target
 from dispatcher.metrics import Metrics
@@ -39,78 +39,6 @@ from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 log = structlog.get_logger("dispatcher.dispatch")
 
 FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
-
-_POLICY_KEYS = (
-    "max_retries",
-    "retry_strategy",
-    "base_delay_seconds",
-    "max_delay_seconds",
-    "enable_jitter",
-    "enable_dlq",
-)
-
-
-@dataclass(slots=True)
-class Claimed:
-    """A delivery leased to this process; `claim` is the lease token."""
-
-    id: UUID
-    org_id: UUID
-    webhook_id: UUID
-    event_id: UUID | None
-    event_type: str
-    request_body: str
-    attempt: int
-    max_attempts: int
-    claim: datetime
-    url: str
-    secrets: list[str]
-    headers: Any
-    active: bool
-    policy: RetryPolicy
-    failing: bool = False
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
-        policy = _policy(row["org_id"], tuple(row[k] for k in _POLICY_KEYS))
-        secrets = [row["secret"] or ""]
-        if (
-            row["previous_secret"]
-            and row["previous_expires_at"]
-            and row["previous_expires_at"] > now
-        ):
-            secrets.append(row["previous_secret"])
-        return cls(
-            id=row["id"],
-            org_id=row["org_id"],
-            webhook_id=row["webhook_id"],
-            event_id=row["event_id"],
-            event_type=row["event_type"] or "",
-            request_body=row["request_body"] or "",
-            attempt=max(int(row["attempt_number"]), 1),
-            max_attempts=max(int(row["max_attempts"]), 1),
-            claim=row["claim"],
-            url=row["url"] or "",
-            secrets=secrets,
-            headers=row["headers"],
-            active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
-            policy=policy,
-            failing=bool(row.get("failing")),
-        )
-
-
-@functools.lru_cache(maxsize=4096)
-def _policy(org_id: UUID, values: tuple[Any, ...]) -> RetryPolicy:
-    """The org's retry policy, clamped; warned about once per org and configuration."""
-    if values[0] is None:  # no integration_retry_config row: the defaults
-        return DEFAULT_POLICY
-    policy, warnings = RetryPolicy.from_row(dict(zip(_POLICY_KEYS, values, strict=True)))
-    if warnings:
-        log.warning("retry_config_clamped", org_id=str(org_id), problems=warnings)
-    return policy
-
-
-DEFAULT_POLICY = RetryPolicy()
 
 
 class Dispatcher:

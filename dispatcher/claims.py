@@ -1,0 +1,91 @@
+"""A claimed delivery: what one row leased to this process carries, and its retry policy.
+
+Built from the rows the fan_out and claim_due queries return. Pure apart from a
+log line when an org's retry configuration had to be clamped.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from dispatcher.backoff import RetryPolicy
+
+log = structlog.get_logger("dispatcher.claims")
+
+_POLICY_KEYS = (
+    "max_retries",
+    "retry_strategy",
+    "base_delay_seconds",
+    "max_delay_seconds",
+    "enable_jitter",
+    "enable_dlq",
+)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A delivery leased to this process; `claim` is the lease token."""
+
+    id: UUID
+    org_id: UUID
+    webhook_id: UUID
+    event_id: UUID | None
+    event_type: str
+    request_body: str
+    attempt: int
+    max_attempts: int
+    claim: datetime
+    url: str
+    secrets: list[str]
+    headers: Any
+    active: bool
+    policy: RetryPolicy
+    failing: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
+        policy = _policy(row["org_id"], tuple(row[k] for k in _POLICY_KEYS))
+        secrets = [row["secret"] or ""]
+        if (
+            row["previous_secret"]
+            and row["previous_expires_at"]
+            and row["previous_expires_at"] > now
+        ):
+            secrets.append(row["previous_secret"])
+        return cls(
+            id=row["id"],
+            org_id=row["org_id"],
+            webhook_id=row["webhook_id"],
+            event_id=row["event_id"],
+            event_type=row["event_type"] or "",
+            request_body=row["request_body"] or "",
+            attempt=max(int(row["attempt_number"]), 1),
+            max_attempts=max(int(row["max_attempts"]), 1),
+            claim=row["claim"],
+            url=row["url"] or "",
+            secrets=secrets,
+            headers=row["headers"],
+            active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
+            policy=policy,
+            failing=bool(row.get("failing")),
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy(org_id: UUID, values: tuple[Any, ...]) -> RetryPolicy:
+    """The org's retry policy, clamped; warned about once per org and configuration."""
+    if values[0] is None:  # no integration_retry_config row: the defaults
+        return DEFAULT_POLICY
+    policy, warnings = RetryPolicy.from_row(dict(zip(_POLICY_KEYS, values, strict=True)))
+    if warnings:
+        log.warning("retry_config_clamped", org_id=str(org_id), problems=warnings)
+    return policy
+
+
+DEFAULT_POLICY = RetryPolicy()
