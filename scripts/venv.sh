@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Sourced by scripts/test, scripts/demo and scripts/lint: make .venv (Python 3.11+) and install
+# the package with the extras a command needs. Nothing has to be set up by hand first.
+
+pick_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11 python; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+    return 1
+}
+
+# ensure_venv EXTRA: .venv exists and has `pip install -e '.[EXTRA]'` for the current pyproject.
+ensure_venv() {
+    local extra=$1 python stamp
+    if [ ! -x .venv/bin/python ]; then
+        python=$(pick_python)
+        echo "==> creating .venv with $("$python" --version 2>&1)"
+        if ! "$python" -m venv .venv; then
+            rm -rf .venv
+            echo "error: '$python -m venv' failed; on Debian or Ubuntu: apt-get install python3-venv" >&2
+            return 1
+        fi
+    fi
+    if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "error: .venv has $(.venv/bin/python --version 2>&1); remove it to rebuild with 3.11+" >&2
+        return 1
+    fi
+    stamp=".venv/.installed-$extra"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "==> installing webhook-dispatcher[$extra] into .venv"
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+            .venv/bin/python -m pip install --quiet --editable ".[$extra]"
+        touch "$stamp"
+    fi
+}
