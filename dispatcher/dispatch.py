@@ -98,7 +98,10 @@ class Dispatcher:
                 async with asyncio.timeout(self._deadline):
                     more = await self._claim_and_start(free)
                 backoff = 0.2
-            except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
+            except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+                # Connection trouble, or a row changed under the statement (a webhook
+                # hard-deleted mid-fan-out violates the delivery's foreign key): nothing
+                # was committed; log and try again after a pause. Never take the loop down.
                 log.warning(
                     "claim_failed",
                     error=type(exc).__name__,

@@ -141,6 +141,38 @@ class Recorder:
                 )
                 await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
                 delay = min(delay * 2, 5.0)
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                # Not transient: something in the batch the database (or JSON) refuses.
+                # Write the outcomes one by one, the last resort without the receiver's data.
+                log.error(
+                    "outcome_batch_refused",
+                    outcomes=len(batch),
+                    error=type(exc).__name__,
+                    detail=str(exc)[:300],
+                )
+                await self._write_one_by_one(batch)
+                return
+
+    async def _write_one_by_one(self, batch: list[OutcomeRow]) -> None:
+        for row in batch:
+            try:
+                await self._write([row])
+                continue
+            except (psycopg.Error, ValueError, TypeError):
+                pass
+            row.response_headers = row.request_headers = None
+            row.response_body = None
+            row.error_message = (row.error_message or "")[:200] + " (response not recordable)"
+            try:
+                await self._write([row])
+            except (psycopg.Error, ValueError, TypeError, PoolTimeout, TimeoutError) as exc:
+                self.dropped += 1
+                log.error(
+                    "outcome_not_recorded",
+                    delivery_id=str(row.id),
+                    error=type(exc).__name__,
+                    note="the delivery is attempted again when its lease ends",
+                )
 
     async def _write(self, batch: list[OutcomeRow]) -> None:
         rows = []

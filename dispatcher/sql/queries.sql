@@ -15,6 +15,12 @@ WITH claimed AS (
         SELECT id FROM dispatcher.outbox ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
     )
     RETURNING event_id
+), claimed_events AS MATERIALIZED (
+    -- The claimed events by primary key, first: the planner must never start from an
+    -- org's whole event history (an index on events(org_id, created_at) tempts it).
+    SELECT e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id, e.payload
+    FROM claimed c
+    JOIN public.events e ON e.id = c.event_id
 ), matched AS (
     SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type,
            -- one definition of the body, shared with recover_webhook (0005_admin_api.sql)
@@ -30,8 +36,7 @@ WITH claimed AS (
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
            e.created_at AS event_created_at
-    FROM claimed c
-    JOIN public.events e ON e.id = c.event_id
+    FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL
      AND dispatcher.matches_any(w.events, e.event_type)

@@ -1,0 +1,92 @@
+-- Named queries of the benchmark (loaded by bench/infra.py with dispatcher.queries.parse).
+-- They play the host (orgs, webhooks, publish_event) and probe progress; none of them is
+-- run by the daemon.
+
+-- name: create_org
+INSERT INTO organizations (id, name, slug) VALUES (%(id)s, %(name)s, %(slug)s);
+
+-- name: create_webhook
+INSERT INTO webhooks (org_id, name, url, secret, events)
+VALUES (%(org)s, %(name)s, %(url)s, %(secret)s, %(events)s);
+
+-- name: publish_backlog
+-- publish_event() once per row, events spread round-robin over the given orgs.
+SELECT count(publish_event(
+    %(event_type)s, gen_random_uuid(), %(payload)s::jsonb || jsonb_build_object('seq', g),
+    NULL, '{}'::jsonb, (%(orgs)s::uuid[])[1 + g %% cardinality(%(orgs)s::uuid[])]
+)) AS published
+FROM generate_series(%(lo)s::int, %(hi)s::int) AS g;
+
+-- name: publish_one
+SELECT publish_event(%(event_type)s, gen_random_uuid(), %(payload)s::jsonb, NULL, '{}'::jsonb,
+                     %(org)s) AS id;
+
+-- name: progress
+SELECT count(*) FILTER (WHERE status = 'success') AS success,
+       count(*) AS total,
+       (SELECT count(*) FROM dispatcher.outbox) AS outbox
+FROM webhook_deliveries;
+
+-- name: statuses
+SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY status ORDER BY status;
+
+-- name: body_size
+SELECT avg(octet_length(request_body))::int AS avg_bytes FROM webhook_deliveries;
+
+-- name: delivery_events
+SELECT id::text AS id, event_id::text AS event_id FROM webhook_deliveries;
+
+-- name: prepare_backlog
+-- Before a drain: settle the statistics the claim queries plan with.
+ANALYZE events, webhooks, webhook_deliveries, dispatcher.outbox;
+
+-- name: intake_trigger_off
+ALTER TABLE events DISABLE TRIGGER dispatcher_intake;
+
+-- name: intake_trigger_on
+ALTER TABLE events ENABLE TRIGGER dispatcher_intake;
+
+-- name: xact_commit
+SELECT xact_commit FROM pg_stat_database WHERE datname = current_database();
+
+-- name: statements_reset
+SELECT pg_stat_statements_reset();
+
+-- name: statements_by_daemon
+-- Top-level statements the daemon ran in one database (pg_stat_statements.track = top).
+SELECT s.calls, s.rows, s.total_exec_time, s.mean_exec_time, s.query
+FROM pg_stat_statements s
+JOIN pg_database d ON d.oid = s.dbid
+JOIN pg_roles r ON r.oid = s.userid
+WHERE d.datname = %(db)s AND r.rolname = %(role)s
+ORDER BY s.total_exec_time DESC;
+
+-- name: ceiling_setup
+DROP TABLE IF EXISTS ceiling_queue, ceiling_out;
+CREATE TABLE ceiling_queue (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    status text NOT NULL DEFAULT 'pending',
+    body text NOT NULL
+);
+CREATE INDEX ceiling_queue_pending ON ceiling_queue (id) WHERE status = 'pending';
+CREATE TABLE ceiling_out (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue_id bigint NOT NULL,
+    body text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: ceiling_fill
+INSERT INTO ceiling_queue (body) SELECT %(body)s FROM generate_series(1, %(rows)s::int);
+
+-- name: ceiling_batch
+-- The PostgreSQL ceiling: claim a batch with SKIP LOCKED, update it and insert one row per
+-- claimed row, in one statement.
+WITH claimed AS (
+    SELECT id FROM ceiling_queue WHERE status = 'pending'
+    ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+), updated AS (
+    UPDATE ceiling_queue q SET status = 'done' FROM claimed c WHERE q.id = c.id
+    RETURNING q.id, q.body
+)
+INSERT INTO ceiling_out (queue_id, body) SELECT id, body FROM updated;

@@ -1,0 +1,286 @@
+"""Drain a backlog with 1..n daemons and measure it.
+
+The backlog is already in ``dispatcher.outbox`` (published while no daemon ran). Then the
+daemons start; the clock runs from the receiver's first arrival to the first poll of the
+table (every 20 ms) that finds every delivery row ``success`` and the outbox empty, so the
+rate counts durable outcomes, not just requests seen. While it runs, the receiver's count is
+polled (every 20 ms) and each daemon's RSS sampled; CPU (utime+stime from /proc) of the
+daemons, the PostgreSQL server processes and the receiver is taken at the first arrival and
+at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from bench.ceiling import run_http_ceiling
+from bench.infra import (
+    DAEMON_ROLE,
+    BenchCluster,
+    DaemonSpec,
+    cpu_delta,
+    daemon_problems,
+    machine_busy_seconds,
+    proc_cpu,
+    proc_peak_rss_mb,
+    proc_rss_mb,
+    q,
+    start_daemon,
+    stop_daemon,
+)
+from bench.profile import Spy, summarize
+from bench.receiver import ReceiverProcess
+from dispatcher.queries import parse
+
+POLL = 0.02
+
+
+class BenchError(RuntimeError):
+    """A scenario could not complete (daemon died, timeout, deliveries failed)."""
+
+
+@dataclass
+class Drain:
+    cluster: BenchCluster
+    receiver: ReceiverProcess
+    spec: DaemonSpec
+    timeout: float
+    paired_requests: int = 0  # > 0: a short HTTP ceiling right before each drain
+
+    async def connect(self, db: str) -> psycopg.AsyncConnection[dict[str, Any]]:
+        return await psycopg.AsyncConnection.connect(
+            self.cluster.dsn(db), autocommit=True, row_factory=dict_row
+        )
+
+    async def run(
+        self,
+        db: str,
+        expected: int,
+        *,
+        replicas: int = 1,
+        track_sql: bool = False,
+        profile: Path | None = None,
+    ) -> dict[str, Any]:
+        paired = await self._paired_ceiling()
+        await self.receiver.reset()
+        async with await self.connect(db) as probe:
+            await probe.execute(q("prepare_backlog"))
+            self.cluster.checkpoint()
+            if track_sql:
+                self.cluster.set_statement_tracking(True)
+                with self.cluster.admin() as admin:
+                    admin.execute(q("statements_reset"))
+            dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
+            daemons = [start_daemon(self.spec, dsn, f"bench-{i + 1}") for i in range(replicas)]
+            t_spawn = time.time()
+            spies: list[Spy] = []
+            try:
+                result = await self._watch(probe, daemons, expected, t_spawn, profile, spies)
+                result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
+            finally:
+                for spy in spies:
+                    spy.stop()
+                for d in daemons:
+                    d.terminate()
+                codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
+                if track_sql:
+                    self.cluster.set_statement_tracking(False)
+            result["exit_codes"] = codes
+            result["daemon_warnings"] = sorted({p for d in daemons for p in daemon_problems(d)})
+            for d in daemons:
+                d.close()
+            cur = await probe.execute(q("statuses"))
+            result["statuses"] = {r["status"]: r["n"] for r in await cur.fetchall()}
+            cur = await probe.execute(q("body_size"))
+            row = await cur.fetchone()
+            result["body_bytes"] = row["avg_bytes"] if row else None
+        arrivals = await self.receiver.arrivals()
+        result["received"] = len(arrivals["ids"])
+        result["duplicates"] = len(arrivals["ids"]) - len(set(arrivals["ids"]))
+        result["all_success"] = result["statuses"] == {"success": expected}
+        if paired:
+            result["paired_ceiling_per_s"] = round(paired, 1)
+            result["ratio_to_paired_ceiling"] = round(result["deliveries_per_s"] / paired, 3)
+        if track_sql:
+            result["sql"] = self.sql_cost(db, expected)
+        if profile is not None:
+            result["profile"] = summarize(profile)
+            result["profile_file"] = str(profile)
+        return result
+
+    async def _paired_ceiling(self) -> float | None:
+        """The HTTP ceiling measured just before the drain: machine noise changes over a run,
+        and a ratio of two figures taken seconds apart shares most of it."""
+        if self.paired_requests <= 0:
+            return None
+        await self.receiver.reset()
+        http = await asyncio.to_thread(
+            run_http_ceiling,
+            self.receiver.url("/paired"),
+            self.paired_requests,
+            min(1000, self.paired_requests // 5),
+        )
+        return float(http["requests_per_s"])
+
+    async def _watch(
+        self,
+        probe: psycopg.AsyncConnection[dict[str, Any]],
+        daemons: list[Any],
+        expected: int,
+        t_spawn: float,
+        profile: Path | None,
+        spies: list[Spy],
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        pids = [d.proc.pid for d in daemons]
+        first: float | None = None
+        cpu0: dict[str, Any] = {}
+        rss: list[tuple[int, float]] = []
+        stats: dict[str, Any] = {"count": 0}
+        while stats["count"] < expected:
+            self._check(daemons, deadline, f"{stats['count']}/{expected} received")
+            await asyncio.sleep(POLL)
+            stats = await self.receiver.stats()
+            if first is None and stats["count"]:
+                first = float(stats["first"])
+                cpu0 = self._cpu(pids)
+                if profile is not None:  # from the first delivery on: start-up is not profiled
+                    spies.append(Spy(pids[0], profile))
+            rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
+        while True:
+            cur = await probe.execute(q("progress"))
+            row = await cur.fetchone()
+            assert row is not None
+            if row["success"] >= expected and row["outbox"] == 0:
+                break
+            self._check(daemons, deadline, f"{row['success']}/{expected} rows success")
+            await asyncio.sleep(POLL)
+        t_done = time.time()
+        cpu1 = self._cpu(pids)
+        assert first is not None
+        seconds = t_done - first
+        per_k = 1000 / expected
+
+        def cpu(kind: str) -> float:
+            if kind == "postgres":
+                return cpu_delta(cpu0["postgres"], cpu1["postgres"])
+            return float(cpu1[kind] - cpu0[kind])
+
+        return {
+            "deliveries": expected,
+            "replicas": len(daemons),
+            "seconds": round(seconds, 3),
+            "deliveries_per_s": round(expected / seconds, 1),
+            "received_per_s": round(expected / max(float(stats["last"]) - first, 1e-6), 1),
+            "startup_s": round(first - t_spawn, 3),
+            "record_lag_s": round(t_done - float(stats["last"]), 3),
+            "daemon_cpu_s_per_1000": round(cpu("daemon") * per_k, 3),
+            "postgres_cpu_s_per_1000": round(cpu("postgres") * per_k, 3),
+            "receiver_cpu_s_per_1000": round(cpu("receiver") * per_k, 3),
+            "daemon_cpu_share": round(cpu("daemon") / seconds / len(daemons), 3),
+            # cores busy with processes outside the benchmark (other work on a shared box)
+            "foreign_cpu_cores": round(
+                (cpu("machine") - sum(cpu(k) for k in ("bench", "daemon", "postgres", "receiver")))
+                / seconds,
+                2,
+            ),
+            "rss_mb_at": _rss_at(rss, expected),
+        }
+
+    def _cpu(self, pids: list[int]) -> dict[str, Any]:
+        return {
+            "machine": machine_busy_seconds(),
+            "bench": proc_cpu(os.getpid()),
+            "daemon": sum(proc_cpu(p) for p in pids),
+            "postgres": self.cluster.cpu_seconds(),
+            "receiver": proc_cpu(self.receiver.pid),
+        }
+
+    @staticmethod
+    def _check(daemons: list[Any], deadline: float, progress: str) -> None:
+        for d in daemons:
+            if not d.is_running():
+                raise BenchError(
+                    f"daemon exited with {d.returncode} during the drain ({progress})\n{d.tail()}"
+                )
+        if time.monotonic() > deadline:
+            raise BenchError(f"drain not finished within the timeout ({progress})")
+
+    def sql_cost(self, db: str, deliveries: int) -> dict[str, Any]:
+        """Statements the daemon ran per delivery, from pg_stat_statements."""
+        if not self.cluster.has_pg_stat_statements:
+            return {"source": "unavailable: pg_stat_statements is not installed"}
+        with self.cluster.admin() as admin:
+            rows = admin.execute(
+                q("statements_by_daemon"), {"db": db, "role": DAEMON_ROLE}
+            ).fetchall()
+        calls = sum(int(r["calls"]) for r in rows)
+        by_name: dict[str, dict[str, float]] = {}
+        for r in rows:  # one query may have several entries (e.g. parameter types differ)
+            agg = by_name.setdefault(_name(r["query"]), {"calls": 0, "rows": 0, "total_ms": 0.0})
+            agg["calls"] += int(r["calls"])
+            agg["rows"] += int(r["rows"])
+            agg["total_ms"] += float(r["total_exec_time"])
+        top = sorted(by_name.items(), key=lambda kv: -kv[1]["total_ms"])[:6]
+        return {
+            "source": "pg_stat_statements (top-level statements of the daemon's role)",
+            "statements": calls,
+            "statements_per_delivery": round(calls / deliveries, 4),
+            "exec_ms_per_delivery": round(sum(r["total_exec_time"] for r in rows) / deliveries, 4),
+            "top": [
+                {
+                    "query": name,
+                    "calls": int(a["calls"]),
+                    "per_delivery": round(a["calls"] / deliveries, 4),
+                    "rows_per_call": round(a["rows"] / max(a["calls"], 1), 1),
+                    "mean_ms": round(a["total_ms"] / max(a["calls"], 1), 3),
+                    "total_ms": round(a["total_ms"], 1),
+                }
+                for name, a in top
+            ],
+        }
+
+
+def _rss_at(samples: list[tuple[int, float]], expected: int) -> dict[str, float]:
+    """Summed daemon RSS when 10 %, 50 % and 90 % of the deliveries had arrived."""
+    out: dict[str, float] = {}
+    for pct in (10, 50, 90):
+        mark = expected * pct / 100
+        hit = next((mb for n, mb in samples if n >= mark), samples[-1][1] if samples else 0.0)
+        out[f"{pct}%"] = round(hit, 1)
+    return out
+
+
+@functools.cache
+def _dispatcher_queries() -> dict[str, str]:
+    folder = resources.files("dispatcher").joinpath("sql")
+    out: dict[str, str] = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.update(parse(entry.read_text("utf-8")))
+    return out
+
+
+def _normal(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def _name(text: str) -> str:
+    """The dispatcher query name a pg_stat_statements text belongs to, else its start."""
+    norm = _normal(text)
+    for name, body in _dispatcher_queries().items():
+        if norm[:40] == _normal(body)[:40]:
+            return name
+    return norm[:60]

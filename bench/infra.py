@@ -1,0 +1,271 @@
+"""The benchmark's infrastructure: a throwaway PostgreSQL, fresh databases, daemons.
+
+The cluster is ``tests/support/pg.py``'s PgCluster (imported by path) with its fast test
+settings (fsync off, full_page_writes off, synchronous_commit on) and, when the server has
+it, ``pg_stat_statements`` preloaded with tracking off until a scenario switches it on.
+
+The benchmark itself connects as the role ``bench``; the daemon as ``postgres``. So
+``pg_stat_statements`` rows of role ``postgres`` are the daemon's statements only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from dispatcher.queries import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.daemon import DaemonProcess  # noqa: E402
+from support.pg import PgCluster  # noqa: E402
+
+BENCH_ROLE = "bench"
+DAEMON_ROLE = "postgres"
+TEMPLATE = "bench_template"
+
+
+@functools.cache
+def q(name: str) -> str:
+    """A named block of bench/bench.sql."""
+    return parse((Path(__file__).parent / "bench.sql").read_text("utf-8"))[name]
+
+
+def _pkglibdir(bindir: Path) -> Path | None:
+    try:
+        out = subprocess.run(
+            [str(bindir / "pg_config"), "--pkglibdir"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out)
+
+
+class BenchCluster:
+    """PgCluster + a migrated template database + the bench role."""
+
+    def __init__(self) -> None:
+        from support.pg import find_bindir
+
+        bindir = find_bindir()
+        lib = _pkglibdir(bindir)
+        self.has_pg_stat_statements = lib is not None and (lib / "pg_stat_statements.so").exists()
+        settings: dict[str, str] = {}
+        if self.has_pg_stat_statements:
+            settings["shared_preload_libraries"] = "'pg_stat_statements'"
+            settings["pg_stat_statements.track"] = "none"
+        self.pg = PgCluster(bindir, settings=settings)
+        self.server_version = ""
+
+    def start(self) -> None:
+        self.pg.start()
+        with self.pg.connect() as conn:
+            conn.execute(f"CREATE ROLE {BENCH_ROLE} LOGIN SUPERUSER")
+            if self.has_pg_stat_statements:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
+            row = conn.execute("SHOW server_version").fetchone()
+            self.server_version = str(row[0]) if row else "?"
+        self.pg.create_database(TEMPLATE)
+        self._migrate(self.pg.dsn(TEMPLATE))
+        with self.pg.connect() as conn:
+            conn.execute(f"ALTER DATABASE {TEMPLATE} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true")
+
+    @staticmethod
+    def _migrate(dsn: str) -> None:
+        import asyncio
+
+        from dispatcher.migrations import apply_migrations
+
+        asyncio.run(apply_migrations(dsn))
+
+    def cleanup(self) -> None:
+        self.pg.cleanup()
+
+    # -------------------------------------------------------------- databases
+    def fresh_database(self, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.pg.create_database(name, template=TEMPLATE)
+        return name
+
+    def empty_database(self, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.pg.create_database(name)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.pg.drop_database(name)
+
+    def dsn(self, db: str, role: str = BENCH_ROLE) -> str:
+        return str(self.pg.dsn(db, user=role))
+
+    @contextmanager
+    def admin(self, db: str = "postgres") -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A sync autocommit dict_row connection as the bench role."""
+        with psycopg.connect(
+            self.dsn(db), autocommit=True, row_factory=dict_row, connect_timeout=5
+        ) as conn:
+            yield conn
+
+    def set_statement_tracking(self, on: bool) -> None:
+        if not self.has_pg_stat_statements:
+            return
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET pg_stat_statements.track = {}").format(
+                    sql.Literal("top" if on else "none")
+                )
+            )
+            conn.execute("SELECT pg_reload_conf()")
+
+    def checkpoint(self) -> None:
+        with self.admin() as conn:
+            conn.execute("CHECKPOINT")
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """utime+stime of every server process (postmaster and its children) by pid."""
+        pid = self.pg.postmaster_pid()
+        if pid is None:
+            return {}
+        pids = [pid, *(p for p, parent in _parents().items() if parent == pid)]
+        return {p: proc_cpu(p) for p in pids}
+
+
+def cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU used between two per-pid snapshots (processes born in between count whole)."""
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
+
+
+# ------------------------------------------------------------------ /proc (Linux)
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (field 3 is index 0)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text.rsplit(")", 1)[1].split()
+
+
+def _parents() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields:
+                out[int(entry.name)] = int(fields[1])
+    return out
+
+
+def proc_cpu(pid: int) -> float:
+    """utime+stime of one process in seconds, from /proc/<pid>/stat (0 when gone)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (for the share used by others)."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in first[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK  # guest is inside user
+
+
+def _status_kb(pid: int, key: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def proc_rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmRSS:") / 1024
+
+
+def proc_peak_rss_mb(pid: int) -> float:
+    """VmHWM: the kernel's exact peak resident set of the process."""
+    return _status_kb(pid, "VmHWM:") / 1024
+
+
+@dataclass
+class DaemonSpec:
+    """How daemons are started: extra DISPATCHER_* variables on top of the bench's own."""
+
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, dsn: str, instance: str) -> dict[str, str]:
+        return {
+            "DISPATCHER_DATABASE_URL": dsn,
+            "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
+            "DISPATCHER_LOG_LEVEL": "warning",
+            "DISPATCHER_LOG_FORMAT": "json",
+            "DISPATCHER_METRICS_ADDRESS": "",
+            "DISPATCHER_INSTANCE_NAME": instance,
+            **self.extra_env,
+        }
+
+    def effective(self) -> dict[str, str]:
+        """The daemon's DISPATCHER_* settings that differ from its defaults (for the report)."""
+        inherited = {k: v for k, v in os.environ.items() if k.startswith("DISPATCHER_")}
+        shown = {**inherited, **self.env("", "bench")}
+        shown.pop("DISPATCHER_DATABASE_URL", None)
+        return dict(sorted(shown.items()))
+
+
+def start_daemon(spec: DaemonSpec, dsn: str, instance: str) -> DaemonProcess:
+    daemon = DaemonProcess(spec.env(dsn, instance), ("run",), cwd=ROOT)
+    daemon.start()
+    return daemon
+
+
+def stop_daemon(daemon: DaemonProcess, timeout: float = 30.0, signal: bool = True) -> int | None:
+    """SIGTERM (once: a second one makes it exit at once), wait; the exit code, or None
+    when it had to be killed."""
+    if signal:
+        daemon.terminate()
+    try:
+        return int(daemon.wait(timeout))
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait(10)
+        return None
+
+
+def daemon_problems(daemon: DaemonProcess, limit: int = 5) -> list[str]:
+    """Warning and error log lines (event names with their count), for the report."""
+    counts: dict[str, int] = {}
+    for rec in daemon.json_lines():
+        if rec.get("level") in ("warning", "error", "critical"):
+            key = f"{rec.get('level')}:{rec.get('event')}"
+            counts[key] = counts.get(key, 0) + 1
+    others = [line for line in daemon.lines() if line and not line.startswith("{")]
+    out = [f"{k} x{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])][:limit]
+    if others:
+        out.append(f"non-JSON output: {others[-1][:200]}")
+    return out
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,124 @@
+"""py-spy attached to a daemon during a drain, and a summary of where its CPU went.
+
+py-spy samples the running process (``--nonblocking``, idle frames excluded, so only samples
+where the daemon was on the CPU count) and writes collapsed stacks ("raw" format, one
+``frame;frame;... count`` per line: feed it to speedscope or flamegraph.pl for a picture).
+``summarize`` turns it into the top self frames, top inclusive frames and self time by
+package. Attaching to another process needs root (or ptrace rights). Extra py-spy options
+come from ``$BENCH_PYSPY_ARGS`` (e.g. ``--native`` to see into C extensions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class Spy:
+    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
+        exe = py_spy()
+        if exe is None:
+            raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+        self.out = out
+        self._log = out.with_suffix(".log").open("wb")
+        extra = os.environ.get("BENCH_PYSPY_ARGS", "").split()
+        # --native needs to pause the process while it samples (py-spy refuses otherwise).
+        mode = [] if "--native" in extra else ["--nonblocking"]
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "-p",
+                str(pid),
+                "-o",
+                str(out),
+                "-f",
+                "raw",
+                "-r",
+                str(rate),
+                *mode,
+                "--nolineno",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        """Stop sampling (SIGINT makes py-spy write its output) and wait for the file."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        if not self.out.exists():
+            log = self.out.with_suffix(".log").read_text(errors="replace").strip()
+            raise RuntimeError(f"py-spy wrote no profile: {log[-500:]}")
+
+
+def _key(frame: str) -> tuple[str, str]:
+    """(function label, package) of one raw frame such as ``post (aiohttp/client.py)``."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip(), "?"
+    func, file = m.group("func"), m.group("file")
+    if "/" in file:
+        package = file.split("/", 1)[0]
+        if package == "dispatcher":
+            package = file.removesuffix(".py").replace("/", ".")
+    else:
+        package = file.removesuffix(".py") or "?"
+    return f"{func} ({file})", package
+
+
+def summarize(path: Path, top: int = 15) -> dict[str, Any]:
+    """Top frames by self and inclusive samples, and self samples by package, as percent."""
+    self_samples: Counter[str] = Counter()
+    incl_samples: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_key(f) for f in stack.split(";") if f]
+        frames = [f for f in frames if not f[0].startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        leaf, package = frames[-1]
+        self_samples[leaf] += count
+        by_package[package] += count
+        for label in {f[0] for f in frames}:
+            incl_samples[label] += count
+
+    def pct(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"frame": k, "percent": round(100 * v / total, 1)} for k, v in counter.most_common(top)
+        ]
+
+    return {
+        "samples": total,
+        "self": pct(self_samples) if total else [],
+        "inclusive": pct(incl_samples) if total else [],
+        "self_by_package": pct(by_package) if total else [],
+    }

@@ -1,0 +1,165 @@
+"""The benchmark's webhook receiver, in its own process.
+
+    python -m bench.receiver          # prints "PORT <n>" once listening on 127.0.0.1
+
+Every request outside ``/_bench/`` is read whole and answered ``204``; its arrival time
+(``time.time()`` once the body is read) is recorded with its ``webhook-id`` header.
+Control endpoints (JSON):
+
+- ``GET /_bench/stats``: ``{"count", "first", "last", "bytes"}``
+- ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...]}`` in arrival order
+- ``POST /_bench/reset``: forget everything recorded
+
+``ReceiverProcess`` starts it and talks to the control endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+CONTROL = "/_bench/"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.times: list[float] = []
+        self.bytes = 0
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.startswith(CONTROL):
+            return self.control(request)
+        body = await request.read()
+        self.times.append(time.time())
+        self.ids.append(request.headers.get("webhook-id", ""))
+        self.bytes += len(body)
+        return web.Response(status=204)
+
+    def control(self, request: web.BaseRequest) -> web.StreamResponse:
+        action = request.path[len(CONTROL) :]
+        if action == "stats":
+            data: dict[str, Any] = {
+                "count": len(self.times),
+                "first": self.times[0] if self.times else None,
+                "last": self.times[-1] if self.times else None,
+                "bytes": self.bytes,
+            }
+        elif action == "arrivals":
+            data = {"ids": self.ids, "times": self.times}
+        elif action == "reset" and request.method == "POST":
+            self.ids, self.times, self.bytes = [], [], 0
+            data = {"ok": True}
+        else:
+            return web.Response(status=404)
+        return web.Response(body=json.dumps(data), content_type="application/json")
+
+
+async def serve() -> None:
+    recorder = Recorder()
+    server = web.Server(recorder.handle, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"PORT {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def event_loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_loop(coro: Any) -> Any:
+    """Run with uvloop when installed (as the daemon does), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+class ReceiverProcess:
+    """The receiver subprocess and a client for its control endpoints."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.receiver"],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("PORT "):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                break
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"benchmark receiver did not start (exit {self.proc.poll()})")
+        self.port = int(line.split()[1])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _get(self, method: str, action: str) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        async with self._session.request(method, self.url(CONTROL + action)) as resp:
+            resp.raise_for_status()
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._get("GET", "stats")
+
+    async def arrivals(self) -> dict[str, Any]:
+        return await self._get("GET", "arrivals")
+
+    async def reset(self) -> None:
+        await self._get("POST", "reset")
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+if __name__ == "__main__":
+    try:
+        run_loop(serve())
+    except KeyboardInterrupt:
+        pass

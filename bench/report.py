@@ -1,0 +1,220 @@
+"""Ratios against the ceiling and issue 6's targets, and the markdown table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Results = dict[str, Any]
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def http_ceiling(s: Results) -> float | None:
+    runs = [s["ceiling"]["http"]["requests_per_s"]] if "ceiling" in s else []
+    if "ceiling_after" in s:
+        runs.append(s["ceiling_after"]["requests_per_s"])
+    return sum(runs) / len(runs) if runs else None
+
+
+def ratios(s: Results) -> dict[str, Any]:
+    """Every ratio the issue sets a target for, from the figures of one run."""
+    ceiling = http_ceiling(s)
+    out: dict[str, Any] = {"http_ceiling_per_s": round(ceiling, 1) if ceiling else None}
+
+    def rate(name: str) -> float | None:
+        return s[name]["deliveries_per_s"] if name in s else None
+
+    def paired(run: dict[str, Any]) -> float | None:
+        return run.get("ratio_to_paired_ceiling")
+
+    for name in ("drain", "fanout"):
+        r = rate(name)
+        if r is not None and ceiling:
+            out[f"{name}_to_ceiling"] = round(r / ceiling, 3)
+        if name in s and paired(s[name]):
+            out[f"{name}_to_paired_ceiling"] = paired(s[name])
+    drain, fanout = rate("drain"), rate("fanout")
+    if drain and fanout:
+        out["fanout_to_drain"] = round(fanout / drain, 3)
+        p_drain, p_fanout = paired(s["drain"]), paired(s["fanout"])
+        if p_drain and p_fanout:
+            # each rate divided by the ceiling measured just before it: noise cancels
+            out["fanout_to_drain_paired"] = round(p_fanout / p_drain, 3)
+    if "replicas" in s:
+        out["replicas_2_to_1"] = s["replicas"]["ratio_2_to_1"]
+        one, two = paired(s["replicas"]["1"]), paired(s["replicas"]["2"])
+        if one and two:
+            out["replicas_2_to_1_paired"] = round(two / one, 3)
+    if "intake" in s:
+        out["intake_with_to_without"] = s["intake"]["ratio"]
+    if "cost" in s and "ceiling" in s:
+        out["daemon_cpu_to_bare_client"] = round(
+            s["cost"]["daemon_cpu_s_per_1000"] / s["ceiling"]["http"]["client_cpu_s_per_1000"], 2
+        )
+    return out
+
+
+def _met(ok: bool | None) -> str:
+    return "" if ok is None else ("yes" if ok else "**no**")
+
+
+def markdown(res: Results) -> str:
+    s, r, meta = res["scenarios"], res["ratios"], res["meta"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    ceiling = r.get("http_ceiling_per_s")
+    if "ceiling" in s:
+        http = s["ceiling"]["http"]
+        runs = _num(http["requests_per_s"])
+        if "ceiling_after" in s:
+            runs += f" before, {_num(s['ceiling_after']['requests_per_s'])} after"
+        rows.append(
+            (
+                "ceiling",
+                "HTTP: bare aiohttp, 64 connections, signed ~1 KB",
+                f"{_num(ceiling)} req/s ({runs})",
+                "reference",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "ceiling",
+                "PostgreSQL: claim 100 SKIP LOCKED + update + insert, 1 conn",
+                f"{_num(s['ceiling']['postgres']['rows_per_s'])} rows/s",
+                "reference",
+                "",
+            )
+        )
+    if "drain" in s:
+        d = s["drain"]
+        ratio = r.get("drain_to_paired_ceiling") or r.get("drain_to_ceiling")
+        rows.append(
+            (
+                "drain",
+                f"{d['events']:,} events, 1 daemon",
+                f"{_num(d['deliveries_per_s'])} /s",
+                f"{_num(r.get('drain_to_ceiling'), 2)}x ceiling, "
+                f"{_num(r.get('drain_to_paired_ceiling'), 2)}x paired (>= 0.5)",
+                _met(ratio >= 0.5 if ratio else None),
+            )
+        )
+    if "fanout" in s:
+        f = s["fanout"]
+        ratio = r.get("fanout_to_drain_paired") or r.get("fanout_to_drain")
+        rows.append(
+            (
+                "fan-out",
+                f"{f['events']:,} events x {f['webhooks']} webhooks",
+                f"{_num(f['deliveries_per_s'])} /s",
+                f"{_num(r.get('fanout_to_paired_ceiling'), 2)}x paired ceiling; "
+                f"{_num(r.get('fanout_to_drain'), 2)}x drain, "
+                f"{_num(r.get('fanout_to_drain_paired'), 2)}x paired (>= 1)",
+                _met(ratio >= 1 if ratio else None),
+            )
+        )
+    if "latency" in s:
+        lat = s["latency"]
+        p50, p99 = lat["p50_ms"], lat["p99_ms"]
+        ok = p50 is not None and p99 is not None and p50 <= 3 and p99 <= 10
+        rows.append(
+            (
+                "latency",
+                f"{_num(lat['offered_per_s'])} events/s for {_num(lat['seconds'])} s, "
+                "commit->arrival",
+                f"p50 {_num(lat['p50_ms'], 1)} / p95 {_num(lat['p95_ms'], 1)} / "
+                f"p99 {_num(lat['p99_ms'], 1)} ms"
+                + (
+                    f", {lat['undelivered_after_30s']} never arrived"
+                    if lat.get("undelivered_after_30s")
+                    else ""
+                ),
+                "p50 <= 3, p99 <= 10 ms",
+                _met(ok),
+            )
+        )
+    if "intake" in s:
+        i = s["intake"]
+        rows.append(
+            (
+                "intake",
+                f"publish_event(), {i['publishers']} publishers ({i['tool']})",
+                f"{_num(i['with_trigger_per_s'])} with / {_num(i['without_trigger_per_s'])} "
+                "without trigger /s",
+                f"{_num(i['ratio'], 2)} (>= 0.85)",
+                _met(i["ratio"] >= 0.85),
+            )
+        )
+    if "replicas" in s:
+        rep = s["replicas"]
+        rows.append(
+            (
+                "replicas",
+                f"drain {rep['1']['events']:,} events, 1 vs 2 daemons",
+                f"{_num(rep['1']['deliveries_per_s'])} / {_num(rep['2']['deliveries_per_s'])} /s",
+                f"{_num(rep['ratio_2_to_1'], 2)}, "
+                f"{_num(r.get('replicas_2_to_1_paired'), 2)} paired (>= 1)",
+                _met((r.get("replicas_2_to_1_paired") or rep["ratio_2_to_1"]) >= 1),
+            )
+        )
+    if "cost" in s:
+        c = s["cost"]
+        bare = s["ceiling"]["http"]["client_cpu_s_per_1000"] if "ceiling" in s else None
+        rows.append(
+            (
+                "cost",
+                f"CPU s per 1,000 deliveries ({c['deliveries']:,} backlog)",
+                f"daemon {_num(c['daemon_cpu_s_per_1000'], 3)}, postgres "
+                f"{_num(c['postgres_cpu_s_per_1000'], 3)}, receiver "
+                f"{_num(c['receiver_cpu_s_per_1000'], 3)}",
+                f"bare client {_num(bare, 3)}",
+                "",
+            )
+        )
+        at = ", ".join(f"{k} {v:.0f}" for k, v in c["rss_mb_at"].items())
+        rows.append(
+            (
+                "cost",
+                f"daemon peak RSS draining {c['deliveries']:,}",
+                f"{_num(c['peak_rss_mb'])} MB",
+                f"flat? at {at} MB",
+                "",
+            )
+        )
+        sql = c.get("sql", {})
+        rows.append(
+            (
+                "cost",
+                "SQL statements per delivery (pg_stat_statements)",
+                _num(sql.get("statements_per_delivery"), 3),
+                f"{_num(sql.get('exec_ms_per_delivery'), 3)} ms server time per delivery",
+                "",
+            )
+        )
+    lines = [
+        "| scenario | what | figure | ratio (target) | met |",
+        "|---|---|---|---|---|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+    ]
+    for name, err in res.get("errors", {}).items():
+        lines.append(f"| {name} | FAILED | {err.splitlines()[0][:120]} | | **no** |")
+    lines.append("")
+    lines.append(
+        f"{meta['mode']} run {meta['timestamp']} at {meta['commit'][:10]}; {meta['cpus']} cores, "
+        f"load average {meta['loadavg_start']} -> {meta['loadavg_end']}; PostgreSQL "
+        f"{meta['postgres']} (fsync off); event loop {meta['event_loop']}."
+    )
+    return "\n".join(lines)
+
+
+def profile_markdown(profile: dict[str, Any]) -> str:
+    lines = [f"py-spy: {profile['samples']} samples on CPU", "", "| self % | frame |", "|---|---|"]
+    lines += [f"| {p['percent']} | {p['frame']} |" for p in profile["self"][:12]]
+    lines += ["", "| self % by package | |", "|---|---|"]
+    lines += [f"| {p['percent']} | {p['frame']} |" for p in profile["self_by_package"][:12]]
+    lines += ["", "| inclusive % | frame |", "|---|---|"]
+    lines += [f"| {p['percent']} | {p['frame']} |" for p in profile["inclusive"][:15]]
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""``python -m bench``: the benchmark of issue 6 in one command.
+
+Starts a throwaway PostgreSQL and the receiver process, runs the selected scenarios in a
+fixed order (ceiling first, the HTTP ceiling again at the end of a full run to bracket the
+machine's noise), writes ``bench/results/<timestamp>.json`` and prints a markdown table.
+Exit status 0 when every scenario completed and every delivery succeeded, 1 otherwise. Speed
+never changes the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.drain import Drain
+from bench.infra import ROOT, BenchCluster, DaemonSpec
+from bench.receiver import ReceiverProcess, event_loop_name, run_loop
+from bench.report import markdown, profile_markdown, ratios
+from bench.scenarios import Config, Scenarios
+
+ORDER = ("ceiling", "intake", "drain", "fanout", "latency", "replicas", "cost")
+NEEDS_CEILING = {"drain", "fanout", "replicas", "cost"}
+RESULTS = Path(__file__).parent / "results"
+# The figure that picks the median run when a scenario is repeated.
+PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
+    "ceiling": lambda r: r["http"]["requests_per_s"],
+    "intake": lambda r: r["ratio"],
+    "drain": lambda r: r["deliveries_per_s"],
+    "fanout": lambda r: r["deliveries_per_s"],
+    "latency": lambda r: r["p50_ms"] or 0.0,
+    "replicas": lambda r: r["ratio_2_to_1"],
+    "cost": lambda r: r["deliveries_per_s"],
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true", help="a few hundred events (CI smoke run)")
+    p.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated scenarios among {','.join(ORDER)} (the ceiling is added when a "
+        "ratio needs it)",
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="never run the ceiling")
+    p.add_argument("--events", type=int, help="drain and replicas backlog (default 20000)")
+    p.add_argument("--orgs", type=int, help="drain: orgs with one webhook each (default 16)")
+    p.add_argument("--fanout-events", type=int, help="fan-out events (default 2000)")
+    p.add_argument("--fanout-webhooks", type=int, help="fan-out webhooks per event (default 10)")
+    p.add_argument("--latency-rate", type=float, help="events/s offered (default 200)")
+    p.add_argument("--latency-seconds", type=float, help="measured seconds (default 20)")
+    p.add_argument("--intake-seconds", type=float, help="seconds per intake run (default 5)")
+    p.add_argument("--cost-events", type=int, help="cost backlog (default 100000)")
+    p.add_argument("--timeout", type=float, help="seconds a drain may take (default 600)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each scenario N times and report the median run (all values kept)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also drain once more with py-spy attached to the daemon (figures not used in "
+        "ratios); writes the collapsed stacks beside the JSON",
+    )
+    p.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra DISPATCHER_* setting for the daemons, e.g. DISPATCHER_CONCURRENCY=128",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="add this to the scheduling priority of the benchmark and everything it starts "
+        "(negative needs root: shields the figures from other work on a shared machine)",
+    )
+    p.add_argument("--output", type=Path, help="JSON path (default bench/results/<ts>.json)")
+    return p.parse_args(argv)
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or set(ORDER)
+    unknown = wanted - set(ORDER)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {ORDER}")
+    if wanted & NEEDS_CEILING and not args.no_ceiling:
+        wanted.add("ceiling")
+    if args.no_ceiling:
+        wanted.discard("ceiling")
+    return [name for name in ORDER if name in wanted]
+
+
+def config(args: argparse.Namespace) -> Config:
+    base = Config.small() if args.small else Config()
+    return base.with_overrides(
+        drain_events=args.events,
+        orgs=args.orgs,
+        fanout_events=args.fanout_events,
+        fanout_webhooks=args.fanout_webhooks,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        intake_seconds=args.intake_seconds,
+        cost_events=args.cost_events,
+        timeout=args.timeout,
+    )
+
+
+def _commit() -> str:
+    """HEAD of the measured tree (read-only git), else $BENCH_COMMIT (for an exported tree)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    return head or os.environ.get("BENCH_COMMIT", "unknown")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config(args)
+    names = selected(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.output or RESULTS / f"{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = DaemonSpec(dict(kv.split("=", 1) for kv in args.daemon_env))
+    meta: dict[str, Any] = {
+        "timestamp": stamp,
+        "mode": "small" if args.small else "full",
+        "scenarios": names,
+        "commit": _commit(),
+        "source": str(ROOT),
+        "python": platform.python_version(),
+        "event_loop": event_loop_name(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": _load(),
+        "daemon_env": spec.effective(),
+        "config": cfg.__dict__,
+        "repeat": args.repeat,
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }
+    res: dict[str, Any] = {"meta": meta, "scenarios": {}, "errors": {}}
+    cluster = BenchCluster()
+    receiver = ReceiverProcess()
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(cluster.start)
+        meta["postgres"] = cluster.server_version
+        meta["cluster_settings"] = cluster.pg.settings
+        receiver.start()
+        drain = Drain(cluster, receiver, spec, cfg.timeout, cfg.paired_ceiling_requests)
+        sc = Scenarios(drain, cfg, out.parent, stamp)
+        for name in names:
+            _progress(f"{name} ...")
+            try:
+                res["scenarios"][name] = await _measure(sc, name, max(1, args.repeat))
+            except Exception as exc:
+                res["errors"][name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+        if args.profile and "drain" in names:
+            _progress("drain with py-spy ...")
+            try:
+                res["profiled_drain"] = await sc.drain(profile=out.with_suffix(".pyspy.txt"))
+            except Exception as exc:
+                res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
+        if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:
+            _progress("ceiling again ...")
+            res["scenarios"]["ceiling_after"] = await sc.http_ceiling_again()
+    finally:
+        await receiver.aclose()
+        receiver.stop()
+        await asyncio.to_thread(cluster.cleanup)
+    meta["loadavg_end"] = _load()
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    res["ratios"] = ratios(res["scenarios"])
+    res["all_success"] = not res["errors"] and all(
+        v.get("all_success", True) for v in res["scenarios"].values()
+    )
+    out.write_text(json.dumps(res, indent=2, default=str))
+    res["meta"]["output"] = str(out)
+    return res
+
+
+async def _measure(sc: Scenarios, name: str, repeat: int) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for i in range(repeat):
+        if i:
+            _progress(f"{name} (run {i + 1} of {repeat}) ...")
+        runs.append(await getattr(sc, name)())
+    if repeat == 1:
+        return runs[0]
+    values = [PRIMARY[name](r) for r in runs]
+    order = sorted(range(repeat), key=lambda i: values[i])
+    chosen: dict[str, Any] = dict(runs[order[repeat // 2]])
+    chosen["repeats"] = [round(v, 3) for v in values]
+    chosen["all_success"] = all(r.get("all_success", True) for r in runs)
+    return chosen
+
+
+def _progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # inherited by PostgreSQL, the receiver and the daemons
+    res = run_loop(run(args))
+    print(markdown(res))
+    if "profiled_drain" in res and "profile" in res["profiled_drain"]:
+        print()
+        print(profile_markdown(res["profiled_drain"]["profile"]))
+    print(f"\nresults: {res['meta']['output']}")
+    if not res["all_success"]:
+        print("some scenarios failed or some deliveries did not succeed", file=sys.stderr)
+        return 1
+    return 0

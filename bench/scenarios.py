@@ -1,0 +1,364 @@
+"""The scenarios of issue 6, each on a fresh database cloned from the migrated template.
+
+Every scenario returns a dict of figures (JSON-ready); ``all_success`` where deliveries were
+made. Sizes come from ``Config`` (full defaults, or ``Config.small()`` for CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from bench.ceiling import pg_ceiling, run_http_ceiling
+from bench.drain import BenchError, Drain
+from bench.infra import BENCH_ROLE, proc_cpu, q, start_daemon, stop_daemon
+from bench.workload import (
+    EVENT_TYPE,
+    PAYLOAD,
+    Publisher,
+    create_webhooks,
+    jsonb_text,
+    publish_backlog,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    drain_events: int = 20_000
+    orgs: int = 16  # drain: one webhook per org, events round-robin: one match each
+    fanout_events: int = 2_000
+    fanout_webhooks: int = 10
+    latency_rate: float = 200.0
+    latency_seconds: float = 20.0
+    latency_warmup_seconds: float = 2.0
+    intake_seconds: float = 5.0
+    intake_rounds: int = 3
+    publishers: int = 8
+    cost_events: int = 100_000
+    ceiling_requests: int = 30_000
+    ceiling_warmup: int = 2_000
+    pg_ceiling_rows: int = 100_000
+    ceiling_twice: bool = True
+    paired_ceiling_requests: int = 10_000  # before each drain; 0 = off
+    timeout: float = 600.0
+
+    @classmethod
+    def small(cls) -> Config:
+        return cls(
+            drain_events=300,
+            orgs=4,
+            fanout_events=40,
+            latency_seconds=2.0,
+            latency_warmup_seconds=0.5,
+            intake_seconds=1.0,
+            intake_rounds=1,
+            cost_events=300,
+            ceiling_requests=1_000,
+            ceiling_warmup=200,
+            pg_ceiling_rows=5_000,
+            ceiling_twice=False,
+            paired_ceiling_requests=300,
+            timeout=45.0,
+        )
+
+    def with_overrides(self, **values: Any) -> Config:
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+class Scenarios:
+    def __init__(self, drain: Drain, cfg: Config, results_dir: Path, stamp: str) -> None:
+        self.d = drain
+        self.cluster = drain.cluster
+        self.receiver = drain.receiver
+        self.cfg = cfg
+        self.results_dir = results_dir
+        self.stamp = stamp
+
+    # ------------------------------------------------------------------ helpers
+    async def _fresh(self, prefix: str) -> str:
+        return await asyncio.to_thread(self.cluster.fresh_database, prefix)
+
+    async def _backlog(self, prefix: str, events: int, orgs: int, per_org: int) -> str:
+        db = await self._fresh(prefix)
+        async with await self.d.connect(db) as conn:
+            hooks = await create_webhooks(
+                conn, self.receiver.url(f"/{prefix}"), orgs=orgs, per_org=per_org
+            )
+            await publish_backlog(conn, hooks.orgs, events)
+        return db
+
+    async def _drain_scenario(
+        self, prefix: str, events: int, orgs: int, per_org: int, **kw: Any
+    ) -> dict[str, Any]:
+        db = await self._backlog(prefix, events, orgs, per_org)
+        kw.setdefault("track_sql", True)
+        try:
+            result = await self.d.run(db, events * per_org, **kw)
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+        result["events"] = events
+        result["webhooks"] = orgs * per_org
+        return result
+
+    # ------------------------------------------------------------------ scenarios
+    async def ceiling(self) -> dict[str, Any]:
+        await self.receiver.reset()
+        receiver_cpu = proc_cpu(self.receiver.pid)
+        http = await asyncio.to_thread(
+            run_http_ceiling,
+            self.receiver.url("/ceiling"),
+            self.cfg.ceiling_requests,
+            self.cfg.ceiling_warmup,
+        )
+        total = self.cfg.ceiling_requests + self.cfg.ceiling_warmup
+        receiver_cpu = proc_cpu(self.receiver.pid) - receiver_cpu
+        http["receiver_cpu_s_per_1000"] = round(receiver_cpu / total * 1000, 3)
+        db = await asyncio.to_thread(self.cluster.empty_database, "ceiling")
+        try:
+            pg = await asyncio.to_thread(pg_ceiling, self.cluster.dsn(db), self.cfg.pg_ceiling_rows)
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+        stats = await self.receiver.stats()
+        return {
+            "http": http,
+            "postgres": pg,
+            "all_success": http["errors"] == 0 and stats["count"] == total,
+        }
+
+    async def http_ceiling_again(self) -> dict[str, Any]:
+        await self.receiver.reset()
+        return await asyncio.to_thread(
+            run_http_ceiling,
+            self.receiver.url("/ceiling"),
+            self.cfg.ceiling_requests,
+            self.cfg.ceiling_warmup,
+        )
+
+    async def drain(self, profile: Path | None = None) -> dict[str, Any]:
+        return await self._drain_scenario(
+            "drain", self.cfg.drain_events, self.cfg.orgs, 1, profile=profile
+        )
+
+    async def fanout(self) -> dict[str, Any]:
+        return await self._drain_scenario(
+            "fanout", self.cfg.fanout_events, 1, self.cfg.fanout_webhooks
+        )
+
+    async def replicas(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n in (1, 2):
+            out[str(n)] = await self._drain_scenario(
+                f"replicas{n}", self.cfg.drain_events, self.cfg.orgs, 1, replicas=n
+            )
+        one, two = out["1"]["deliveries_per_s"], out["2"]["deliveries_per_s"]
+        out["ratio_2_to_1"] = round(two / one, 3)
+        out["all_success"] = out["1"]["all_success"] and out["2"]["all_success"]
+        return out
+
+    async def cost(self) -> dict[str, Any]:
+        return await self._drain_scenario("cost", self.cfg.cost_events, self.cfg.orgs, 1)
+
+    async def latency(self) -> dict[str, Any]:
+        cfg = self.cfg
+        db = await self._fresh("latency")
+        try:
+            return await self._latency(db, cfg.latency_rate, cfg.latency_seconds)
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+
+    async def _latency(self, db: str, rate: float, seconds: float) -> dict[str, Any]:
+        async with await self.d.connect(db) as conn:
+            hooks = await create_webhooks(conn, self.receiver.url("/latency"), orgs=1, per_org=1)
+        org = hooks.orgs[0]
+        pub = Publisher(self.cluster.dsn(db), org, connections=4)
+        await pub.open()
+        await self.receiver.reset()
+        daemon = start_daemon(self.d.spec, self.cluster.dsn(db, role="postgres"), "bench-lat")
+        try:
+            # Ready = one event went through; then a warm-up at the offered rate, unmeasured.
+            await pub.one()
+            await self._wait_received(1, daemon, 60.0)
+            warm = await pub.paced(rate, self.cfg.latency_warmup_seconds)
+            await self._wait_received(1 + len(warm), daemon, 30.0)
+            await self.receiver.reset()
+            # Statistics as a long-running database has them (autovacuum's ANALYZE may or may
+            # not run during 20 s on fresh tables; a plan flip mid-run would make this random).
+            async with await self.d.connect(db) as conn:
+                await conn.execute(q("prepare_backlog"))
+            await asyncio.to_thread(self._track_statements)
+            commits = await pub.paced(rate, seconds)
+            complete = await self._wait_received(len(commits), daemon, 30.0, fail=False)
+            arrivals = await self.receiver.arrivals()
+        finally:
+            await pub.close()
+            code = await asyncio.to_thread(stop_daemon, daemon)
+            await asyncio.to_thread(self.cluster.set_statement_tracking, False)
+            daemon.close()
+        sql_cost = self.d.sql_cost(db, max(len(commits), 1))
+        async with await self.d.connect(db) as conn:
+            cur = await conn.execute(q("delivery_events"))
+            event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+            cur = await conn.execute(q("statuses"))
+            statuses = {r["status"]: r["n"] for r in await cur.fetchall()}
+        lat = [
+            (t - commits[event_of[i]]) * 1000
+            for i, t in zip(arrivals["ids"], arrivals["times"], strict=True)
+            if event_of.get(i) in commits
+        ]
+        # Events not heard within 30 s after the last publish count as infinitely late.
+        missing = [math.inf] * max(0, len(commits) - len(lat))
+        lat = sorted(lat) + missing
+        upper = (
+            sorted(
+                (t - pub.commit_sent[event_of[i]]) * 1000
+                for i, t in zip(arrivals["ids"], arrivals["times"], strict=True)
+                if event_of.get(i) in commits
+            )
+            + missing
+        )
+        commit_ms = sorted(pub.commit_ms)
+        span = max(pub.last_commit - pub.first_commit, 1e-6)
+        return {
+            "offered_per_s": rate,
+            "seconds": seconds,
+            "events": len(commits),
+            "achieved_publish_per_s": round((len(commits) - 1) / span, 1),
+            "measured": len(lat) - len(missing),
+            "undelivered_after_30s": len(missing),
+            "p50_ms": _pct(lat, 50),
+            "p95_ms": _pct(lat, 95),
+            "p99_ms": _pct(lat, 99),
+            "max_ms": _pct(lat, 100),
+            "min_ms": round(lat[0], 2) if lat else None,
+            "from_commit_sent_p50_ms": _pct(upper, 50),
+            "from_commit_sent_p99_ms": _pct(upper, 99),
+            "publish_commit_p50_ms": _pct(commit_ms, 50),
+            "publish_commit_p99_ms": _pct(commit_ms, 99),
+            "statuses": statuses,
+            "exit_code": code,
+            "sql": sql_cost,
+            "all_success": complete
+            and not missing
+            and statuses.get("success", 0) == sum(statuses.values()),
+        }
+
+    def _track_statements(self) -> None:
+        self.cluster.set_statement_tracking(True)
+        if self.cluster.has_pg_stat_statements:
+            with self.cluster.admin() as admin:
+                admin.execute(q("statements_reset"))
+
+    async def _wait_received(
+        self, count: int, daemon: Any, timeout: float, *, fail: bool = True
+    ) -> bool:
+        """Until the receiver has `count` requests; False (or BenchError) on timeout."""
+        deadline = time.monotonic() + timeout
+        while (got := (await self.receiver.stats())["count"]) < count:
+            if not daemon.is_running():
+                raise BenchError(f"daemon exited with {daemon.returncode}\n{daemon.tail()}")
+            if time.monotonic() > deadline:
+                if fail:
+                    raise BenchError(f"latency: {got} of {count} deliveries within {timeout} s")
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def intake(self) -> dict[str, Any]:
+        db = await self._fresh("intake")
+        try:
+            return await self._intake(db)
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+
+    async def _intake(self, db: str) -> dict[str, Any]:
+        cfg = self.cfg
+        pgbench = self.cluster.pg.bindir / "pgbench"
+        tool = "pgbench" if pgbench.exists() else "python"
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        async with await self.d.connect(db) as conn:
+            for r in range(cfg.intake_rounds):
+                for state in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    await conn.execute(q(f"intake_trigger_{state}"))
+                    if tool == "pgbench":
+                        tps = await asyncio.to_thread(self._pgbench, db, cfg.intake_seconds)
+                    else:
+                        tps = await _python_publishers(
+                            self.cluster.dsn(db), cfg.publishers, cfg.intake_seconds
+                        )
+                    rates[state].append(round(tps, 1))
+            await conn.execute(q("intake_trigger_on"))
+        on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+        # Each round measures both states back to back: their ratio shares the round's noise.
+        paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+        return {
+            "tool": tool,
+            "publishers": cfg.publishers,
+            "seconds_per_run": cfg.intake_seconds,
+            "with_trigger_per_s": round(on, 1),
+            "without_trigger_per_s": round(off, 1),
+            "runs": rates,
+            "ratio": round(statistics.median(paired), 3),
+            "round_ratios": [round(x, 3) for x in paired],
+        }
+
+    def _pgbench(self, db: str, seconds: float) -> float:
+        literal = jsonb_text(PAYLOAD).replace("'", "''")
+        script = (
+            f"SELECT publish_event('{EVENT_TYPE}', gen_random_uuid(), '{literal}'::jsonb, "
+            "NULL, '{}'::jsonb, NULL);\n"
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+            f.write(script)
+        try:
+            pg = self.cluster.pg
+            argv = [str(pg.bindir / "pgbench"), "-n", "-M", "prepared"]
+            argv += ["-c", str(self.cfg.publishers), "-j", str(min(self.cfg.publishers, 2))]
+            argv += ["-T", str(max(1, round(seconds))), "-f", f.name]
+            argv += ["-h", "127.0.0.1", "-p", str(pg.port), "-U", BENCH_ROLE, db]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            os.unlink(f.name)
+        m = re.search(r"tps = ([\d.]+)", done.stdout)
+        if done.returncode != 0 or m is None:
+            raise BenchError(f"pgbench failed: {done.stderr.strip()[-1000:]}")
+        return float(m.group(1))
+
+
+async def _python_publishers(dsn: str, publishers: int, seconds: float) -> float:
+    """Fallback without pgbench: `publishers` connections calling publish_event() in a loop."""
+    count = 0
+    stop_at = time.monotonic() + seconds
+
+    async def loop() -> None:
+        nonlocal count
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            params = {"event_type": EVENT_TYPE, "payload": Jsonb(PAYLOAD), "org": None}
+            while time.monotonic() < stop_at:
+                await conn.execute(q("publish_one"), params, prepare=True)
+                count += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(publishers)))
+    return count / (time.monotonic() - t0)
+
+
+def _pct(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (None when empty or infinite)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(p / 100 * len(sorted_values))))
+    value = sorted_values[rank - 1]
+    return None if math.isinf(value) else round(value, 2)

@@ -1,0 +1,47 @@
+"""The benchmark's small mode runs end to end, so it never rots.
+
+Only completion and correctness are asserted (every scenario finished, every delivery row
+ended `success`, the latency phase heard every event); speed is never asserted here: it
+belongs to `python -m bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = {"ceiling", "intake", "drain", "fanout", "latency", "replicas", "cost"}
+
+
+def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--small", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    res = json.loads(out.read_text())
+    assert res["errors"] == {}
+    scenarios = res["scenarios"]
+    assert set(scenarios) == SCENARIOS
+
+    drains = [scenarios["drain"], scenarios["fanout"], scenarios["cost"]]
+    drains += [scenarios["replicas"]["1"], scenarios["replicas"]["2"]]
+    for drain in drains:
+        assert drain["statuses"] == {"success": drain["deliveries"]}
+        assert drain["received"] >= drain["deliveries"]
+        assert drain["exit_codes"] == [0] * drain["replicas"]
+    latency = scenarios["latency"]
+    assert latency["measured"] == latency["events"] > 0
+    assert set(latency["statuses"]) == {"success"}
+    assert scenarios["ceiling"]["http"]["errors"] == 0
+    assert scenarios["intake"]["with_trigger_per_s"] > 0
+    assert res["all_success"] is True
+    assert "| drain |" in done.stdout  # the markdown table was printed
