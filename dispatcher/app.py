@@ -28,6 +28,7 @@ from dispatcher.health import HealthServer
 from dispatcher.integrations import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
+from dispatcher.preflight import check_privileges
 from dispatcher.queries import query
 from dispatcher.recorder import Recorder
 from dispatcher.retention import Retention
@@ -66,6 +67,7 @@ class App:
         try:
             async with self.pool.connection() as conn:
                 await migrations.check_current(conn)
+                await check_privileges(conn, integrations=self.settings.integrations_enabled)
             return await self._supervise()
         finally:
             await self.pool.close()

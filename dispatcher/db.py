@@ -15,7 +15,7 @@ import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.errors import DatabaseUnavailable, PermissionDenied
+from dispatcher.errors import ConfigError, DatabaseUnavailable, PermissionDenied
 from dispatcher.settings import Settings, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
@@ -89,10 +89,20 @@ async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Poo
             conn = await psycopg.AsyncConnection.connect(settings.dsn(), **connect_kwargs(settings))
             await conn.close()
             break
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN
+            raise ConfigError(
+                "invalid setting DISPATCHER_DATABASE_URL: not a PostgreSQL connection string "
+                f"({_first_line(exc)})"
+            ) from None
         except psycopg.OperationalError as exc:
             text = str(exc)
             if "password authentication failed" in text or "permission denied" in text:
                 raise PermissionDenied(describe_connect_error(settings, exc)) from None
+            if "invalid" in text and ("value" in text or "option" in text):
+                # A malformed option (sslmode=bogus, port=x): waiting will not mend it.
+                raise ConfigError(
+                    f"invalid setting DISPATCHER_DATABASE_URL: {_first_line(exc)}"
+                ) from None
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise DatabaseUnavailable(describe_connect_error(settings, exc)) from None
             log.warning(
@@ -105,3 +115,8 @@ async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Poo
     pool = make_pool(settings)
     await pool.open(wait=True, timeout=startup_timeout)
     return pool
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

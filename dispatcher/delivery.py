@@ -15,7 +15,6 @@ JSON can hold (no NUL, no lone surrogates) before it is recorded.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import re
 import ssl
@@ -265,7 +264,7 @@ class Sender:
                     break
                 chunks.append(chunk)
                 got += len(chunk)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             incomplete = f"not finished within {self._settings.http_timeout:g} s"
         except (aiohttp.ClientError, OSError) as exc:
             incomplete = describe_network_error(exc)[1]

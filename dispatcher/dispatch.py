@@ -183,10 +183,13 @@ class Dispatcher:
                 self._metrics.events_fanned_out.inc(events)
             left = batch - len(claimed)
             due: list[Claimed] = []
+            # A webhook at its limit may have more due work: look again when one of its
+            # attempts ends. Decided right after starting (before any await lets one end).
+            room = self._room()
+            full = [k for k, n in room.items() if n <= 0]
+            self._held_back = bool(full)
             if left > 0:
-                room = self._room()
                 # Webhooks with no room left in this process are not even scanned.
-                full = [k for k, n in room.items() if n <= 0]
                 cur = await conn.execute(
                     query("claim_due"),
                     {
@@ -201,8 +204,7 @@ class Dispatcher:
                 due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
                 for d in due:
                     self._start(d)
-        # A webhook at its limit may have more due work: look again when a slot frees.
-        self._held_back = any(n <= 0 for n in self._room().values())
+                self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
         return events >= batch or len(due) >= left > 0 or len(claimed) >= batch
 
     def _start(self, d: Claimed) -> None:
@@ -298,6 +300,7 @@ class Dispatcher:
             duration_ms=r.duration_ms if r else None,
             retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
             error=error,
+            notes=r.notes or None if r else None,
         )
 
     # -- replicas and shared limits -------------------------------------------------

@@ -13,7 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher import __version__
-from dispatcher.signing import intime_timestamp, sign_intime, sign_standard
+from dispatcher.signing import (
+    intime_timestamp,
+    sign_intime,
+    sign_standard,
+    standard_webhooks_key,
+)
 
 USER_AGENT = f"webhook-dispatcher/{__version__}"
 
@@ -45,6 +50,8 @@ RESERVED = frozenset(
     }
 )
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Control characters a header value must not carry (RFC 9110 5.5: HTAB is the only one allowed).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SENSITIVE = re.compile(r"auth|token|secret|key|password|cookie|signature|credential", re.I)
 MAX_CUSTOM_HEADERS = 50
 MAX_HEADER_VALUE = 8192
@@ -65,7 +72,7 @@ def custom_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
     """Validate a webhook's `headers` jsonb: returns (usable headers, ignored names).
 
     InvalidWebhook when it is not an object, a name is not an HTTP token, a value
-    is not a scalar or contains CR, LF or NUL.
+    is not a scalar, contains a control character (CR, LF, NUL...) or a lone surrogate.
     """
     if raw is None:
         return {}, ()
@@ -88,6 +95,10 @@ def custom_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
             raise InvalidWebhook(f"custom header {name!r} must be a string, not a JSON object")
         if any(c in text for c in "\r\n\0"):
             raise InvalidWebhook(f"custom header {name!r} contains CR, LF or NUL")
+        if _CONTROL.search(text):
+            raise InvalidWebhook(f"custom header {name!r} contains a control character")
+        if not _encodable(text):
+            raise InvalidWebhook(f"custom header {name!r} is not valid Unicode text")
         if len(text) > MAX_HEADER_VALUE:
             raise InvalidWebhook(f"custom header {name!r} is longer than {MAX_HEADER_VALUE}")
         if name.lower() in RESERVED:
@@ -95,6 +106,40 @@ def custom_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
             continue
         usable[name] = text
     return usable, tuple(ignored)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+def _header_safe(text: str) -> str:
+    """A header value for arbitrary text: control characters become spaces, lone
+    surrogates U+FFFD (the body keeps the text exactly)."""
+    text = _CONTROL.sub(" ", text)
+    if not _encodable(text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _usable_secrets(secrets: Sequence[str]) -> list[str]:
+    """The current secret must sign (InvalidWebhook otherwise); a previous one that cannot
+    (a malformed whsec_ value) is left out rather than blocking every delivery."""
+    usable: list[str] = []
+    for i, secret in enumerate(secrets):
+        try:
+            secret.encode("utf-8")
+            standard_webhooks_key(secret)
+        except ValueError as exc:  # UnicodeEncodeError included
+            if i == 0:
+                reason = "it is not valid Unicode" if isinstance(exc, UnicodeError) else exc
+                raise InvalidWebhook(f"the webhook secret cannot sign: {reason}") from None
+            continue
+        usable.append(secret)
+    return usable
 
 
 def build_request(
@@ -109,6 +154,7 @@ def build_request(
     """Headers of one attempt; `secrets[0]` is current, later ones are rotating out."""
     if not secrets or not secrets[0]:
         raise InvalidWebhook("the webhook secret is empty")
+    secrets = _usable_secrets(secrets)
     now = now or datetime.now(UTC)
     extra, ignored = custom_headers(headers)
     ts = intime_timestamp(now)
@@ -124,8 +170,8 @@ def build_request(
         "X-InTime-Timestamp": ts,
         "X-InTime-Signature": sign_intime(ts, body, secrets[0]),
     }
-    if any(c in event_type for c in "\r\n\0"):
-        own["X-InTime-Event"] = re.sub(r"[\r\n\0]", " ", event_type)
+    if _CONTROL.search(event_type) or not _encodable(event_type):
+        own["X-InTime-Event"] = _header_safe(event_type)
     sent = {**extra, **own}
     recorded = {
         **{k: ("[redacted]" if _SENSITIVE.search(k) else v) for k, v in extra.items()},

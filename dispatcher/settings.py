@@ -10,6 +10,8 @@ import os
 import socket
 from typing import Any, Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AliasChoices,
     Field,
@@ -167,7 +169,16 @@ class Settings(BaseSettings):
                 "no database configured: set DISPATCHER_DATABASE_URL (or DATABASE_URL), "
                 "e.g. postgresql://dispatcher@localhost:5432/app"
             )
-        return self.database_url.get_secret_value()
+        value = self.database_url.get_secret_value()
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+            raise ConfigError(
+                "invalid setting DISPATCHER_DATABASE_URL: not a PostgreSQL connection string "
+                f"({detail.replace(value, redact_dsn(value))})"
+            ) from None
+        return value
 
     def summary(self) -> dict[str, Any]:
         """Redacted view for the start-up log line: no password, no key."""

@@ -106,9 +106,10 @@ WITH candidates AS (
            OR coalesce(w.consecutive_failures, 0) < %(failing_after)s
            OR w.last_failure_at IS NULL
            OR w.last_failure_at + make_interval(secs => least(
-                  greatest(coalesce(rc.base_delay_seconds, 5), 1)
+                  -- the org's policy clamped to the host UI's ranges, as RetryPolicy does
+                  least(greatest(coalesce(rc.base_delay_seconds, 5), 1), 60)
                     * power(2, least(w.consecutive_failures - %(failing_after)s, 20)),
-                  greatest(coalesce(rc.max_delay_seconds, 300), 1))) <= now())
+                  least(greatest(coalesce(rc.max_delay_seconds, 300), 1), 3600))) <= now())
     ORDER BY coalesce(d.next_retry_at, '-infinity'::timestamptz), d.created_at
     LIMIT %(scan)s
     FOR UPDATE OF d SKIP LOCKED
