@@ -66,8 +66,10 @@ class App:
         self.pool = await open_pool(s)
         try:
             async with self.pool.connection() as conn:
-                await migrations.check_current(conn)
+                # Privileges first: without USAGE on schema dispatcher the schema check
+                # itself would fail with a raw error instead of naming the missing grant.
                 await check_privileges(conn, integrations=self.settings.integrations_enabled)
+                await migrations.check_current(conn)
             return await self._supervise()
         finally:
             await self.pool.close()
