@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         default="",
         description="comma-separated CIDRs that webhooks may target despite the SSRF guard",
     )
-    concurrency: int = Field(default=64, ge=1, le=4096, description="attempts in flight at once")
+    concurrency: int = Field(default=256, ge=1, le=4096, description="attempts in flight at once")
     per_webhook_concurrency: int = Field(
         default=16, ge=1, le=4096, description="attempts in flight to one webhook at once"
     )
