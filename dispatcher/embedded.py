@@ -115,8 +115,8 @@ class EmbeddedPostgres:
     # -- system binaries ----------------------------------------------------------
     def _start_system(self, bindir: Path) -> None:
         self._bindir = bindir
-        user = _unprivileged_user()
-        self._prefix = _command_prefix(user)
+        user = unprivileged_user()
+        self._prefix = command_prefix(user)
         self.root = _make_root(user)
         data = self.root / "data"
         self._run(
@@ -212,7 +212,8 @@ def _version(bindir: Path) -> str:
     return found.group(0) if found else "?"
 
 
-def _unprivileged_user() -> pwd.struct_passwd | None:
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The account to run PostgreSQL as when we are root (initdb refuses root), else None."""
     if os.geteuid() != 0:
         return None
     for name in UNPRIVILEGED_USERS:
@@ -221,7 +222,8 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise EmbeddedError(f"running as root and none of the users {UNPRIVILEGED_USERS} exists")
 
 
-def _command_prefix(user: pwd.struct_passwd | None) -> list[str]:
+def command_prefix(user: pwd.struct_passwd | None) -> list[str]:
+    """argv prefix that runs a command as `user` (runuser, else setpriv); [] for None."""
     if user is None:
         return []
     if shutil.which("runuser"):

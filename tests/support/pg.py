@@ -26,10 +26,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+# The package's own embedded server runs PostgreSQL as an unprivileged user the same way.
+from dispatcher.embedded import command_prefix, unprivileged_user
+
 from .net import LOOPBACK, reserved_port
 
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
-UNPRIVILEGED_USERS = ("postgres", "nobody")
 BINDIR_ENV = "DISPATCHER_TEST_PG_BINDIR"
 TMPDIR_ENV = "DISPATCHER_TEST_PG_TMPDIR"
 SHM = Path("/dev/shm")
@@ -101,32 +103,6 @@ def find_bindir() -> Path:
 # --------------------------------------------------------------------------- privileges
 
 
-def unprivileged_user() -> pwd.struct_passwd | None:
-    """The account to run the server as, or None when we are not root."""
-    if os.geteuid() != 0:
-        return None
-    for name in UNPRIVILEGED_USERS:
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise PgClusterError(f"running as root and none of {UNPRIVILEGED_USERS} exists")
-
-
-def _command_prefix(user: pwd.struct_passwd | None) -> list[str]:
-    if user is None:
-        return []
-    if shutil.which("runuser"):
-        return ["runuser", "-u", user.pw_name, "--"]
-    if shutil.which("setpriv"):
-        return [
-            "setpriv",
-            f"--reuid={user.pw_uid}",
-            f"--regid={user.pw_gid}",
-            "--clear-groups",
-            "--",
-        ]
-    raise PgClusterError("running as root but neither runuser nor setpriv is available")
-
-
 def _others_can_traverse(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
@@ -187,7 +163,7 @@ class PgCluster:
         self.port = port or reserved_port()
         self.settings = {**FAST_SETTINGS, **(settings or {})}
         self._user = unprivileged_user()
-        self._prefix = _command_prefix(self._user)
+        self._prefix = command_prefix(self._user)
         self.root = Path(tempfile.mkdtemp(prefix="dispatcher-pg-", dir=_temp_base(self._user)))
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "sock"
