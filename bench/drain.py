@@ -29,6 +29,7 @@ from bench.infra import (
     DAEMON_ROLE,
     BenchCluster,
     DaemonSpec,
+    cpu_by_kind,
     cpu_delta,
     daemon_problems,
     machine_busy_seconds,
@@ -195,6 +196,11 @@ class Drain:
                 / seconds,
                 2,
             ),
+            "postgres_cpu_s_per_1000_by_process": {
+                kind: round(sec * per_k, 3)
+                for kind, sec in sorted(cpu_by_kind(cpu0["postgres"], cpu1["postgres"]).items())
+                if sec > 0
+            },
             "rss_mb_at": _rss_at(rss, expected),
         }
 

@@ -148,6 +148,39 @@ class BenchCluster:
         return {p: proc_cpu(p) for p in pids}
 
 
+def process_kind(pid: int) -> str:
+    """What a PostgreSQL server process is, from its title: 'backend', 'autovacuum worker',
+    'walwriter'... ('?' when it is gone)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
+    if not title.startswith("postgres:"):
+        return "postmaster"
+    rest = title.removeprefix("postgres:").strip()
+    for kind in (
+        "autovacuum worker",
+        "autovacuum launcher",
+        "walwriter",
+        "checkpointer",
+        "background writer",
+        "logical replication launcher",
+        "stats collector",
+    ):
+        if rest.startswith(kind):
+            return kind
+    return "backend"
+
+
+def cpu_by_kind(before: Mapping[int, float], after: Mapping[int, float]) -> dict[str, float]:
+    """cpu_delta split by process_kind (seconds)."""
+    out: dict[str, float] = {}
+    for pid, t in after.items():
+        kind = process_kind(pid)
+        out[kind] = out.get(kind, 0.0) + max(0.0, t - before.get(pid, 0.0))
+    return out
+
+
 def cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     """CPU used between two per-pid snapshots (processes born in between count whole)."""
     return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())

@@ -28,7 +28,13 @@ from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
 from dispatcher.outcomes import Outcome, classify_status
-from dispatcher.request import BuiltRequest, InvalidWebhook, build_request
+from dispatcher.request import (
+    BuiltRequest,
+    InvalidWebhook,
+    build_request,
+    cached_signer,
+    make_signer,
+)
 from dispatcher.settings import Settings
 from dispatcher.ssrf import (
     GuardedResolver,
@@ -61,7 +67,7 @@ class Target:
     url: str
     body: str
     secrets: list[str]
-    headers: Any
+    headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
 
 
 @dataclass(slots=True)
@@ -136,9 +142,9 @@ class Sender:
             await self._session.close()
             self._session = None
 
-    def prepare(self, target: Target) -> BuiltRequest | AttemptResult:
-        """Checks done before any byte is sent; an AttemptResult means refused."""
-        body = target.body.encode("utf-8")
+    def prepare(self, target: Target, body: bytes) -> BuiltRequest | AttemptResult:
+        """Checks done before any byte is sent; an AttemptResult means refused.
+        ``body`` is ``target.body`` encoded."""
         if len(body) > self._settings.max_body_bytes:
             return AttemptResult(
                 Outcome.REFUSED,
@@ -150,12 +156,15 @@ class Sender:
             )
         try:
             target.url = self._validated(target.url)
+            if target.headers is None or isinstance(target.headers, str):
+                signer = cached_signer(tuple(target.secrets), target.headers)
+            else:
+                signer = make_signer(target.secrets, target.headers)
             return build_request(
                 delivery_id=target.delivery_id,
                 event_type=target.event_type,
                 body=body,
-                secrets=target.secrets,
-                headers=target.headers,
+                signer=signer,
             )
         except InvalidTarget as exc:
             return AttemptResult(
@@ -181,12 +190,13 @@ class Sender:
         return known
 
     async def attempt(self, target: Target) -> AttemptResult:
-        prepared = self.prepare(target)
+        body = target.body.encode("utf-8")
+        prepared = self.prepare(target, body)
         if isinstance(prepared, AttemptResult):
             return prepared
         assert self._session is not None, "Sender.start() was not called"
         started = time.perf_counter()
-        result = await self._post(target, prepared)
+        result = await self._post(target, prepared, body)
         result.duration_ms = int((time.perf_counter() - started) * 1000)
         result.request_headers = prepared.recorded_headers
         if prepared.ignored_headers:
@@ -196,12 +206,12 @@ class Sender:
             )
         return result
 
-    async def _post(self, target: Target, req: BuiltRequest) -> AttemptResult:
+    async def _post(self, target: Target, req: BuiltRequest, body: bytes) -> AttemptResult:
         assert self._session is not None
         try:
             async with self._session.post(
                 target.url,
-                data=target.body.encode("utf-8"),
+                data=body,
                 headers=req.headers,
                 allow_redirects=False,
             ) as resp:

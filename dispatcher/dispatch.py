@@ -71,6 +71,9 @@ class Dispatcher:
         self.limits = RateLimits()
         self.replica_id = uuid.uuid4()
         self.replicas = 1
+        # per attempt: a line only when it is emitted, a metric child looked up once
+        self._log_attempts = settings.log_level in ("debug", "info")
+        self._attempts_counter: dict[str, Any] = {}
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
@@ -208,7 +211,7 @@ class Dispatcher:
         return events >= batch or len(due) >= left > 0 or len(claimed) >= batch
 
     def _start(self, d: Claimed) -> None:
-        task = asyncio.create_task(self._deliver(d), name=f"delivery-{d.id}")
+        task = asyncio.create_task(self._deliver(d))
         self._inflight[d.id] = (task, d)
         self._per_hook[d.webhook_id] += 1
         if d.active:
@@ -282,9 +285,14 @@ class Dispatcher:
             streak = self._streak.get(d.webhook_id, (0, 0.0))[0] + 1
             self._streak[d.webhook_id] = (streak, time.monotonic() + probe_delay(d.policy, streak))
         outcome = row.outcome
-        self._metrics.attempts.labels(outcome=outcome).inc()
+        counter = self._attempts_counter.get(outcome)
+        if counter is None:
+            counter = self._attempts_counter[outcome] = self._metrics.attempts.labels(outcome)
+        counter.inc()
         if r is not None and r.outcome is not Outcome.REFUSED:
             self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
+        if not self._log_attempts:
+            return
         log.info(
             "delivery_attempt",
             delivery_id=d.id,

@@ -182,7 +182,8 @@ class Recorder:
         payload = orjson.dumps(rows).decode()
         async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
-            recorded = len(await cur.fetchall())
+            got = await cur.fetchone()
+            recorded = int(got["recorded"]) if got else 0
         self.batches += 1
         self.written += recorded
         if recorded < len(batch):

@@ -6,17 +6,22 @@ byte; every signature is computed over those bytes.
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import hmac
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+import orjson
 
 from dispatcher import __version__
 from dispatcher.signing import (
     intime_timestamp,
-    sign_intime,
-    sign_standard,
     standard_webhooks_key,
 )
 
@@ -142,39 +147,101 @@ def _usable_secrets(secrets: Sequence[str]) -> list[str]:
     return usable
 
 
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """What a webhook's configuration contributes to every request, worked out once:
+    HMAC keys (Standard Webhooks: one per usable secret, current first; InTime: the
+    current secret's bytes) and the validated custom headers."""
+
+    standard_keys: tuple[bytes, ...]
+    intime_key: bytes
+    extra: dict[str, str]
+    recorded_extra: dict[str, str]  # sensitive values redacted
+    ignored: tuple[str, ...]
+
+
+def make_signer(secrets: Sequence[str], headers: Any) -> Signer:
+    """InvalidWebhook when the current secret cannot sign or the custom headers are invalid."""
+    if not secrets or not secrets[0]:
+        raise InvalidWebhook("the webhook secret is empty")
+    usable = _usable_secrets(secrets)
+    extra, ignored = custom_headers(headers)
+    recorded = {k: ("[redacted]" if _SENSITIVE.search(k) else v) for k, v in extra.items()}
+    return Signer(
+        standard_keys=tuple(standard_webhooks_key(s) for s in usable),
+        intime_key=usable[0].encode("utf-8"),
+        extra=extra,
+        recorded_extra=recorded,
+        ignored=ignored,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_signer(secrets: tuple[str, ...], headers_json: str | None) -> Signer:
+    """make_signer for a webhook's secrets and its `headers` as JSON text, remembered:
+    webhooks repeat, and a changed secret or header makes a different key."""
+    headers = None if headers_json is None else _parse_headers(headers_json)
+    return make_signer(secrets, headers)
+
+
+_second: list[Any] = [-1, "", ""]  # the current second: [seconds, unix text, ISO prefix]
+
+
+def _now_stamps() -> tuple[str, str]:
+    """(webhook-timestamp, X-InTime-Timestamp) of this instant, from one clock reading;
+    the text of the second is worked out once per second."""
+    ms_total = time.time_ns() // 1_000_000
+    seconds, ms = divmod(ms_total, 1000)
+    if seconds != _second[0]:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second[:] = [seconds, str(seconds), prefix]
+    return _second[1], f"{_second[2]}.{ms:03d}Z"
+
+
+def _parse_headers(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidWebhook(f"custom headers are not valid JSON: {exc}") from None
+
+
 def build_request(
     *,
     delivery_id: str,
     event_type: str,
     body: bytes,
-    secrets: Sequence[str],
-    headers: Any,
+    secrets: Sequence[str] | None = None,
+    headers: Any = None,
+    signer: Signer | None = None,
     now: datetime | None = None,
 ) -> BuiltRequest:
-    """Headers of one attempt; `secrets[0]` is current, later ones are rotating out."""
-    if not secrets or not secrets[0]:
-        raise InvalidWebhook("the webhook secret is empty")
-    secrets = _usable_secrets(secrets)
-    now = now or datetime.now(UTC)
-    extra, ignored = custom_headers(headers)
-    ts = intime_timestamp(now)
-    unix = int(now.timestamp())
+    """Headers of one attempt; `secrets[0]` is current, later ones are rotating out.
+    A `signer` (make_signer / cached_signer) stands for secrets and headers."""
+    if signer is None:
+        signer = make_signer(secrets or (), headers)
+    if now is None:
+        unix, ts = _now_stamps()
+    else:
+        unix, ts = str(int(now.timestamp())), intime_timestamp(now)
+    to_sign = f"{delivery_id}.{unix}.".encode() + body
+    standard = " ".join(
+        "v1," + base64.b64encode(hmac.digest(key, to_sign, hashlib.sha256)).decode("ascii")
+        for key in signer.standard_keys
+    )
+    intime = hmac.new(signer.intime_key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     own = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": delivery_id,
-        "webhook-timestamp": str(unix),
-        "webhook-signature": sign_standard(delivery_id, unix, body, list(secrets)),
+        "webhook-timestamp": unix,
+        "webhook-signature": standard,
         "X-InTime-Event": event_type,
         "X-InTime-Delivery": delivery_id,
         "X-InTime-Timestamp": ts,
-        "X-InTime-Signature": sign_intime(ts, body, secrets[0]),
+        "X-InTime-Signature": "sha256=" + intime,
     }
-    if _CONTROL.search(event_type) or not _encodable(event_type):
+    if not event_type.isprintable() and (_CONTROL.search(event_type) or not _encodable(event_type)):
         own["X-InTime-Event"] = _header_safe(event_type)
-    sent = {**extra, **own}
-    recorded = {
-        **{k: ("[redacted]" if _SENSITIVE.search(k) else v) for k, v in extra.items()},
-        **own,
-    }
-    return BuiltRequest(sent, recorded, ignored)
+    if not signer.extra:
+        return BuiltRequest(own, own, signer.ignored)
+    return BuiltRequest({**signer.extra, **own}, {**signer.recorded_extra, **own}, signer.ignored)

@@ -26,7 +26,7 @@ WITH claimed AS (
            -- one definition of the body, shared with recover_webhook (0005_admin_api.sql)
            dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
                                        e.aggregate_id, e.payload) AS body,
-           w.id AS webhook_id, w.url, w.secret, w.headers, w.status AS webhook_status,
+           w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
            rc.enable_jitter, rc.enable_dlq,
@@ -91,7 +91,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 WITH candidates AS (
     SELECT d.id, d.webhook_id, d.created_at,
            coalesce(d.next_retry_at, '-infinity'::timestamptz) AS due_at,
-           w.url, w.secret, w.headers, w.status AS webhook_status,
+           w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            coalesce(w.consecutive_failures, 0) >= %(failing_after)s AS failing,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
@@ -147,7 +147,7 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
 -- where the claim is still ours), the attempt history, and the webhooks'
 -- counters. `seq` orders outcomes of one webhook within the batch so the
--- consecutive-failure count stays exact. Returns the ids that were recorded.
+-- consecutive-failure count stays exact. Returns how many were recorded.
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(
         id uuid, webhook_id uuid, org_id uuid, claim timestamptz, seq integer,
@@ -206,7 +206,7 @@ WITH o AS (
     WHERE w.id = s.webhook_id
     RETURNING w.id
 )
-SELECT id FROM upd;
+SELECT count(*) AS recorded FROM upd;
 
 -- name: release_claims
 -- Give back leased deliveries that were never attempted (shutdown): due now.

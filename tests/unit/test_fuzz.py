@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import uuid
 from datetime import UTC, datetime
@@ -175,7 +176,18 @@ def test_sender_prepare_never_raises(url, event_type, body, headers, secret):
     """Everything checked before a byte is sent: a built request or a REFUSED result."""
     sender = Sender(SETTINGS)
     target = Target(str(uuid.uuid4()), event_type, url, body, [secret], headers)
-    prepared = sender.prepare(target)
+    prepared = sender.prepare(target, body.encode("utf-8"))
+    # the daemon's own path: the headers as the JSON text PostgreSQL gives (remembered signer)
+    try:
+        as_text = json.dumps(headers, allow_nan=False)  # jsonb holds no NaN
+    except (TypeError, ValueError):
+        as_text = None
+    if as_text is not None:
+        again = Target(target.delivery_id, event_type, url, body, [secret], as_text)
+        same = sender.prepare(again, body.encode("utf-8"))
+        assert type(same) is type(prepared)
+        if isinstance(same, AttemptResult) and isinstance(prepared, AttemptResult):
+            assert same.error_code == prepared.error_code
     if isinstance(prepared, AttemptResult):
         assert prepared.outcome is Outcome.REFUSED
         assert prepared.error_code in (

@@ -150,3 +150,16 @@ def test_intime_signature_recipe(timestamp: str, body: bytes, secret: str) -> No
     got = sign_intime(timestamp, body, secret)
     assert got == "sha256=" + expected
     assert got == got.lower()
+
+
+def test_request_timestamps_of_now_agree_with_the_datetime_formatting() -> None:
+    """build_request's fast clock path gives the same texts as intime_timestamp."""
+    from dispatcher.request import _now_stamps
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    unix, iso = _now_stamps()
+    after = datetime.now(UTC)
+    at = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before <= at <= after
+    assert unix == str(int(at.timestamp()))
+    assert iso == intime_timestamp(at)
