@@ -39,6 +39,9 @@ from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 log = structlog.get_logger("dispatcher.dispatch")
 
 FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
+# Bounds of the fan-out factor: a pass takes at most 4x its free slots in events (events
+# that match nothing are cheap) and at least one event.
+MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
 
 
 class Dispatcher:
@@ -68,6 +71,9 @@ class Dispatcher:
         # consecutive failures seen by this process, and when the next probe may go
         self._streak: dict[UUID, tuple[int, float]] = {}
         self._held_back = False  # the last claim skipped webhooks that had no room
+        # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
+        # events, so that what it creates can start at once instead of waiting as pending rows.
+        self.fanout_factor = 1.0
         self.limits = RateLimits()
         self.replica_id = uuid.uuid4()
         self.replicas = 1
@@ -158,6 +164,7 @@ class Dispatcher:
         a fresh event costs one round trip between NOTIFY and the POST.
         """
         batch = min(free, self._s.batch_size)
+        events_wanted = max(1, round(batch / self.fanout_factor))
         cap = self._s.per_webhook_concurrency
         params: dict[str, Any] = {
             "lease": self._s.lease_seconds,
@@ -172,13 +179,17 @@ class Dispatcher:
                     **params,
                     "room_ids": list(room),
                     "room_left": list(room.values()),
-                    "batch": batch,
+                    "batch": events_wanted,
                     "claim": batch,
                 },
             )
             rows = await cur.fetchall()
             now = datetime.now(UTC)
             events = int(rows[-1]["events_claimed"]) if rows else 0
+            if events:
+                created = int(rows[-1]["deliveries_created"])
+                per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
+                self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
             for d in claimed:
                 self._start(d)
@@ -208,7 +219,7 @@ class Dispatcher:
                 for d in due:
                     self._start(d)
                 self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
-        return events >= batch or len(due) >= left > 0 or len(claimed) >= batch
+        return events >= events_wanted or len(due) >= left > 0 or len(claimed) >= batch
 
     def _start(self, d: Claimed) -> None:
         task = asyncio.create_task(self._deliver(d))

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     per_webhook_concurrency: int = Field(
         default=16, ge=1, le=4096, description="attempts in flight to one webhook at once"
     )
-    batch_size: int = Field(default=200, ge=1, le=5000, description="rows claimed per query")
+    batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
         default=1.0, gt=0, le=300, description="seconds between polls when no NOTIFY arrives"
     )

@@ -3,8 +3,8 @@
 -- %(name)s style.
 
 -- name: fan_out
--- Claim a batch of outbox rows, create one delivery per (event, matching active
--- webhook) and delete the outbox rows, in one statement. The first %(claim)s
+-- Claim a batch of %(batch)s outbox rows (events), create one delivery per (event,
+-- matching webhook) and delete the outbox rows, in one statement. The first %(claim)s
 -- deliveries are created already leased to the caller and returned, so they can
 -- be sent without another round trip; the rest are created due now. A matching
 -- webhook that is not active (disabled, inactive) gets a `failed` row, unsent,
@@ -18,14 +18,18 @@ WITH claimed AS (
 ), claimed_events AS MATERIALIZED (
     -- The claimed events by primary key, first: the planner must never start from an
     -- org's whole event history (an index on events(org_id, created_at) tempts it).
-    SELECT e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id, e.payload
-    FROM claimed c
-    JOIN public.events e ON e.id = c.event_id
+    -- The body once per event, whatever the number of webhooks it goes to; one
+    -- definition, shared with recover_webhook (0005_admin_api.sql).
+    SELECT b.*, b.body::text AS body_text
+    FROM (SELECT e.id, e.org_id, e.event_type, e.created_at,
+                 dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
+                                             e.aggregate_id, e.payload) AS body
+          FROM claimed c
+          JOIN public.events e ON e.id = c.event_id
+          OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
 ), matched AS (
-    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type,
-           -- one definition of the body, shared with recover_webhook (0005_admin_api.sql)
-           dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
-                                       e.aggregate_id, e.payload) AS body,
+    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
+           e.body_text,
            w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
@@ -54,7 +58,7 @@ WITH claimed AS (
         error_message, delivered_at
     )
     SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
-           '{}'::jsonb, body::text, 1, max_attempts,
+           '{}'::jsonb, body_text, 1, max_attempts,
            CASE WHEN webhook_status = 'active' THEN 'pending' ELSE 'failed' END,
            CASE WHEN eligible AND rn <= %(claim)s
                 THEN now() + make_interval(secs => %(lease)s) END,
@@ -64,21 +68,23 @@ WITH claimed AS (
     RETURNING id, next_retry_at
 )
 SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
-       m.body::text AS request_body, 1 AS attempt_number, m.max_attempts,
+       m.body_text AS request_body, 1 AS attempt_number, m.max_attempts,
        'pending'::text AS status, i.next_retry_at AS claim,
        m.url, m.secret, m.headers, m.webhook_status, m.webhook_deleted_at,
        ws.previous_secret, ws.previous_expires_at,
        m.max_retries, m.retry_strategy, m.base_delay_seconds, m.max_delay_seconds,
        m.enable_jitter, m.enable_dlq,
-       (SELECT count(*) FROM claimed) AS events_claimed
+       (SELECT count(*) FROM claimed) AS events_claimed,
+       (SELECT count(*) FROM inserted) AS deliveries_created
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
--- A marker row carrying the count of events claimed, for batches that produced
--- no claimed delivery (id is null).
+-- A marker row carrying the counts of events claimed and deliveries created, for
+-- batches that produced no claimed delivery (id is null).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed);
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
+       (SELECT count(*) FROM inserted);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -141,7 +147,8 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           (SELECT ws.previous_expires_at FROM dispatcher.webhook_secrets ws
             WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
-          due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed;
+          due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
+          0::bigint AS deliveries_created;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
