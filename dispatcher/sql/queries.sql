@@ -10,10 +10,12 @@
 -- webhook that is not active (disabled, inactive) gets a `failed` row, unsent,
 -- so `recover` can find what it missed; soft-deleted webhooks get nothing.
 WITH claimed AS (
+    -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
     DELETE FROM dispatcher.outbox
-    WHERE id IN (
-        SELECT id FROM dispatcher.outbox ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
-    )
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM dispatcher.outbox
+        ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+    ))
     RETURNING event_id
 ), claimed_events AS MATERIALIZED (
     -- The claimed events by primary key, first: the planner must never start from an
