@@ -213,6 +213,13 @@ WITH o AS (
         status = CASE WHEN s.gone AND w.status = 'active' THEN 'disabled' ELSE w.status END
     FROM stats s
     WHERE w.id = s.webhook_id
+      -- A batch of successes to a healthy webhook changes only its timestamps: written
+      -- at most once a second per webhook (each write is a new row version and runs
+      -- the host's trigger). Failures, resets and 410s are always written at once.
+      AND (s.any_failure OR s.gone OR coalesce(w.consecutive_failures, 0) <> 0
+           OR w.last_success_at IS NULL OR w.last_triggered_at IS NULL
+           OR w.last_triggered_at < now() - interval '1 second'
+           OR w.last_success_at < now() - interval '1 second')
     RETURNING w.id
 )
 SELECT count(*) AS recorded FROM upd;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -257,3 +258,33 @@ async def test_host_test_ping_and_dlq_retry_are_delivered(conn, receiver, start_
     await receiver.wait_for(2)
     [row] = await hostdb.wait_deliveries(conn, "status = 'success' AND id = %s", 1, (ping["id"],))
     assert row["attempt_number"] == 1
+
+
+async def test_success_timestamps_of_a_healthy_webhook_are_written_at_most_once_a_second(
+    conn, receiver, start_daemon
+):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url("/h"), ["*"])
+    await start_daemon()
+
+    async def deliver(n: int) -> dict:
+        await hostdb.publish(conn, "job.created", {"n": n}, org)
+        await hostdb.wait_deliveries(conn, "status = 'success'", n)
+        cur = await conn.execute(
+            "SELECT xmin::text AS version, last_success_at, last_triggered_at,"
+            " consecutive_failures, now() - last_success_at AS age FROM webhooks WHERE id = %s",
+            (hook["id"],),
+        )
+        return await cur.fetchone()
+
+    first = await deliver(1)
+    assert first["last_success_at"] is not None and first["last_triggered_at"] is not None
+    second = await deliver(2)
+    if second["age"].total_seconds() < 0.9:  # recorded within the second: not written again
+        assert second["version"] == first["version"]
+        assert second["last_success_at"] == first["last_success_at"]
+    await asyncio.sleep(1.2)
+    third = await deliver(3)
+    assert third["last_success_at"] > first["last_success_at"]
+    assert third["last_triggered_at"] > first["last_triggered_at"]
+    assert third["consecutive_failures"] == 0
