@@ -16,6 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.errors import ConfigError, DatabaseUnavailable, PermissionDenied
+from dispatcher.queries import query
 from dispatcher.settings import Settings, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
@@ -23,11 +24,15 @@ log = structlog.get_logger("dispatcher.db")
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
+def connect_kwargs(settings: Settings, *, lz4: bool = False) -> dict[str, Any]:
+    """``lz4``: the session compresses the values it writes with lz4 (the pool's
+    connections, when the server supports it and DISPATCHER_TOAST_COMPRESSION allows)."""
     options = (
         f"-c statement_timeout={settings.statement_timeout_ms} "
         f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
     )
+    if lz4:
+        options += " -c default_toast_compression=lz4"
     return {
         "autocommit": True,
         "application_name": f"webhook-dispatcher/{settings.instance_name}"[:63],
@@ -61,12 +66,12 @@ def describe_connect_error(settings: Settings, exc: BaseException) -> str:
     return f"cannot connect to PostgreSQL at {redact_dsn(settings.dsn())}: {detail}"
 
 
-def make_pool(settings: Settings) -> Pool:
+def make_pool(settings: Settings, *, lz4: bool = False) -> Pool:
     return AsyncConnectionPool(
         settings.dsn(),
         min_size=settings.pool_min_size,
         max_size=max(settings.pool_min_size, settings.pool_max_size),
-        kwargs=connect_kwargs(settings),
+        kwargs=connect_kwargs(settings, lz4=lz4),
         connection_class=psycopg.AsyncConnection[DictRow],
         open=False,
         # No check on every checkout (a round trip each time): a broken connection
@@ -87,7 +92,10 @@ async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Poo
     while True:
         try:
             conn = await psycopg.AsyncConnection.connect(settings.dsn(), **connect_kwargs(settings))
-            await conn.close()
+            try:
+                lz4 = settings.toast_compression == "lz4" and await _server_has_lz4(conn)
+            finally:
+                await conn.close()
             break
         except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN
             raise ConfigError(
@@ -112,9 +120,19 @@ async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Poo
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0) * (0.8 + random.random() * 0.4)
-    pool = make_pool(settings)
+    pool = make_pool(settings, lz4=lz4)
     await pool.open(wait=True, timeout=startup_timeout)
+    log.info("toast_compression", compression="lz4" if lz4 else "server default")
     return pool
+
+
+async def _server_has_lz4(conn: psycopg.AsyncConnection[DictRow]) -> bool:
+    """Whether the server was built with lz4 (PostgreSQL 14+ with --with-lz4): wide values the
+    daemon writes (request bodies, payloads, headers) then compress with lz4, which costs
+    less CPU than pglz. Any reader of the table decompresses either transparently."""
+    cur = await conn.execute(query("server_has_lz4"))
+    row = await cur.fetchone()
+    return bool(row and row["lz4"])
 
 
 def _first_line(exc: BaseException) -> str:

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     response_body_chars: int = Field(
         default=10_000, ge=0, le=1_000_000, description="characters of a response body kept"
     )
+    toast_compression: Literal["lz4", "server"] = Field(
+        default="lz4",
+        description=(
+            "compression of the wide delivery columns the daemon writes: lz4 where the server "
+            "supports it (less CPU than pglz), or the server's default_toast_compression"
+        ),
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=8, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=0)

@@ -253,3 +253,8 @@ SELECT
     (SELECT count(*) FROM dispatcher.outbox) AS outbox,
     (SELECT count(*) FROM public.webhooks
       WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled;
+
+-- name: server_has_lz4
+-- Whether default_toast_compression accepts lz4 (PostgreSQL 14+ built with lz4).
+SELECT coalesce(bool_or('lz4' = ANY (enumvals)), false) AS lz4
+FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression';

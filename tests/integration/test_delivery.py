@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 
 import hostdb
+import pytest
 from standardwebhooks.webhooks import Webhook
 from support.receiver import Reply
 
@@ -288,3 +289,37 @@ async def test_success_timestamps_of_a_healthy_webhook_are_written_at_most_once_
     assert third["last_success_at"] > first["last_success_at"]
     assert third["last_triggered_at"] > first["last_triggered_at"]
     assert third["consecutive_failures"] == 0
+
+
+async def _body_compression(conn, receiver, start_daemon, **settings) -> str | None:
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url("/big"), ["*"])
+    await start_daemon(**settings)
+    await hostdb.publish(conn, "job.created", {"notes": "lorem ipsum " * 600}, org)
+    (row,) = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
+    cur = await conn.execute(
+        "SELECT pg_column_compression(request_body) AS c FROM webhook_deliveries WHERE id = %s",
+        (row["id"],),
+    )
+    return (await cur.fetchone())["c"]
+
+
+async def _server_has_lz4(conn) -> bool:
+    cur = await conn.execute(
+        "SELECT 'lz4' = ANY (enumvals) AS lz4 FROM pg_settings"
+        " WHERE name = 'default_toast_compression'"
+    )
+    return bool((await cur.fetchone())["lz4"])
+
+
+async def test_wide_values_the_daemon_writes_are_compressed_with_lz4(conn, receiver, start_daemon):
+    if not await _server_has_lz4(conn):
+        pytest.skip("this PostgreSQL was built without lz4")
+    assert await _body_compression(conn, receiver, start_daemon) == "lz4"
+
+
+async def test_server_compression_setting_leaves_the_server_default(conn, receiver, start_daemon):
+    cur = await conn.execute("SHOW default_toast_compression")
+    default = (await cur.fetchone())["default_toast_compression"]
+    found = await _body_compression(conn, receiver, start_daemon, toast_compression="server")
+    assert found == default
