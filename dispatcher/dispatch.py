@@ -42,6 +42,7 @@ FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe a
 # Bounds of the fan-out factor: a pass takes at most 4x its free slots in events (events
 # that match nothing are cheap) and at least one event.
 MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
+CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work first
 
 
 class Dispatcher:
@@ -74,6 +75,7 @@ class Dispatcher:
         # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
         # events, so that what it creates can start at once instead of waiting as pending rows.
         self.fanout_factor = 1.0
+        self._due_scanned = 0.0  # monotonic time of the last claim_due
         self.limits = RateLimits()
         self.replica_id = uuid.uuid4()
         self.replicas = 1
@@ -160,66 +162,92 @@ class Dispatcher:
     async def _claim_and_start(self, free: int) -> bool:
         """One pass; True when there may be more work right now.
 
-        Deliveries created by the fan-out start before the second query runs, so
-        a fresh event costs one round trip between NOTIFY and the POST.
+        Usually the fan-out first: the deliveries it creates start before the second
+        query runs, so a fresh event costs one round trip between NOTIFY and the POST.
+        The scan for other due work (retries, rows held back by a per-webhook limit,
+        rows the host inserted) follows when the fan-out left slots free; while the
+        outbox keeps every pass full, a pass at least every CLAIM_DUE_EVERY seconds
+        scans due work first, so a backlog of new events never starves retries.
         """
         batch = min(free, self._s.batch_size)
-        events_wanted = max(1, round(batch / self.fanout_factor))
-        cap = self._s.per_webhook_concurrency
         params: dict[str, Any] = {
             "lease": self._s.lease_seconds,
-            "hook_cap": cap,
+            "hook_cap": self._s.per_webhook_concurrency,
             "failing_after": FAILING_AFTER,
         }
+        self._held_back = False
         async with self._pool.connection() as conn:
-            room = self._room()
-            cur = await conn.execute(
-                query("fan_out"),
-                {
-                    **params,
-                    "room_ids": list(room),
-                    "room_left": list(room.values()),
-                    "batch": events_wanted,
-                    "claim": batch,
-                },
-            )
-            rows = await cur.fetchall()
-            now = datetime.now(UTC)
-            events = int(rows[-1]["events_claimed"]) if rows else 0
-            if events:
-                created = int(rows[-1]["deliveries_created"])
-                per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
-                self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
-            claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
-            for d in claimed:
-                self._start(d)
-            if events:
-                self._metrics.events_fanned_out.inc(events)
-            left = batch - len(claimed)
-            due: list[Claimed] = []
-            # A webhook at its limit may have more due work: look again when one of its
-            # attempts ends. Decided right after starting (before any await lets one end).
-            room = self._room()
-            full = [k for k, n in room.items() if n <= 0]
-            self._held_back = bool(full)
-            if left > 0:
-                # Webhooks with no room left in this process are not even scanned.
-                cur = await conn.execute(
-                    query("claim_due"),
-                    {
-                        **params,
-                        "room_ids": list(room),
-                        "room_left": list(room.values()),
-                        "full_ids": full,
-                        "limit": left,
-                        "scan": left * 4,
-                    },
-                )
-                due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
-                for d in due:
-                    self._start(d)
-                self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
-        return events >= events_wanted or len(due) >= left > 0 or len(claimed) >= batch
+            due_first = time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            due = await self._claim_due(conn, params, batch) if due_first else []
+            room_for_new = batch - len(due)
+            events_wanted = max(1, round(room_for_new / self.fanout_factor))
+            events, claimed = 0, list[Claimed]()
+            if room_for_new > 0:
+                events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
+            left = room_for_new - len(claimed)
+            outbox_busy = events >= events_wanted and left * 4 < room_for_new
+            if not due_first and left > 0 and not outbox_busy:
+                due = await self._claim_due(conn, params, left)
+        due_full = bool(due) and len(due) >= (batch if due_first else left)
+        return events >= events_wanted or due_full or len(claimed) >= room_for_new > 0
+
+    async def _fan_out(
+        self, conn: Any, params: dict[str, Any], events_wanted: int, claim: int
+    ) -> tuple[int, list[Claimed]]:
+        """Take up to `events_wanted` events from the outbox; start the up to `claim`
+        deliveries created leased to us. Returns (events taken, deliveries started)."""
+        room = self._room()
+        cur = await conn.execute(
+            query("fan_out"),
+            {
+                **params,
+                "room_ids": list(room),
+                "room_left": list(room.values()),
+                "batch": events_wanted,
+                "claim": claim,
+            },
+        )
+        rows = await cur.fetchall()
+        now = datetime.now(UTC)
+        events = int(rows[-1]["events_claimed"]) if rows else 0
+        if events:
+            created = int(rows[-1]["deliveries_created"])
+            per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
+            self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
+            self._metrics.events_fanned_out.inc(events)
+        claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
+        for d in claimed:
+            self._start(d)
+        # A webhook at its limit may have more due work: look again when one of its
+        # attempts ends. Decided right after starting (before any await lets one end).
+        self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
+        return events, claimed
+
+    async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
+        """Lease and start up to `limit` due deliveries, in the order they became due."""
+        self._due_scanned = time.monotonic()
+        room = self._room()
+        full = [k for k, n in room.items() if n <= 0]
+        # Webhooks with no room left in this process are not even scanned.
+        cur = await conn.execute(
+            query("claim_due"),
+            {
+                **params,
+                "room_ids": list(room),
+                "room_left": list(room.values()),
+                "full_ids": full,
+                "limit": limit,
+                "scan": limit * 4,
+            },
+        )
+        now = datetime.now(UTC)
+        due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
+        for d in due:
+            self._start(d)
+        self._held_back = (
+            self._held_back or bool(full) or any(n <= 0 for n in self._room().values())
+        )
+        return due
 
     def _start(self, d: Claimed) -> None:
         task = asyncio.create_task(self._deliver(d))

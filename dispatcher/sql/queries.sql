@@ -98,7 +98,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- its org's backoff after its last failure, so it never hammers nor hogs slots.
 WITH candidates AS (
     SELECT d.id, d.webhook_id, d.created_at,
-           coalesce(d.next_retry_at, '-infinity'::timestamptz) AS due_at,
+           coalesce(d.next_retry_at, d.created_at) AS due_at,
            w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            coalesce(w.consecutive_failures, 0) >= %(failing_after)s AS failing,
@@ -108,7 +108,7 @@ WITH candidates AS (
     JOIN public.webhooks w ON w.id = d.webhook_id
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
     WHERE d.status IN ('pending', 'retrying')
-      AND coalesce(d.next_retry_at, '-infinity'::timestamptz) <= now()
+      AND coalesce(d.next_retry_at, d.created_at) <= now()
       AND d.webhook_id <> ALL (%(full_ids)s::uuid[])
       AND (w.status <> 'active' OR w.deleted_at IS NOT NULL
            OR coalesce(w.consecutive_failures, 0) < %(failing_after)s
@@ -118,7 +118,8 @@ WITH candidates AS (
                   least(greatest(coalesce(rc.base_delay_seconds, 5), 1), 60)
                     * power(2, least(w.consecutive_failures - %(failing_after)s, 20)),
                   least(greatest(coalesce(rc.max_delay_seconds, 300), 1), 3600))) <= now())
-    ORDER BY coalesce(d.next_retry_at, '-infinity'::timestamptz), d.created_at
+    -- in the order it became due (index dispatcher_deliveries_due_since)
+    ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s
     FOR UPDATE OF d SKIP LOCKED
 ), ranked AS (
@@ -232,7 +233,7 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id uuid, claim timestamptz)
 WHERE d.id = r.id AND d.next_retry_at = r.claim AND d.status IN ('pending', 'retrying');
 
 -- name: next_due_at
-SELECT min(coalesce(next_retry_at, '-infinity'::timestamptz)) AS at
+SELECT min(coalesce(next_retry_at, created_at)) AS at
 FROM public.webhook_deliveries
 WHERE status IN ('pending', 'retrying');
 
@@ -242,11 +243,11 @@ WHERE status IN ('pending', 'retrying');
 SELECT
     (SELECT count(*) FROM public.webhook_deliveries
       WHERE status IN ('pending', 'retrying')
-        AND coalesce(next_retry_at, '-infinity'::timestamptz) <= now()) AS due,
+        AND coalesce(next_retry_at, created_at) <= now()) AS due,
     (SELECT extract(epoch FROM now() - min(coalesce(next_retry_at, created_at)))
        FROM public.webhook_deliveries
       WHERE status IN ('pending', 'retrying')
-        AND coalesce(next_retry_at, '-infinity'::timestamptz) <= now()) AS oldest_due_seconds,
+        AND coalesce(next_retry_at, created_at) <= now()) AS oldest_due_seconds,
     (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'pending') AS pending,
     (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'retrying') AS retrying,
     (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'dlq') AS dlq,

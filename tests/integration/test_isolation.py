@@ -109,3 +109,27 @@ async def test_rate_limit_refuses_other_orgs_and_bad_values(conn):
             assert message in str(exc)
         else:
             raise AssertionError(f"{args} was accepted")
+
+
+async def test_a_retry_comes_due_while_a_backlog_of_new_events_drains(conn, receiver, start_daemon):
+    """Fan-out passes that keep filling the batch do not starve due retries."""
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(
+        conn, org, retry_strategy="fixed", base_delay_seconds=1, enable_jitter=False
+    )
+    await hostdb.create_webhook(conn, org, receiver.url("/flaky"), ["flaky.*"])
+    await hostdb.create_webhook(conn, org, receiver.url("/bulk"), ["bulk.*"])
+    receiver.respond("/flaky", Reply(503), Reply(204))
+    receiver.respond("/bulk", *[Reply(204, delay=0.01)] * 10_000)
+    await start_daemon(concurrency=32, per_webhook_concurrency=32, batch_size=32)
+
+    await hostdb.publish(conn, "flaky.created", {}, org)
+    await receiver.wait_for(1, path="/flaky", timeout=10)
+    # A backlog of new events that keeps every fan-out pass full for seconds (>= 3 s:
+    # 10,000 answers of 10 ms, 32 at a time).
+    await hostdb.insert_events_directly(conn, org, "bulk.created", 10_000)
+    await receiver.wait_for(2, path="/flaky", timeout=30)
+    first, retry = (r.received_at for r in receiver.requests_for("/flaky")[:2])
+    bulk_before_retry = sum(1 for r in receiver.requests_for("/bulk") if r.received_at < retry)
+    assert bulk_before_retry < 10_000, "the backlog drained before the retry: nothing shown"
+    assert retry - first < 3.0, f"the retry came {retry - first:.1f} s after the failure"
