@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=256, ge=1, le=4096, description="attempts in flight at once")
     per_webhook_concurrency: int = Field(
-        default=16, ge=1, le=4096, description="attempts in flight to one webhook at once"
+        default=32, ge=1, le=4096, description="attempts in flight to one webhook at once"
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
