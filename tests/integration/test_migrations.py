@@ -103,3 +103,35 @@ async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -
         finally:
             app.request_stop()
             await asyncio.wait_for(task, 30)
+
+
+async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
+    empty_db_dsn: str,
+) -> None:
+    """The intake function runs as its owner without a pinned search_path (0010): a caller
+    who puts a temporary `new_events` and their own schema first still gets the event's own
+    id into the outbox, and nothing else."""
+    await apply_migrations(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        (config,) = conn.execute(
+            "SELECT proconfig FROM pg_proc WHERE oid = 'dispatcher.intake_events_v1'::regproc"
+        ).fetchone()
+        assert config is None, "no function-level SET: it cost every publisher ~3 %"
+        conn.execute("CREATE SCHEMA evil")
+        conn.execute("CREATE TABLE evil.outbox (event_id uuid)")
+        conn.execute(
+            "CREATE FUNCTION evil.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ $$"
+        )
+        conn.execute("CREATE TEMP TABLE new_events (id uuid)")
+        conn.execute("INSERT INTO new_events VALUES ('00000000-0000-0000-0000-0000000000aa')")
+        conn.execute("SET search_path = pg_temp, evil, public")
+        conn.execute("LISTEN dispatcher_v1")
+        (event_id,) = conn.execute(
+            "SELECT public.publish_event('job.created', gen_random_uuid(), '{}'::jsonb, NULL,"
+            " '{}'::jsonb, NULL)"
+        ).fetchone()
+        outbox = [r[0] for r in conn.execute("SELECT event_id FROM dispatcher.outbox")]
+        assert outbox == [event_id]
+        assert conn.execute("SELECT count(*) FROM evil.outbox").fetchone() == (0,)
+        rang = [n.channel for n in conn.notifies(timeout=1, stop_after=1)]
+        assert rang == ["dispatcher_v1"]
