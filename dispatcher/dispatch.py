@@ -199,25 +199,16 @@ class Dispatcher:
         room = self._room()
         cur = await conn.execute(
             query("fan_out"),
-            {
-                **params,
-                "room_ids": list(room),
-                "room_left": list(room.values()),
-                "batch": events_wanted,
-                "claim": claim,
-            },
+            {**params, **_room_params(room), "batch": events_wanted, "claim": claim},
         )
         rows = await cur.fetchall()
-        now = datetime.now(UTC)
         events = int(rows[-1]["events_claimed"]) if rows else 0
         if events:
             created = int(rows[-1]["deliveries_created"])
             per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
-        claimed = [Claimed.from_row(r, now) for r in rows if r["id"] is not None]
-        for d in claimed:
-            self._start(d)
+        claimed = self._start_rows([r for r in rows if r["id"] is not None])
         # A webhook at its limit may have more due work: look again when one of its
         # attempts ends. Decided right after starting (before any await lets one end).
         self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
@@ -231,23 +222,21 @@ class Dispatcher:
         # Webhooks with no room left in this process are not even scanned.
         cur = await conn.execute(
             query("claim_due"),
-            {
-                **params,
-                "room_ids": list(room),
-                "room_left": list(room.values()),
-                "full_ids": full,
-                "limit": limit,
-                "scan": limit * 4,
-            },
+            {**params, **_room_params(room), "full_ids": full, "limit": limit, "scan": limit * 4},
         )
-        now = datetime.now(UTC)
-        due = [Claimed.from_row(r, now) for r in await cur.fetchall()]
-        for d in due:
-            self._start(d)
+        due = self._start_rows(await cur.fetchall())
         self._held_back = (
             self._held_back or bool(full) or any(n <= 0 for n in self._room().values())
         )
         return due
+
+    def _start_rows(self, rows: list[Any]) -> list[Claimed]:
+        """Start an attempt for each leased row; returns what was started."""
+        now = datetime.now(UTC)
+        started = [Claimed.from_row(r, now) for r in rows]
+        for d in started:
+            self._start(d)
+        return started
 
     def _start(self, d: Claimed) -> None:
         task = asyncio.create_task(self._deliver(d))
@@ -407,6 +396,11 @@ class Dispatcher:
                 error=type(exc).__name__,
                 note="they become due again when their lease ends",
             )
+
+
+def _room_params(room: dict[UUID, int]) -> dict[str, Any]:
+    """A webhook -> room mapping as the claim statements' two parallel arrays."""
+    return {"room_ids": list(room), "room_left": list(room.values())}
 
 
 def probe_delay(policy: RetryPolicy, streak: int) -> float:
