@@ -271,6 +271,9 @@ async def test_endless_bodies_do_not_grow_the_daemons_memory(
                 "DISPATCHER_POLL_INTERVAL": "0.2",
                 "DISPATCHER_LOG_FORMAT": "json",
                 "DISPATCHER_HTTP_TIMEOUT": str(HTTP_TIMEOUT),
+                # At most 48 attempts at once (3 endpoints x 16): the bound below is per
+                # attempt in flight, so it is set here rather than taken from the default.
+                "DISPATCHER_PER_WEBHOOK_CONCURRENCY": "16",
             }
         )
         await daemon.wait_for_log("ready", timeout=20)
