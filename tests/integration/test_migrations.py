@@ -135,3 +135,56 @@ async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
         assert conn.execute("SELECT count(*) FROM evil.outbox").fetchone() == (0,)
         rang = [n.channel for n in conn.notifies(timeout=1, stop_after=1)]
         assert rang == ["dispatcher_v1"]
+
+
+async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
+    empty_db_dsn: str, receiver
+) -> None:
+    """Events published under the previous schema (outbox rows with ids from a sequence) are
+    delivered once 0008-0010 are applied; nothing in the outbox is lost or sent twice."""
+    from dispatcher.app import App
+    from dispatcher.settings import load_settings
+
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE SCHEMA dispatcher; CREATE TABLE dispatcher.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for mig in available():
+            if mig.version <= 7:
+                with conn.transaction():
+                    conn.execute(mig.sql)
+                    conn.execute(
+                        "INSERT INTO dispatcher.schema_migrations VALUES (%s, %s)",
+                        (mig.version, mig.name),
+                    )
+    async with await hostdb.connect(empty_db_dsn) as conn:
+        org = await hostdb.create_org(conn)
+        await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
+        await hostdb.insert_events_directly(conn, org, "job.created", 30)
+        cur = await conn.execute("SELECT count(id) AS n FROM dispatcher.outbox")
+        assert (await cur.fetchone())["n"] == 30, "premise: old outbox rows carry ids"
+
+        assert await apply_migrations(empty_db_dsn) == [
+            "0008_outbox_without_sequence",
+            "0009_due_since",
+            "0010_intake_without_set",
+        ]
+        await hostdb.publish(conn, "job.created", {"after": True}, org)
+        app = App(
+            load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
+            install_signals=False,
+        )
+        task = asyncio.create_task(app.run())
+        try:
+            await asyncio.wait_for(app.ready.wait(), 20)
+            await hostdb.wait_deliveries(conn, "status = 'success'", 31)
+            await receiver.wait_for(31)
+            cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.outbox")
+            assert (await cur.fetchone())["n"] == 0
+            ids = [r.headers["webhook-id"] for r in receiver.requests]
+            assert len(ids) == len(set(ids)) == 31
+        finally:
+            app.request_stop()
+            await asyncio.wait_for(task, 30)
