@@ -232,11 +232,6 @@ SET next_retry_at = CASE WHEN d.status = 'pending' THEN NULL ELSE now() END
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id uuid, claim timestamptz)
 WHERE d.id = r.id AND d.next_retry_at = r.claim AND d.status IN ('pending', 'retrying');
 
--- name: next_due_at
-SELECT min(coalesce(next_retry_at, created_at)) AS at
-FROM public.webhook_deliveries
-WHERE status IN ('pending', 'retrying');
-
 -- name: gauges
 -- Cheap figures for /metrics: every count here is served by a partial index or
 -- a small table.
