@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,25 @@ UNION ALL
 SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)
 FROM pg_trigger WHERE NOT tgisinternal AND tgname NOT LIKE 'dispatcher\\_%'
 """
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(dsn: str) -> AsyncIterator[None]:
+    """The daemon in this process, ready, on `dsn`; stopped on leaving."""
+    from dispatcher.app import App
+    from dispatcher.settings import load_settings
+
+    app = App(
+        load_settings(database_url=dsn, metrics_address="", poll_interval=0.2),
+        install_signals=False,
+    )
+    task = asyncio.create_task(app.run())
+    try:
+        await asyncio.wait_for(app.ready.wait(), 20)
+        yield
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(task, 30)
 
 
 def catalog(dsn: str) -> set[tuple[Any, ...]]:
@@ -78,31 +99,19 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
 
 
 async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -> None:
-    from dispatcher.app import App
-    from dispatcher.settings import load_settings
-
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         conn.execute(HOST_SCHEMA)
     await apply_migrations(empty_db_dsn)
     async with await hostdb.connect(empty_db_dsn) as conn:
         org = await hostdb.create_org(conn)
         await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
-        app = App(
-            load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
-            install_signals=False,
-        )
-        task = asyncio.create_task(app.run())
-        try:
-            await asyncio.wait_for(app.ready.wait(), 20)
+        async with running_daemon(empty_db_dsn):
             # The host's own publish_event (6 arguments) and its 5-argument overload.
             await hostdb.publish(conn, "job.created", {"n": 1}, org)
             await conn.execute("SELECT publish_event('job.updated', NULL, '{}'::jsonb, NULL, '{}')")
             await hostdb.wait_deliveries(conn, "status = 'success'", 1)
             [req] = await receiver.wait_for(1)
             assert b'"n": 1' in req.body
-        finally:
-            app.request_stop()
-            await asyncio.wait_for(task, 30)
 
 
 async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
@@ -142,9 +151,6 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
 ) -> None:
     """Events published under the previous schema (outbox rows with ids from a sequence) are
     delivered once 0008-0010 are applied; nothing in the outbox is lost or sent twice."""
-    from dispatcher.app import App
-    from dispatcher.settings import load_settings
-
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         conn.execute(
             "CREATE SCHEMA dispatcher; CREATE TABLE dispatcher.schema_migrations ("
@@ -172,19 +178,10 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
             "0010_intake_without_set",
         ]
         await hostdb.publish(conn, "job.created", {"after": True}, org)
-        app = App(
-            load_settings(database_url=empty_db_dsn, metrics_address="", poll_interval=0.2),
-            install_signals=False,
-        )
-        task = asyncio.create_task(app.run())
-        try:
-            await asyncio.wait_for(app.ready.wait(), 20)
+        async with running_daemon(empty_db_dsn):
             await hostdb.wait_deliveries(conn, "status = 'success'", 31)
             await receiver.wait_for(31)
             cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.outbox")
             assert (await cur.fetchone())["n"] == 0
             ids = [r.headers["webhook-id"] for r in receiver.requests]
             assert len(ids) == len(set(ids)) == 31
-        finally:
-            app.request_stop()
-            await asyncio.wait_for(task, 30)
