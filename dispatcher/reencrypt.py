@@ -11,6 +11,7 @@ overwritten.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -45,17 +46,65 @@ async def reencrypt(
     conn: psycopg.AsyncConnection[Any], keyring: Keyring, *, rotate: bool, batch: int = 200
 ) -> Report:
     report = Report()
-    await _configs(conn, keyring, rotate, batch, report)
-    await _tokens(conn, keyring, rotate, batch, report)
+
+    def config_plan(row: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        try:
+            new, n = encrypt_config(row["config"], keyring, rotate=rotate)
+        except DecryptError as exc:
+            raise _Unreadable(
+                Problem("integrations", str(row["id"]), str(row["id"]), str(exc))
+            ) from None
+        return {"id": row["id"], "new": Jsonb(new), "old": Jsonb(row["config"])}, n
+
+    def token_plan(row: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        values: dict[str, str | None] = {}
+        n = 0
+        for column in ("access_token", "refresh_token"):
+            value = row[column]
+            try:
+                if keyring.needs_reencryption(value, rotate=rotate):
+                    values[column] = keyring.encrypt(keyring.decrypt(value))
+                    n += 1
+                else:
+                    values[column] = value
+            except DecryptError as exc:
+                raise _Unreadable(
+                    Problem(
+                        "integration_oauth_tokens",
+                        str(row["id"]),
+                        str(row["integration_id"]),
+                        f"cannot decrypt integration_oauth_tokens.{column}: {exc}",
+                    )
+                ) from None
+        old = {"old_access_token": row["access_token"], "old_refresh_token": row["refresh_token"]}
+        return {"id": row["id"], **values, **old}, n
+
+    await _rewrite(conn, "integ_config_batch", "integ_config_rewrite", config_plan, batch, report)
+    await _rewrite(conn, "integ_token_batch", "integ_token_rewrite", token_plan, batch, report)
     return report
 
 
-async def _configs(
-    conn: psycopg.AsyncConnection[Any], keyring: Keyring, rotate: bool, batch: int, report: Report
+class _Unreadable(Exception):
+    """A row holding a value no key decrypts: reported, never overwritten."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+async def _rewrite(
+    conn: psycopg.AsyncConnection[Any],
+    batch_query: str,
+    rewrite_query: str,
+    plan: Callable[[dict[str, Any]], tuple[dict[str, Any], int]],
+    batch: int,
+    report: Report,
 ) -> None:
+    """Walk a table in id order, one transaction per batch; `plan` gives each row's rewrite
+    parameters and how many values it changes (0: leave the row alone)."""
     after = _FIRST
     while True:
-        cur = await conn.execute(query("integ_config_batch"), {"after": after, "batch": batch})
+        cur = await conn.execute(query(batch_query), {"after": after, "batch": batch})
         rows = await cur.fetchall()
         if not rows:
             return
@@ -64,69 +113,13 @@ async def _configs(
         async with conn.transaction():
             for row in rows:
                 try:
-                    new, n = encrypt_config(row["config"], keyring, rotate=rotate)
-                except DecryptError as exc:
-                    report.problems.append(
-                        Problem("integrations", str(row["id"]), str(row["id"]), str(exc))
-                    )
+                    params, n = plan(row)
+                except _Unreadable as exc:
+                    report.problems.append(exc.problem)
                     continue
                 if not n:
                     continue
-                cur = await conn.execute(
-                    query("integ_config_rewrite"),
-                    {"id": row["id"], "new": Jsonb(new), "old": Jsonb(row["config"])},
-                )
-                if await cur.fetchone() is None:
-                    report.raced += 1
-                else:
-                    report.rows_changed += 1
-                    report.values_changed += n
-
-
-async def _tokens(
-    conn: psycopg.AsyncConnection[Any], keyring: Keyring, rotate: bool, batch: int, report: Report
-) -> None:
-    after = _FIRST
-    while True:
-        cur = await conn.execute(query("integ_token_batch"), {"after": after, "batch": batch})
-        rows = await cur.fetchall()
-        if not rows:
-            return
-        after = rows[-1]["id"]
-        report.rows_read += len(rows)
-        async with conn.transaction():
-            for row in rows:
-                values: dict[str, str | None] = {}
-                n = 0
-                try:
-                    for column in ("access_token", "refresh_token"):
-                        value = row[column]
-                        if keyring.needs_reencryption(value, rotate=rotate):
-                            values[column] = keyring.encrypt(keyring.decrypt(value))
-                            n += 1
-                        else:
-                            values[column] = value
-                except DecryptError as exc:
-                    report.problems.append(
-                        Problem(
-                            "integration_oauth_tokens",
-                            str(row["id"]),
-                            str(row["integration_id"]),
-                            f"cannot decrypt integration_oauth_tokens.{column}: {exc}",
-                        )
-                    )
-                    continue
-                if not n:
-                    continue
-                cur = await conn.execute(
-                    query("integ_token_rewrite"),
-                    {
-                        "id": row["id"],
-                        **values,
-                        "old_access_token": row["access_token"],
-                        "old_refresh_token": row["refresh_token"],
-                    },
-                )
+                cur = await conn.execute(query(rewrite_query), params)
                 if await cur.fetchone() is None:
                     report.raced += 1
                 else:
