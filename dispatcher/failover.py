@@ -69,6 +69,7 @@ async def evaluate(
             "consecutive_failures": state.consecutive_failures,
         }
         threshold = max(int(cfg["failover_threshold"] or 3), 1)
+
         if (
             cfg["current_active"] == "primary"
             and cfg["auto_failover"]
@@ -88,34 +89,16 @@ async def evaluate(
                 done = await cur.fetchone()
                 if done is not None:
                     log.warning("failover", **_ids(cfg), failures=state.consecutive_failures)
-                    await events.publish(
-                        conn,
-                        events.FAILOVER,
-                        org_id=cfg["org_id"],
-                        aggregate_id=primary["id"],
-                        payload={
-                            **base,
-                            "current_active": "backup",
-                            "failover_count": done["failover_count"],
-                            "threshold": threshold,
-                        },
-                    )
-                    published.append(events.FAILOVER)
+                    extra = {"failover_count": done["failover_count"], "threshold": threshold}
+                    payload = {**base, "current_active": "backup", **extra}
+                    published.append(await _announce(conn, events.FAILOVER, cfg, primary, payload))
             elif state.consecutive_failures == threshold:
                 log.warning("failover_skipped", **_ids(cfg), reason=problem)
-                await events.publish(
-                    conn,
-                    events.FAILOVER_SKIPPED,
-                    org_id=cfg["org_id"],
-                    aggregate_id=primary["id"],
-                    payload={
-                        **base,
-                        "current_active": "primary",
-                        "reason": problem,
-                        "threshold": threshold,
-                    },
+                payload = {**base, "current_active": "primary", "reason": problem}
+                payload["threshold"] = threshold
+                published.append(
+                    await _announce(conn, events.FAILOVER_SKIPPED, cfg, primary, payload)
                 )
-                published.append(events.FAILOVER_SKIPPED)
         elif (
             cfg["current_active"] == "backup"
             and cfg["auto_recovery"]
@@ -129,19 +112,24 @@ async def evaluate(
                 )
                 if await cur.fetchone() is not None:
                     log.info("failover_recovered", **_ids(cfg))
-                    await events.publish(
-                        conn,
-                        events.RECOVERED,
-                        org_id=cfg["org_id"],
-                        aggregate_id=primary["id"],
-                        payload={
-                            **base,
-                            "current_active": "primary",
-                            "healthy_since": state.healthy_since.isoformat(),
-                        },
-                    )
-                    published.append(events.RECOVERED)
+                    since = state.healthy_since.isoformat()
+                    payload = {**base, "current_active": "primary", "healthy_since": since}
+                    published.append(await _announce(conn, events.RECOVERED, cfg, primary, payload))
     return published
+
+
+async def _announce(
+    conn: psycopg.AsyncConnection[Any],
+    kind: str,
+    cfg: dict[str, Any],
+    primary: dict[str, Any],
+    payload: dict[str, Any],
+) -> str:
+    """Publish a failover event of ``kind`` about ``primary``; returns ``kind``."""
+    await events.publish(
+        conn, kind, org_id=cfg["org_id"], aggregate_id=primary["id"], payload=payload
+    )
+    return kind
 
 
 def _ids(cfg: dict[str, Any]) -> dict[str, str]:
