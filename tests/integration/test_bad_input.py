@@ -13,17 +13,8 @@ import hostdb
 import pytest
 from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook
+from support.daemon import daemon_env
 from support.receiver import Reply
-
-
-def daemon_env(dsn: str, **extra: str) -> dict[str, str]:
-    return {
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_METRICS_ADDRESS": "",
-        "DISPATCHER_POLL_INTERVAL": "0.2",
-        "DISPATCHER_LOG_FORMAT": "json",
-        **extra,
-    }
 
 
 async def count(conn, where: str, params=()) -> int:

@@ -25,6 +25,7 @@ import hostdb
 import pytest
 import structlog
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from support.daemon import daemon_env
 from support.net import reserved_port
 from support.receiver import Reply
 
@@ -809,12 +810,7 @@ async def test_subprocess_test_ping_through_a_daemon_subprocess(
 ):
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
-    env = {
-        "DISPATCHER_DATABASE_URL": db_dsn,
-        "DISPATCHER_METRICS_ADDRESS": "",
-        "DISPATCHER_LOG_FORMAT": "json",
-        "DISPATCHER_POLL_INTERVAL": "0.2",
-    }
+    env = daemon_env(db_dsn)
     daemon = daemon_factory(env)
     await daemon.wait_for_log("ready", timeout=20)
 

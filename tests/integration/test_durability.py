@@ -8,17 +8,8 @@ import signal
 
 import hostdb
 import pytest
+from support.daemon import daemon_env
 from support.receiver import Reply
-
-
-def daemon_env(dsn: str, **extra: str) -> dict[str, str]:
-    return {
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_METRICS_ADDRESS": "",
-        "DISPATCHER_POLL_INTERVAL": "0.2",
-        "DISPATCHER_LOG_FORMAT": "json",
-        **extra,
-    }
 
 
 def delivery_ids(receiver) -> collections.Counter[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import hostdb
 import pytest
 from support import hostile
+from support.daemon import daemon_env
 from support.hostile import RawServer
 from support.receiver import Reply
 
@@ -265,16 +266,13 @@ async def test_endless_bodies_do_not_grow_the_daemons_memory(
         for server in servers:
             await hostdb.create_webhook(conn, org, server.url(), ["*"])
         daemon = daemon_factory(
-            {
-                "DISPATCHER_DATABASE_URL": db_dsn,
-                "DISPATCHER_METRICS_ADDRESS": "",
-                "DISPATCHER_POLL_INTERVAL": "0.2",
-                "DISPATCHER_LOG_FORMAT": "json",
-                "DISPATCHER_HTTP_TIMEOUT": str(HTTP_TIMEOUT),
+            daemon_env(
+                db_dsn,
+                DISPATCHER_HTTP_TIMEOUT=str(HTTP_TIMEOUT),
                 # At most 48 attempts at once (3 endpoints x 16): the bound below is per
                 # attempt in flight, so it is set here rather than taken from the default.
-                "DISPATCHER_PER_WEBHOOK_CONCURRENCY": "16",
-            }
+                DISPATCHER_PER_WEBHOOK_CONCURRENCY="16",
+            )
         )
         await daemon.wait_for_log("ready", timeout=20)
         # Warm up: every code path (and its buffers) used once.

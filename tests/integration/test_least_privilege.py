@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from psycopg import sql
+from support.daemon import daemon_env
 from support.receiver import Reply
 
 from dispatcher import preflight
@@ -59,17 +60,6 @@ async def dispatcher_role(db_dsn: str) -> AsyncIterator[Role]:
             )
             await owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
             await owner.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-def daemon_env(dsn: str, **extra: str) -> dict[str, str]:
-    return {
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_METRICS_ADDRESS": "",
-        "DISPATCHER_POLL_INTERVAL": "0.2",
-        "DISPATCHER_LOG_FORMAT": "json",
-        "DISPATCHER_HTTP_TIMEOUT": "2",
-        **extra,
-    }
 
 
 async def _as_role(role: Role) -> psycopg.AsyncConnection:
@@ -124,7 +114,7 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
     receiver.respond("/dead", Reply(503))
     receiver.respond("/gone", Reply(410))
 
-    daemon = daemon_factory(daemon_env(dispatcher_role.dsn))
+    daemon = daemon_factory(_daemon_env(dispatcher_role.dsn))
     await daemon.wait_for_log("ready", timeout=20)
     await hostdb.publish(conn, "job.created", {"n": 1}, org)  # publish_event + NOTIFY
     await hostdb.insert_events_directly(conn, org, "job.imported", 3)  # no NOTIFY
@@ -221,7 +211,7 @@ async def test_row_level_security_that_would_hide_rows_is_refused(dispatcher_rol
 
 async def test_daemon_refuses_to_start_without_a_grant(dispatcher_role, conn, daemon_factory):
     await conn.execute("REVOKE UPDATE (status) ON public.webhooks FROM dispatcher")
-    daemon = daemon_factory(daemon_env(dispatcher_role.dsn))
+    daemon = daemon_factory(_daemon_env(dispatcher_role.dsn))
     async with asyncio.timeout(30):
         while daemon.is_running() and not daemon.events("ready"):
             await asyncio.sleep(0.05)
@@ -264,3 +254,7 @@ async def test_connections_carry_statement_and_idle_in_transaction_timeouts(star
                 await c.execute("SELECT 1")
                 await asyncio.sleep(1.5)
                 await c.execute("SELECT 1")
+
+
+def _daemon_env(dsn: str, **extra: str) -> dict[str, str]:
+    return daemon_env(dsn, DISPATCHER_HTTP_TIMEOUT="2", **extra)

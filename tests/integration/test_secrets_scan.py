@@ -19,6 +19,7 @@ from importlib import resources
 import hostdb
 import psycopg
 from psycopg import sql
+from support.daemon import daemon_env
 from support.integrations import KEYS_1, create_integration, create_token, wait_until
 from support.oauth_server import OAuthServer
 from support.receiver import Reply
@@ -121,16 +122,13 @@ async def test_no_secret_in_any_log_line_or_column(
         tok = await create_token(conn, org, integ, access=access, refresh=refresh, expires_in=30)
 
         daemon = daemon_factory(
-            {
-                "DISPATCHER_DATABASE_URL": dsn,
-                "DISPATCHER_METRICS_ADDRESS": "",
-                "DISPATCHER_LOG_FORMAT": "json",
-                "DISPATCHER_LOG_LEVEL": "debug",
-                "DISPATCHER_POLL_INTERVAL": "0.2",
-                "DISPATCHER_HTTP_TIMEOUT": "2",
-                "DISPATCHER_ENCRYPTION_KEYS": KEYS_1,
-                "DISPATCHER_INTEGRATIONS_POLL_SECONDS": "0.2",
-            }
+            daemon_env(
+                dsn,
+                DISPATCHER_LOG_LEVEL="debug",
+                DISPATCHER_HTTP_TIMEOUT="2",
+                DISPATCHER_ENCRYPTION_KEYS=KEYS_1,
+                DISPATCHER_INTEGRATIONS_POLL_SECONDS="0.2",
+            )
         )
         await daemon.wait_for_log("ready", timeout=20)
         for i in range(3):

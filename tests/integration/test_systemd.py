@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import pytest_asyncio
+from support.daemon import daemon_env
 
 from dispatcher.errors import ConfigError, ExitCode
 from dispatcher.settings import DATABASE_URL_CREDENTIAL, load_settings
@@ -217,14 +218,8 @@ async def notify_socket(notify_path: str) -> AsyncIterator[NotifySocket]:
 
 
 def _daemon_env(notify: NotifySocket, **more: str) -> dict[str, str]:
-    return {
-        "NOTIFY_SOCKET": notify.path,
-        "WATCHDOG_USEC": "1000000",  # ping every 0.5 s while the loops progress
-        "DISPATCHER_POLL_INTERVAL": "0.2",
-        "DISPATCHER_METRICS_ADDRESS": "",
-        "DISPATCHER_LOG_FORMAT": "json",
-        **more,
-    }
+    # WATCHDOG_USEC: ping every 0.5 s while the loops progress
+    return daemon_env(None, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000", **more)
 
 
 async def test_ready_after_listen_then_watchdog_then_stopping(

@@ -28,6 +28,19 @@ from typing import IO, Any
 POLL_INTERVAL = 0.05
 
 
+def daemon_env(dsn: str | None, **extra: str) -> dict[str, str]:
+    """The environment of a test daemon: JSON logs, no metrics listener, a short poll;
+    ``extra`` adds or overrides settings (DISPATCHER_* names)."""
+    env = {
+        "DISPATCHER_METRICS_ADDRESS": "",
+        "DISPATCHER_POLL_INTERVAL": "0.2",
+        "DISPATCHER_LOG_FORMAT": "json",
+    }
+    if dsn is not None:
+        env["DISPATCHER_DATABASE_URL"] = dsn
+    return {**env, **extra}
+
+
 class DaemonProcess:
     def __init__(
         self,
