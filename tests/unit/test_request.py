@@ -63,3 +63,19 @@ def test_invalid_custom_headers_text_is_an_invalid_webhook(headers_json: str, me
 def test_an_empty_secret_cannot_sign() -> None:
     with pytest.raises(InvalidWebhook, match="secret is empty"):
         cached_signer(("",), None)
+
+
+@pytest.mark.parametrize(
+    "headers_json",
+    [
+        '{"Authorization": "Bearer SEKRIT-1" ',
+        '{"Authorization": "SEKRIT-1\\u0000"}',
+        '{"X-Key": {"nested": "SEKRIT-1"}}',
+        '["SEKRIT-1"]',
+    ],
+)
+def test_invalid_custom_headers_never_repeat_their_values(headers_json: str) -> None:
+    """The message lands in the delivery row and the log: it names, it does not quote."""
+    with pytest.raises(InvalidWebhook) as caught:
+        cached_signer(("s" * 64,), headers_json)
+    assert "SEKRIT" not in str(caught.value)
