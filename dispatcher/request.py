@@ -6,10 +6,7 @@ byte; every signature is computed over those bytes.
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +19,8 @@ import orjson
 from dispatcher import __version__
 from dispatcher.signing import (
     intime_timestamp,
+    sign_intime_with_key,
+    sign_standard_with_keys,
     standard_webhooks_key,
 )
 
@@ -223,22 +222,16 @@ def build_request(
         unix, ts = _now_stamps()
     else:
         unix, ts = str(int(now.timestamp())), intime_timestamp(now)
-    to_sign = f"{delivery_id}.{unix}.".encode() + body
-    standard = " ".join(
-        "v1," + base64.b64encode(hmac.digest(key, to_sign, hashlib.sha256)).decode("ascii")
-        for key in signer.standard_keys
-    )
-    intime = hmac.new(signer.intime_key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     own = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": delivery_id,
         "webhook-timestamp": unix,
-        "webhook-signature": standard,
+        "webhook-signature": sign_standard_with_keys(delivery_id, unix, body, signer.standard_keys),
         "X-InTime-Event": event_type,
         "X-InTime-Delivery": delivery_id,
         "X-InTime-Timestamp": ts,
-        "X-InTime-Signature": "sha256=" + intime,
+        "X-InTime-Signature": sign_intime_with_key(ts, body, signer.intime_key),
     }
     if not event_type.isprintable() and (_CONTROL.search(event_type) or not _encodable(event_type)):
         own["X-InTime-Event"] = _header_safe(event_type)

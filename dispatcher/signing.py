@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 __all__ = [
     "intime_timestamp",
     "sign_intime",
+    "sign_intime_with_key",
     "sign_standard",
+    "sign_standard_with_keys",
     "standard_webhooks_key",
 ]
 
@@ -63,12 +65,21 @@ def sign_standard(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[st
     """
     if not secrets:
         raise ValueError("at least one secret is needed to sign a webhook")
+    return sign_standard_with_keys(
+        msg_id, timestamp, body, [standard_webhooks_key(s) for s in secrets]
+    )
+
+
+def sign_standard_with_keys(
+    msg_id: str, timestamp: int | str, body: bytes, keys: Sequence[bytes]
+) -> str:
+    """sign_standard with the HMAC keys already derived (``standard_webhooks_key``): what the
+    daemon does per request, the keys being worked out once per webhook configuration."""
     to_sign = f"{msg_id}.{timestamp}.".encode() + body
-    signatures = []
-    for secret in secrets:
-        digest = hmac.new(standard_webhooks_key(secret), to_sign, hashlib.sha256).digest()
-        signatures.append("v1," + base64.b64encode(digest).decode("ascii"))
-    return " ".join(signatures)
+    return " ".join(
+        "v1," + base64.b64encode(hmac.digest(key, to_sign, hashlib.sha256)).decode("ascii")
+        for key in keys
+    )
 
 
 def intime_timestamp(at: datetime) -> str:
@@ -84,5 +95,10 @@ def intime_timestamp(at: datetime) -> str:
 
 def sign_intime(timestamp: str, body: bytes, secret: str) -> str:
     """Return the ``X-InTime-Signature`` value: ``sha256=`` + lowercase hex HMAC-SHA256."""
+    return sign_intime_with_key(timestamp, body, secret.encode("utf-8"))
+
+
+def sign_intime_with_key(timestamp: str, body: bytes, key: bytes) -> str:
+    """sign_intime with the key already encoded (the secret's UTF-8 bytes)."""
     message = timestamp.encode("utf-8") + b"." + body
-    return "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.new(key, message, hashlib.sha256).hexdigest()
