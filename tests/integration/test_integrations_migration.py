@@ -22,6 +22,7 @@ pytest_plugins = ("support.integration_fixtures",)
 
 HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
 
+
 def catalog(dsn: str) -> set[tuple[object, ...]]:
     with psycopg.connect(dsn) as conn:
         return {tuple(r) for r in conn.execute(CATALOG).fetchall()}

@@ -129,9 +129,7 @@ async def test_migrate_runs_as_the_hosts_owner_that_is_not_a_superuser(
         conn.execute(HOST_SCHEMA)
     owner = hostdb.host_owner_dsn(empty_db_dsn)
     with psycopg.connect(owner) as conn:
-        row = conn.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         assert row == (False,)
     assert await apply_migrations(owner) == [f"{m.version:04d}_{m.name}" for m in available()]
     async with await hostdb.connect(empty_db_dsn) as conn:
