@@ -15,7 +15,13 @@ import json
 
 import hostdb
 import pytest
-from support.integrations import create_integration, events_of, health_logs, integration
+from support.integrations import (
+    create_integration,
+    events_of,
+    health_logs,
+    integration,
+    run_cli,
+)
 from support.oauth_server import Answer
 
 from dispatcher import integration_events
@@ -73,3 +79,72 @@ async def test_health_check_is_recorded_when_its_event_cannot_be_published(
     assert refused["event_type"] == "integration.health.degraded"
     assert refused["sqlstate"] == "42501"
     assert "SG.secret-api-key" not in captured_logs.getvalue()
+
+
+# --- item 3: re-enabling resets consecutive_failures -------------------------------------
+
+
+async def _auto_disabled_webhook(conn, url: str) -> dict:
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, url, ["job.*"])
+    # Ten failures in a row: the host's own trigger disables it (and resets nothing).
+    await conn.execute("UPDATE webhooks SET consecutive_failures = 10 WHERE id = %s", (hook["id"],))
+    row = await hostdb.webhook(conn, hook["id"])
+    assert (row["status"], row["consecutive_failures"]) == ("disabled", 10), "premise"
+    return hook
+
+
+async def test_cli_enable_resets_consecutive_failures(conn, db_dsn, receiver):
+    hook = await _auto_disabled_webhook(conn, receiver.url())
+    code, _out, err = await run_cli(db_dsn, "webhooks", "enable", str(hook["id"]))
+    assert code == 0, err
+    row = await hostdb.webhook(conn, hook["id"])
+    assert (row["status"], row["consecutive_failures"]) == ("active", 0)
+    # and the host's trigger can disable it again after ten new failures
+    await conn.execute("UPDATE webhooks SET consecutive_failures = 10 WHERE id = %s", (hook["id"],))
+    assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"
+
+
+async def test_sql_admin_api_enable_resets_consecutive_failures(conn, receiver):
+    hook = await _auto_disabled_webhook(conn, receiver.url())
+    cur = await conn.execute(
+        "SELECT * FROM dispatcher.enable_webhook(%s, %s)", (hook["org_id"], hook["id"])
+    )
+    assert await cur.fetchone() == {"id": hook["id"], "status": "active", "consecutive_failures": 0}
+    row = await hostdb.webhook(conn, hook["id"])
+    assert (row["status"], row["consecutive_failures"]) == ("active", 0)
+
+
+# --- item 5: host-inserted rows get the org's max_attempts ---------------------------------
+
+HOST_ROUTER_INSERT = """
+INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,
+                                request_headers, request_body, status)
+VALUES (%s, %s, 'webhook.test', '{"event": "webhook.test"}', %s, '{}',
+        '{"event": "webhook.test"}', 'pending')
+RETURNING id, max_attempts
+"""
+
+
+async def test_rows_the_host_inserts_get_the_orgs_max_attempts(conn, receiver):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, max_retries=5)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
+    other = await hostdb.create_org(conn, "NoPolicy")
+    other_hook = await hostdb.create_webhook(conn, other, receiver.url(), ["job.*"])
+    # As the host's router does it: Supabase's service_role, no max_attempts (column default 3).
+    await conn.execute("SET ROLE service_role")
+    try:
+        cur = await conn.execute(HOST_ROUTER_INSERT, (org, hook["id"], receiver.url()))
+        assert (await cur.fetchone())["max_attempts"] == 6
+        cur = await conn.execute(HOST_ROUTER_INSERT, (other, other_hook["id"], receiver.url()))
+        assert (await cur.fetchone())["max_attempts"] == 4  # the host's default policy
+    finally:
+        await conn.execute("RESET ROLE")
+    # What the daemon writes is left alone.
+    cur = await conn.execute("SELECT dispatcher.send_test(%s, %s, NULL) AS id", (org, hook["id"]))
+    test_id = (await cur.fetchone())["id"]
+    cur = await conn.execute(
+        "SELECT max_attempts FROM webhook_deliveries WHERE id = %s", (test_id,)
+    )
+    assert (await cur.fetchone())["max_attempts"] == 6
