@@ -12,6 +12,7 @@ module runs on a database built from intime-v3's own SQL, migrated as its non-su
 from __future__ import annotations
 
 import json
+import uuid
 
 import hostdb
 import pytest
@@ -25,6 +26,9 @@ from support.integrations import (
 from support.oauth_server import Answer
 
 from dispatcher import integration_events
+from dispatcher.db import make_pool
+from dispatcher.retention import Retention
+from dispatcher.settings import load_settings
 
 pytest_plugins = ("support.integration_fixtures",)
 
@@ -148,3 +152,37 @@ async def test_rows_the_host_inserts_get_the_orgs_max_attempts(conn, receiver):
         "SELECT max_attempts FROM webhook_deliveries WHERE id = %s", (test_id,)
     )
     assert (await cur.fetchone())["max_attempts"] == 6
+
+
+# --- item 7: retention keeps cleared DLQ items for dlq_retention_days ---------------------
+
+
+async def test_retention_keeps_failed_rows_for_the_orgs_dlq_retention(conn, db_dsn):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, dlq_retention_days=60)
+    hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
+
+    async def row(status: str, days: int) -> uuid.UUID:
+        cur = await conn.execute(
+            "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+            " request_headers, request_body, status, created_at, delivered_at)"
+            " VALUES (%s, %s, 'job.created', '{}', 'http://x', '{}', '{}', %s,"
+            " now() - make_interval(days => %s), now() - make_interval(days => %s)) RETURNING id",
+            (org, hook["id"], status, days, days),
+        )
+        return (await cur.fetchone())["id"]
+
+    cleared_recently = await row("failed", 20)  # a DLQ item the host cleared: audit, keep
+    cleared_long_ago = await row("failed", 61)
+    delivered = await row("success", 20)
+
+    pool = make_pool(load_settings(database_url=db_dsn))
+    await pool.open(wait=True)
+    try:
+        purged = await Retention(pool, days=7).run_once()
+    finally:
+        await pool.close()
+    left = {r["id"] for r in await hostdb.deliveries(conn)}
+    assert cleared_recently in left
+    assert cleared_long_ago not in left and delivered not in left
+    assert purged.finished == 2
