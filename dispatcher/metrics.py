@@ -54,6 +54,13 @@ class Metrics:
         self.webhooks_disabled = Gauge(
             "dispatcher_webhooks_disabled", "Webhooks disabled automatically", registry=r
         )
+        self.outcomes_lost = Gauge(
+            "dispatcher_outcomes_lost",
+            "Attempt outcomes not recorded because the claim was lost, since start, by reason "
+            "(lease_retaken, changed_by_another_writer, deleted)",
+            ["reason"],
+            registry=r,
+        )
         self.integration_events_not_published = Gauge(
             "dispatcher_integration_events_not_published",
             "Integration events the host's publish_event refused since start "

@@ -11,6 +11,7 @@ module runs on a database built from intime-v3's own SQL, migrated as its non-su
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -24,6 +25,7 @@ from support.integrations import (
     run_cli,
 )
 from support.oauth_server import Answer
+from support.receiver import Reply
 
 from dispatcher import integration_events
 from dispatcher.db import make_pool
@@ -186,3 +188,38 @@ async def test_retention_keeps_failed_rows_for_the_orgs_dlq_retention(conn, db_d
     assert cleared_recently in left
     assert cleared_long_ago not in left and delivered not in left
     assert purged.finished == 2
+
+
+# --- item 1: an outcome that lost its claim to another writer is told apart ----------------
+
+
+async def test_outcome_lost_to_the_hosts_edge_function_is_told_apart(
+    conn, start_daemon, receiver, captured_logs
+):
+    """The host's router inserts a test ping and its deliver-webhook edge function sends it
+    itself and writes the row, while the daemon is sending it too: the daemon's outcome is not
+    recorded, and it says why (another writer), so the operator can retire the edge function."""
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url("/slow"), ["job.*"])
+    receiver.respond("/slow", Reply(200, delay=3.0))
+    running = await start_daemon()
+    cur = await conn.execute(HOST_ROUTER_INSERT, (org, hook["id"], receiver.url("/slow")))
+    delivery = (await cur.fetchone())["id"]
+    await receiver.wait_for(1, timeout=30)  # the daemon is sending it now
+    # What the edge function writes after its own send succeeded.
+    await conn.execute(
+        "UPDATE webhook_deliveries SET status = 'success', response_status = 200,"
+        " response_body = 'edge', delivered_at = now() WHERE id = %s",
+        (delivery,),
+    )
+    async with asyncio.timeout(30):
+        while running.app.recorder.lost["changed_by_another_writer"] < 1:
+            await asyncio.sleep(0.05)
+    assert running.app.recorder.lost["lease_retaken"] == 0
+    [row] = await hostdb.deliveries(conn)
+    assert (row["status"], row["response_body"]) == ("success", "edge"), "the other write stands"
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines() if line]
+    [lost] = [x for x in lines if x.get("event") == "outcomes_not_recorded"]
+    assert lost["reason"] == "changed_by_another_writer"
+    assert lost["delivery_ids"] == [str(delivery)]
+    assert "host-adoption.md" in lost["note"]
