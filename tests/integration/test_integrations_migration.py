@@ -1,5 +1,6 @@
-"""0004_integrations: the standalone tables follow HOST-SCHEMA.md, and a host database that already
-has the integration tables (extra columns, constraints, RLS) is left exactly as it was and works."""
+"""0004_integrations: the standalone tables follow docs/host-contract.md, and a host database that
+already has the integration tables (the host's real ones, from host_schema.sql) is left exactly
+as it was and works."""
 
 from __future__ import annotations
 
