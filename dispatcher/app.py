@@ -208,6 +208,8 @@ class App:
                 log.warning("gauges_failed", error=type(exc).__name__)
             if self.dispatcher is not None:
                 self.metrics.inflight.set(self.dispatcher.inflight)
+            for reason, lost in (self.recorder.lost if self.recorder else {}).items():
+                self.metrics.outcomes_lost.labels(reason=reason).set(lost)
             await asyncio.sleep(every)
 
     async def _watchdog_loop(self) -> None:

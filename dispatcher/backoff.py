@@ -1,4 +1,4 @@
-"""Retry policy and retry delays (HOST-SCHEMA.md, ``integration_retry_config``).
+"""Retry policy and retry delays (docs/host-contract.md, "Retry policy").
 
 ``RetryPolicy.from_row`` turns an ``integration_retry_config`` row (or None: defaults) into a
 policy, clamping every value to the host UI's range and reporting what it changed.

@@ -126,7 +126,7 @@ async def _announce(
     payload: dict[str, Any],
 ) -> str:
     """Publish a failover event of ``kind`` about ``primary``; returns ``kind``."""
-    await events.publish(
+    await events.publish_or_log(
         conn, kind, org_id=cfg["org_id"], aggregate_id=primary["id"], payload=payload
     )
     return kind

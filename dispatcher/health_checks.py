@@ -311,7 +311,7 @@ async def record(
         previous = integ["health_status"]
         event = transition_event(previous, status)
         if event is not None:
-            await events.publish(
+            published = await events.publish_or_log(
                 conn,
                 event,
                 org_id=integ["org_id"],
@@ -328,5 +328,7 @@ async def record(
                     "consecutive_failures": state.consecutive_failures,
                 },
             )
+            if published is None:
+                event = None
         moves = await failover.evaluate(conn, integ, status, state, now)
     return Recorded(result, previous, status, event, moves)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dispatcher.integration_events import NOT_PUBLISHED
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -51,6 +53,22 @@ class Metrics:
         )
         self.webhooks_disabled = Gauge(
             "dispatcher_webhooks_disabled", "Webhooks disabled automatically", registry=r
+        )
+        self.outcomes_lost = Gauge(
+            "dispatcher_outcomes_lost",
+            "Attempt outcomes not recorded because the claim was lost, since start, by reason "
+            "(lease_retaken, changed_by_another_writer, deleted)",
+            ["reason"],
+            registry=r,
+        )
+        self.integration_events_not_published = Gauge(
+            "dispatcher_integration_events_not_published",
+            "Integration events the host's publish_event refused since start "
+            "(the health log, status or failover they announce was still recorded)",
+            registry=r,
+        )
+        self.integration_events_not_published.set_function(
+            lambda: float(sum(NOT_PUBLISHED.values()))
         )
         self.up = Gauge("dispatcher_ready", "1 while the daemon is ready", registry=r)
 

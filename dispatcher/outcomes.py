@@ -1,4 +1,4 @@
-"""Classification of a delivery attempt's result (HOST-SCHEMA.md, "Delivery rules").
+"""Classification of a delivery attempt's result (docs/host-contract.md, "Retry policy").
 
 Success is any 2xx. Retryable: network error or timeout (recorded as status 0), 429 and 5xx.
 410 Gone is its own outcome (the receiver says the endpoint is gone for good). Every other status

@@ -1,7 +1,7 @@
 """Event-type pattern matching for webhook subscriptions.
 
 A webhook's ``events`` column holds event names or patterns. The supported forms (see
-HOST-SCHEMA.md, "Pattern matching") are, and are only:
+docs/host-contract.md, "Requests") are, and are only:
 
 * ``*`` alone: every event.
 * ``prefix.*`` (ends with ``.*``, no other ``*``): any event that starts with ``prefix.`` and is

@@ -21,7 +21,10 @@ The privileges, and why the daemon needs them:
   integration tables, UPDATE of the columns the worker writes, INSERT and
   DELETE on ``integration_health_logs`` (and UPDATE of its ``id``: the purge
   locks rows FOR UPDATE, which needs UPDATE on some column), EXECUTE on
-  ``publish_event`` and INSERT on ``events`` (it publishes integration events).
+  ``publish_event``, and whatever the host's ``publish_event`` needs to insert its event
+  row (it runs with the caller's rights): checked by calling it for real, with all six
+  arguments, in a transaction that is rolled back (``publish_event_refused``), not by
+  comparing column lists, so a host function that writes more columns than ours is caught.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from psycopg.rows import dict_row
 from dispatcher.errors import PermissionDenied
 from dispatcher.queries import query
 
-__all__ = ["CORE", "INTEGRATIONS", "Need", "check_privileges", "missing_privileges"]
+__all__ = [
+    "CORE",
+    "INTEGRATIONS",
+    "Need",
+    "check_privileges",
+    "missing_privileges",
+    "publish_event_refused",
+]
 
 SCRIPT = "dispatcher/sql/least_privilege.sql"
 
@@ -130,17 +140,8 @@ INTEGRATIONS: tuple[Need, ...] = (
         "failover_count",
     ),
     Need("function", "public", "publish_event", "EXECUTE", args=PUBLISH_EVENT_ARGS),
-    *_columns(
-        "events",
-        "INSERT",
-        "event_type",
-        "event_category",
-        "aggregate_id",
-        "payload",
-        "metadata",
-        "user_id",
-        "org_id",
-    ),
+    # What publish_event itself needs (INSERT on the columns the host's function writes) is
+    # not listed: publish_event_refused() calls it for real and rolls back.
 )
 
 # Tables the daemon reads rows of: row-level security must not hide any from it.
@@ -185,6 +186,29 @@ async def row_security_blocks(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     return [row["tbl"] for row in await cur.fetchall()]
 
 
+async def publish_event_refused(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """Call the host's publish_event (6 arguments) as this role, then roll back: the refusal
+    as one line, or None when it went through (or when there is no publish_event: the schema
+    check reports a database that is behind). Only privilege refusals count; any other error
+    (a missing default organization, say) already passed the privilege checks."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query("preflight_publish_event_present"))
+    row = await cur.fetchone()
+    if not row or not row["present"]:
+        return None
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute(query("preflight_publish_event"))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return (
+            f"what public.publish_event({', '.join(PUBLISH_EVENT_ARGS)}) needs "
+            f"({exc.diag.message_primary})"
+        )
+    except psycopg.Error:
+        return None
+    return None
+
+
 async def check_privileges(
     conn: psycopg.AsyncConnection[Any], *, integrations: bool = True
 ) -> None:
@@ -194,6 +218,10 @@ async def check_privileges(
     integration tables that exist).
     """
     missing = await missing_privileges(conn, integrations=integrations)
+    if integrations:
+        refused = await publish_event_refused(conn)
+        if refused is not None:
+            missing.append(refused)
     hidden = await row_security_blocks(conn)
     if not missing and not hidden:
         return

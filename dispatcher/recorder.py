@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +81,18 @@ class OutcomeRow:
         }
 
 
+# What an operator should know about each reason an outcome lost its claim.
+LOST_NOTES = {
+    "lease_retaken": "the lease ran out and another replica took the delivery over",
+    "changed_by_another_writer": (
+        "another writer changed the delivery while it was being sent (the host's "
+        "deliver-webhook edge function still sending rows itself? see docs/host-adoption.md): "
+        "the receiver may have got it twice"
+    ),
+    "deleted": "the delivery row was deleted while it was being sent",
+}
+
+
 class Recorder:
     def __init__(self, pool: Pool, *, deadline: float = 60.0) -> None:
         self._pool = pool
@@ -89,7 +102,9 @@ class Recorder:
         self._idle = asyncio.Event()
         self._idle.set()
         self.written = 0
-        self.dropped = 0  # claim retaken by another replica
+        self.dropped = 0  # not recorded: claim no longer held, or refused
+        # Why claims were lost, by reason (lease_retaken, changed_by_another_writer, deleted).
+        self.lost: Counter[str] = Counter()
         self.batches = 0
 
     def put(self, row: OutcomeRow) -> None:
@@ -184,12 +199,23 @@ class Recorder:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
+            lost: list[dict[str, str]] = list(got["lost"]) if got else []
         self.batches += 1
         self.written += recorded
         if recorded < len(batch):
             self.dropped += len(batch) - recorded
+            self._report_lost(lost)
+
+    def _report_lost(self, lost: list[dict[str, str]]) -> None:
+        by_reason: dict[str, list[str]] = {}
+        for item in lost:
+            by_reason.setdefault(item["reason"], []).append(item["id"])
+        for reason, ids in sorted(by_reason.items()):
+            self.lost[reason] += len(ids)
             log.warning(
                 "outcomes_not_recorded",
-                outcomes=len(batch) - recorded,
-                reason="claim no longer held (lease ran out or row changed by the host)",
+                outcomes=len(ids),
+                reason=reason,
+                delivery_ids=ids[:20],
+                note=LOST_NOTES.get(reason, ""),
             )

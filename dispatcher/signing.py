@@ -6,9 +6,9 @@ active secret, so receivers keep verifying while a secret is rotated. A ``whsec_
 base64 for the key bytes; any other secret (the host's 64-hex-char secrets) is used as its UTF-8
 bytes.
 
-InTime (the host's receivers, see HOST-SCHEMA.md): ``X-InTime-Timestamp`` is ISO-8601 UTC with
-milliseconds, and ``X-InTime-Signature`` is ``sha256=<lowercase hex HMAC-SHA256(key = secret's
-UTF-8 bytes, message = timestamp + "." + body)>``.
+InTime (the host's receivers, see docs/host-contract.md): ``X-InTime-Timestamp`` is ISO-8601
+UTC with milliseconds, and ``X-InTime-Signature`` is ``sha256=<lowercase hex HMAC-SHA256(key =
+secret's UTF-8 bytes, message = timestamp + "." + body)>``.
 
 Pure functions, no I/O.
 """

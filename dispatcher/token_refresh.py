@@ -303,7 +303,7 @@ class TokenRefresher:
                 {"token_id": row["id"], "refreshed": 0, "not_before": None, "expires_at": None},
             )
             if changed:
-                await events.publish(
+                await events.publish_or_log(
                     conn,
                     events.OAUTH_EXPIRED,
                     org_id=row["org_id"],

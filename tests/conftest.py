@@ -27,6 +27,9 @@ from support.receiver import Receiver
 
 ALLOWED_TARGET_NETWORKS = "127.0.0.0/8,::1/128"
 TEMPLATE_DB = "dispatcher_template"
+HOST_TEMPLATE_DB = "host_template"
+HOST_SCHEMA_SQL = Path(__file__).parent / "integration" / "host_schema.sql"
+HOST_OWNER = "host_owner"  # the host's non-superuser owner (Supabase's `postgres`)
 CREATE_DB_RETRY_SECONDS = 10.0
 
 DaemonFactory = Callable[..., DaemonProcess]
@@ -72,6 +75,41 @@ def db_dsn(pg_cluster: PgCluster, template_dsn: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex}"
     _ensure_running(pg_cluster)
     _create_with_retry(pg_cluster, name, TEMPLATE_DB)
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        _ensure_running(pg_cluster)
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def host_template_dsn(pg_cluster: PgCluster) -> str:
+    """``host_template``: tests/integration/host_schema.sql (the host's real SQL, Supabase-like
+    roles), then every migration applied as the host's owner ``host_owner``, not a superuser."""
+    from dispatcher.migrations import apply_migrations
+
+    pg_cluster.create_database(HOST_TEMPLATE_DB)
+    with pg_cluster.connect(HOST_TEMPLATE_DB, autocommit=True) as conn:
+        conn.execute(HOST_SCHEMA_SQL.read_text())
+    owner_dsn = pg_cluster.dsn(HOST_TEMPLATE_DB, user=HOST_OWNER)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(apply_migrations(owner_dsn))).result()
+    with pg_cluster.connect() as conn:
+        conn.execute(
+            f"ALTER DATABASE {HOST_TEMPLATE_DB} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true"
+        )
+    return pg_cluster.dsn(HOST_TEMPLATE_DB)
+
+
+@pytest.fixture
+def host_db_dsn(pg_cluster: PgCluster, host_template_dsn: str) -> Iterator[str]:
+    """A fresh database shaped like the real host (see host_template_dsn), migrated; the DSN
+    connects as the cluster superuser (``hostdb.host_owner_dsn`` gives the host's owner)."""
+    name = f"h_{uuid.uuid4().hex}"
+    _ensure_running(pg_cluster)
+    _create_with_retry(pg_cluster, name, HOST_TEMPLATE_DB)
+    with pg_cluster.connect(autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} OWNER TO {HOST_OWNER}")
     try:
         yield pg_cluster.dsn(name)
     finally:

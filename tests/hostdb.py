@@ -20,6 +20,13 @@ DEFAULT_ORG = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
 Conn = psycopg.AsyncConnection[Any]
 
+HOST_OWNER = "host_owner"  # tests/integration/host_schema.sql: owner of the host's objects
+
+
+def host_owner_dsn(dsn: str) -> str:
+    """The same database, connecting as the host's non-superuser owner (Supabase's postgres)."""
+    return dsn.replace("postgres@", f"{HOST_OWNER}@", 1)
+
 
 async def connect(dsn: str) -> Conn:
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)

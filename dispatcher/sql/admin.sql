@@ -34,8 +34,13 @@ VALUES (%(org)s, %(name)s, %(description)s, %(url)s, %(secret)s, %(events)s, %(h
 RETURNING id;
 
 -- name: admin_webhook_set_status
--- 'active' again resets consecutive_failures (the host's trigger does it).
-UPDATE public.webhooks SET status = %(status)s, updated_at = now()
+-- 'active' again resets consecutive_failures in the same UPDATE: the host's auto-disable
+-- trigger never does (its router resets the count itself; docs/host-contract.md).
+UPDATE public.webhooks
+SET status = %(status)s::varchar,
+    consecutive_failures = CASE WHEN %(status)s::varchar = 'active' THEN 0
+                                ELSE consecutive_failures END,
+    updated_at = now()
 WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, status, coalesce(consecutive_failures, 0) AS consecutive_failures;
 

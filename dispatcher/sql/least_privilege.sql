@@ -26,7 +26,8 @@
 --
 --   CONNECT on this database; USAGE on schemas public and dispatcher.
 --   public.events                    SELECT            fan-out reads each new event
---                                    INSERT (columns)  integrations publish events
+--                                    INSERT (the nine columns the host's publish_event
+--                                    writes)           integrations publish events
 --   public.webhooks                  SELECT            the target, secret, headers
 --                                    UPDATE (consecutive_failures, last_triggered_at,
 --                                    last_success_at, last_failure_at, status)
@@ -129,10 +130,11 @@ BEGIN
        IS NOT NULL THEN
         GRANT EXECUTE ON FUNCTION public.publish_event(text, uuid, jsonb, uuid, jsonb, uuid)
             TO dispatcher;
-        -- publish_event runs with the caller's rights unless the host made it
-        -- SECURITY DEFINER: the event row is inserted as the dispatcher.
+        -- publish_event runs with the caller's rights (SECURITY INVOKER, as the host
+        -- defines it): the event row is inserted as the dispatcher, and the host's function
+        -- writes these nine columns (user_email and status included; docs/host-contract.md).
         GRANT INSERT (event_type, event_category, aggregate_id, payload, metadata, user_id,
-                      org_id)
+                      user_email, org_id, status)
             ON public.events TO dispatcher;
     END IF;
 END

@@ -68,3 +68,14 @@ ORDER BY 1;
 
 -- name: preflight_role
 SELECT current_user AS role;
+
+-- name: preflight_publish_event_present
+SELECT to_regprocedure('public.publish_event(text, uuid, jsonb, uuid, jsonb, uuid)') IS NOT NULL
+    AS present;
+
+-- name: preflight_publish_event
+-- The host's publish_event, called as the daemon's role with all six arguments (a call with
+-- fewer is ambiguous on the host), inside a transaction the caller rolls back: the event row,
+-- its NOTIFYs and our outbox row all vanish.
+SELECT public.publish_event('dispatcher.preflight', NULL, '{}'::jsonb, NULL, '{}'::jsonb, NULL)
+    AS event_id;

@@ -222,8 +222,25 @@ WITH o AS (
            OR w.last_triggered_at < now() - interval '1 second'
            OR w.last_success_at < now() - interval '1 second')
     RETURNING w.id
+), lost AS (
+    -- Outcomes whose claim was no longer held, told apart by the row as it was before this
+    -- statement (every part of a WITH sees the same snapshot): gone; still due at the same
+    -- attempt under another claim (our lease ran out and another replica retook it); or
+    -- moved on by another writer (status or attempt changed: the host's deliver-webhook
+    -- edge function sending the row itself, an admin action, or a replica that retook the
+    -- lease and finished first). docs/host-adoption.md explains the second writer.
+    SELECT o.id,
+           CASE WHEN d.id IS NULL THEN 'deleted'
+                WHEN d.status IN ('pending', 'retrying') AND d.attempt_number = o.attempt
+                    THEN 'lease_retaken'
+                ELSE 'changed_by_another_writer' END AS reason
+    FROM o
+    LEFT JOIN public.webhook_deliveries d ON d.id = o.id
+    WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = o.id)
 )
-SELECT count(*) AS recorded FROM upd;
+SELECT (SELECT count(*) FROM upd) AS recorded,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
+                '[]'::jsonb) AS lost;
 
 -- name: release_claims
 -- Give back leased deliveries that were never attempted (shutdown): due now.

@@ -16,14 +16,22 @@ WITH doomed AS (
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 
 -- name: purge_finished
--- success and failed deliveries older than the configured retention.
+-- success and failed deliveries older than the configured retention. `failed` rows also
+-- include the host's cleared DLQ items (its UI turns a DLQ row to `failed` "instead of
+-- deleting, for audit"): they are kept at least as long as their org's dlq_retention_days
+-- (1-90, default 30), counted like DLQ rows from their final failure (delivered_at).
 WITH doomed AS (
-    SELECT id FROM public.webhook_deliveries
-    WHERE status IN ('success', 'failed')
-      AND created_at < now() - make_interval(days => %(days)s)
-    ORDER BY created_at
+    SELECT d.id
+    FROM public.webhook_deliveries d
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
+    WHERE d.status IN ('success', 'failed')
+      AND d.created_at < now() - make_interval(days => %(days)s)
+      AND (d.status = 'success'
+           OR coalesce(d.delivered_at, d.created_at) < now() - make_interval(
+                  days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90)))
+    ORDER BY d.created_at
     LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d SKIP LOCKED
 )
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 

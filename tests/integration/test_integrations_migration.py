@@ -1,5 +1,6 @@
-"""0004_integrations: the standalone tables follow HOST-SCHEMA.md, and a host database that already
-has the integration tables (extra columns, constraints, RLS) is left exactly as it was and works."""
+"""0004_integrations: the standalone tables follow docs/host-contract.md, and a host database that
+already has the integration tables (the host's real ones, from host_schema.sql) is left exactly
+as it was and works."""
 
 from __future__ import annotations
 
@@ -22,99 +23,6 @@ pytest_plugins = ("support.integration_fixtures",)
 
 HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
 
-# The integration tables as the host's migrations create them: more columns, its own names for
-# constraints and indexes, RLS with policies, user_profiles references.
-HOST_INTEGRATIONS = """
-CREATE TABLE integrations (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    org_id uuid NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
-    type varchar(50) NOT NULL CHECK (type IN ('email', 'sms', 'calendar', 'video', 'storage',
-        'hris', 'payroll', 'background_check', 'job_board', 'crm')),
-    provider varchar(50) NOT NULL,
-    name varchar(255) NOT NULL,
-    description text,
-    config jsonb NOT NULL DEFAULT '{}'::jsonb,
-    status varchar(20) DEFAULT 'inactive' CHECK (status IN ('active', 'inactive', 'error')),
-    is_primary boolean DEFAULT false,
-    last_health_check timestamptz,
-    health_status varchar(20) DEFAULT 'unknown'
-        CHECK (health_status IN ('healthy', 'degraded', 'unhealthy', 'unknown')),
-    error_message text,
-    error_count integer DEFAULT 0,
-    metadata jsonb DEFAULT '{}'::jsonb,
-    created_by uuid REFERENCES user_profiles(id),
-    created_at timestamptz DEFAULT now(),
-    updated_at timestamptz DEFAULT now(),
-    deleted_at timestamptz,
-    CONSTRAINT integrations_org_type_provider UNIQUE (org_id, type, provider, name)
-);
-CREATE TABLE integration_health_logs (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    org_id uuid NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
-    integration_id uuid NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
-    check_type varchar(20) NOT NULL CHECK (check_type IN ('manual', 'scheduled', 'auto')),
-    status varchar(20) NOT NULL CHECK (status IN ('success', 'failure', 'timeout')),
-    response_time_ms integer,
-    error_message text,
-    error_code varchar(50),
-    details jsonb DEFAULT '{}'::jsonb,
-    checked_by uuid REFERENCES user_profiles(id),
-    created_at timestamptz DEFAULT now()
-);
-CREATE TABLE integration_oauth_tokens (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    org_id uuid NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
-    integration_id uuid NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
-    user_id uuid REFERENCES user_profiles(id),
-    provider varchar(50) NOT NULL,
-    access_token text NOT NULL,
-    refresh_token text,
-    token_type varchar(50) DEFAULT 'Bearer',
-    scope text,
-    expires_at timestamptz,
-    refresh_expires_at timestamptz,
-    account_id varchar(255),
-    account_email varchar(255),
-    raw_token_response jsonb,
-    last_refreshed_at timestamptz,
-    last_used_at timestamptz,
-    status varchar(20) DEFAULT 'active' CHECK (status IN ('active', 'expired', 'revoked')),
-    created_at timestamptz DEFAULT now(),
-    updated_at timestamptz DEFAULT now()
-);
-CREATE UNIQUE INDEX idx_oauth_tokens_one_active ON integration_oauth_tokens (integration_id)
-    WHERE status = 'active';
-CREATE TABLE integration_failover_config (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    org_id uuid NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
-    integration_type varchar(50) NOT NULL,
-    primary_integration_id uuid REFERENCES integrations(id),
-    backup_integration_id uuid REFERENCES integrations(id),
-    failover_threshold integer DEFAULT 3,
-    auto_failover boolean DEFAULT true,
-    auto_recovery boolean DEFAULT false,
-    recovery_check_interval_minutes integer DEFAULT 30,
-    current_active varchar(20) DEFAULT 'primary',
-    last_failover_at timestamptz,
-    last_recovery_at timestamptz,
-    failover_count integer DEFAULT 0,
-    notify_on_failover boolean DEFAULT true,
-    created_at timestamptz DEFAULT now(),
-    updated_at timestamptz DEFAULT now(),
-    UNIQUE (org_id, integration_type)
-);
-ALTER TABLE integrations ENABLE ROW LEVEL SECURITY;
-ALTER TABLE integration_health_logs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE integration_oauth_tokens ENABLE ROW LEVEL SECURITY;
-ALTER TABLE integration_failover_config ENABLE ROW LEVEL SECURITY;
-CREATE POLICY integrations_org ON integrations USING (
-    org_id IN (SELECT org_id FROM user_profiles
-               WHERE auth_id = current_setting('app.uid', true)::uuid));
-CREATE POLICY tokens_org ON integration_oauth_tokens USING (
-    org_id IN (SELECT org_id FROM user_profiles
-               WHERE auth_id = current_setting('app.uid', true)::uuid));
-"""
-
 
 def catalog(dsn: str) -> set[tuple[object, ...]]:
     with psycopg.connect(dsn) as conn:
@@ -123,8 +31,7 @@ def catalog(dsn: str) -> set[tuple[object, ...]]:
 
 async def test_host_integration_tables_are_left_alone_and_work(empty_db_dsn, oauth, make_worker):
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
-        c.execute(HOST_SCHEMA)
-        c.execute(HOST_INTEGRATIONS)
+        c.execute(HOST_SCHEMA)  # the host's real integration tables included
     before = catalog(empty_db_dsn)
     await apply_migrations(empty_db_dsn)
     after = catalog(empty_db_dsn)

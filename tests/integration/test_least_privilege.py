@@ -1,6 +1,11 @@
 """Least privilege: the daemon runs under the `dispatcher` role of sql/least_privilege.sql,
 stops at start with one line and ExitCode.PERMISSION when a grant is missing, and its
-connections carry statement and idle-in-transaction timeouts."""
+connections carry statement and idle-in-transaction timeouts.
+
+Every test runs twice: on the standalone schema and on the host's (tests/integration/
+host_schema.sql: the host's real publish_event, RLS on its tables, Supabase roles), where the
+script is applied by the host's non-superuser owner and the login role has BYPASSRLS, as
+docs/host-adoption.md says."""
 
 from __future__ import annotations
 
@@ -39,17 +44,34 @@ def _with_user(dsn: str, user: str, password: str) -> str:
     return f"postgresql://{user}:{password}@{rest}"
 
 
+@pytest.fixture(params=["standalone", "host"])
+def db_dsn(request: pytest.FixtureRequest, db_dsn: str) -> str:
+    """The standalone database (conftest's db_dsn), or one shaped like the real host."""
+    if request.param == "host":
+        return str(request.getfixturevalue("host_db_dsn"))
+    return db_dsn
+
+
+def on_host(request: pytest.FixtureRequest) -> bool:
+    return bool(request.node.callspec.params["db_dsn"] == "host")
+
+
 @pytest_asyncio.fixture
-async def dispatcher_role(db_dsn: str) -> AsyncIterator[Role]:
-    """The script applied by the owner; a fresh LOGIN role that is a member of `dispatcher`."""
+async def dispatcher_role(db_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[Role]:
+    """The script applied by the owner; a fresh LOGIN role that is a member of `dispatcher`
+    (on the host: by its non-superuser owner, and the login role gets BYPASSRLS)."""
     name = f"disp_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as owner:
+    owner_dsn = hostdb.host_owner_dsn(db_dsn) if on_host(request) else db_dsn
+    async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as owner:
         await owner.execute(SCRIPT)
         await owner.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE dispatcher").format(
                 sql.Identifier(name), sql.Literal(PASSWORD)
             )
         )
+    if on_host(request):
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as su:
+            await su.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(name)))
     try:
         yield Role(name, _with_user(db_dsn, name, PASSWORD), db_dsn)
     finally:
@@ -191,7 +213,9 @@ async def test_integration_needs_are_skipped_when_integrations_are_off(dispatche
             await preflight.check_privileges(c)
 
 
-async def test_row_level_security_that_would_hide_rows_is_refused(dispatcher_role, conn):
+async def test_row_level_security_that_would_hide_rows_is_refused(dispatcher_role, conn, request):
+    if on_host(request):
+        pytest.skip("the host's tables all have RLS already: see the test below")
     await conn.execute("ALTER TABLE public.webhooks ENABLE ROW LEVEL SECURITY")
     # A policy for the host's end users (PUBLIC) does not count.
     await conn.execute("CREATE POLICY users ON public.webhooks USING (false)")
@@ -254,6 +278,59 @@ async def test_connections_carry_statement_and_idle_in_transaction_timeouts(star
                 await c.execute("SELECT 1")
                 await asyncio.sleep(1.5)
                 await c.execute("SELECT 1")
+
+
+async def test_on_the_host_rls_is_refused_without_bypassrls(dispatcher_role, conn, request):
+    if not on_host(request):
+        pytest.skip("host schema only")
+    await conn.execute(
+        sql.SQL("ALTER ROLE {} NOBYPASSRLS").format(sql.Identifier(dispatcher_role.name))
+    )
+    async with await _as_role(dispatcher_role) as c:
+        with pytest.raises(PermissionDenied, match=r"would see no rows of public\.events"):
+            await preflight.check_privileges(c)
+
+
+async def test_host_publish_event_works_under_the_role(dispatcher_role, conn):
+    """The integrations worker publishes through the host's own publish_event, which writes
+    nine columns (user_email and status too): it must work as the role, for real."""
+    org = await hostdb.create_org(conn)
+    async with await _as_role(dispatcher_role) as c:
+        cur = await c.execute(
+            "SELECT publish_event('integration.health.degraded', gen_random_uuid(),"
+            " '{}'::jsonb, NULL, '{}'::jsonb, %s)",
+            (org,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+    cur = await conn.execute("SELECT event_type, org_id FROM events WHERE id = %s", (row[0],))
+    assert await cur.fetchone() == {"event_type": "integration.health.degraded", "org_id": org}
+
+
+async def test_start_up_check_calls_publish_event_for_real(dispatcher_role, conn, request):
+    """A grant publish_event needs is caught by calling the function, whatever columns it
+    writes (on the host: user_email, which a column list of ours did not name), and nothing
+    the call wrote stays."""
+    column = sql.Identifier("user_email" if on_host(request) else "payload")
+    await conn.execute(
+        sql.SQL("REVOKE INSERT ({}) ON public.events FROM dispatcher").format(column)
+    )
+    cur = await conn.execute("SELECT count(*) AS n FROM events")
+    before = (await cur.fetchone())["n"]
+    async with await _as_role(dispatcher_role) as c:
+        with pytest.raises(PermissionDenied) as caught:
+            await preflight.check_privileges(c)
+        await preflight.check_privileges(c, integrations=False)
+    message = str(caught.value)
+    assert "public.publish_event(text, uuid, jsonb, uuid, jsonb, uuid)" in message, message
+    assert "permission denied for table events" in message, message
+    await conn.execute(sql.SQL("GRANT INSERT ({}) ON public.events TO dispatcher").format(column))
+    async with await _as_role(dispatcher_role) as c:
+        await preflight.check_privileges(c)
+    cur = await conn.execute("SELECT count(*) AS n FROM events")
+    assert (await cur.fetchone())["n"] == before, "the check's event was rolled back"
+    cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.outbox")
+    assert (await cur.fetchone())["n"] == 0
 
 
 def _daemon_env(dsn: str, **extra: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import hostdb
 import psycopg
+import pytest
 
 from dispatcher.migrations import apply_migrations, available
 
@@ -93,9 +94,10 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
             "SELECT tgname FROM pg_trigger"
             " WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
         ).fetchall()
-    assert [t[0] for t in triggers] == ["trigger_check_webhook_failures"], (
-        "host trigger kept, no twin"
-    )
+    assert sorted(t[0] for t in triggers) == [
+        "trigger_webhook_auto_disable",
+        "trigger_webhooks_updated_at",
+    ], "host triggers kept, no twin"
 
 
 async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -> None:
@@ -106,12 +108,36 @@ async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -
         org = await hostdb.create_org(conn)
         await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
         async with running_daemon(empty_db_dsn):
-            # The host's own publish_event (6 arguments) and its 5-argument overload.
+            # The host's own publish_event, 6 arguments: the only unambiguous call, since the
+            # older 5-argument overload also exists.
             await hostdb.publish(conn, "job.created", {"n": 1}, org)
-            await conn.execute("SELECT publish_event('job.updated', NULL, '{}'::jsonb, NULL, '{}')")
+            with pytest.raises(psycopg.errors.AmbiguousFunction):
+                await conn.execute(
+                    "SELECT publish_event('job.updated', NULL, '{}'::jsonb, NULL, '{}')"
+                )
             await hostdb.wait_deliveries(conn, "status = 'success'", 1)
             [req] = await receiver.wait_for(1)
             assert b'"n": 1' in req.body
+
+
+async def test_migrate_runs_as_the_hosts_owner_that_is_not_a_superuser(
+    empty_db_dsn: str, receiver
+) -> None:
+    """On Supabase `dispatcher migrate` runs as `postgres`, which owns the host's tables but is
+    not a superuser: played here by `host_owner`."""
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute(HOST_SCHEMA)
+    owner = hostdb.host_owner_dsn(empty_db_dsn)
+    with psycopg.connect(owner) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False,)
+    assert await apply_migrations(owner) == [f"{m.version:04d}_{m.name}" for m in available()]
+    async with await hostdb.connect(empty_db_dsn) as conn:
+        org = await hostdb.create_org(conn)
+        await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
+        async with running_daemon(empty_db_dsn):
+            await hostdb.publish(conn, "job.created", {"n": 2}, org)
+            await hostdb.wait_deliveries(conn, "status = 'success'", 1)
 
 
 async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
@@ -172,11 +198,13 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
         cur = await conn.execute("SELECT count(id) AS n FROM dispatcher.outbox")
         assert (await cur.fetchone())["n"] == 30, "premise: old outbox rows carry ids"
 
-        assert await apply_migrations(empty_db_dsn) == [
+        applied = await apply_migrations(empty_db_dsn)
+        assert applied[:3] == [
             "0008_outbox_without_sequence",
             "0009_due_since",
             "0010_intake_without_set",
         ]
+        assert applied == [f"{m.version:04d}_{m.name}" for m in available() if m.version > 7]
         await hostdb.publish(conn, "job.created", {"after": True}, org)
         async with running_daemon(empty_db_dsn):
             await hostdb.wait_deliveries(conn, "status = 'success'", 31)
