@@ -18,6 +18,7 @@ from dispatcher.queries import query
 
 log = structlog.get_logger("dispatcher.intake")
 
+GROW_AFTER = 4  # full passes at a shrunk size before the size doubles again
 # A lone event is quarantined after this many consecutive statement timeouts: one could
 # be a lock held for a moment by a host transaction, two in a row is the event itself.
 QUARANTINE_AFTER = 2
@@ -35,6 +36,7 @@ class Intake:
         self._metrics = metrics
         self.cap: int | None = None  # events per fan-out after timeouts; None: no cap
         self._suspect: tuple[UUID, int] | None = None  # a lone event and its timeouts
+        self._full_passes = 0  # full passes at the current cap
         self.unreadable_count = 0
 
     async def narrow(self, conn: Any, wanted: int) -> tuple[int, UUID | None]:
@@ -53,9 +55,14 @@ class Intake:
         return 1, event_id
 
     def succeeded(self, batch: int) -> None:
-        """A fan-out of `batch` events finished: grow back towards the full batch."""
+        """A fan-out of `batch` events finished: grow back towards the full batch, slowly
+        (growing at once would take the poison event again in the very next pass)."""
         self._suspect = None
-        if self.cap is not None and batch >= self.cap:
+        if self.cap is None or batch < self.cap:
+            return
+        self._full_passes += 1
+        if self._full_passes >= GROW_AFTER:
+            self._full_passes = 0
             self.cap = None if self.cap * 2 >= self._full else self.cap * 2
 
     async def timed_out(
@@ -66,6 +73,7 @@ class Intake:
         if not is_statement_timeout(exc):
             return False
         self._metrics.fanout_timeouts.inc()
+        self._full_passes = 0
         if only is None or batch > 1:
             self.cap = max(batch // 2, 1)
             log.warning(
