@@ -135,10 +135,10 @@ async def test_events_hidden_by_row_level_security_stay_in_the_outbox_and_are_re
 
     async def outbox_state() -> Any:
         cur = await conn.execute(
-            "SELECT misses FROM dispatcher.outbox WHERE event_id = %s", (hidden,)
+            "SELECT to_jsonb(o) AS row FROM dispatcher.outbox o WHERE event_id = %s", (hidden,)
         )
-        row = await cur.fetchone()
-        return "gone" if row is None else row["misses"]
+        found = await cur.fetchone()
+        return "gone" if found is None else found["row"].get("misses")
 
     state = await wait_until(outbox_state, "the fan-out to take the hidden event")
     assert state != "gone", "an event the role cannot read vanished from the outbox"
