@@ -25,6 +25,7 @@ from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
 from dispatcher.health import HealthServer
+from dispatcher.intake import check_intake
 from dispatcher.integrations import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
@@ -70,6 +71,7 @@ class App:
                 # itself would fail with a raw error instead of naming the missing grant.
                 await check_privileges(conn, integrations=self.settings.integrations_enabled)
                 await migrations.check_current(conn)
+                await check_intake(conn)
             return await self._supervise()
         finally:
             await self.pool.close()

@@ -13,6 +13,7 @@ from uuid import UUID
 import psycopg
 import structlog
 
+from dispatcher.errors import ExitCode, SchemaBehind
 from dispatcher.metrics import Metrics
 from dispatcher.queries import query
 
@@ -23,6 +24,35 @@ GROW_AFTER = 4  # full passes at a shrunk size before the size doubles again
 # be a lock held for a moment by a host transaction, two in a row is the event itself.
 QUARANTINE_AFTER = 2
 SHOWN_IDS = 10  # event ids named in one log line
+
+
+class IntakeNotInstalled(SchemaBehind):
+    """public.events has no working intake trigger, or one that misses rows."""
+
+    exit_code = ExitCode.SCHEMA_BEHIND
+
+
+_FIX = "as the owner of public.events, run: SELECT dispatcher.install_intake();"
+
+
+async def check_intake(conn: Any) -> None:
+    """At start: refuse (IntakeNotInstalled) when events would not reach the outbox, e.g.
+    the host replaced `events` by a partitioned table after migrate (the statement trigger
+    on a partitioned parent never sees rows inserted directly into a partition)."""
+    cur = await conn.execute(query("intake_trigger"))
+    row = await cur.fetchone()
+    if row is None:
+        return  # no public.events: migrate creates it; the schema check says so
+    if row["partitioned"] and not row["row_trigger"]:
+        raise IntakeNotInstalled(
+            "public.events is partitioned but has no row intake trigger: events inserted "
+            f"directly into a partition would never be delivered; {_FIX}"
+        )
+    if not row["partitioned"] and not row["statement_trigger"]:
+        raise IntakeNotInstalled(
+            "public.events has no enabled intake trigger (dispatcher_intake): new events "
+            f"would never be delivered; {_FIX}"
+        )
 
 
 def is_statement_timeout(exc: psycopg.errors.QueryCanceled) -> bool:

@@ -307,3 +307,15 @@ FROM kept k LEFT JOIN public.events e ON e.id = k.event_id;
 SELECT
     (SELECT count(*) FROM dispatcher.outbox WHERE misses IS NOT NULL) AS unreadable,
     (SELECT count(*) FROM dispatcher.quarantine) AS quarantined;
+
+-- name: intake_trigger
+-- Which intake trigger public.events has, and which it needs (install_intake, 0013).
+SELECT c.relkind = 'p' AS partitioned,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake'
+                 AND t.tgenabled <> 'D') AS statement_trigger,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake_row'
+                 AND t.tgenabled <> 'D') AS row_trigger
+FROM pg_catalog.pg_class c
+WHERE c.oid = 'public.events'::regclass;

@@ -18,12 +18,16 @@ from typing import Any
 
 import hostdb
 import psycopg
+import pytest
 import pytest_asyncio
 from psycopg import sql
 from standardwebhooks.webhooks import Webhook
 
+from dispatcher.app import App
+from dispatcher.intake import IntakeNotInstalled
 from dispatcher.migrations import apply_migrations
 from dispatcher.request import message_id
+from dispatcher.settings import load_settings
 
 SCRIPT = resources.files("dispatcher").joinpath("sql/least_privilege.sql").read_text("utf-8")
 PASSWORD = "lp-" + uuid.uuid4().hex
@@ -236,6 +240,22 @@ async def test_partitioned_events_reach_the_outbox_through_parent_and_partitions
         ids = {r.headers["webhook-id"] for r in reqs}
         assert ids == {message_id(e, hook["id"], uuid.uuid4()) for e in sent.values()}
         assert await scalar(c, "SELECT count(*) FROM dispatcher.outbox") == 0
+
+
+async def test_daemon_refuses_to_start_when_events_would_miss_the_outbox(
+    conn, db_dsn, receiver, start_daemon
+):
+    # The host replaced `events` (or dropped our trigger): nothing would reach the outbox.
+    await conn.execute("DROP TRIGGER dispatcher_intake ON public.events")
+    app = App(load_settings(database_url=db_dsn, metrics_address=""), install_signals=False)
+    with pytest.raises(IntakeNotInstalled, match=r"SELECT dispatcher\.install_intake\(\)"):
+        await asyncio.wait_for(app.run(), 30)
+    assert await scalar(conn, "SELECT dispatcher.install_intake()") == "dispatcher_intake"
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
+    await start_daemon()
+    await hostdb.publish(conn, "job.created", {}, org)
+    await hostdb.wait_deliveries(conn, "status = 'success'", 1)
 
 
 # -- item 7: a poison fan-out batch ----------------------------------------------------------

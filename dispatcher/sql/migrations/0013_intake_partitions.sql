@@ -24,14 +24,39 @@ END
 $$;
 REVOKE ALL ON FUNCTION dispatcher.intake_event_row_v1() FROM PUBLIC;
 
-DO $$
+-- Installs the intake trigger that fits public.events as it is now, and drops the
+-- other: the statement trigger for a plain table, the row trigger for a partitioned
+-- one. Called below, and again by the table's owner if the host replaces `events`
+-- (the daemon refuses to start when the trigger is missing or does not fit, and says
+-- so). Returns which trigger is installed.
+CREATE FUNCTION dispatcher.install_intake() RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF (SELECT c.relkind FROM pg_catalog.pg_class c
         WHERE c.oid = 'public.events'::regclass) = 'p' THEN
         DROP TRIGGER IF EXISTS dispatcher_intake ON public.events;
-        CREATE TRIGGER dispatcher_intake_row
-            AFTER INSERT ON public.events
-            FOR EACH ROW EXECUTE FUNCTION dispatcher.intake_event_row_v1();
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                       WHERE t.tgrelid = 'public.events'::regclass
+                         AND t.tgname = 'dispatcher_intake_row') THEN
+            CREATE TRIGGER dispatcher_intake_row
+                AFTER INSERT ON public.events
+                FOR EACH ROW EXECUTE FUNCTION dispatcher.intake_event_row_v1();
+        END IF;
+        RETURN 'dispatcher_intake_row';
     END IF;
+    DROP TRIGGER IF EXISTS dispatcher_intake_row ON public.events;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                   WHERE t.tgrelid = 'public.events'::regclass
+                     AND t.tgname = 'dispatcher_intake') THEN
+        CREATE TRIGGER dispatcher_intake
+            AFTER INSERT ON public.events
+            REFERENCING NEW TABLE AS new_events
+            FOR EACH STATEMENT EXECUTE FUNCTION dispatcher.intake_events_v1();
+    END IF;
+    RETURN 'dispatcher_intake';
 END
 $$;
+REVOKE ALL ON FUNCTION dispatcher.install_intake() FROM PUBLIC;
+
+SELECT dispatcher.install_intake();
