@@ -237,8 +237,8 @@ class Dispatcher:
                 raise
             self._retry_now = True  # at once, with the smaller batch
             return 0, []
-        self._intake.succeeded(events_wanted)
         events = int(rows[-1]["events_claimed"]) if rows else 0
+        self._intake.succeeded(events)
         if events_wanted < wanted and events >= events_wanted:
             self._retry_now = True  # a narrowed pass was full: more is waiting
         if rows and rows[-1]["events_unreadable"]:

@@ -84,11 +84,12 @@ class Intake:
         event_id: UUID = row["event_id"]
         return 1, event_id
 
-    def succeeded(self, batch: int) -> None:
-        """A fan-out of `batch` events finished: grow back towards the full batch, slowly
-        (growing at once would take the poison event again in the very next pass)."""
+    def succeeded(self, events: int) -> None:
+        """A fan-out that took `events` events finished: after a few full passes, grow back
+        towards the full batch (growing at once would take the poison event again in the
+        very next pass; idle passes prove nothing)."""
         self._suspect = None
-        if self.cap is None or batch < self.cap:
+        if self.cap is None or events < self.cap:
             return
         self._full_passes += 1
         if self._full_passes >= GROW_AFTER:

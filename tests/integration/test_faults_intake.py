@@ -305,6 +305,8 @@ async def test_poison_fan_out_batch_shrinks_quarantines_one_event_and_the_rest_f
     env = {**os.environ, "DISPATCHER_DATABASE_URL": db_dsn}
     out = await _cli(env, "quarantine", "list", "--json")
     assert [(r["kind"], r["event_id"]) for r in json.loads(out)] == [("quarantined", str(poison))]
+    human = await _cli(env, "quarantine", "list")
+    assert str(poison) in human and "quarantined" in human
     await conn.execute("DROP TRIGGER slow_poison ON public.webhook_deliveries")
     assert "put 1 event(s) back" in await _cli(env, "quarantine", "retry", "--all")
     await hostdb.wait_deliveries(
