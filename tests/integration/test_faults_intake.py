@@ -192,7 +192,7 @@ CREATE TABLE public.events (
 CREATE TABLE public.events_early PARTITION OF public.events
     FOR VALUES FROM (MINVALUE) TO ('2000-01-01');
 CREATE TABLE public.events_main PARTITION OF public.events
-    FOR VALUES FROM ('2000-01-01') TO ('3000-01-01');
+    FOR VALUES FROM ('2000-01-01') TO ('2900-01-01');
 """
 
 
@@ -211,10 +211,17 @@ async def test_partitioned_events_reach_the_outbox_through_parent_and_partitions
         await c.execute(PARTITIONED_EVENTS)
     await apply_migrations(empty_db_dsn)
     async with await hostdb.connect(empty_db_dsn) as c:
-        # A partition created after migrate.
+        # Partitions that appear after migrate: created as one, and attached.
         await c.execute(
             "CREATE TABLE public.events_late PARTITION OF public.events "
             "FOR VALUES FROM ('3000-01-01') TO (MAXVALUE)"
+        )
+        await c.execute(
+            "CREATE TABLE public.events_attached (LIKE public.events INCLUDING DEFAULTS)"
+        )
+        await c.execute(
+            "ALTER TABLE public.events ATTACH PARTITION public.events_attached "
+            "FOR VALUES FROM ('2900-01-01') TO ('3000-01-01')"
         )
         org = await hostdb.create_org(c)
         hook = await hostdb.create_webhook(c, org, receiver.url(), ["job.*"])
@@ -227,6 +234,7 @@ async def test_partitioned_events_reach_the_outbox_through_parent_and_partitions
             ("main", "events_main", None),
             ("early", "events_early", "1999-06-01"),
             ("late", "events_late", "3000-06-01"),
+            ("attached", "events_attached", "2950-06-01"),
         ]:
             cur = await c.execute(_insert(table, stamp), (json.dumps({"via": via}), org))
             row = await cur.fetchone()
