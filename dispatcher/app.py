@@ -25,6 +25,7 @@ from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
 from dispatcher.health import HealthServer
+from dispatcher.intake import check_intake
 from dispatcher.integrations import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
@@ -70,6 +71,7 @@ class App:
                 # itself would fail with a raw error instead of naming the missing grant.
                 await check_privileges(conn, integrations=self.settings.integrations_enabled)
                 await migrations.check_current(conn)
+                await check_intake(conn)
             return await self._supervise()
         finally:
             await self.pool.close()
@@ -183,6 +185,12 @@ class App:
             return False, "not ready: LISTEN connection is down (database unreachable?)"
         if not self._db_ok:
             return False, "not ready: database queries are failing"
+        unreadable = self.dispatcher.unreadable if self.dispatcher is not None else 0
+        if unreadable:
+            return False, (
+                f"degraded: {unreadable} event(s) in the outbox cannot be read by this "
+                "database role (row-level security on public.events?); they are kept"
+            )
         return True, "ready"
 
     async def _gauges_loop(self, every: float = 10.0) -> None:
@@ -203,6 +211,13 @@ class App:
                     m.dlq_size.set(row["dlq"])
                     m.outbox_backlog.set(row["outbox"])
                     m.webhooks_disabled.set(row["webhooks_disabled"])
+                async with self.pool.connection(timeout=5) as conn:
+                    cur = await conn.execute(query("intake_health"))
+                    stuck = await cur.fetchone()
+                if stuck and self.dispatcher is not None:
+                    self.metrics.outbox_unreadable.set(stuck["unreadable"])
+                    self.metrics.quarantined.set(stuck["quarantined"])
+                    self.dispatcher.unreadable = int(stuck["unreadable"])
             except (psycopg.Error, PoolTimeout) as exc:
                 self._db_ok = False
                 log.warning("gauges_failed", error=type(exc).__name__)

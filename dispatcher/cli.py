@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_extensions() -> None:
     import importlib
 
-    for module in ("dispatcher.admin_cli", "dispatcher.demo", "dispatcher.integrations_cli"):
+    for module in (
+        "dispatcher.admin_cli",
+        "dispatcher.demo",
+        "dispatcher.integrations_cli",
+        "dispatcher.quarantine_cli",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -68,6 +68,7 @@ class Target:
     body: str
     secrets: list[str]
     headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
+    msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
 
 
 @dataclass(slots=True)
@@ -165,6 +166,7 @@ class Sender:
                 event_type=target.event_type,
                 body=body,
                 signer=signer,
+                msg_id=target.msg_id,
             )
         except InvalidTarget as exc:
             return AttemptResult(

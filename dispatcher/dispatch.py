@@ -28,11 +28,13 @@ from dispatcher.backoff import RetryPolicy
 from dispatcher.claims import Claimed
 from dispatcher.db import Pool
 from dispatcher.delivery import AttemptResult, Sender, Target
+from dispatcher.intake import Intake
 from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import OutcomeRow, Recorder
+from dispatcher.request import message_id
 from dispatcher.settings import Settings
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
@@ -82,6 +84,17 @@ class Dispatcher:
         # per attempt: a line only when it is emitted, a metric child looked up once
         self._log_attempts = settings.log_level in ("debug", "info")
         self._attempts_counter: dict[str, Any] = {}
+        self._intake = Intake(settings.batch_size, metrics)
+        self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
+
+    @property
+    def unreadable(self) -> int:
+        """Outbox events this role could not read, as last known (0: none)."""
+        return self._intake.unreadable_count
+
+    @unreadable.setter
+    def unreadable(self, n: int) -> None:
+        self._intake.unreadable_count = n
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
@@ -189,20 +202,47 @@ class Dispatcher:
             if not due_first and left > 0 and not outbox_busy:
                 due = await self._claim_due(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
+        if self._retry_now:
+            self._retry_now = False
+            return True
         return events >= events_wanted or due_full or len(claimed) >= room_for_new > 0
 
     async def _fan_out(
         self, conn: Any, params: dict[str, Any], events_wanted: int, claim: int
     ) -> tuple[int, list[Claimed]]:
         """Take up to `events_wanted` events from the outbox; start the up to `claim`
-        deliveries created leased to us. Returns (events taken, deliveries started)."""
+        deliveries created leased to us. Returns (events taken, deliveries started).
+
+        A pass that exceeds statement_timeout halves the next one, down to one event;
+        an event that times out alone twice is quarantined (intake.py)."""
         room = self._room()
-        cur = await conn.execute(
-            query("fan_out"),
-            {**params, **_room_params(room), "batch": events_wanted, "claim": claim},
-        )
-        rows = await cur.fetchall()
+        wanted = events_wanted
+        events_wanted, only = await self._intake.narrow(conn, wanted)
+        if events_wanted == 0:
+            return 0, []
+        try:
+            cur = await conn.execute(
+                query("fan_out"),
+                {
+                    **params,
+                    **_room_params(room),
+                    "batch": events_wanted,
+                    "claim": claim,
+                    "only": only,
+                },
+            )
+            rows = await cur.fetchall()
+        except psycopg.errors.QueryCanceled as exc:
+            if not await self._intake.timed_out(conn, exc, events_wanted, only):
+                raise
+            self._retry_now = True  # at once, with the smaller batch
+            return 0, []
         events = int(rows[-1]["events_claimed"]) if rows else 0
+        self._intake.succeeded(events)
+        if events_wanted < wanted and events >= events_wanted:
+            self._retry_now = True  # a narrowed pass was full: more is waiting
+        if rows and rows[-1]["events_unreadable"]:
+            self._intake.unreadable(rows[-1]["events_unreadable"])
         if events:
             created = int(rows[-1]["deliveries_created"])
             per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
@@ -265,8 +305,9 @@ class Dispatcher:
         if not d.active:
             self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
             return
+        msg_id = message_id(d.event_id, d.webhook_id, d.id)
         result = await self._sender.attempt(
-            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers)
+            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers, msg_id)
         )
         t = after_attempt(
             outcome=result.outcome,

@@ -70,6 +70,29 @@ class Metrics:
         self.integration_events_not_published.set_function(
             lambda: float(sum(NOT_PUBLISHED.values()))
         )
+        self.fanout_timeouts = Counter(
+            "dispatcher_fanout_timeouts",
+            "Fan-out passes cancelled by statement_timeout (the next one is smaller)",
+            registry=r,
+        )
+        self.events_quarantined = Counter(
+            "dispatcher_events_quarantined",
+            "Events moved to dispatcher.quarantine: they could not be fanned out alone",
+            registry=r,
+        )
+        self.quarantined = Gauge(
+            "dispatcher_quarantined_events", "Events in dispatcher.quarantine", registry=r
+        )
+        self.events_unreadable = Counter(
+            "dispatcher_events_unreadable",
+            "Outbox events a fan-out could not read (row-level security?); they stay",
+            registry=r,
+        )
+        self.outbox_unreadable = Gauge(
+            "dispatcher_outbox_unreadable",
+            "Outbox events this role could not read so far (they wait in the outbox)",
+            registry=r,
+        )
         self.up = Gauge("dispatcher_ready", "1 while the daemon is ready", registry=r)
 
     def render(self) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,21 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SENSITIVE = re.compile(r"auth|token|secret|key|password|cookie|signature|credential", re.I)
 MAX_CUSTOM_HEADERS = 50
 MAX_HEADER_VALUE = 8192
+
+
+# Namespace of webhook-ids (UUIDv5): fixed forever, or every receiver sees new ids.
+MESSAGE_ID_NAMESPACE = uuid.UUID("3b8f7c1e-5d0a-4f52-9c1d-6a2e8b4f0d17")
+
+
+def message_id(event_id: uuid.UUID | None, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> str:
+    """The `webhook-id` of a message: the same for one event to one webhook on every
+    attempt, DLQ retry, replay and recovery (a new delivery row of the same pair), so a
+    receiver can deduplicate even after retention purged the first row. A row with no
+    event (a test ping) is its own message: its row id. `X-InTime-Delivery` stays the
+    row id."""
+    if event_id is None:
+        return str(delivery_id)
+    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{event_id}/{webhook_id}"))
 
 
 class InvalidWebhook(ValueError):
@@ -213,21 +229,24 @@ def build_request(
     headers: Any = None,
     signer: Signer | None = None,
     now: datetime | None = None,
+    msg_id: str | None = None,
 ) -> BuiltRequest:
     """Headers of one attempt; `secrets[0]` is current, later ones are rotating out.
-    A `signer` (make_signer / cached_signer) stands for secrets and headers."""
+    A `signer` (make_signer / cached_signer) stands for secrets and headers. `msg_id`
+    is the `webhook-id` (message_id(); the delivery id when not given)."""
     if signer is None:
         signer = make_signer(secrets or (), headers)
     if now is None:
         unix, ts = _now_stamps()
     else:
         unix, ts = str(int(now.timestamp())), intime_timestamp(now)
+    msg_id = msg_id or delivery_id
     own = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        "webhook-id": delivery_id,
+        "webhook-id": msg_id,
         "webhook-timestamp": unix,
-        "webhook-signature": sign_standard_with_keys(delivery_id, unix, body, signer.standard_keys),
+        "webhook-signature": sign_standard_with_keys(msg_id, unix, body, signer.standard_keys),
         "X-InTime-Event": event_type,
         "X-InTime-Delivery": delivery_id,
         "X-InTime-Timestamp": ts,

@@ -9,26 +9,43 @@
 -- be sent without another round trip; the rest are created due now. A matching
 -- webhook that is not active (disabled, inactive) gets a `failed` row, unsent,
 -- so `recover` can find what it missed; soft-deleted webhooks get nothing.
-WITH claimed AS (
+-- An outbox row leaves the outbox only when its event was read: a row whose event
+-- this role cannot see (row-level security) stays, backs off (misses, retry_at) and
+-- is counted in events_unreadable. %(only)s (an event id, or null) narrows the batch
+-- to one event: the last step of shrinking a batch that exceeds statement_timeout.
+WITH picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
-    DELETE FROM dispatcher.outbox
-    WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM dispatcher.outbox
-        ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
-    ))
-    RETURNING event_id
+    SELECT o.ctid AS row_id, o.event_id
+    FROM dispatcher.outbox o
+    WHERE (o.retry_at IS NULL OR o.retry_at <= now())
+      AND (%(only)s::uuid IS NULL OR o.event_id = %(only)s::uuid)
+    ORDER BY o.created_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
 ), claimed_events AS MATERIALIZED (
     -- The claimed events by primary key, first: the planner must never start from an
     -- org's whole event history (an index on events(org_id, created_at) tempts it).
     -- The body once per event, whatever the number of webhooks it goes to; one
     -- definition, shared with recover_webhook (0005_admin_api.sql).
     SELECT b.*, b.body::text AS body_text
-    FROM (SELECT e.id, e.org_id, e.event_type, e.created_at,
+    FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
                                              e.aggregate_id, e.payload) AS body
-          FROM claimed c
-          JOIN public.events e ON e.id = c.event_id
+          FROM picked p
+          JOIN public.events e ON e.id = p.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
+), claimed AS (
+    DELETE FROM dispatcher.outbox
+    WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events))
+    RETURNING event_id
+), unreadable AS (
+    -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
+    UPDATE dispatcher.outbox o
+    SET misses = coalesce(o.misses, 0) + 1,
+        retry_at = now() + make_interval(secs => least(5 * 2 ^ least(coalesce(o.misses, 0), 6), 300))
+    WHERE o.ctid = ANY (ARRAY(
+        SELECT p.row_id FROM picked p
+        WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)))
+    RETURNING o.event_id
 ), matched AS (
     SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
            e.body_text,
@@ -77,16 +94,18 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.max_retries, m.retry_strategy, m.base_delay_seconds, m.max_delay_seconds,
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
-       (SELECT count(*) FROM inserted) AS deliveries_created
+       (SELECT count(*) FROM inserted) AS deliveries_created,
+       NULL::uuid[] AS events_unreadable
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
--- batches that produced no claimed delivery (id is null).
+-- batches that produced no claimed delivery (id is null), and the ids of the events
+-- taken that this role could not read (they stayed in the outbox).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted);
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -271,3 +290,49 @@ SELECT
 -- Whether default_toast_compression accepts lz4 (PostgreSQL 14+ built with lz4).
 SELECT coalesce(bool_or('lz4' = ANY (enumvals)), false) AS lz4
 FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression';
+
+-- name: outbox_next
+-- The event fan_out would take next (when shrinking a batch down to one event).
+SELECT o.event_id
+FROM dispatcher.outbox o
+WHERE o.retry_at IS NULL OR o.retry_at <= now()
+ORDER BY o.created_at LIMIT 1;
+
+-- name: quarantine_event
+-- Move one event that cannot be fanned out even alone (it exceeds statement_timeout)
+-- from the outbox to dispatcher.quarantine, so that the events behind it flow.
+-- Nothing is quarantined when its outbox row is gone (another replica took it).
+-- Returns the event's organization and type when it can be read.
+WITH gone AS (
+    DELETE FROM dispatcher.outbox o
+    WHERE o.event_id = %(event_id)s
+    RETURNING o.event_id, o.created_at
+), kept AS (
+    INSERT INTO dispatcher.quarantine AS q (event_id, reason, error, first_queued_at)
+    SELECT event_id, %(reason)s, %(error)s, min(created_at) FROM gone GROUP BY event_id
+    ON CONFLICT (event_id) DO UPDATE
+        SET times = q.times + 1, reason = excluded.reason, error = excluded.error,
+            quarantined_at = now()
+    RETURNING q.event_id
+)
+SELECT k.event_id, e.org_id, e.event_type
+FROM kept k LEFT JOIN public.events e ON e.id = k.event_id;
+
+-- name: intake_health
+-- Events stuck before fan-out, for /metrics and /readyz: outbox rows whose event
+-- this role could not read, and quarantined events.
+SELECT
+    (SELECT count(*) FROM dispatcher.outbox WHERE misses IS NOT NULL) AS unreadable,
+    (SELECT count(*) FROM dispatcher.quarantine) AS quarantined;
+
+-- name: intake_trigger
+-- Which intake trigger public.events has, and which it needs (install_intake, 0013).
+SELECT c.relkind = 'p' AS partitioned,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake'
+                 AND t.tgenabled <> 'D') AS statement_trigger,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake_row'
+                 AND t.tgenabled <> 'D') AS row_trigger
+FROM pg_catalog.pg_class c
+WHERE c.oid = 'public.events'::regclass;

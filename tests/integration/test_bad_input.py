@@ -16,6 +16,8 @@ from standardwebhooks.webhooks import Webhook
 from support.daemon import daemon_env
 from support.receiver import Reply
 
+from dispatcher.request import message_id
+
 
 async def count(conn, where: str, params=()) -> int:
     cur = await conn.execute(f"SELECT count(*) AS n FROM webhook_deliveries WHERE {where}", params)
@@ -284,7 +286,8 @@ async def test_custom_headers_naming_hop_by_hop_or_signature_headers_are_ignored
     secret = base64.b64encode(hook["secret"].encode()).decode()
     Webhook("whsec_" + secret).verify(req.body, dict(req.headers))  # ours, not the forged ones
     assert req.headers["X-Tenant"] == "acme"
-    assert req.headers["webhook-id"] == str(row["id"])
+    assert req.headers["webhook-id"] == message_id(row["event_id"], hook["id"], row["id"])
+    assert req.headers["X-InTime-Delivery"] == str(row["id"])
     assert req.headers["X-InTime-Event"] == "job.created"
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers.get("Host", "").startswith("127.0.0.1")

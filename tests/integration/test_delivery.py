@@ -14,6 +14,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from support.receiver import Reply
 
+from dispatcher.request import message_id
+
 
 def whsec(secret: str) -> str:
     """The host's 64-hex secrets sign with their UTF-8 bytes: the whsec_ form of those bytes."""
@@ -54,7 +56,9 @@ async def test_published_event_reaches_matching_webhooks_signed_both_ways(
         assert payload["type"] == payload["event"] == "job.created"
         assert payload["org_id"] == str(org)
         assert payload["data"] == {"title": "Welder"}
-        assert req.headers["webhook-id"] == str(row["id"])
+        # webhook-id: one per (event, webhook), stable across rows; X-InTime-Delivery: the row.
+        assert req.headers["webhook-id"] == message_id(event_id, hook["id"], row["id"])
+        assert req.headers["X-InTime-Delivery"] == str(row["id"])
         # The host's recipe, computed independently.
         ts = req.headers["X-InTime-Timestamp"]
         assert req.headers["X-InTime-Signature"] == intime_signature(hook["secret"], ts, req.body)
@@ -69,7 +73,10 @@ async def test_published_event_reaches_matching_webhooks_signed_both_ways(
         assert row["response_status"] == 204
         assert row["attempt_number"] == 1 and row["max_attempts"] == 4
         assert row["delivered_at"] is not None and row["duration_ms"] is not None
-        assert row["request_headers"]["webhook-id"] == str(row["id"])
+        assert row["request_headers"]["X-InTime-Delivery"] == str(row["id"])
+        assert row["request_headers"]["webhook-id"] == message_id(
+            event_id, row["webhook_id"], row["id"]
+        )
     assert receiver.requests_for("/jobs")[0].headers["X-Tenant"] == "acme"
     hook = await hostdb.webhook(conn, jobs["id"])
     assert hook["consecutive_failures"] == 0 and hook["last_success_at"] is not None
@@ -116,7 +123,12 @@ async def test_server_error_is_retried_with_backoff_then_succeeds(conn, receiver
     [row] = await hostdb.wait_deliveries(conn, "status = 'success'", 1)
     assert row["attempt_number"] == 2 and row["response_status"] == 200
     reqs = await receiver.wait_for(2)
-    assert reqs[0].headers["webhook-id"] == reqs[1].headers["webhook-id"] == str(row["id"])
+    assert (
+        reqs[0].headers["webhook-id"]
+        == reqs[1].headers["webhook-id"]
+        == message_id(row["event_id"], row["webhook_id"], row["id"])
+    )
+    assert reqs[0].headers["X-InTime-Delivery"] == reqs[1].headers["X-InTime-Delivery"]
     cur = await conn.execute(
         "SELECT attempt_number, outcome, response_status FROM dispatcher.attempts "
         "WHERE delivery_id = %s ORDER BY id",

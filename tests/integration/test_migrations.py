@@ -199,6 +199,7 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
         assert (await cur.fetchone())["n"] == 30, "premise: old outbox rows carry ids"
 
         applied = await apply_migrations(empty_db_dsn)
+        # Every later migration too (0013, 0014 change the outbox): the backlog survives them.
         assert applied[:3] == [
             "0008_outbox_without_sequence",
             "0009_due_since",

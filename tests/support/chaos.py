@@ -103,7 +103,9 @@ class ChaosReceiver:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         await request.read()
-        receipt = Receipt(request.headers.get("webhook-id", "?"), request.path, time.monotonic())
+        receipt = Receipt(
+            request.headers.get("X-InTime-Delivery", "?"), request.path, time.monotonic()
+        )
         self.receipts.append(receipt)
         while self._modes[request.path] == "hang" and not self._closing.is_set():
             await self._mode_changed.wait()

@@ -1,0 +1,81 @@
+"""`dispatcher quarantine list|retry`: events stuck before fan-out.
+
+Quarantined events are those whose fan-out exceeded statement_timeout even alone
+(dispatcher/intake.py); unreadable ones wait in the outbox because the database role
+cannot read them. Registered into `dispatcher` (cli.py) like admin_cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dispatcher import cli
+from dispatcher.admin_cli import Sub, _leaf, emit, int_arg, run_db
+from dispatcher.admin_format import parse_uuid, table, when
+from dispatcher.errors import ExitCode, InvalidInput
+from dispatcher.queries import query
+from dispatcher.settings import Settings
+
+COLUMNS = (
+    ("kind", "KIND"),
+    ("event_id", "EVENT"),
+    ("org_id", "ORG"),
+    ("event_type", "TYPE"),
+    ("times", "TIMES"),
+    ("queued", "QUEUED"),
+    ("error", "ERROR"),
+)
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser("quarantine", help="events that could not be fanned out")
+    g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = _leaf(
+        g,
+        "list",
+        "quarantine list",
+        "quarantined events, and outbox events the database role cannot read",
+    )
+    q.add_argument("--limit", default="100", help="at most this many rows (default 100)")
+    q = _leaf(g, "retry", "quarantine retry", "put quarantined events back in the outbox")
+    q.add_argument("ids", metavar="EVENT_ID", nargs="*", help="events to retry")
+    q.add_argument("--all", action="store_true", help="every quarantined event")
+
+
+cli.extend(register)
+
+
+@cli.command("quarantine list")
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    limit = int_arg(args.limit, "--limit")
+
+    async def fetch(conn: Any) -> list[dict[str, Any]]:
+        cur = await conn.execute(query("quarantine_list"), {"limit": limit})
+        return [dict(r) for r in await cur.fetchall()]
+
+    rows = run_db(settings, fetch)
+    for r in rows:
+        r["queued"] = when(r["queued_at"])
+
+    def human() -> str:
+        return table(rows, COLUMNS) if rows else "nothing is quarantined or unreadable"
+
+    emit(args, rows, human)
+    return ExitCode.OK
+
+
+@cli.command("quarantine retry")
+def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    if bool(args.ids) == bool(args.all):
+        raise InvalidInput("give the event ids to retry, or --all (not both)")
+    ids = None if args.all else [parse_uuid(v, "EVENT_ID") for v in args.ids]
+
+    async def retry(conn: Any) -> int:
+        cur = await conn.execute(query("quarantine_retry"), {"ids": ids})
+        row = await cur.fetchone()
+        return int(row["retried"]) if row else 0
+
+    n = run_db(settings, retry)
+    emit(args, {"retried": n}, lambda: f"put {n} event(s) back in the outbox")
+    return ExitCode.OK
