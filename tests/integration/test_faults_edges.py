@@ -1,0 +1,87 @@
+"""Regression tests for issue 10 items 8-14 (the edges): malformed host names, unexpected
+exceptions in an attempt, DNS that never answers, failures that are not the endpoint's,
+`migrate` behind a host lock, OAuth bodies in several TCP segments, the full event type in
+X-InTime-Event. Real PostgreSQL, real HTTP and DNS sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+
+from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
+from dispatcher.ssrf import parse_networks
+
+LOOPBACK_NETS = parse_networks("127.0.0.0/8")
+
+
+# --- item 12: the OAuth token response is read whole --------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def chunked_token_server(body: bytes, pause: float) -> AsyncIterator[str]:
+    """A token endpoint that sends its headers and the first half of the JSON, pauses, then
+    sends the rest (two TCP segments; Content-Length covers the whole body)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            half = len(body) // 2
+            writer.write(head + body[:half])
+            await writer.drain()
+            await asyncio.sleep(pause)
+            writer.write(body[half:])
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/token"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_oauth_token_body_in_two_tcp_chunks_is_read_whole() -> None:
+    answer = {
+        "access_token": "at-" + "a" * 200,
+        "refresh_token": "rotated-refresh-token",
+        "expires_in": 3600,
+        "token_type": "Bearer",
+    }
+    body = orjson.dumps(answer)
+    async with (
+        chunked_token_server(body, pause=0.3) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        client = OAuthClient(session, LOOPBACK_NETS, timeout=10)
+        req = RefreshRequest(url, {"grant_type": "refresh_token"}, {}, ("old-refresh",))
+        outcome = await client.refresh(req)
+    assert isinstance(outcome, Grant), outcome
+    assert outcome.access_token == answer["access_token"]
+    assert outcome.refresh_token == "rotated-refresh-token"
+
+
+async def test_oauth_token_body_over_the_cap_is_a_clear_transient_failure() -> None:
+    body = orjson.dumps({"access_token": "x", "padding": "p" * (70 * 1024)})
+    async with (
+        chunked_token_server(body, pause=0.05) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        client = OAuthClient(session, LOOPBACK_NETS, timeout=10)
+        req = RefreshRequest(url, {"grant_type": "refresh_token"}, {}, ("old-refresh",))
+        outcome = await client.refresh(req)
+    assert isinstance(outcome, Transient)
+    assert outcome.error == "invalid_response"
+    assert "over 65536 bytes" in outcome.message
