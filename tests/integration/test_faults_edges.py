@@ -10,8 +10,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+import hostdb
 import orjson
 import pytest
+from support.receiver import Reply
 
 from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.ssrf import parse_networks
@@ -85,3 +87,29 @@ async def test_oauth_token_body_over_the_cap_is_a_clear_transient_failure() -> N
     assert isinstance(outcome, Transient)
     assert outcome.error == "invalid_response"
     assert "over 65536 bytes" in outcome.message
+
+
+# --- item 14: X-InTime-Event carries the whole event type ---------------------------------------
+
+
+async def test_event_header_carries_the_whole_type_beyond_the_columns_100_chars(
+    conn, receiver, start_daemon
+):
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    # First attempt fails: the retry goes through claim_due, the first through fan_out.
+    receiver.respond("/hook", Reply(500), Reply(204))
+    await hostdb.set_retry_config(
+        conn, org, base_delay_seconds=1, max_delay_seconds=1, enable_jitter=False
+    )
+    long_type = "system." + ".".join(["segment" + "x" * 40] * 3)  # 7 + 3*47 + 2 = 150
+    assert len(long_type) > 100
+    await start_daemon()
+    await hostdb.publish(conn, long_type, {"n": 1}, org)
+    [row] = await hostdb.wait_deliveries(conn, "status = 'success'", 1, timeout=30)
+    assert row["event_type"] == long_type[:100]  # the host's varchar(100) column
+    received = receiver.requests_for("/hook")
+    assert len(received) == 2
+    for request in received:
+        assert request.headers["X-InTime-Event"] == long_type
+        assert orjson.loads(request.body)["type"] == long_type
