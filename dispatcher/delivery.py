@@ -82,6 +82,10 @@ class AttemptResult:
     retry_after: float | None = None
     request_headers: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    # False for a failure that is ours or the event's (body too large, cannot sign, URL
+    # refused by our own validation, an unexpected error here): it never counts toward
+    # the webhook's consecutive_failures, so it cannot disable a healthy endpoint.
+    charged: bool = True
 
 
 def _clean(text: str) -> str:
@@ -148,6 +152,7 @@ class Sender:
         if len(body) > self._settings.max_body_bytes:
             return AttemptResult(
                 Outcome.REFUSED,
+                charged=False,
                 error_code="body_too_large",
                 error_message=(
                     f"request body is {len(body)} bytes, above the limit of "
@@ -168,7 +173,10 @@ class Sender:
             )
         except InvalidTarget as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="invalid_url", error_message=_one_line(str(exc))
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_url",
+                error_message=_one_line(str(exc)),
             )
         except TargetRefused as exc:
             return AttemptResult(
@@ -176,7 +184,10 @@ class Sender:
             )
         except InvalidWebhook as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="invalid_webhook", error_message=_one_line(str(exc))
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_webhook",
+                error_message=_one_line(str(exc)),
             )
 
     def _validated(self, url: str) -> str:

@@ -274,6 +274,7 @@ class Dispatcher:
             max_attempts=d.max_attempts,
             policy=d.policy,
             retry_after=result.retry_after,
+            charged=result.charged,
         )
         self._record(d, result, t, result.error_message)
 

@@ -113,3 +113,22 @@ async def test_event_header_carries_the_whole_type_beyond_the_columns_100_chars(
     for request in received:
         assert request.headers["X-InTime-Event"] == long_type
         assert orjson.loads(request.body)["type"] == long_type
+
+
+# --- item 10: failures that are ours or the event's are not the endpoint's -----------------------
+
+
+async def test_ten_oversized_events_do_not_disable_a_healthy_webhook(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    for i in range(10):  # before the start: one fan-out, all ten attempted at once
+        await hostdb.publish(conn, "job.huge", {"i": i, "blob": "x" * 4096}, org)
+    await start_daemon(max_body_bytes=2048)
+    rows = await hostdb.wait_deliveries(conn, "status = 'failed'", 10, timeout=30)
+    assert {r["error_code"] for r in rows} == {"body_too_large"}
+    await hostdb.publish(conn, "job.small", {"n": 1}, org)
+    await hostdb.wait_deliveries(conn, "status = 'success'", 1, timeout=30)
+    state = await hostdb.webhook(conn, hook["id"])
+    assert state["status"] == "active"
+    assert state["consecutive_failures"] == 0
+    assert len(receiver.requests_for("/hook")) == 1
