@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
@@ -43,6 +44,8 @@ from dispatcher.ssrf import (
     refused_cause,
     validate_url,
 )
+
+log = structlog.get_logger("dispatcher.delivery")
 
 # What is kept of a response's headers.
 MAX_RESPONSE_HEADERS = 64
@@ -201,6 +204,27 @@ class Sender:
         return known
 
     async def attempt(self, target: Target) -> AttemptResult:
+        """One attempt; never raises (cancellation aside). An exception nobody expected
+        becomes a retryable failure that is not charged to the endpoint, logged with the
+        delivery id: never an unretrieved task exception and a row retaken forever."""
+        try:
+            return await self._attempt(target)
+        except Exception as exc:
+            detail = _one_line(f"{type(exc).__name__}: {exc}", 200)
+            log.error(
+                "attempt_crashed",
+                delivery_id=target.delivery_id,
+                error=type(exc).__name__,
+                detail=detail,
+            )
+            return AttemptResult(
+                Outcome.RETRYABLE,
+                charged=False,
+                error_code="internal_error",
+                error_message=f"unexpected error in the dispatcher: {detail}",
+            )
+
+    async def _attempt(self, target: Target) -> AttemptResult:
         body = target.body.encode("utf-8")
         prepared = self.prepare(target, body)
         if isinstance(prepared, AttemptResult):
@@ -270,6 +294,15 @@ class Sender:
                 )
             code, message = describe_network_error(exc)
             return AttemptResult(Outcome.RETRYABLE, error_code=code, error_message=message)
+        except UnicodeError as exc:
+            # The host name cannot be encoded for the resolver (IDNA): validate_url should
+            # have refused it; the same verdict if a form slipped through.
+            return AttemptResult(
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_url",
+                error_message=_one_line(f"invalid webhook URL: host name rejected ({exc})"),
+            )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[str, str | None]:
         """At most response_body_chars characters, reading at most a bounded number of bytes

@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import hostdb
 import orjson
-import pytest
+import structlog
+from aiohttp.abc import AbstractResolver
 from support.receiver import Reply
 
+from dispatcher.delivery import Sender, Target
 from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
+from dispatcher.outcomes import Outcome
+from dispatcher.settings import Settings
 from dispatcher.ssrf import parse_networks
 
 LOOPBACK_NETS = parse_networks("127.0.0.0/8")
@@ -132,3 +137,59 @@ async def test_ten_oversized_events_do_not_disable_a_healthy_webhook(conn, recei
     assert state["status"] == "active"
     assert state["consecutive_failures"] == 0
     assert len(receiver.requests_for("/hook")) == 1
+
+
+# --- item 8: malformed host names, and any exception in an attempt, end as recorded failures ----
+
+MALFORMED_URLS = [
+    "https://api..example.com/hook",
+    "https://" + "a" * 64 + ".example.com/hook",
+    "https://.example.com/hook",
+    "https://xn--a.example/hook",
+]
+
+
+async def test_malformed_host_names_fail_clearly_and_are_not_charged(conn, receiver, start_daemon):
+    org = await hostdb.create_org(conn)
+    bad = [await hostdb.create_webhook(conn, org, url, ["*"]) for url in MALFORMED_URLS]
+    good = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    await start_daemon()
+    for i in range(3):
+        await hostdb.publish(conn, "job.created", {"i": i}, org)
+    await hostdb.wait_deliveries(conn, "status = 'success'", 3, timeout=30)
+    rows = await hostdb.wait_deliveries(
+        conn, "status = 'failed'", 3 * len(MALFORMED_URLS), timeout=30
+    )
+    assert {r["error_code"] for r in rows} == {"invalid_url"}
+    assert all("invalid webhook URL: host" in r["error_message"] for r in rows)
+    for hook in [*bad, good]:
+        state = await hostdb.webhook(conn, hook["id"])
+        assert state["status"] == "active" and state["consecutive_failures"] == 0
+    left = await hostdb.deliveries(conn, "status IN ('pending', 'retrying')")
+    assert left == []
+
+
+class _BrokenResolver(AbstractResolver):
+    """A resolver with a bug: raises something no caller expects."""
+
+    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> Any:
+        raise RuntimeError("resolver bug")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_unexpected_exception_in_an_attempt_is_a_recorded_failure() -> None:
+    sender = Sender(Settings(), resolver=_BrokenResolver())
+    await sender.start()
+    try:
+        target = Target("d-123", "job.created", "https://hook.example.com/x", "{}", ["s"], {})
+        with structlog.testing.capture_logs() as logs:
+            result = await sender.attempt(target)
+    finally:
+        await sender.close()
+    assert result.outcome is Outcome.RETRYABLE
+    assert result.error_code == "internal_error" and not result.charged
+    assert "RuntimeError: resolver bug" in (result.error_message or "")
+    [line] = [x for x in logs if x["event"] == "attempt_crashed"]
+    assert line["delivery_id"] == "d-123"
