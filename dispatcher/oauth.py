@@ -268,7 +268,8 @@ class OAuthClient:
         if len(body) > MAX_RESPONSE_BYTES:
             return Transient(
                 "invalid_response",
-                f"token endpoint answered HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes",
+                f"token endpoint answered HTTP {status} with a body over "
+                f"{MAX_RESPONSE_BYTES} bytes",
                 status,
             )
         outcome = classify_response(status, body, datetime.now(UTC), req.secrets, retry_after)

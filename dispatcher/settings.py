@@ -262,7 +262,7 @@ def _as_uri(scheme: str, params: dict[str, Any]) -> str:
         authority += "@"
     elif password is not None:
         params["password"] = password
-    if hosts.startswith("/") or "," in ports and "," not in hosts:
+    if hosts.startswith("/") or ("," in ports and "," not in hosts):
         params["host"], params["port"] = hosts or None, ports or None
         hosts = ports = ""
     host_list = hosts.split(",") if hosts else []
