@@ -75,6 +75,15 @@ class Settings(BaseSettings):
             "supports it (less CPU than pglz), or the server's default_toast_compression"
         ),
     )
+    migrate_lock_timeout_ms: int = Field(
+        default=2000,
+        ge=10,
+        le=600_000,
+        description="`migrate`: how long a statement may wait for a lock on a host table",
+    )
+    migrate_lock_attempts: int = Field(
+        default=5, ge=1, le=100, description="`migrate`: tries of a migration whose locks are busy"
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=8, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=0)

@@ -8,22 +8,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import hostdb
 import orjson
+import psycopg
+import pytest
 import structlog
 from aiohttp.abc import AbstractResolver
 from support.receiver import Reply
 
 from dispatcher.delivery import Sender, Target
+from dispatcher.errors import MigrationBlocked
+from dispatcher.migrations import apply_migrations
 from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.outcomes import Outcome
 from dispatcher.settings import Settings
 from dispatcher.ssrf import parse_networks
 
 LOOPBACK_NETS = parse_networks("127.0.0.0/8")
+HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
 
 
 # --- item 12: the OAuth token response is read whole --------------------------------------------
@@ -193,3 +199,49 @@ async def test_an_unexpected_exception_in_an_attempt_is_a_recorded_failure() -> 
     assert "RuntimeError: resolver bug" in (result.error_message or "")
     [line] = [x for x in logs if x["event"] == "attempt_crashed"]
     assert line["delivery_id"] == "d-123"
+
+
+# --- item 11: `migrate` never queues the host's publishers behind it ----------------------------
+
+
+async def test_migrate_behind_an_open_host_transaction_fails_clearly_and_never_blocks_publishers(
+    empty_db_dsn,
+):
+    with psycopg.connect(empty_db_dsn, autocommit=True) as c:
+        c.execute(HOST_SCHEMA)
+    holder = await psycopg.AsyncConnection.connect(empty_db_dsn)  # a transaction left open
+    publisher = await psycopg.AsyncConnection.connect(empty_db_dsn, autocommit=True)
+    try:
+        await holder.execute(
+            "INSERT INTO events (event_type, event_category, payload, org_id) "
+            "VALUES ('job.held', 'job', '{}', %s)",
+            (hostdb.DEFAULT_ORG,),
+        )
+        await publisher.execute("SET statement_timeout = '10s'")
+        migrate = asyncio.create_task(
+            apply_migrations(empty_db_dsn, lock_timeout_ms=300, attempts=3, retry_pause=0.2)
+        )
+        published = 0
+        async with asyncio.timeout(60):
+            while not migrate.done():
+                # Queued behind a waiting ALTER/CREATE TRIGGER, this would hit the
+                # statement timeout; with lock_timeout it waits at most one short try.
+                await publisher.execute(
+                    "SELECT publish_event('job.created', NULL, '{}'::jsonb, NULL, "
+                    "'{}'::jsonb, %s)",
+                    (hostdb.DEFAULT_ORG,),
+                )
+                published += 1
+                await asyncio.sleep(0.05)
+        with pytest.raises(MigrationBlocked) as blocked:
+            await migrate
+        message = str(blocked.value)
+        assert "lock_timeout (300 ms)" in message and "3 tries" in message
+        assert "dispatcher migrate" in message
+        assert published > 0
+        await holder.commit()
+        assert await apply_migrations(empty_db_dsn, lock_timeout_ms=300) != []
+        assert await apply_migrations(empty_db_dsn) == []
+    finally:
+        await holder.close()
+        await publisher.close()
