@@ -227,8 +227,7 @@ async def test_migrate_behind_an_open_host_transaction_fails_clearly_and_never_b
                 # Queued behind a waiting ALTER/CREATE TRIGGER, this would hit the
                 # statement timeout; with lock_timeout it waits at most one short try.
                 await publisher.execute(
-                    "SELECT publish_event('job.created', NULL, '{}'::jsonb, NULL, "
-                    "'{}'::jsonb, %s)",
+                    "SELECT publish_event('job.created', NULL, '{}'::jsonb, NULL, '{}'::jsonb, %s)",
                     (hostdb.DEFAULT_ORG,),
                 )
                 published += 1
