@@ -28,6 +28,13 @@ import structlog
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
+from dispatcher.dns import (
+    BoundedResolver,
+    LookupsBusy,
+    lookup_owner,
+    parse_dns_servers,
+    system_resolver,
+)
 from dispatcher.outcomes import Outcome, classify_status
 from dispatcher.request import (
     BuiltRequest,
@@ -71,6 +78,7 @@ class Target:
     body: str
     secrets: list[str]
     headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
+    org_id: str | None = None  # whose DNS lookup budget the attempt uses
 
 
 @dataclass(slots=True)
@@ -121,7 +129,18 @@ class Sender:
         self._urls: dict[str, str] = {}  # URL -> validated form (only accepted URLs)
         self._read_bytes = max(settings.response_body_chars * 4, 1024)
         if resolver is None or not isinstance(resolver, GuardedResolver):
-            resolver = GuardedResolver(allowed=self._allowed, inner=resolver)
+            given = resolver
+            servers = parse_dns_servers(settings.dns_servers)
+
+            def make() -> AbstractResolver:
+                if given is not None:
+                    return given
+                return system_resolver(servers, settings.dns_timeout, settings.dns_threads)
+
+            bounded = BoundedResolver(
+                make, timeout=settings.dns_timeout, per_owner=settings.dns_max_per_org
+            )
+            resolver = GuardedResolver(allowed=self._allowed, inner=bounded)
         self._resolver: GuardedResolver = resolver
 
     async def start(self) -> None:
@@ -148,6 +167,7 @@ class Sender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._resolver.close()  # lookups still waiting end here: stop never hangs
 
     def prepare(self, target: Target, body: bytes) -> BuiltRequest | AttemptResult:
         """Checks done before any byte is sent; an AttemptResult means refused.
@@ -207,6 +227,7 @@ class Sender:
         """One attempt; never raises (cancellation aside). An exception nobody expected
         becomes a retryable failure that is not charged to the endpoint, logged with the
         delivery id: never an unretrieved task exception and a row retaken forever."""
+        owner = lookup_owner.set(target.org_id)
         try:
             return await self._attempt(target)
         except Exception as exc:
@@ -223,6 +244,8 @@ class Sender:
                 error_code="internal_error",
                 error_message=f"unexpected error in the dispatcher: {detail}",
             )
+        finally:
+            lookup_owner.reset(owner)
 
     async def _attempt(self, target: Target) -> AttemptResult:
         body = target.body.encode("utf-8")
@@ -291,6 +314,14 @@ class Sender:
                     Outcome.REFUSED,
                     error_code="target_refused",
                     error_message=_one_line(str(refused)),
+                )
+            busy = _find(exc, LookupsBusy)
+            if busy is not None:  # another webhook of the org holds the lookups: not charged
+                return AttemptResult(
+                    Outcome.RETRYABLE,
+                    charged=False,
+                    error_code="dns_busy",
+                    error_message=_one_line(str(busy)),
                 )
             code, message = describe_network_error(exc)
             return AttemptResult(Outcome.RETRYABLE, error_code=code, error_message=message)

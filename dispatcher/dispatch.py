@@ -266,7 +266,15 @@ class Dispatcher:
             self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
             return
         result = await self._sender.attempt(
-            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers)
+            Target(
+                str(d.id),
+                d.event_type,
+                d.url,
+                d.request_body,
+                d.secrets,
+                d.headers,
+                org_id=str(d.org_id),
+            )
         )
         t = after_attempt(
             outcome=result.outcome,

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher.dns import parse_dns_servers
 from dispatcher.errors import ConfigError
 from dispatcher.ssrf import IPNetwork, parse_networks
 
@@ -74,6 +75,20 @@ class Settings(BaseSettings):
             "compression of the wide delivery columns the daemon writes: lz4 where the server "
             "supports it (less CPU than pglz), or the server's default_toast_compression"
         ),
+    )
+    dns_servers: str = Field(
+        default="",
+        description="comma-separated DNS servers (ip or ip:port) for webhook hosts; "
+        "empty = /etc/resolv.conf",
+    )
+    dns_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="seconds one webhook host lookup may take"
+    )
+    dns_max_per_org: int = Field(
+        default=8, ge=1, le=4096, description="webhook host lookups one org may have waiting"
+    )
+    dns_threads: int = Field(
+        default=8, ge=1, le=256, description="lookup threads, only when aiodns is not installed"
     )
     migrate_lock_timeout_ms: int = Field(
         default=2000,
@@ -127,6 +142,12 @@ class Settings(BaseSettings):
     health_unhealthy_after: int = Field(default=2, ge=1, le=100)
     health_log_retention_days: int = Field(default=30, ge=1, le=3650)
     health_log_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers_parse(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
 
     @field_validator("allowed_target_networks")
     @classmethod

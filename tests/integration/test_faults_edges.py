@@ -244,3 +244,84 @@ async def test_migrate_behind_an_open_host_transaction_fails_clearly_and_never_b
     finally:
         await holder.close()
         await publisher.close()
+
+
+# --- item 9: one tenant's DNS never starves another ---------------------------------------------
+
+
+class BlackHoleDns:
+    """A DNS server on loopback (UDP) that reads every query and never answers."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> BlackHoleDns:
+        outer = self
+
+        class Swallow(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                outer.queries += 1
+
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(Swallow, local_addr=("127.0.0.1", 0))
+        self._transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def test_a_tenant_whose_dns_never_answers_does_not_starve_another(
+    conn, receiver, start_daemon
+):
+    hung_org = await hostdb.create_org(conn, "Hung DNS")
+    healthy_org = await hostdb.create_org(conn, "Healthy")
+    hung = [
+        await hostdb.create_webhook(conn, hung_org, f"http://hook-{i}.hung.test/h", ["*"])
+        for i in range(6)
+    ]
+    # "localhost" is answered from the hosts file, never by the (silent) DNS server.
+    await hostdb.create_webhook(conn, healthy_org, f"http://localhost:{receiver.port}/hook", ["*"])
+    async with BlackHoleDns() as dns:
+        running = await start_daemon(
+            dns_servers=f"127.0.0.1:{dns.port}",
+            dns_timeout=1.0,
+            dns_max_per_org=2,
+            concurrency=8,
+            allowed_target_networks="127.0.0.0/8,::1/128",
+        )
+        for i in range(5):
+            await hostdb.publish(conn, "job.created", {"i": i}, hung_org)
+        for i in range(20):
+            await hostdb.publish(conn, "job.created", {"i": i}, healthy_org)
+        # The healthy org's 20 events arrive while the other org's lookups hang.
+        await receiver.wait_for(20, "/hook", timeout=60)
+        hung_ids = [h["id"] for h in hung]
+        rows = await hostdb.wait_deliveries(
+            conn,
+            "webhook_id = ANY(%s) AND error_code IS NOT NULL",
+            6,
+            params=(hung_ids,),
+            timeout=60,
+        )
+        codes = {r["error_code"] for r in rows}
+        assert codes <= {"dns_error", "dns_busy"}, codes
+        assert dns.queries > 0, "the resolver was not pointed at the configured server"
+        timed_out = [r for r in rows if r["error_code"] == "dns_error"]
+        assert timed_out and all(
+            "timed out after 1 s (DISPATCHER_DNS_TIMEOUT)" in r["error_message"] for r in timed_out
+        )
+        # The org cap turned the lookups above 2 into immediate, uncharged retries.
+        await hostdb.wait_deliveries(
+            conn,
+            "webhook_id = ANY(%s) AND error_code = 'dns_busy'",
+            1,
+            params=(hung_ids,),
+            timeout=60,
+        )
+        # A graceful stop does not hang on lookups that never end.
+        await asyncio.wait_for(running.stop(), 30)
