@@ -26,7 +26,7 @@ from dispatcher.migrations import apply_migrations
 from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.outcomes import Outcome
 from dispatcher.settings import Settings
-from dispatcher.ssrf import parse_networks
+from dispatcher.ssrf import TargetRefused, parse_networks, validate_url
 
 LOOPBACK_NETS = parse_networks("127.0.0.0/8")
 HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
@@ -325,3 +325,41 @@ async def test_a_tenant_whose_dns_never_answers_does_not_starve_another(
         )
         # A graceful stop does not hang on lookups that never end.
         await asyncio.wait_for(running.stop(), 30)
+
+
+URL_CASES = [
+    # (url, usable for both the SQL API and the daemon's guard)
+    ("https://api.example.com/hook", True),
+    ("https://api.example.com./hook", True),
+    ("http://a_b.example.com:8080/x?y=1", True),
+    ("https://xn--bcher-kva.example/x", True),
+    ("https://93.184.216.34/hook", True),
+    ("https://[2606:4700::1111]:8443/hook", True),
+    ("https://api..example.com/hook", False),
+    ("https://.example.com/hook", False),
+    ("https://" + "a" * 64 + ".example.com/", False),
+    ("https://" + ("a" * 60 + ".") * 5 + "com/", False),
+    ("https://-bad.example.com/", False),
+    ("https://bad-.example.com/", False),
+    ("https://exa mple.com/", False),
+    ("ftp://example.com/", False),
+    ("https://user:pw@example.com/", False),
+    ("https://example.com:0/", False),
+    ("https:///nohost", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("url", "usable"), URL_CASES, ids=[u[:40] for u, _ in URL_CASES])
+async def test_sql_api_checks_webhook_urls_like_the_daemon(conn, url, usable):
+    cur = await conn.execute("SELECT dispatcher.webhook_url_problem(%s) AS problem", (url,))
+    problem = (await cur.fetchone())["problem"]
+    assert (problem is None) is usable, problem
+    if problem is not None:
+        assert problem.startswith("invalid webhook URL")
+    try:
+        validate_url(url, parse_networks("0.0.0.0/0,::/0"))
+        daemon_accepts = True
+    except TargetRefused:
+        daemon_accepts = False
+    assert daemon_accepts is usable
