@@ -28,13 +28,7 @@ import structlog
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
-from dispatcher.dns import (
-    BoundedResolver,
-    LookupsBusy,
-    lookup_owner,
-    parse_dns_servers,
-    system_resolver,
-)
+from dispatcher.dns import LookupsBusy, bounded_resolver, lookup_owner
 from dispatcher.outcomes import Outcome, classify_status
 from dispatcher.request import (
     BuiltRequest,
@@ -129,16 +123,12 @@ class Sender:
         self._urls: dict[str, str] = {}  # URL -> validated form (only accepted URLs)
         self._read_bytes = max(settings.response_body_chars * 4, 1024)
         if resolver is None or not isinstance(resolver, GuardedResolver):
-            given = resolver
-            servers = parse_dns_servers(settings.dns_servers)
-
-            def make() -> AbstractResolver:
-                if given is not None:
-                    return given
-                return system_resolver(servers, settings.dns_timeout, settings.dns_threads)
-
-            bounded = BoundedResolver(
-                make, timeout=settings.dns_timeout, per_owner=settings.dns_max_per_org
+            bounded = bounded_resolver(
+                settings.dns_servers,
+                settings.dns_timeout,
+                settings.dns_max_per_org,
+                settings.dns_threads,
+                inner=resolver,
             )
             resolver = GuardedResolver(allowed=self._allowed, inner=bounded)
         self._resolver: GuardedResolver = resolver

@@ -31,8 +31,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 __all__ = [
     "BoundedResolver",
+    "DnsFailure",
     "LookupTimeout",
     "LookupsBusy",
+    "bounded_resolver",
     "lookup_owner",
     "parse_dns_servers",
     "system_resolver",
@@ -43,7 +45,7 @@ lookup_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-class LookupError_(OSError):
+class DnsFailure(OSError):
     """Base of the lookup failures raised here. An OSError without errno, so aiohttp wraps
     it in ClientConnectorDNSError like any resolver failure; ``strerror`` is the message."""
 
@@ -55,11 +57,11 @@ class LookupError_(OSError):
         return str(self.strerror)
 
 
-class LookupTimeout(LookupError_):
+class LookupTimeout(DnsFailure):
     """The name's DNS did not answer within DISPATCHER_DNS_TIMEOUT."""
 
 
-class LookupsBusy(LookupError_):
+class LookupsBusy(DnsFailure):
     """The organization already has DISPATCHER_DNS_MAX_PER_ORG lookups waiting."""
 
 
@@ -192,3 +194,20 @@ class BoundedResolver(AbstractResolver):
         if self._inner is not None:
             inner, self._inner = self._inner, None
             await inner.close()
+
+
+def bounded_resolver(
+    servers: str,
+    timeout: float,
+    per_owner: int,
+    threads: int,
+    inner: AbstractResolver | None = None,
+) -> BoundedResolver:
+    """The resolver of the settings' ``DISPATCHER_DNS_*`` values (``inner`` replaces the
+    system resolver, for tests)."""
+    parsed = parse_dns_servers(servers)
+
+    def make() -> AbstractResolver:
+        return inner if inner is not None else system_resolver(parsed, timeout, threads)
+
+    return BoundedResolver(make, timeout=timeout, per_owner=per_owner)
