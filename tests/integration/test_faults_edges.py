@@ -363,3 +363,27 @@ async def test_sql_api_checks_webhook_urls_like_the_daemon(conn, url, usable):
     except TargetRefused:
         daemon_accepts = False
     assert daemon_accepts is usable
+
+
+async def test_a_graceful_stop_does_not_wait_for_a_lookup_that_never_ends(
+    conn, receiver, start_daemon
+):
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, "http://stuck.hung.test/h", ["*"])
+    async with BlackHoleDns() as dns:
+        running = await start_daemon(
+            dns_servers=f"127.0.0.1:{dns.port}",
+            dns_timeout=100.0,  # the lookup outlives the grace: the stop must cut it
+            http_timeout=110.0,
+            lease_seconds=130.0,
+            shutdown_grace=1.0,
+        )
+        await hostdb.publish(conn, "job.created", {"n": 1}, org)
+        async with asyncio.timeout(30):
+            while dns.queries == 0:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(running.stop(), 30)
+    # Released, not left leased for the rest of its lease: due again at once.
+    [row] = await hostdb.deliveries(conn)
+    assert row["status"] == "pending"
+    assert row["next_retry_at"] is None
