@@ -19,8 +19,10 @@ import errno
 import re
 import ssl
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -221,7 +223,11 @@ class Sender:
         try:
             return await self._attempt(target)
         except Exception as exc:
-            detail = _one_line(f"{type(exc).__name__}: {exc}", 200)
+            # The exception's text may quote a secret or a header value: only its type and
+            # where it was raised leave this method.
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+            detail = f"{type(exc).__name__}{where}"
             log.error(
                 "attempt_crashed",
                 delivery_id=target.delivery_id,
