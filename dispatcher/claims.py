@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import structlog
 
 from dispatcher.backoff import RetryPolicy
@@ -63,7 +64,7 @@ class Claimed:
             org_id=row["org_id"],
             webhook_id=row["webhook_id"],
             event_id=row["event_id"],
-            event_type=row["event_type"] or "",
+            event_type=full_event_type(row["event_type"] or "", row["request_body"]),
             request_body=row["request_body"] or "",
             attempt=max(int(row["attempt_number"]), 1),
             max_attempts=max(int(row["max_attempts"]), 1),
@@ -75,6 +76,26 @@ class Claimed:
             policy=policy,
             failing=bool(row.get("failing")),
         )
+
+
+# webhook_deliveries.event_type is the host's varchar(100): longer types are cut there.
+EVENT_TYPE_COLUMN_CHARS = 100
+
+
+def full_event_type(stored: str, body: str | None) -> str:
+    """The event's whole type for X-InTime-Event: the delivery row's column when it is
+    shorter than the column's limit, else the ``type`` of the signed body when that
+    continues what the row kept (the column is cut at 100 characters, the body is not)."""
+    if len(stored) < EVENT_TYPE_COLUMN_CHARS or not body:
+        return stored
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return stored
+    full = data.get("type") if isinstance(data, dict) else None
+    if isinstance(full, str) and len(full) > len(stored) and full.startswith(stored):
+        return full
+    return stored
 
 
 @functools.lru_cache(maxsize=4096)

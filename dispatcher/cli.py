@@ -98,7 +98,11 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             print("schema is current")
             return ExitCode.OK
         await db.connect(settings)  # a clear DatabaseUnavailable before anything else
-        applied = await migrations.apply_migrations(settings.dsn())
+        applied = await migrations.apply_migrations(
+            settings.dsn(),
+            lock_timeout_ms=settings.migrate_lock_timeout_ms,
+            attempts=settings.migrate_lock_attempts,
+        )
         for name in applied:
             print(f"applied: {name}")
         if not applied:

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.errors import ConfigError, DatabaseUnavailable, PermissionDenied
 from dispatcher.queries import query
-from dispatcher.settings import Settings, redact_dsn
+from dispatcher.settings import Settings, dsn_secrets, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
 
@@ -63,6 +63,8 @@ def describe_connect_error(settings: Settings, exc: BaseException) -> str:
     secret = settings.database_url.get_secret_value() if settings.database_url else ""
     if secret and secret in detail:
         detail = detail.replace(secret, redact_dsn(secret))
+    for value in dsn_secrets(secret):
+        detail = detail.replace(value, "***")
     return f"cannot connect to PostgreSQL at {redact_dsn(settings.dsn())}: {detail}"
 
 

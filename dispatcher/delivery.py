@@ -19,14 +19,18 @@ import errno
 import re
 import ssl
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
+from dispatcher.dns import LookupsBusy, bounded_resolver, lookup_owner
 from dispatcher.outcomes import Outcome, classify_status
 from dispatcher.request import (
     BuiltRequest,
@@ -43,6 +47,8 @@ from dispatcher.ssrf import (
     refused_cause,
     validate_url,
 )
+
+log = structlog.get_logger("dispatcher.delivery")
 
 # What is kept of a response's headers.
 MAX_RESPONSE_HEADERS = 64
@@ -69,6 +75,7 @@ class Target:
     secrets: list[str]
     headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
     msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
+    org_id: str | None = None  # whose DNS lookup budget the attempt uses
 
 
 @dataclass(slots=True)
@@ -83,6 +90,10 @@ class AttemptResult:
     retry_after: float | None = None
     request_headers: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    # False for a failure that is ours or the event's (body too large, cannot sign, URL
+    # refused by our own validation, an unexpected error here): it never counts toward
+    # the webhook's consecutive_failures, so it cannot disable a healthy endpoint.
+    charged: bool = True
 
 
 def _clean(text: str) -> str:
@@ -115,7 +126,14 @@ class Sender:
         self._urls: dict[str, str] = {}  # URL -> validated form (only accepted URLs)
         self._read_bytes = max(settings.response_body_chars * 4, 1024)
         if resolver is None or not isinstance(resolver, GuardedResolver):
-            resolver = GuardedResolver(allowed=self._allowed, inner=resolver)
+            bounded = bounded_resolver(
+                settings.dns_servers,
+                settings.dns_timeout,
+                settings.dns_max_per_org,
+                settings.dns_threads,
+                inner=resolver,
+            )
+            resolver = GuardedResolver(allowed=self._allowed, inner=bounded)
         self._resolver: GuardedResolver = resolver
 
     async def start(self) -> None:
@@ -142,6 +160,7 @@ class Sender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._resolver.close()  # lookups still waiting end here: stop never hangs
 
     def prepare(self, target: Target, body: bytes) -> BuiltRequest | AttemptResult:
         """Checks done before any byte is sent; an AttemptResult means refused.
@@ -149,6 +168,7 @@ class Sender:
         if len(body) > self._settings.max_body_bytes:
             return AttemptResult(
                 Outcome.REFUSED,
+                charged=False,
                 error_code="body_too_large",
                 error_message=(
                     f"request body is {len(body)} bytes, above the limit of "
@@ -170,7 +190,10 @@ class Sender:
             )
         except InvalidTarget as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="invalid_url", error_message=_one_line(str(exc))
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_url",
+                error_message=_one_line(str(exc)),
             )
         except TargetRefused as exc:
             return AttemptResult(
@@ -178,7 +201,10 @@ class Sender:
             )
         except InvalidWebhook as exc:
             return AttemptResult(
-                Outcome.REFUSED, error_code="invalid_webhook", error_message=_one_line(str(exc))
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_webhook",
+                error_message=_one_line(str(exc)),
             )
 
     def _validated(self, url: str) -> str:
@@ -192,6 +218,34 @@ class Sender:
         return known
 
     async def attempt(self, target: Target) -> AttemptResult:
+        """One attempt; never raises (cancellation aside). An exception nobody expected
+        becomes a retryable failure that is not charged to the endpoint, logged with the
+        delivery id: never an unretrieved task exception and a row retaken forever."""
+        owner = lookup_owner.set(target.org_id)
+        try:
+            return await self._attempt(target)
+        except Exception as exc:
+            # The exception's text may quote a secret or a header value: only its type and
+            # where it was raised leave this method.
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+            detail = f"{type(exc).__name__}{where}"
+            log.error(
+                "attempt_crashed",
+                delivery_id=target.delivery_id,
+                error=type(exc).__name__,
+                detail=detail,
+            )
+            return AttemptResult(
+                Outcome.RETRYABLE,
+                charged=False,
+                error_code="internal_error",
+                error_message=f"unexpected error in the dispatcher: {detail}",
+            )
+        finally:
+            lookup_owner.reset(owner)
+
+    async def _attempt(self, target: Target) -> AttemptResult:
         body = target.body.encode("utf-8")
         prepared = self.prepare(target, body)
         if isinstance(prepared, AttemptResult):
@@ -259,8 +313,25 @@ class Sender:
                     error_code="target_refused",
                     error_message=_one_line(str(refused)),
                 )
+            busy = _find(exc, LookupsBusy)
+            if busy is not None:  # another webhook of the org holds the lookups: not charged
+                return AttemptResult(
+                    Outcome.RETRYABLE,
+                    charged=False,
+                    error_code="dns_busy",
+                    error_message=_one_line(str(busy)),
+                )
             code, message = describe_network_error(exc)
             return AttemptResult(Outcome.RETRYABLE, error_code=code, error_message=message)
+        except UnicodeError as exc:
+            # The host name cannot be encoded for the resolver (IDNA): validate_url should
+            # have refused it; the same verdict if a form slipped through.
+            return AttemptResult(
+                Outcome.REFUSED,
+                charged=False,
+                error_code="invalid_url",
+                error_message=_one_line(f"invalid webhook URL: host name rejected ({exc})"),
+            )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[str, str | None]:
         """At most response_body_chars characters, reading at most a bounded number of bytes

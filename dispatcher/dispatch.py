@@ -307,7 +307,16 @@ class Dispatcher:
             return
         msg_id = message_id(d.event_id, d.webhook_id, d.id)
         result = await self._sender.attempt(
-            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers, msg_id)
+            Target(
+                str(d.id),
+                d.event_type,
+                d.url,
+                d.request_body,
+                d.secrets,
+                d.headers,
+                msg_id,
+                org_id=str(d.org_id),
+            )
         )
         t = after_attempt(
             outcome=result.outcome,
@@ -315,6 +324,7 @@ class Dispatcher:
             max_attempts=d.max_attempts,
             policy=d.policy,
             retry_after=result.retry_after,
+            charged=result.charged,
         )
         self._record(d, result, t, result.error_message)
 

@@ -58,3 +58,10 @@ class InvalidInput(DispatcherError):
     """A value given by an operator is malformed or out of range."""
 
     exit_code = ExitCode.USAGE
+
+
+class MigrationBlocked(DispatcherError):
+    """`migrate` could not take its locks within lock_timeout after a few tries: another
+    transaction holds them. Nothing was changed by the blocked migration; run it again."""
+
+    exit_code = ExitCode.FAILURE

@@ -34,6 +34,7 @@ from dispatcher import health_checks
 from dispatcher import integration_events as events
 from dispatcher.crypto import Keyring
 from dispatcher.db import Pool
+from dispatcher.dns import bounded_resolver
 from dispatcher.oauth import OAuthClient
 from dispatcher.queries import query
 from dispatcher.settings import Settings
@@ -76,6 +77,7 @@ class IntegrationsWorker:
         self.keyring = keyring if keyring is not None else load_keyring(settings)
         self.owner = owner or f"{settings.instance_name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
         self._refresher: TokenRefresher | None = None
         self._prober: health_checks.Prober | None = None
         self._next_purge = 0.0
@@ -86,8 +88,14 @@ class IntegrationsWorker:
         if self._session is not None:
             return
         s = self._s
+        # Token endpoints and health URLs are looked up like webhook hosts: bounded, off the
+        # thread pool the database lookup uses (dispatcher/dns.py).
+        self._resolver = GuardedResolver(
+            allowed=s.allowed_networks,
+            inner=bounded_resolver(s.dns_servers, s.dns_timeout, s.dns_max_per_org, s.dns_threads),
+        )
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(allowed=s.allowed_networks),
+            resolver=self._resolver,
             limit=max(s.integrations_concurrency * 2, 10),
             ttl_dns_cache=60,
         )
@@ -107,6 +115,9 @@ class IntegrationsWorker:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def __aenter__(self) -> IntegrationsWorker:
         await self.start()

@@ -2,11 +2,14 @@
 
 Files `sql/migrations/NNNN_name.sql` ship inside the package. Each is applied
 in its own transaction and recorded in `dispatcher.schema_migrations`; running
-`migrate` twice changes nothing, and concurrent runs wait on one another.
+`migrate` twice changes nothing, and concurrent runs wait on one another. Locks on
+the host's tables are taken with a short lock_timeout and retried a few times, so an
+open host transaction makes `migrate` fail clearly instead of queueing the host behind it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from dispatcher.errors import SchemaBehind
+from dispatcher.errors import MigrationBlocked, SchemaBehind
 
 LOCK_KEY = 0x64697370  # "disp": the advisory lock serialising migrations
 
@@ -81,22 +84,76 @@ async def check_current(conn: psycopg.AsyncConnection[Any]) -> None:
         )
 
 
-async def apply_migrations(conninfo: str) -> list[str]:
-    """Apply every pending migration; returns the names applied (empty when current)."""
+# How long one migration statement may wait for a lock before it gives up (the host's
+# publishers queue behind a waiting ALTER TABLE, so it must never wait long), and how many
+# times a blocked migration is tried again, with a growing pause, before `migrate` fails.
+LOCK_TIMEOUT_MS = 2000
+LOCK_ATTEMPTS = 5
+RETRY_PAUSE = 0.5  # seconds, doubled after each blocked try
+
+
+async def apply_migrations(
+    conninfo: str,
+    *,
+    lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    attempts: int = LOCK_ATTEMPTS,
+    retry_pause: float = RETRY_PAUSE,
+) -> list[str]:
+    """Apply every pending migration; returns the names applied (empty when current).
+
+    Each migration takes its locks with a short ``lock_timeout``: when another transaction
+    holds a lock it needs (an open host transaction on ``events``...), it gives up at once
+    instead of queueing every ``publish_event()`` behind it, and is tried again up to
+    ``attempts`` times; then MigrationBlocked says which migration and what to do.
+    """
     applied: list[str] = []
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        # Concurrent `migrate` runs wait on one another here (they block no host statement).
         await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
-            async with conn.transaction():
-                await conn.execute(_BOOKKEEPING)
+            await conn.execute(
+                sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms"))
+            )
+            await _in_turns(conn, _BOOKKEEPING, None, lock_timeout_ms, attempts, retry_pause)
             for mig in await pending(conn):
-                async with conn.transaction():
-                    await conn.execute(sql.SQL(mig.sql))  # type: ignore[arg-type,unused-ignore]
+                await _in_turns(conn, mig.sql, mig, lock_timeout_ms, attempts, retry_pause)
+                applied.append(f"{mig.version:04d}_{mig.name}")
+        finally:
+            await conn.execute("RESET lock_timeout")
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return applied
+
+
+async def _in_turns(
+    conn: psycopg.AsyncConnection[Any],
+    text: str,
+    mig: Migration | None,
+    lock_timeout_ms: int,
+    attempts: int,
+    pause: float,
+) -> None:
+    """Run one migration in its own transaction, again after a pause when a lock was busy."""
+    what = f"migration {mig.version:04d}_{mig.name}" if mig else "the migrations table"
+    for attempt in range(1, max(attempts, 1) + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(sql.SQL(text))  # type: ignore[arg-type,unused-ignore]
+                if mig is not None:
                     await conn.execute(
                         "INSERT INTO dispatcher.schema_migrations (version, name) VALUES (%s, %s)",
                         (mig.version, mig.name),
                     )
-                applied.append(f"{mig.version:04d}_{mig.name}")
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-    return applied
+            return
+        except psycopg.errors.LockNotAvailable as exc:
+            if attempt >= attempts:
+                detail = (exc.diag.context or "").strip().splitlines()
+                where = f" ({detail[-1].strip()})" if detail else ""
+                raise MigrationBlocked(
+                    f"{what} could not take its locks: another transaction held them past "
+                    f"lock_timeout ({lock_timeout_ms} ms) in each of {attempts} tries{where}. "
+                    "Nothing of it was applied and the host was not kept waiting. Find the "
+                    "holder with pg_stat_activity / pg_locks (a long or idle-in-transaction "
+                    "session), let it finish, then run `dispatcher migrate` again"
+                ) from None
+            await asyncio.sleep(pause)
+            pause *= 2

@@ -254,7 +254,7 @@ class OAuthClient:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
-                body = await resp.content.read(MAX_RESPONSE_BYTES)
+                body = await read_bounded(resp, MAX_RESPONSE_BYTES + 1)
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
                 status = resp.status
         except TimeoutError:
@@ -265,11 +265,32 @@ class OAuthClient:
                 return Rejected("target_refused", f"token endpoint refused: {refused}", 0)
             text = scrub(f"{type(exc).__name__}: {exc}"[:300], req.secrets)
             return Transient("network_error", text)
+        if len(body) > MAX_RESPONSE_BYTES:
+            return Transient(
+                "invalid_response",
+                f"token endpoint answered HTTP {status} with a body over "
+                f"{MAX_RESPONSE_BYTES} bytes",
+                status,
+            )
         outcome = classify_response(status, body, datetime.now(UTC), req.secrets, retry_after)
         if isinstance(outcome, Grant):
             ms = int((time.perf_counter() - started) * 1000)
             outcome = dataclasses.replace(outcome, duration_ms=ms)
         return outcome
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes: one ``read()`` returns only what has
+    arrived so far, so a body sent in several TCP segments needs a loop until the end."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = await resp.content.read(limit - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:

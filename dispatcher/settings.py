@@ -7,11 +7,13 @@ SecretStr and never printed: `summary()` is the redacted view that is logged.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any, Literal
+from urllib.parse import quote, urlencode
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import (
     AliasChoices,
     Field,
@@ -23,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher.dns import parse_dns_servers
 from dispatcher.errors import ConfigError
 from dispatcher.ssrf import IPNetwork, parse_networks
 
@@ -73,6 +76,29 @@ class Settings(BaseSettings):
             "supports it (less CPU than pglz), or the server's default_toast_compression"
         ),
     )
+    dns_servers: str = Field(
+        default="",
+        description="comma-separated DNS servers (ip or ip:port) for webhook hosts; "
+        "empty = /etc/resolv.conf",
+    )
+    dns_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="seconds one webhook host lookup may take"
+    )
+    dns_max_per_org: int = Field(
+        default=8, ge=1, le=4096, description="webhook host lookups one org may have waiting"
+    )
+    dns_threads: int = Field(
+        default=8, ge=1, le=256, description="lookup threads, only when aiodns is not installed"
+    )
+    migrate_lock_timeout_ms: int = Field(
+        default=2000,
+        ge=10,
+        le=600_000,
+        description="`migrate`: how long a statement may wait for a lock on a host table",
+    )
+    migrate_lock_attempts: int = Field(
+        default=5, ge=1, le=100, description="`migrate`: tries of a migration whose locks are busy"
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=8, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=0)
@@ -116,6 +142,12 @@ class Settings(BaseSettings):
     health_unhealthy_after: int = Field(default=2, ge=1, le=100)
     health_log_retention_days: int = Field(default=30, ge=1, le=3650)
     health_log_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers_parse(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
 
     @field_validator("allowed_target_networks")
     @classmethod
@@ -181,9 +213,15 @@ class Settings(BaseSettings):
             conninfo_to_dict(value)
         except psycopg.ProgrammingError as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+            # libpq quotes fragments of the string (possibly a password's tail): not shown.
+            detail = re.sub(
+                r'"([^"]*)"',
+                lambda m: m[0] if len(m[1]) <= 1 else '"..."',
+                detail.replace(value, "..."),
+            )
             raise ConfigError(
                 "invalid setting DISPATCHER_DATABASE_URL: not a PostgreSQL connection string "
-                f"({detail.replace(value, redact_dsn(value))})"
+                f"({detail})"
             ) from None
         return value
 
@@ -207,12 +245,70 @@ def split_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def redact_dsn(dsn: str) -> str:
-    """A DSN with its password replaced, for logs and errors."""
-    import re
+# Connection parameters whose values are secrets (libpq's names).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_UNPARSABLE = "(unparsable connection string: not shown)"
 
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN with every secret replaced by ``***``, for logs and errors.
+
+    Parsed by libpq's own parser (``psycopg.conninfo``), never by pattern: escaped quotes,
+    spaces, %-encoding and ``?password=`` in a URI cannot leak a tail. The result is rebuilt
+    from the parsed values (a URI stays a URI); a string libpq cannot parse is not shown.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError, TypeError):
+        return _UNPARSABLE
+    for key in _SECRET_PARAMS & params.keys():
+        params[key] = "***"
+    text = dsn.strip()
+    if not text.startswith(("postgresql://", "postgres://")):
+        return make_conninfo("", **params)
+    return _as_uri(text.split("://", 1)[0], params)
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The secret values in a DSN as libpq reads them (to scrub them from other text)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError, TypeError):
+        return []
+    return [str(params[k]) for k in sorted(_SECRET_PARAMS & params.keys()) if params[k]]
+
+
+def _as_uri(scheme: str, params: dict[str, Any]) -> str:
+    user = params.pop("user", None)
+    password = params.pop("password", None)
+    dbname = params.pop("dbname", None)
+    hosts = str(params.pop("host", "") or "")
+    ports = str(params.pop("port", "") or "")
+    authority = ""
+    if user is not None:
+        authority = quote(str(user), safe="")
+        if password is not None:
+            authority += ":" + ("***" if password == "***" else quote(str(password), safe=""))
+        authority += "@"
+    elif password is not None:
+        params["password"] = password
+    if hosts.startswith("/") or ("," in ports and "," not in hosts):
+        params["host"], params["port"] = hosts or None, ports or None
+        hosts = ports = ""
+    host_list = hosts.split(",") if hosts else []
+    port_list = ports.split(",") if ports else []
+    parts = []
+    for i, host in enumerate(host_list or [""]):
+        shown = f"[{host}]" if ":" in host else quote(host, safe=".-_~")
+        port = port_list[i] if i < len(port_list) else (port_list[0] if port_list else "")
+        parts.append(f"{shown}:{quote(port, safe='')}" if port else shown)
+    uri = f"{scheme}://{authority}{','.join(parts)}"
+    if dbname is not None:
+        uri += "/" + quote(str(dbname), safe="")
+    rest = {k: str(v) for k, v in params.items() if v is not None}
+    if rest:
+        uri += "?" + urlencode(rest, safe="*/", quote_via=quote)
+    return uri
 
 
 DATABASE_URL_CREDENTIAL = "database-url"

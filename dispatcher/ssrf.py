@@ -47,6 +47,7 @@ __all__ = [
     "InvalidTarget",
     "TargetRefused",
     "check_address",
+    "host_name_problem",
     "parse_ip_literal",
     "parse_networks",
     "refused_cause",
@@ -333,7 +334,12 @@ def validate_url(url: str, allowed: Sequence[IPNetwork]) -> URL:
     raw_host = parsed.raw_host
     if not parsed.absolute or not raw_host:
         raise InvalidTarget("invalid webhook URL: it has no host")
-    host = parsed.host or raw_host
+    try:
+        host = parsed.host or raw_host
+    except UnicodeError:
+        raise InvalidTarget(
+            f"invalid webhook URL: host {raw_host!r} is not a valid IDNA name"
+        ) from None
     if parsed.raw_user is not None or parsed.raw_password is not None:
         raise InvalidTarget(
             f"invalid webhook URL for host {host!r}: it contains credentials (user:password@); "
@@ -355,7 +361,45 @@ def validate_url(url: str, allowed: Sequence[IPNetwork]) -> URL:
             f"invalid webhook URL: host {raw_host!r} is a non-canonical spelling of the IPv4 "
             f"address {literal}; write {literal}"
         )
+    if literal is None:
+        problem = host_name_problem(raw_host)
+        if problem is not None:
+            raise InvalidTarget(f"invalid webhook URL: host {raw_host!r} {problem}")
     return parsed
+
+
+MAX_HOST_NAME = 253
+MAX_LABEL = 63
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def host_name_problem(host: str) -> str | None:
+    """What makes ``host`` (a DNS name in its ASCII form, IDNA already applied) unusable,
+    or None: an empty label (``api..example.com``), a label over 63 characters, a name over
+    253, a character outside letters, digits, ``-`` and ``_``, a label that starts or ends
+    with ``-``, or an ``xn--`` label that is not valid punycode. The resolver would raise
+    UnicodeError on most of these; the same rules are the SQL API's
+    (``dispatcher.webhook_url_problem``, migration 0016)."""
+    name = host[:-1] if host.endswith(".") else host
+    if not name:
+        return "is empty"
+    if len(name) > MAX_HOST_NAME:
+        return f"is {len(name)} characters long (at most {MAX_HOST_NAME})"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL:
+            return f"has a label of {len(label)} characters (at most {MAX_LABEL})"
+        if not set(label) <= _LABEL_CHARS:
+            return "has a character that is not a letter, digit, '-' or '_'"
+        if label.startswith("-") or label.endswith("-"):
+            return f"has a label that starts or ends with '-' ({label!r})"
+        if label[:4].lower() == "xn--":
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return f"has an invalid IDNA (punycode) label {label!r}"
+    return None
 
 
 # --- resolver ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
        │                 retrying ──attempt──▶ … (0/429/5xx, attempts left)
        │                 dlq | failed            (retryable, exhausted: dlq if the org keeps one)
        │                 failed                  (other status, 410, refused before sending)
+       │   (a failure that is ours or the event's, not the endpoint's, is not counted)
        └─ webhook not active ──▶ failed 'Webhook is not active' (not sent, not counted)
 
 Pure: the caller supplies the policy, the result and a random source.
@@ -44,14 +45,20 @@ def after_attempt(
     policy: RetryPolicy,
     retry_after: float | None = None,
     rng: Callable[[], float] = random.random,
+    charged: bool = True,
 ) -> Transition:
-    """Where a delivery goes after attempt number `attempt` ended with `outcome`."""
+    """Where a delivery goes after attempt number `attempt` ended with `outcome`.
+
+    ``charged=False``: the failure is ours or the event's, not the endpoint's (body too
+    large, cannot sign, URL refused by our own validation): it does not add to
+    consecutive_failures.
+    """
     if outcome is Outcome.DELIVERED:
         return Transition("success", attempt, None, True, False, True, False)
     if outcome is Outcome.RETRYABLE:
         if attempt < max_attempts:
             delay = retry_delay(policy, attempt, rng=rng, retry_after=retry_after)
-            return Transition("retrying", attempt + 1, delay, False, True, False, False)
+            return Transition("retrying", attempt + 1, delay, False, charged, False, False)
         status = "dlq" if policy.enable_dlq else "failed"
-        return Transition(status, attempt, None, True, True, False, False)
-    return Transition("failed", attempt, None, True, True, False, outcome is Outcome.GONE)
+        return Transition(status, attempt, None, True, charged, False, False)
+    return Transition("failed", attempt, None, True, charged, False, outcome is Outcome.GONE)

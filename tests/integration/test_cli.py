@@ -265,6 +265,8 @@ ADD_REFUSALS = [
     (["--url", "http://10.0.0.5/hook"], 2, "SSRF guard"),
     (["--url", "https://user:pw@93.184.216.34/"], 2, "credentials"),
     (["--url", "not a url"], 2, "invalid webhook URL"),
+    (["--url", "https://api..example.com/hook"], 2, "empty label"),
+    (["--url", "https://" + "a" * 64 + ".example.com/"], 2, "at most 63"),
     (["--events", " , "], 2, "--events"),
     (["--events", "job created"], 2, "whitespace"),
     (["--secret", "ABC"], 2, "--secret"),
