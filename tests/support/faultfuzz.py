@@ -1,0 +1,901 @@
+"""The randomized fault test's harness: a seeded schedule of faults, a publisher, a flapping
+receiver that knows which process sent each request, a sampler of leased rows, and the oracle.
+
+    run = FuzzRun(cluster, dbname, seed=7, seconds=30)
+    report = await run.execute()      # setup, load + faults, drain, stop, oracle
+    assert report.ok, report.text()   # the text names the seed to reproduce
+
+Everything random comes from ``random.Random(seed)`` (the fault schedule, the receiver's
+flaps) and ``random.Random(seed + 1)`` (what the publisher publishes), so a printed seed
+gives the same schedule again; the timing of the processes does not repeat exactly.
+
+The oracle (docs/reliability.md, "The randomized fault test", states it for readers):
+
+- **delivered**: every committed event reaches (2xx) every webhook of its org that is active
+  and subscribed; a rolled-back event reaches none; the inactive webhook gets nothing.
+- **no duplicate**: a receipt of an (event, webhook) pair after a 2xx receipt of that pair is
+  a duplicate. It is allowed only when the process that sent the 2xx receipt (found from the
+  TCP connection's owner in /proc) was SIGKILLed after that receipt and before the duplicate
+  arrived: the answer had arrived but its outcome had not been written when it died. A
+  graceful stop (SIGTERM) excuses nothing.
+- **webhook-id stable**: every receipt of one (event, webhook) pair carries one webhook-id.
+- **no stuck row**: a pending/retrying row due for more than ``STUCK_MARGIN`` seconds (its
+  lease ended, or its retry time came, and no process took it) while the database was up and
+  a daemon was running is stuck, unless its own webhook was failing (3+ consecutive failures:
+  one probe at a time), held by the host, or not active; no row is leased further ahead than
+  the lease.
+- **no tenant waits on another**: the healthy org's events published away from global faults
+  (process kills and stops, PostgreSQL restarts, backend kills, no daemon running) reach its
+  endpoint within ``TENANT_BOUND`` seconds while the other org's endpoints flap and its rows
+  are held; at least ``TENANT_MIN_CHECKED`` of them are checked.
+- **graceful stops exit 0**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dispatcher.patterns import matches
+
+from .daemon import DaemonProcess
+from .net import bound_socket, set_linger_zero
+from .pg import PgCluster
+
+LEASE = 12.0
+HTTP_TIMEOUT = 2.0
+DAEMONS = 3
+STUCK_MARGIN = 10.0  # seconds a due row may wait for a process (poll 0.5 s, retry <= 2 s)
+TENANT_BOUND = 6.0  # seconds from commit to the healthy org's receipt
+TENANT_MIN_CHECKED = 5
+DRAIN_TIMEOUT = 60.0
+EVENT_TYPES = ["job.created", "job.updated", "candidate.hired"]
+
+# (org, path) -> (patterns, status)
+WEBHOOKS: dict[tuple[str, str], tuple[list[str], str]] = {
+    ("A", "/a/all"): (["*"], "active"),
+    ("B", "/b/all"): (["*"], "active"),
+    ("B", "/b/jobs"): (["job.*"], "active"),
+    ("B", "/b/created"): (["job.created"], "active"),
+    ("B", "/b/inactive"): (["*"], "inactive"),
+}
+FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
+GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}
+
+
+def dns_setting() -> str | None:
+    """The name of a resolver setting (DISPATCHER_...) if this build has one, else None: the
+    'dns_hang' fault runs only then (see docs/reliability.md)."""
+    from dispatcher.settings import Settings
+
+    for name in Settings.model_fields:
+        if any(word in name for word in ("dns", "resolver", "nameserver")):
+            return name
+    return None
+
+
+# --- which process sent a request -----------------------------------------------------------
+
+
+def socket_owner(peer_port: int, server_port: int, pids: list[int]) -> int | None:
+    """The pid among ``pids`` owning the loopback client socket 127.0.0.1:peer_port that is
+    connected to our server_port (from /proc/net/tcp and /proc/<pid>/fd)."""
+    inode = None
+    want_local, want_remote = f"{peer_port:04X}", f"{server_port:04X}"
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            parts = line.split()
+            if (
+                parts[1].endswith(":" + want_local)
+                and parts[2].endswith(":" + want_remote)
+                and parts[1].startswith("0100007F")
+            ):
+                inode = parts[9]
+                break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return pid
+    return None
+
+
+# --- receiver -------------------------------------------------------------------------------
+
+
+@dataclass
+class Receipt:
+    path: str
+    event_id: str
+    webhook_id: str  # the webhook-id header
+    delivery_id: str  # X-InTime-Delivery
+    at: float
+    sender: int | None
+    status: int | None = None  # None: hung, reset or cut off
+
+
+class FlappingReceiver:
+    """One aiohttp server; per path a mode: ok (2xx at once), slow (2xx after 0.2-0.5 s),
+    error (500), hang (no answer for longer than the daemon's timeout, then 500) or reset
+    (TCP RST). A 2xx is only ever sent well within the daemon's timeout, so a 2xx receipt is
+    an answer the daemon got."""
+
+    def __init__(self, pids: Any) -> None:
+        self.receipts: list[Receipt] = []
+        self.modes: dict[str, str] = defaultdict(lambda: "ok")
+        self._pids = pids  # callable -> list of daemon pids alive or recently alive
+        self._owners: dict[tuple[int, int], int | None] = {}
+        self._runner: web.ServerRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        sock = bound_socket()
+        self.port = sock.getsockname()[1]
+        server = web.Server(self._handle, handler_cancellation=True)
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, backlog=512).start()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _sender(self, request: web.BaseRequest) -> int | None:
+        transport = request.transport
+        if transport is None:
+            return None
+        peer = transport.get_extra_info("peername")
+        key = (id(transport), peer[1] if peer else 0)
+        if key not in self._owners:
+            self._owners[key] = socket_owner(key[1], self.port, self._pids())
+        return self._owners[key]
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            event_id = str(json.loads(body).get("id"))
+        except ValueError:
+            event_id = "?"
+        receipt = Receipt(
+            request.path,
+            event_id,
+            request.headers.get("webhook-id", "?"),
+            request.headers.get("X-InTime-Delivery", "?"),
+            time.monotonic(),
+            self._sender(request),
+        )
+        self.receipts.append(receipt)
+        mode = self.modes[request.path]
+        if mode == "reset":
+            transport = request.transport
+            if transport is not None:
+                set_linger_zero(transport.get_extra_info("socket"))
+                transport.abort()
+            raise asyncio.CancelledError
+        if mode == "hang":
+            await asyncio.sleep(HTTP_TIMEOUT + 1.5)
+            receipt.status = 500
+            return web.Response(status=500)
+        if mode == "error":
+            receipt.status = 500
+            return web.Response(status=500)
+        if mode == "slow":
+            await asyncio.sleep(0.2 + random.random() * 0.3)
+        receipt.status = 204
+        return web.Response(status=204)
+
+
+# --- schedule -------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    at: float  # seconds from the start of the fault phase
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        args = " ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"t+{self.at:5.1f}s {self.kind} {args}".rstrip()
+
+
+WEIGHTS = {
+    "sigkill": 3,
+    "sigterm": 2,
+    "pg_restart": 1,
+    "backend_kill": 2,
+    "hold_webhook": 2,
+    "hold_deliveries": 2,
+    "statement_timeout": 1,
+    "flap": 5,
+    "dns_hang": 1,
+}
+
+
+def schedule(seed: int, seconds: float, kinds: list[str]) -> list[Fault]:
+    """The faults of one run, drawn from ``seed`` alone."""
+    rng = random.Random(seed)
+    faults: list[Fault] = []
+    t = rng.uniform(1.0, 3.0)
+    weights = [WEIGHTS[k] for k in kinds]
+    while t < seconds:
+        kind = rng.choices(kinds, weights)[0]
+        args: dict[str, Any] = {}
+        if kind in ("sigkill", "sigterm"):
+            args = {
+                "daemon": rng.randrange(DAEMONS),
+                "restart_after": round(rng.uniform(0.2, 3), 1),
+            }
+        elif kind == "pg_restart":
+            args = {"mode": rng.choice(["fast", "immediate"])}
+        elif kind == "backend_kill":
+            args = {"which": rng.choice(["all", "one", "listen"])}
+        elif kind in ("hold_webhook", "hold_deliveries"):
+            # up to past a lease: an admin editing a webhook, a long migration
+            args = {"path": rng.choice(FLAPPING), "seconds": round(rng.uniform(2, LEASE + 6), 1)}
+        elif kind == "statement_timeout":
+            args = {
+                "daemon": rng.randrange(DAEMONS),
+                "ms": rng.choice([20, 100, 500]),
+                "seconds": round(rng.uniform(3, 10), 1),
+            }
+        elif kind == "flap":
+            steps = []
+            for _ in range(rng.randint(1, 3)):
+                mode = rng.choice(["error", "hang", "reset", "slow"])
+                steps.append((mode, round(rng.uniform(0.3, 2.5), 1)))
+            args = {"path": rng.choice(FLAPPING), "steps": steps}
+        elif kind == "dns_hang":
+            args = {"seconds": round(rng.uniform(2, 6), 1)}
+        faults.append(Fault(round(t, 2), kind, args))
+        t += rng.uniform(1.0, 4.0)
+    return faults
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    event_id: str
+    org: str
+    event_type: str
+    committed: bool
+    at: float  # monotonic, after the commit (or rollback) returned
+    ambiguous: bool = False  # the commit's answer was lost; found afterwards
+
+
+@dataclass
+class Slot:
+    """One of the DAEMONS process slots; a fault replaces its process."""
+
+    index: int
+    process: DaemonProcess | None = None
+    started: float = 0.0
+
+
+@dataclass
+class Report:
+    seed: int
+    seconds: float
+    faults: list[Fault]
+    counts: Counter[str]
+    broken: dict[str, list[str]]
+    figures: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.broken.values())
+
+    def text(self) -> str:
+        lines = [
+            f"fault fuzz seed={self.seed} seconds={self.seconds:g}: "
+            + ("OK" if self.ok else "BROKEN"),
+            "faults: " + ", ".join(f"{k} {n}" for k, n in sorted(self.counts.items())),
+            "figures: " + ", ".join(f"{k}={v}" for k, v in self.figures.items()),
+        ]
+        for name, problems in self.broken.items():
+            lines.append(f"invariant {name}: " + ("ok" if not problems else "BROKEN"))
+            lines += [f"    {p}" for p in problems[:12]]
+            if len(problems) > 12:
+                lines.append(f"    ... and {len(problems) - 12} more")
+        if not self.ok:
+            lines.append(
+                f"reproduce: DISPATCHER_FUZZ_SEED={self.seed} DISPATCHER_FUZZ_RUN_SECONDS="
+                f"{self.seconds:g} .venv/bin/pytest tests/chaos/test_fault_fuzz.py -k seed -s"
+            )
+        lines.append("schedule:")
+        lines += [f"    {f}" for f in self.faults]
+        return "\n".join(lines)
+
+
+class FuzzRun:
+    def __init__(self, cluster: PgCluster, dbname: str, *, seed: int, seconds: float) -> None:
+        self.cluster = cluster
+        self.dbname = dbname
+        self.dsn = cluster.dsn(dbname)
+        self.seed = seed
+        self.seconds = seconds
+        self.pub_rng = random.Random(seed + 1)
+        self.kinds = [k for k in WEIGHTS if k != "dns_hang" or dns_setting() is not None]
+        self.faults = schedule(seed, seconds, self.kinds)
+        self.counts: Counter[str] = Counter()
+        self.orgs = {"A": str(uuid.uuid4()), "B": str(uuid.uuid4())}
+        self.hooks: dict[str, str] = {}  # path -> webhook id
+        self.published: list[Published] = []
+        self.slots = [Slot(i) for i in range(DAEMONS)]
+        self.all_daemons: list[DaemonProcess] = []
+        self.kills: list[tuple[int, float]] = []  # (pid, when) of each SIGKILL
+        self.exit_codes: list[tuple[int, int]] = []  # (pid, code) of graceful stops
+        self.global_windows: list[tuple[float, float]] = []
+        self.blackouts: list[tuple[float, float]] = []  # database down or no daemon running
+        self.held: list[tuple[str, float, float]] = []  # (webhook id, from, until)
+        self.failing_seen: dict[str, list[float]] = defaultdict(list)
+        self.disabled: set[str] = set()
+        self.stuck: dict[str, str] = {}
+        self.lease_too_long: list[str] = []
+        self.receiver = FlappingReceiver(self._pids)
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._no_daemon_since: float | None = None
+        self.t0 = 0.0
+
+    def _pids(self) -> list[int]:
+        return [d.pid for d in self.all_daemons if d.pid is not None]
+
+    async def _connect(self, autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=autocommit, row_factory=dict_row, connect_timeout=5
+        )
+
+    # -- setup ---------------------------------------------------------------------------
+    async def setup(self) -> None:
+        await self.receiver.start()
+        async with await self._connect() as conn:
+            for org, org_id in self.orgs.items():
+                await conn.execute(
+                    "INSERT INTO organizations (id, name, slug) VALUES (%s, %s, %s)",
+                    (org_id, f"Fuzz {org}", f"fuzz-{org_id[:8]}"),
+                )
+                await conn.execute(
+                    "INSERT INTO integration_retry_config (org_id, max_retries, retry_strategy, "
+                    "base_delay_seconds, max_delay_seconds, enable_jitter) "
+                    "VALUES (%s, 10, 'fixed', 1, 2, false)",
+                    (org_id,),
+                )
+            for (org, path), (patterns, status) in WEBHOOKS.items():
+                cur = await conn.execute(
+                    "INSERT INTO webhooks (org_id, name, url, events, status) "
+                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (self.orgs[org], path, self.receiver.url(path), patterns, status),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                self.hooks[path] = str(row["id"])
+
+    def daemon_env(self, slot: int, **extra: str) -> dict[str, str]:
+        return {
+            "DISPATCHER_DATABASE_URL": self.dsn,
+            "DISPATCHER_METRICS_ADDRESS": "",
+            "DISPATCHER_LOG_FORMAT": "json",
+            "DISPATCHER_POLL_INTERVAL": "0.5",
+            "DISPATCHER_LEASE_SECONDS": str(LEASE),
+            "DISPATCHER_HTTP_TIMEOUT": str(HTTP_TIMEOUT),
+            "DISPATCHER_SHUTDOWN_GRACE": "3",
+            "DISPATCHER_CONCURRENCY": "32",
+            "DISPATCHER_INTEGRATIONS_ENABLED": "false",
+            "DISPATCHER_INSTANCE_NAME": f"fuzz-{slot}-{len(self.all_daemons)}",
+            **extra,
+        }
+
+    async def _start(self, slot: Slot, **extra: str) -> None:
+        daemon = DaemonProcess(self.daemon_env(slot.index, **extra))
+        self.all_daemons.append(daemon)
+        daemon.start()
+        slot.process = daemon
+        slot.started = time.monotonic()
+        with contextlib.suppress(AssertionError):  # a restart may race a database restart
+            await daemon.wait_for_log("ready", timeout=30)
+
+    async def _stop_slot(self, slot: Slot, sig: str) -> None:
+        daemon = slot.process
+        if daemon is None or not daemon.is_running():
+            return
+        slot.process = None
+        if sig == "sigkill":
+            pid = daemon.pid
+            assert pid is not None
+            self.kills.append((pid, time.monotonic()))
+            daemon.kill()
+            await daemon.wait_exit(10)
+        else:
+            daemon.terminate()
+            code = await daemon.wait_exit(30)
+            self.exit_codes.append((daemon.pid or 0, code))
+
+    # -- the phases ------------------------------------------------------------------------
+    async def execute(self) -> Report:
+        started = time.monotonic()
+        await self.setup()
+        await asyncio.gather(*(self._start(s) for s in self.slots))
+        self.t0 = time.monotonic()
+        publisher = asyncio.create_task(self._publish_forever())
+        sampler = asyncio.create_task(self._sample_forever())
+        try:
+            await self._run_faults()
+            await self._heal()
+            self._stop.set()
+            await asyncio.wait_for(publisher, 30)
+            drained = await self._drain()
+            for slot in self.slots:
+                await self._stop_slot(slot, "sigterm")
+        finally:
+            self._stop.set()
+            sampler.cancel()
+            publisher.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(sampler, publisher, *self._tasks, return_exceptions=True)
+            await self.receiver.close()
+        report = await self.oracle(drained)
+        report.figures["wall_seconds"] = round(time.monotonic() - started, 1)
+        return report
+
+    def close(self) -> None:
+        for daemon in self.all_daemons:
+            daemon.close()
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {d!r}\n{d.tail(lines)}" for d in self.all_daemons[-DAEMONS:])
+
+    async def _run_faults(self) -> None:
+        for fault in self.faults:
+            delay = self.t0 + fault.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.counts[fault.kind] += 1
+            print(f"fault {fault}", flush=True)
+            start = time.monotonic()
+            await self._inject(fault)
+            if fault.kind in GLOBAL_KINDS:
+                self.global_windows.append((start, time.monotonic() + 1.0))
+        end = self.t0 + self.seconds
+        if end > time.monotonic():
+            await asyncio.sleep(end - time.monotonic())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _inject(self, fault: Fault) -> None:
+        a = fault.args
+        if fault.kind in ("sigkill", "sigterm"):
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return  # already down: its restart is pending
+            self._background(self._stop_and_restart(slot, fault.kind, a["restart_after"]))
+        elif fault.kind == "pg_restart":
+            self.blackouts.append((time.monotonic(), float("inf")))
+            try:
+                await asyncio.to_thread(self.cluster.restart, a["mode"])
+            finally:
+                self.blackouts[-1] = (self.blackouts[-1][0], time.monotonic() + 1.0)
+        elif fault.kind == "backend_kill":
+            await self._kill_backends(a["which"])
+        elif fault.kind == "hold_webhook":
+            self._background(self._hold(a["path"], a["seconds"], deliveries=False))
+        elif fault.kind == "hold_deliveries":
+            self._background(self._hold(a["path"], a["seconds"], deliveries=True))
+        elif fault.kind == "statement_timeout":
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return
+            self._background(self._tight_timeout(slot, a["ms"], a["seconds"]))
+        elif fault.kind == "flap":
+            self._background(self._flap(a["path"], a["steps"]))
+        elif fault.kind == "dns_hang":  # pragma: no cover - needs a resolver setting
+            raise NotImplementedError(
+                f"resolver setting {dns_setting()!r} found: wire the dns_hang fault to it"
+            )
+
+    async def _stop_and_restart(self, slot: Slot, sig: str, after: float) -> None:
+        await self._stop_slot(slot, sig)
+        self._track_no_daemon()
+        await asyncio.sleep(after)
+        await self._start(slot)  # what systemd does
+        self._track_no_daemon()
+
+    def _track_no_daemon(self) -> None:
+        running = any(s.process is not None and s.process.is_running() for s in self.slots)
+        now = time.monotonic()
+        if not running and self._no_daemon_since is None:
+            self._no_daemon_since = now
+        elif running and self._no_daemon_since is not None:
+            self.blackouts.append((self._no_daemon_since, now + 1.0))
+            self.global_windows.append((self._no_daemon_since, now + 1.0))
+            self._no_daemon_since = None
+
+    async def _kill_backends(self, which: str) -> None:
+        where = "application_name LIKE 'webhook-dispatcher/%%' AND datname = current_database()"
+        if which == "listen":
+            where += " AND query LIKE 'LISTEN%%'"
+        limit = " LIMIT 1" if which == "one" else ""
+        with contextlib.suppress(psycopg.OperationalError):
+            async with await self._connect() as conn:
+                await conn.execute(
+                    f"SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
+                    f"WHERE {where} ORDER BY pid{limit}) p"
+                )
+
+    async def _hold(self, path: str, seconds: float, *, deliveries: bool) -> None:
+        """A host transaction holding one webhook's row, or some of its due and leased
+        delivery rows, FOR UPDATE for ``seconds``."""
+        hook = self.hooks[path]
+        start = time.monotonic()
+        with contextlib.suppress(psycopg.OperationalError):
+            async with await self._connect(autocommit=False) as conn:
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                try:
+                    if deliveries:
+                        await conn.execute(
+                            "SELECT id FROM webhook_deliveries WHERE webhook_id = %s "
+                            "AND status IN ('pending', 'retrying') LIMIT 50 FOR UPDATE",
+                            (hook,),
+                        )
+                    else:
+                        await conn.execute(
+                            "SELECT id FROM webhooks WHERE id = %s FOR UPDATE", (hook,)
+                        )
+                    await asyncio.sleep(seconds)
+                finally:
+                    self.held.append((hook, start, time.monotonic() + 1.0))
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+
+    async def _tight_timeout(self, slot: Slot, ms: int, seconds: float) -> None:
+        """Replace the slot's process by one with a tiny statement_timeout for a while."""
+        await self._stop_slot(slot, "sigterm")
+        await self._start(slot, DISPATCHER_STATEMENT_TIMEOUT_MS=str(ms))
+        await asyncio.sleep(seconds)
+        if slot.process is not None and slot.process.env.get("DISPATCHER_STATEMENT_TIMEOUT_MS"):
+            await self._stop_slot(slot, "sigterm")
+            await self._start(slot)
+
+    async def _flap(self, path: str, steps: list[tuple[str, float]]) -> None:
+        try:
+            for mode, seconds in steps:
+                self.receiver.modes[path] = mode
+                await asyncio.sleep(seconds)
+        finally:
+            self.receiver.modes[path] = "ok"
+
+    async def _heal(self) -> None:
+        """End of the fault phase: every background fault finished, every endpoint
+        answering, every slot running a normally configured process."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=60)
+        for path in FLAPPING:
+            self.receiver.modes[path] = "ok"
+        for slot in self.slots:
+            proc = slot.process
+            if proc is not None and proc.env.get("DISPATCHER_STATEMENT_TIMEOUT_MS"):
+                await self._stop_slot(slot, "sigterm")
+            if slot.process is None or not slot.process.is_running():
+                await self._start(slot)
+        self._track_no_daemon()
+
+    # -- publisher -------------------------------------------------------------------------
+    async def _publish_forever(self) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        while not self._stop.is_set():
+            rng = self.pub_rng
+            org = "A" if rng.random() < 0.35 else "B"
+            event_type = rng.choice(EVENT_TYPES)
+            direct = rng.random() < 0.3
+            commit = rng.random() < 0.85
+            aggregate = uuid.uuid4()
+            try:
+                if conn is None or conn.closed:
+                    conn = await self._connect(autocommit=False)
+                await self._publish_one(conn, org, event_type, aggregate, direct, commit)
+            except psycopg.Error:
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        await conn.close()
+                conn = None
+                if commit:  # the commit may or may not have happened
+                    found = await self._lookup(aggregate)
+                    if found is not None:
+                        self.published.append(
+                            Published(found, org, event_type, True, time.monotonic(), True)
+                        )
+                await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), rng.uniform(0.02, 0.12))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _publish_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        org: str,
+        event_type: str,
+        aggregate: uuid.UUID,
+        direct: bool,
+        commit: bool,
+    ) -> None:
+        payload = Jsonb({"n": len(self.published), "direct": direct})
+        if direct:  # host code that inserts without publish_event (no NOTIFY)
+            cur = await conn.execute(
+                "INSERT INTO events (event_type, event_category, aggregate_id, payload, org_id) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (event_type, event_type.split(".")[0], aggregate, payload, self.orgs[org]),
+            )
+        else:
+            cur = await conn.execute(
+                "SELECT publish_event(%s, %s, %s, NULL, '{}'::jsonb, %s) AS id",
+                (event_type, aggregate, payload, self.orgs[org]),
+            )
+        row = await cur.fetchone()
+        assert row is not None
+        if commit:
+            await conn.commit()
+        else:
+            await conn.rollback()
+        self.published.append(Published(str(row["id"]), org, event_type, commit, time.monotonic()))
+
+    async def _lookup(self, aggregate: uuid.UUID) -> str | None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                async with await self._connect() as conn:
+                    cur = await conn.execute(
+                        "SELECT id FROM events WHERE aggregate_id = %s", (aggregate,)
+                    )
+                    row = await cur.fetchone()
+                    return str(row["id"]) if row else None
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"could not look up event {aggregate} after a lost commit")
+
+    # -- sampler ---------------------------------------------------------------------------
+    async def _sample_forever(self) -> None:
+        """Every 0.5 s: rows due for longer than STUCK_MARGIN, rows leased too far ahead,
+        failing and disabled webhooks."""
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    while True:
+                        await self._sample(conn)
+                        await asyncio.sleep(0.5)
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.3)
+
+    async def _sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        cur = await conn.execute(
+            "SELECT id::text, status, coalesce(consecutive_failures, 0) AS cf FROM webhooks "
+            "WHERE org_id = ANY(%s::uuid[])",
+            (list(self.orgs.values()),),
+        )
+        for w in await cur.fetchall():
+            if w["cf"] >= 3:
+                self.failing_seen[w["id"]].append(now)
+            if w["status"] == "disabled":
+                self.disabled.add(w["id"])
+        cur = await conn.execute(
+            "SELECT d.id::text, d.webhook_id::text, d.status, "
+            "extract(epoch FROM now() - coalesce(d.next_retry_at, d.created_at))::float AS late "
+            "FROM webhook_deliveries d WHERE d.org_id = ANY(%s::uuid[]) "
+            "AND d.status IN ('pending', 'retrying') "
+            "AND (coalesce(d.next_retry_at, d.created_at) < now() - make_interval(secs => %s) "
+            "  OR d.next_retry_at > now() + make_interval(secs => %s))",
+            (list(self.orgs.values()), STUCK_MARGIN, LEASE + 1.0),
+        )
+        for r in await cur.fetchall():
+            if r["late"] < 0:
+                self.lease_too_long.append(f"{r['id']} leased {-r['late']:.1f} s ahead")
+                continue
+            due_at = now - r["late"]
+            if self._excused(r["webhook_id"], due_at, now):
+                continue
+            self.stuck.setdefault(
+                r["id"],
+                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, due for "
+                f"{r['late']:.1f} s at t+{now - self.t0:.1f}s with the database up and "
+                "a daemon running",
+            )
+
+    def _excused(self, hook: str, since: float, now: float) -> bool:
+        def overlaps(windows: list[tuple[float, float]]) -> bool:
+            return any(a <= now and b >= since for a, b in windows)
+
+        if overlaps(self.blackouts) or hook in self.disabled:
+            return True
+        if self._no_daemon_since is not None:
+            return True
+        if overlaps([(a, b) for h, a, b in self.held if h == hook]):
+            return True
+        return any(since - 2.5 <= t <= now for t in self.failing_seen.get(hook, []))
+
+    def _path(self, hook: str) -> str:
+        return next((p for p, h in self.hooks.items() if h == hook), hook)
+
+    # -- drain -----------------------------------------------------------------------------
+    async def _drain(self) -> bool:
+        """Until every expected pair has a 2xx receipt and nothing is left to send."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self._missing():
+                with contextlib.suppress(psycopg.OperationalError):
+                    async with await self._connect() as conn:
+                        cur = await conn.execute(
+                            "SELECT (SELECT count(*) FROM webhook_deliveries "
+                            "        WHERE org_id = ANY(%s::uuid[]) "
+                            "        AND status IN ('pending', 'retrying')) "
+                            "     + (SELECT count(*) FROM dispatcher.outbox) AS left",
+                            (list(self.orgs.values()),),
+                        )
+                        row = await cur.fetchone()
+                        if row is not None and row["left"] == 0:
+                            return True
+            await asyncio.sleep(0.3)
+        return False
+
+    def expected(self) -> set[tuple[str, str]]:
+        """(event id, path) pairs owed: committed events x active subscribed webhooks of
+        their org that were never auto-disabled during the run."""
+        owed = set()
+        for e in self.published:
+            if not e.committed:
+                continue
+            for (org, path), (patterns, status) in WEBHOOKS.items():
+                if org != e.org or status != "active" or self.hooks[path] in self.disabled:
+                    continue
+                if any(matches(p, e.event_type) for p in patterns):
+                    owed.add((e.event_id, path))
+        return owed
+
+    def _ok_pairs(self) -> set[tuple[str, str]]:
+        return {
+            (r.event_id, r.path)
+            for r in self.receiver.receipts
+            if r.status is not None and r.status < 300
+        }
+
+    def _missing(self) -> set[tuple[str, str]]:
+        return self.expected() - self._ok_pairs()
+
+    # -- oracle ----------------------------------------------------------------------------
+    async def oracle(self, drained: bool) -> Report:
+        broken: dict[str, list[str]] = {}
+        receipts = self.receiver.receipts
+        owed = self.expected()
+
+        missing = sorted(self._missing())
+        lost = [f"event {e} never reached {p} with a 2xx" for e, p in missing]
+        if not drained and not missing:
+            lost.append(f"rows still pending/retrying {DRAIN_TIMEOUT:g} s after the faults")
+        broken["delivered"] = lost
+
+        rolled_back = {e.event_id for e in self.published if not e.committed}
+        committed = {e.event_id: e for e in self.published if e.committed}
+        wrong = []
+        for r in receipts:
+            if r.event_id in rolled_back:
+                wrong.append(f"rolled-back event {r.event_id} sent to {r.path}")
+            elif r.path == "/b/inactive":
+                wrong.append(f"inactive webhook received event {r.event_id}")
+            elif r.event_id in committed and (r.event_id, r.path) not in owed:
+                if self.hooks[r.path] not in self.disabled:
+                    wrong.append(f"event {r.event_id} sent to non-subscribed {r.path}")
+            elif r.event_id not in committed:
+                wrong.append(f"unknown event {r.event_id} sent to {r.path}")
+        broken["nothing unowed"] = wrong
+
+        by_pair: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
+        for r in receipts:
+            by_pair[(r.event_id, r.path)].append(r)
+        unexplained, explained, ids_changed = [], 0, []
+        killed_at = dict(self.kills)
+        for pair, rs in by_pair.items():
+            rs.sort(key=lambda r: r.at)
+            ids = sorted({r.webhook_id for r in rs})
+            if len(ids) > 1:
+                ids_changed.append(f"event {pair[0]} to {pair[1]}: webhook-ids {ids}")
+            first_ok = next((r for r in rs if r.status is not None and r.status < 300), None)
+            if first_ok is None:
+                continue
+            for dup in rs[rs.index(first_ok) + 1 :]:
+                tk = killed_at.get(first_ok.sender or -1)
+                if tk is not None and first_ok.at <= tk <= dup.at:
+                    explained += 1
+                    continue
+                how = (
+                    f"its sender pid {first_ok.sender} was not SIGKILLed in between"
+                    if first_ok.sender
+                    else "its sender is unknown"
+                )
+                unexplained.append(
+                    f"event {pair[0]} to {pair[1]} (webhook-id {dup.webhook_id}): 2xx at "
+                    f"t+{first_ok.at - self.t0:.1f}s, again at t+{dup.at - self.t0:.1f}s "
+                    f"(delivery {dup.delivery_id}, pid {dup.sender}); {how}"
+                )
+        broken["no duplicate"] = unexplained
+        broken["webhook-id stable"] = ids_changed
+
+        broken["no stuck row"] = sorted(self.stuck.values()) + self.lease_too_long
+
+        first_ok_at: dict[str, float] = {}
+        for r in receipts:
+            if r.path == "/a/all" and r.status is not None and r.status < 300:
+                first_ok_at[r.event_id] = min(r.at, first_ok_at.get(r.event_id, r.at))
+        slow, checked = [], 0
+        for e in self.published:
+            if e.org != "A" or not e.committed or e.ambiguous:
+                continue
+            lo, hi = e.at - 0.5, e.at + TENANT_BOUND
+            if any(a <= hi and b >= lo for a, b in self.global_windows + self.blackouts):
+                continue
+            checked += 1
+            got = first_ok_at.get(e.event_id)
+            if got is None or got - e.at > TENANT_BOUND:
+                took = f"{got - e.at:.1f} s" if got is not None else "never"
+                slow.append(
+                    f"healthy org's event {e.event_id} published at t+{e.at - self.t0:.1f}s "
+                    f"reached it after {took} (bound {TENANT_BOUND:g} s); "
+                    f"other faults around: {self._around(e.at)}"
+                )
+        if checked < TENANT_MIN_CHECKED:
+            slow.append(
+                f"premise: only {checked} healthy-org events away from global faults "
+                f"(< {TENANT_MIN_CHECKED}); the check proved nothing"
+            )
+        broken["no tenant waits on another"] = slow
+
+        broken["graceful stops exit 0"] = [
+            f"pid {pid} exited {code} after SIGTERM" for pid, code in self.exit_codes if code
+        ]
+        figures = {
+            "events": len(self.published),
+            "committed": len(committed),
+            "rolled_back": len(rolled_back),
+            "owed": len(owed),
+            "receipts": len(receipts),
+            "sender_known": f"{sum(r.sender is not None for r in receipts)}/{len(receipts)}",
+            "duplicates_after_kill": explained,
+            "sigkills": len(self.kills),
+            "tenant_checked": checked,
+            "auto_disabled": len(self.disabled),
+            "dns_hang": "on" if "dns_hang" in self.kinds else "unavailable",
+        }
+        return Report(self.seed, self.seconds, self.faults, self.counts, broken, figures)
+
+    def _around(self, at: float) -> str:
+        near = [
+            f.kind for f in self.faults if at - LEASE - 4 <= self.t0 + f.at <= at + TENANT_BOUND
+        ]
+        return ", ".join(near) or "none"
