@@ -21,9 +21,9 @@ The oracle (docs/reliability.md, "The randomized fault test", states it for read
   not been written when it died. An outcome still unwritten a lease after its answer is a
   defect whatever follows; a graceful stop (SIGTERM) excuses nothing.
 - **webhook-id stable**: every receipt of one (event, webhook) pair carries one webhook-id.
-- **no stuck row**: a pending/retrying row due for more than ``STUCK_MARGIN`` seconds (its
-  lease ended, or its retry time came, and no process took it) while the database was up and
-  a daemon was running is stuck, unless its own webhook was failing (3+ consecutive failures:
+- **no stuck row**: a pending/retrying row seen due for more than ``STUCK_MARGIN`` seconds
+  (its lease ended, or its retry time came, and no process took it) while the database was
+  up and a daemon was running is stuck, unless its own webhook was failing (3+ consecutive failures:
   one probe at a time), held by the host, or not active; no row is leased further ahead than
   the lease.
 - **no tenant waits on another**: the healthy org's events published away from global faults
@@ -358,6 +358,7 @@ class FuzzRun:
         self.stuck: dict[str, str] = {}
         self.lease_too_long: list[str] = []
         self.holds_taken = 0
+        self.due_seen: dict[tuple[str, str], float] = {}
         self.receiver = FlappingReceiver(self._pids)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -716,25 +717,28 @@ class FuzzRun:
                 self.disabled.add(w["id"])
         cur = await conn.execute(
             "SELECT d.id::text, d.webhook_id::text, d.status, "
+            "coalesce(d.next_retry_at, d.created_at)::text AS due, "
             "extract(epoch FROM now() - coalesce(d.next_retry_at, d.created_at))::float AS late "
             "FROM webhook_deliveries d WHERE d.org_id = ANY(%s::uuid[]) "
             "AND d.status IN ('pending', 'retrying') "
-            "AND (coalesce(d.next_retry_at, d.created_at) < now() - make_interval(secs => %s) "
+            "AND (coalesce(d.next_retry_at, d.created_at) < now() - interval '1 second' "
             "  OR d.next_retry_at > now() + make_interval(secs => %s))",
-            (list(self.orgs.values()), STUCK_MARGIN, LEASE + 1.0),
+            (list(self.orgs.values()), LEASE + 1.0),
         )
         for r in await cur.fetchall():
             if r["late"] < 0:
                 self.lease_too_long.append(f"{r['id']} leased {-r['late']:.1f} s ahead")
                 continue
-            due_at = now - r["late"]
-            if self._excused(r["webhook_id"], due_at, now):
+            # Due since it became visible (a row created by a statement that waited on a
+            # lock carries that statement's start as its creation time).
+            since = self.due_seen.setdefault((r["id"], r["due"]), now)
+            if now - since < STUCK_MARGIN or self._excused(r["webhook_id"], since, now):
                 continue
             self.stuck.setdefault(
                 r["id"],
-                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, due for "
-                f"{r['late']:.1f} s at t+{now - self.t0:.1f}s with the database up and "
-                "a daemon running",
+                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, seen due "
+                f"and untaken for {now - since:.1f} s at t+{now - self.t0:.1f}s with the "
+                "database up and a daemon running",
             )
 
     def _excused(self, hook: str, since: float, now: float) -> bool:
