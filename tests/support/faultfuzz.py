@@ -75,7 +75,7 @@ WEBHOOKS: dict[tuple[str, str], tuple[list[str], str]] = {
     ("B", "/b/inactive"): (["*"], "inactive"),
 }
 FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
-GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}
+GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}  # and term_in_slow_claim
 
 
 def dns_setting() -> str | None:
@@ -230,6 +230,7 @@ WEIGHTS = {
     "hold_webhook": 2,
     "hold_deliveries": 2,
     "statement_timeout": 1,
+    "term_in_slow_claim": 2,
     "flap": 5,
     "dns_hang": 1,
 }
@@ -261,6 +262,12 @@ def schedule(seed: int, seconds: float, kinds: list[str]) -> list[Fault]:
                 "daemon": rng.randrange(DAEMONS),
                 "ms": rng.choice([20, 100, 500]),
                 "seconds": round(rng.uniform(3, 10), 1),
+            }
+        elif kind == "term_in_slow_claim":
+            args = {
+                "daemon": rng.randrange(DAEMONS),
+                "path": rng.choice(FLAPPING),
+                "seconds": round(rng.uniform(2, 4), 1),
             }
         elif kind == "flap":
             steps = []
@@ -517,6 +524,12 @@ class FuzzRun:
             if slot.process is None:
                 return
             self._background(self._tight_timeout(slot, a["ms"], a["seconds"]))
+        elif fault.kind == "term_in_slow_claim":
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return
+            self._background(self._hold(a["path"], a["seconds"], deliveries=False))
+            self._background(self._term_later(slot, a["seconds"] - 1.0))
         elif fault.kind == "flap":
             self._background(self._flap(a["path"], a["steps"]))
         elif fault.kind == "dns_hang":  # pragma: no cover - needs a resolver setting
@@ -582,6 +595,13 @@ class FuzzRun:
                 self.held.append((hook, start, time.monotonic() + 1.0))
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
+
+    async def _term_later(self, slot: Slot, after: float) -> None:
+        """SIGTERM a process whose fan-out waits on a held webhook row, one second before
+        the hold ends: the claim returns inside the shutdown grace."""
+        await asyncio.sleep(after)
+        self.global_windows.append((time.monotonic(), time.monotonic() + 1.0))
+        await self._stop_and_restart(slot, "sigterm", 0.5)
 
     async def _tight_timeout(self, slot: Slot, ms: int, seconds: float) -> None:
         """Replace the slot's process by one with a tiny statement_timeout for a while."""
