@@ -441,9 +441,13 @@ class FuzzRun:
             daemon.kill()
             await daemon.wait_exit(10)
         else:
+            ready = bool(daemon.events("ready"))
             daemon.terminate()
             code = await daemon.wait_exit(30)
-            self.exit_codes.append((daemon.pid or 0, code))
+            # Before "ready" no signal handler may be installed yet and nothing is claimed:
+            # dying of the signal itself is what systemd expects then.
+            if ready or code != -15:
+                self.exit_codes.append((daemon.pid or 0, code))
 
     # -- the phases ------------------------------------------------------------------------
     async def execute(self) -> Report:
