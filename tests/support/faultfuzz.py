@@ -78,15 +78,25 @@ FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
 GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}  # and term_in_slow_claim
 
 
+# Settings that point the daemon at a DNS server (the `edges` work adds resolver settings in
+# parallel; their names were not known when this was written). The dns_hang fault needs one of
+# these AND a stub DNS server wired to it here; until both exist it is never scheduled.
+DNS_SERVER_SETTINGS = ("dns_servers", "dns_nameservers", "resolver_nameservers", "nameservers")
+DNS_HANG_WIRED = False
+
+
 def dns_setting() -> str | None:
-    """The name of a resolver setting (DISPATCHER_...) if this build has one, else None: the
-    'dns_hang' fault runs only then (see docs/reliability.md)."""
+    """The resolver-address setting of this build, if it has one of DNS_SERVER_SETTINGS."""
     from dispatcher.settings import Settings
 
-    for name in Settings.model_fields:
-        if any(word in name for word in ("dns", "resolver", "nameserver")):
-            return name
-    return None
+    return next((n for n in DNS_SERVER_SETTINGS if n in Settings.model_fields), None)
+
+
+def dns_hang_state() -> str:
+    setting = dns_setting()
+    if setting is None:
+        return "unavailable (no resolver setting)"
+    return "on" if DNS_HANG_WIRED else f"not wired (setting {setting} exists)"
 
 
 # --- which process sent a request -----------------------------------------------------------
@@ -347,7 +357,7 @@ class FuzzRun:
         self.seed = seed
         self.seconds = seconds
         self.pub_rng = random.Random(seed + 1)
-        self.kinds = [k for k in WEIGHTS if k != "dns_hang" or dns_setting() is not None]
+        self.kinds = [k for k in WEIGHTS if k != "dns_hang" or dns_hang_state() == "on"]
         self.faults = schedule(seed, seconds, self.kinds)
         self.counts: Counter[str] = Counter()
         self.orgs = {"A": str(uuid.uuid4()), "B": str(uuid.uuid4())}
@@ -536,10 +546,8 @@ class FuzzRun:
             self._background(self._term_later(slot, a["seconds"] - 1.0))
         elif fault.kind == "flap":
             self._background(self._flap(a["path"], a["steps"]))
-        elif fault.kind == "dns_hang":  # pragma: no cover - needs a resolver setting
-            raise NotImplementedError(
-                f"resolver setting {dns_setting()!r} found: wire the dns_hang fault to it"
-            )
+        elif fault.kind == "dns_hang":  # pragma: no cover - scheduled only once wired
+            raise NotImplementedError("dns_hang: point the daemons at a stub DNS server")
 
     async def _stop_and_restart(self, slot: Slot, sig: str, after: float) -> None:
         await self._stop_slot(slot, sig)
@@ -934,7 +942,7 @@ class FuzzRun:
             "holds_taken": self.holds_taken,
             "tenant_checked": checked,
             "auto_disabled": len(self.disabled),
-            "dns_hang": "on" if "dns_hang" in self.kinds else "unavailable",
+            "dns_hang": dns_hang_state(),
         }
         return Report(self.seed, self.seconds, self.faults, self.counts, broken, figures)
 
