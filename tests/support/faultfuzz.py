@@ -37,260 +37,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from aiohttp import web
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dispatcher.patterns import matches
 
 from .daemon import DaemonProcess
-from .net import bound_socket, set_linger_zero
+from .fuzz_oracle import Report, judge
+from .fuzz_receiver import FlappingReceiver, Receipt
+from .fuzz_schedule import (
+    DAEMONS,
+    DRAIN_TIMEOUT,
+    EVENT_TYPES,
+    FLAPPING,
+    GLOBAL_KINDS,
+    HTTP_TIMEOUT,
+    LEASE,
+    STUCK_MARGIN,
+    WEBHOOKS,
+    WEIGHTS,
+    Fault,
+    dns_hang_state,
+    schedule,
+)
 from .pg import PgCluster
 
-LEASE = 12.0
-HTTP_TIMEOUT = 2.0
-DAEMONS = 3
-STUCK_MARGIN = 10.0  # seconds a due row may wait for a process (poll 0.5 s, retry <= 2 s)
-TENANT_BOUND = 6.0  # seconds from commit to the healthy org's receipt
-TENANT_MIN_CHECKED = 5
-DRAIN_TIMEOUT = 60.0
-EVENT_TYPES = ["job.created", "job.updated", "candidate.hired"]
-
-# (org, path) -> (patterns, status)
-WEBHOOKS: dict[tuple[str, str], tuple[list[str], str]] = {
-    ("A", "/a/all"): (["*"], "active"),
-    ("B", "/b/all"): (["*"], "active"),
-    ("B", "/b/jobs"): (["job.*"], "active"),
-    ("B", "/b/created"): (["job.created"], "active"),
-    ("B", "/b/inactive"): (["*"], "inactive"),
-}
-FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
-GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}  # and term_in_slow_claim
-
-
-# Settings that point the daemon at a DNS server (the `edges` work adds resolver settings in
-# parallel; their names were not known when this was written). The dns_hang fault needs one of
-# these AND a stub DNS server wired to it here; until both exist it is never scheduled.
-DNS_SERVER_SETTINGS = ("dns_servers", "dns_nameservers", "resolver_nameservers", "nameservers")
-DNS_HANG_WIRED = False
-
-
-def dns_setting() -> str | None:
-    """The resolver-address setting of this build, if it has one of DNS_SERVER_SETTINGS."""
-    from dispatcher.settings import Settings
-
-    return next((n for n in DNS_SERVER_SETTINGS if n in Settings.model_fields), None)
-
-
-def dns_hang_state() -> str:
-    setting = dns_setting()
-    if setting is None:
-        return "unavailable (no resolver setting)"
-    return "on" if DNS_HANG_WIRED else f"not wired (setting {setting} exists)"
-
-
-# --- which process sent a request -----------------------------------------------------------
-
-
-def socket_owner(peer_port: int, server_port: int, pids: list[int]) -> int | None:
-    """The pid among ``pids`` owning the loopback client socket 127.0.0.1:peer_port that is
-    connected to our server_port (from /proc/net/tcp and /proc/<pid>/fd)."""
-    inode = None
-    want_local, want_remote = f"{peer_port:04X}", f"{server_port:04X}"
-    with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            parts = line.split()
-            if (
-                parts[1].endswith(":" + want_local)
-                and parts[2].endswith(":" + want_remote)
-                and parts[1].startswith("0100007F")
-            ):
-                inode = parts[9]
-                break
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                        return pid
-    return None
-
-
-# --- receiver -------------------------------------------------------------------------------
-
-
-@dataclass
-class Receipt:
-    path: str
-    event_id: str
-    webhook_id: str  # the webhook-id header
-    delivery_id: str  # X-InTime-Delivery
-    at: float
-    sender: int | None
-    status: int | None = None  # None: hung, reset or cut off
-
-
-class FlappingReceiver:
-    """One aiohttp server; per path a mode: ok (2xx at once), slow (2xx after 0.2-0.5 s),
-    error (500), hang (no answer for longer than the daemon's timeout, then 500) or reset
-    (TCP RST). A 2xx is only ever sent well within the daemon's timeout, so a 2xx receipt is
-    an answer the daemon got."""
-
-    def __init__(self, pids: Any) -> None:
-        self.receipts: list[Receipt] = []
-        self.modes: dict[str, str] = defaultdict(lambda: "ok")
-        self._pids = pids  # callable -> list of daemon pids alive or recently alive
-        self._owners: dict[tuple[int, int], int | None] = {}
-        self._runner: web.ServerRunner | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        sock = bound_socket()
-        self.port = sock.getsockname()[1]
-        server = web.Server(self._handle, handler_cancellation=True)
-        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock, backlog=512).start()
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def _sender(self, request: web.BaseRequest) -> int | None:
-        transport = request.transport
-        if transport is None:
-            return None
-        peer = transport.get_extra_info("peername")
-        key = (id(transport), peer[1] if peer else 0)
-        if key not in self._owners:
-            self._owners[key] = socket_owner(key[1], self.port, self._pids())
-        return self._owners[key]
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read()
-        try:
-            event_id = str(json.loads(body).get("id"))
-        except ValueError:
-            event_id = "?"
-        receipt = Receipt(
-            request.path,
-            event_id,
-            request.headers.get("webhook-id", "?"),
-            request.headers.get("X-InTime-Delivery", "?"),
-            time.monotonic(),
-            self._sender(request),
-        )
-        self.receipts.append(receipt)
-        mode = self.modes[request.path]
-        if mode == "reset":
-            transport = request.transport
-            if transport is not None:
-                set_linger_zero(transport.get_extra_info("socket"))
-                transport.abort()
-            raise asyncio.CancelledError
-        if mode == "hang":
-            await asyncio.sleep(HTTP_TIMEOUT + 1.5)
-            receipt.status = 500
-            return web.Response(status=500)
-        if mode == "error":
-            receipt.status = 500
-            return web.Response(status=500)
-        if mode == "slow":
-            await asyncio.sleep(0.2 + random.random() * 0.3)
-        receipt.status = 204
-        return web.Response(status=204)
-
-
-# --- schedule -------------------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    at: float  # seconds from the start of the fault phase
-    kind: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        args = " ".join(f"{k}={v}" for k, v in self.args.items())
-        return f"t+{self.at:5.1f}s {self.kind} {args}".rstrip()
-
-
-WEIGHTS = {
-    "sigkill": 3,
-    "sigterm": 2,
-    "pg_restart": 1,
-    "backend_kill": 2,
-    "hold_webhook": 2,
-    "hold_deliveries": 2,
-    "statement_timeout": 1,
-    "term_in_slow_claim": 2,
-    "flap": 5,
-    "dns_hang": 1,
-}
-
-
-def schedule(seed: int, seconds: float, kinds: list[str]) -> list[Fault]:
-    """The faults of one run, drawn from ``seed`` alone."""
-    rng = random.Random(seed)
-    faults: list[Fault] = []
-    t = rng.uniform(1.0, 3.0)
-    weights = [WEIGHTS[k] for k in kinds]
-    while t < seconds:
-        kind = rng.choices(kinds, weights)[0]
-        args: dict[str, Any] = {}
-        if kind in ("sigkill", "sigterm"):
-            args = {
-                "daemon": rng.randrange(DAEMONS),
-                "restart_after": round(rng.uniform(0.2, 3), 1),
-            }
-        elif kind == "pg_restart":
-            args = {"mode": rng.choice(["fast", "immediate"])}
-        elif kind == "backend_kill":
-            args = {"which": rng.choice(["all", "one", "listen"])}
-        elif kind in ("hold_webhook", "hold_deliveries"):
-            # up to past a lease: an admin editing a webhook, a long migration
-            args = {"path": rng.choice(FLAPPING), "seconds": round(rng.uniform(2, LEASE + 6), 1)}
-        elif kind == "statement_timeout":
-            args = {
-                "daemon": rng.randrange(DAEMONS),
-                "ms": rng.choice([20, 100, 500]),
-                "seconds": round(rng.uniform(3, 10), 1),
-            }
-        elif kind == "term_in_slow_claim":
-            args = {
-                "daemon": rng.randrange(DAEMONS),
-                "path": rng.choice(FLAPPING),
-                "seconds": round(rng.uniform(2, 4), 1),
-            }
-        elif kind == "flap":
-            steps = []
-            for _ in range(rng.randint(1, 3)):
-                mode = rng.choice(["error", "hang", "reset", "slow"])
-                steps.append((mode, round(rng.uniform(0.3, 2.5), 1)))
-            args = {"path": rng.choice(FLAPPING), "steps": steps}
-        elif kind == "dns_hang":
-            args = {"seconds": round(rng.uniform(2, 6), 1)}
-        faults.append(Fault(round(t, 2), kind, args))
-        t += rng.uniform(1.0, 4.0)
-    return faults
-
+__all__ = ["WEBHOOKS", "FuzzRun", "Published", "Receipt", "Report"]
 
 # --- the run --------------------------------------------------------------------------------
 
@@ -312,41 +92,6 @@ class Slot:
     index: int
     process: DaemonProcess | None = None
     started: float = 0.0
-
-
-@dataclass
-class Report:
-    seed: int
-    seconds: float
-    faults: list[Fault]
-    counts: Counter[str]
-    broken: dict[str, list[str]]
-    figures: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return not any(self.broken.values())
-
-    def text(self) -> str:
-        lines = [
-            f"fault fuzz seed={self.seed} seconds={self.seconds:g}: "
-            + ("OK" if self.ok else "BROKEN"),
-            "faults: " + ", ".join(f"{k} {n}" for k, n in sorted(self.counts.items())),
-            "figures: " + ", ".join(f"{k}={v}" for k, v in self.figures.items()),
-        ]
-        for name, problems in self.broken.items():
-            lines.append(f"invariant {name}: " + ("ok" if not problems else "BROKEN"))
-            lines += [f"    {p}" for p in problems[:12]]
-            if len(problems) > 12:
-                lines.append(f"    ... and {len(problems) - 12} more")
-        if not self.ok:
-            lines.append(
-                f"reproduce: DISPATCHER_FUZZ_SEED={self.seed} DISPATCHER_FUZZ_RUN_SECONDS="
-                f"{self.seconds:g} .venv/bin/pytest tests/chaos/test_fault_fuzz.py -k seed -s"
-            )
-        lines.append("schedule:")
-        lines += [f"    {f}" for f in self.faults]
-        return "\n".join(lines)
 
 
 class FuzzRun:
@@ -376,7 +121,7 @@ class FuzzRun:
         self.lease_too_long: list[str] = []
         self.holds_taken = 0
         self.due_seen: dict[tuple[str, str], float] = {}
-        self.receiver = FlappingReceiver(self._pids)
+        self.receiver = FlappingReceiver(self._pids, hang_for=HTTP_TIMEOUT + 1.5)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._no_daemon_since: float | None = None
@@ -834,126 +579,6 @@ class FuzzRun:
         return self.expected() - self._ok_pairs()
 
     # -- oracle ----------------------------------------------------------------------------
+
     async def oracle(self, drained: bool) -> Report:
-        broken: dict[str, list[str]] = {}
-        receipts = self.receiver.receipts
-        owed = self.expected()
-
-        missing = sorted(self._missing())
-        lost = [f"event {e} never reached {p} with a 2xx" for e, p in missing]
-        if not drained and not missing:
-            lost.append(f"rows still pending/retrying {DRAIN_TIMEOUT:g} s after the faults")
-        broken["delivered"] = lost
-
-        rolled_back = {e.event_id for e in self.published if not e.committed}
-        committed = {e.event_id: e for e in self.published if e.committed}
-        wrong = []
-        for r in receipts:
-            if r.event_id in rolled_back:
-                wrong.append(f"rolled-back event {r.event_id} sent to {r.path}")
-            elif r.path == "/b/inactive":
-                wrong.append(f"inactive webhook received event {r.event_id}")
-            elif r.event_id in committed and (r.event_id, r.path) not in owed:
-                if self.hooks[r.path] not in self.disabled:
-                    wrong.append(f"event {r.event_id} sent to non-subscribed {r.path}")
-            elif r.event_id not in committed:
-                wrong.append(f"unknown event {r.event_id} sent to {r.path}")
-        broken["nothing unowed"] = wrong
-
-        by_pair: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
-        for r in receipts:
-            by_pair[(r.event_id, r.path)].append(r)
-        unexplained, explained, ids_changed = [], 0, []
-        killed_at = dict(self.kills)
-        for pair, rs in by_pair.items():
-            rs.sort(key=lambda r: r.at)
-            ids = sorted({r.webhook_id for r in rs})
-            if len(ids) > 1:
-                ids_changed.append(f"event {pair[0]} to {pair[1]}: webhook-ids {ids}")
-            first_ok = next((r for r in rs if r.status is not None and r.status < 300), None)
-            if first_ok is None:
-                continue
-            for dup in rs[rs.index(first_ok) + 1 :]:
-                sender = first_ok.sender or self._presumed_sender(first_ok.at)
-                tk = killed_at.get(sender or -1)
-                # a presumed sender died just before its request was read
-                sent = first_ok.at if first_ok.sender else first_ok.at - 2.0
-                if tk is not None and sent <= tk <= min(dup.at, first_ok.at + LEASE):
-                    explained += 1
-                    continue
-                if sender is None:
-                    how = "its sender is unknown"
-                elif tk is None or tk > dup.at:
-                    how = f"its sender pid {sender} was not SIGKILLed in between"
-                else:
-                    how = (
-                        f"its sender pid {sender} was SIGKILLed {tk - first_ok.at:.1f} s "
-                        "later, after the lease: the outcome was not written within its lease"
-                    )
-                unexplained.append(
-                    f"event {pair[0]} to {pair[1]} (webhook-id {dup.webhook_id}): 2xx at "
-                    f"t+{first_ok.at - self.t0:.1f}s, again at t+{dup.at - self.t0:.1f}s "
-                    f"(delivery {dup.delivery_id}, pid {dup.sender}); {how}"
-                )
-        broken["no duplicate"] = unexplained
-        broken["webhook-id stable"] = ids_changed
-
-        broken["no stuck row"] = sorted(self.stuck.values()) + self.lease_too_long
-
-        first_ok_at: dict[str, float] = {}
-        for r in receipts:
-            if r.path == "/a/all" and r.status is not None and r.status < 300:
-                first_ok_at[r.event_id] = min(r.at, first_ok_at.get(r.event_id, r.at))
-        slow, checked = [], 0
-        for e in self.published:
-            if e.org != "A" or not e.committed or e.ambiguous:
-                continue
-            lo, hi = e.at - 0.5, e.at + TENANT_BOUND
-            if any(a <= hi and b >= lo for a, b in self.global_windows + self.blackouts):
-                continue
-            checked += 1
-            got = first_ok_at.get(e.event_id)
-            if got is None or got - e.at > TENANT_BOUND:
-                took = f"{got - e.at:.1f} s" if got is not None else "never"
-                slow.append(
-                    f"healthy org's event {e.event_id} published at t+{e.at - self.t0:.1f}s "
-                    f"reached it after {took} (bound {TENANT_BOUND:g} s); "
-                    f"other faults around: {self._around(e.at)}"
-                )
-        if checked < TENANT_MIN_CHECKED:
-            slow.append(
-                f"premise: only {checked} healthy-org events away from global faults "
-                f"(< {TENANT_MIN_CHECKED}); the check proved nothing"
-            )
-        broken["no tenant waits on another"] = slow
-
-        broken["graceful stops exit 0"] = [
-            f"pid {pid} exited {code} after SIGTERM" for pid, code in self.exit_codes if code
-        ]
-        figures = {
-            "events": len(self.published),
-            "committed": len(committed),
-            "rolled_back": len(rolled_back),
-            "owed": len(owed),
-            "receipts": len(receipts),
-            "sender_known": f"{sum(r.sender is not None for r in receipts)}/{len(receipts)}",
-            "duplicates_after_kill": explained,
-            "sigkills": len(self.kills),
-            "holds_taken": self.holds_taken,
-            "tenant_checked": checked,
-            "auto_disabled": len(self.disabled),
-            "dns_hang": dns_hang_state(),
-        }
-        return Report(self.seed, self.seconds, self.faults, self.counts, broken, figures)
-
-    def _presumed_sender(self, at: float) -> int | None:
-        """A receipt whose connection had no live owner among the daemons when it was read:
-        sent by a process that had just died. The one SIGKILLed in the 2 s before, if any."""
-        recent = [(tk, pid) for pid, tk in self.kills if at - 2.0 <= tk <= at]
-        return max(recent)[1] if recent else None
-
-    def _around(self, at: float) -> str:
-        near = [
-            f.kind for f in self.faults if at - LEASE - 4 <= self.t0 + f.at <= at + TENANT_BOUND
-        ]
-        return ", ".join(near) or "none"
+        return judge(self, drained)
