@@ -120,6 +120,7 @@ class FuzzRun:
         self.stuck: dict[str, str] = {}
         self.lease_too_long: list[str] = []
         self.holds_taken = 0
+        self.harness_errors: list[str] = []  # a fault that could not be carried out
         self.due_seen: dict[tuple[str, str], float] = {}
         self.receiver = FlappingReceiver(self._pids, hang_for=HTTP_TIMEOUT + 1.5)
         self._stop = asyncio.Event()
@@ -257,7 +258,12 @@ class FuzzRun:
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.harness_errors.append(f"{task.get_coro()!r}: {task.exception()!r}")
 
     async def _inject(self, fault: Fault) -> None:
         a = fault.args

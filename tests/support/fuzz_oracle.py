@@ -149,6 +149,7 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         )
     broken["no tenant waits on another"] = slow
 
+    broken["every fault carried out"] = list(run.harness_errors)
     broken["graceful stops exit 0"] = [
         f"pid {pid} exited {code} after SIGTERM" for pid, code in run.exit_codes if code
     ]

@@ -93,15 +93,20 @@ class FlappingReceiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def _sender(self, request: web.BaseRequest) -> int | None:
+    async def _sender(self, request: web.BaseRequest) -> int | None:
         transport = request.transport
         if transport is None:
             return None
         peer = transport.get_extra_info("peername")
         key = (id(transport), peer[1] if peer else 0)
-        if key not in self._owners:
-            self._owners[key] = socket_owner(key[1], self.port, self._pids())
-        return self._owners[key]
+        owner = self._owners.get(key)
+        if owner is None:  # looked up again while unknown: /proc can lag a new connection
+            owner = socket_owner(key[1], self.port, self._pids())
+            if owner is None:
+                await asyncio.sleep(0.02)
+                owner = socket_owner(key[1], self.port, self._pids())
+            self._owners[key] = owner
+        return owner
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
@@ -115,7 +120,7 @@ class FlappingReceiver:
             request.headers.get("webhook-id", "?"),
             request.headers.get("X-InTime-Delivery", "?"),
             time.monotonic(),
-            self._sender(request),
+            await self._sender(request),
         )
         self.receipts.append(receipt)
         mode = self.modes[request.path]
