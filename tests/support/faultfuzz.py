@@ -30,7 +30,7 @@ The oracle (docs/reliability.md, "The randomized fault test", states it for read
   (process kills and stops, PostgreSQL restarts, backend kills, no daemon running) reach its
   endpoint within ``TENANT_BOUND`` seconds while the other org's endpoints flap and its rows
   are held; at least ``TENANT_MIN_CHECKED`` of them are checked.
-- **graceful stops exit 0**.
+- **every fault carried out**, and **graceful stops exit 0**.
 """
 
 from __future__ import annotations
