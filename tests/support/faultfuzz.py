@@ -1,0 +1,591 @@
+"""The randomized fault test's harness: a seeded schedule of faults, a publisher, a flapping
+receiver that knows which process sent each request, a sampler of leased rows, and the oracle.
+
+    run = FuzzRun(cluster, dbname, seed=7, seconds=30)
+    report = await run.execute()      # setup, load + faults, drain, stop, oracle
+    assert report.ok, report.text()   # the text names the seed to reproduce
+
+Everything random comes from ``random.Random(seed)`` (the fault schedule, the receiver's
+flaps) and ``random.Random(seed + 1)`` (what the publisher publishes), so a printed seed
+gives the same schedule again; the timing of the processes does not repeat exactly.
+
+The oracle (docs/reliability.md, "The randomized fault test", states it for readers):
+
+- **delivered**: every committed event reaches (2xx) every webhook of its org that is active
+  and subscribed; a rolled-back event reaches none; the inactive webhook gets nothing.
+- **no duplicate**: a receipt of an (event, webhook) pair after a 2xx receipt of that pair is
+  a duplicate. It is allowed only when the process that sent the 2xx receipt (found from the
+  TCP connection's owner in /proc; a connection without a live owner was the process
+  SIGKILLed in the 2 s before it was read) was SIGKILLed after that receipt, before the duplicate
+  arrived and within one lease of that receipt: the answer had arrived but its outcome had
+  not been written when it died. An outcome still unwritten a lease after its answer is a
+  defect whatever follows; a graceful stop (SIGTERM) excuses nothing.
+- **webhook-id stable**: every receipt of one (event, webhook) pair carries one webhook-id.
+- **no stuck row**: a pending/retrying row seen due for more than ``STUCK_MARGIN`` seconds
+  (its lease ended, or its retry time came, and no process took it) while the database was
+  up and a daemon was running is stuck, unless its own webhook was failing (3+ consecutive failures:
+  one probe at a time), held by the host, or not active; no row is leased further ahead than
+  the lease.
+- **no tenant waits on another**: the healthy org's events published away from global faults
+  (process kills and stops, PostgreSQL restarts, backend kills, no daemon running) reach its
+  endpoint within ``TENANT_BOUND`` seconds while the other org's endpoints flap and its rows
+  are held; at least ``TENANT_MIN_CHECKED`` of them are checked.
+- **every fault carried out**, and **graceful stops exit 0**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dispatcher.patterns import matches
+
+from .daemon import DaemonProcess
+from .fuzz_oracle import Report, judge
+from .fuzz_receiver import FlappingReceiver, Receipt
+from .fuzz_schedule import (
+    DAEMONS,
+    DRAIN_TIMEOUT,
+    EVENT_TYPES,
+    FLAPPING,
+    GLOBAL_KINDS,
+    HTTP_TIMEOUT,
+    LEASE,
+    STUCK_MARGIN,
+    WEBHOOKS,
+    WEIGHTS,
+    Fault,
+    dns_hang_state,
+    schedule,
+)
+from .pg import PgCluster
+
+__all__ = ["WEBHOOKS", "FuzzRun", "Published", "Receipt", "Report"]
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    event_id: str
+    org: str
+    event_type: str
+    committed: bool
+    at: float  # monotonic, after the commit (or rollback) returned
+    ambiguous: bool = False  # the commit's answer was lost; found afterwards
+
+
+@dataclass
+class Slot:
+    """One of the DAEMONS process slots; a fault replaces its process."""
+
+    index: int
+    process: DaemonProcess | None = None
+    started: float = 0.0
+
+
+class FuzzRun:
+    def __init__(self, cluster: PgCluster, dbname: str, *, seed: int, seconds: float) -> None:
+        self.cluster = cluster
+        self.dbname = dbname
+        self.dsn = cluster.dsn(dbname)
+        self.seed = seed
+        self.seconds = seconds
+        self.pub_rng = random.Random(seed + 1)
+        self.kinds = [k for k in WEIGHTS if k != "dns_hang" or dns_hang_state() == "on"]
+        self.faults = schedule(seed, seconds, self.kinds)
+        self.counts: Counter[str] = Counter()
+        self.orgs = {"A": str(uuid.uuid4()), "B": str(uuid.uuid4())}
+        self.hooks: dict[str, str] = {}  # path -> webhook id
+        self.published: list[Published] = []
+        self.slots = [Slot(i) for i in range(DAEMONS)]
+        self.all_daemons: list[DaemonProcess] = []
+        self.kills: list[tuple[int, float]] = []  # (pid, when) of each SIGKILL
+        self.exit_codes: list[tuple[int, int]] = []  # (pid, code) of graceful stops
+        self.global_windows: list[tuple[float, float]] = []
+        self.blackouts: list[tuple[float, float]] = []  # database down or no daemon running
+        self.held: list[tuple[str, float, float]] = []  # (webhook id, from, until)
+        self.failing_seen: dict[str, list[float]] = defaultdict(list)
+        self.disabled: set[str] = set()
+        self.stuck: dict[str, str] = {}
+        self.lease_too_long: list[str] = []
+        self.holds_taken = 0
+        self.harness_errors: list[str] = []  # a fault that could not be carried out
+        self.due_seen: dict[tuple[str, str], float] = {}
+        self.receiver = FlappingReceiver(self._pids, hang_for=HTTP_TIMEOUT + 1.5)
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._no_daemon_since: float | None = None
+        self.t0 = 0.0
+
+    def _pids(self) -> list[int]:
+        return [d.pid for d in self.all_daemons if d.pid is not None]
+
+    async def _connect(self, autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=autocommit, row_factory=dict_row, connect_timeout=5
+        )
+
+    # -- setup ---------------------------------------------------------------------------
+    async def setup(self) -> None:
+        await self.receiver.start()
+        async with await self._connect() as conn:
+            for org, org_id in self.orgs.items():
+                await conn.execute(
+                    "INSERT INTO organizations (id, name, slug) VALUES (%s, %s, %s)",
+                    (org_id, f"Fuzz {org}", f"fuzz-{org_id[:8]}"),
+                )
+                await conn.execute(
+                    "INSERT INTO integration_retry_config (org_id, max_retries, retry_strategy, "
+                    "base_delay_seconds, max_delay_seconds, enable_jitter) "
+                    "VALUES (%s, 10, 'fixed', 1, 2, false)",
+                    (org_id,),
+                )
+            for (org, path), (patterns, status) in WEBHOOKS.items():
+                cur = await conn.execute(
+                    "INSERT INTO webhooks (org_id, name, url, events, status) "
+                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (self.orgs[org], path, self.receiver.url(path), patterns, status),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                self.hooks[path] = str(row["id"])
+
+    def daemon_env(self, slot: int, **extra: str) -> dict[str, str]:
+        return {
+            "DISPATCHER_DATABASE_URL": self.dsn,
+            "DISPATCHER_METRICS_ADDRESS": "",
+            "DISPATCHER_LOG_FORMAT": "json",
+            "DISPATCHER_POLL_INTERVAL": "0.5",
+            "DISPATCHER_LEASE_SECONDS": str(LEASE),
+            "DISPATCHER_HTTP_TIMEOUT": str(HTTP_TIMEOUT),
+            "DISPATCHER_SHUTDOWN_GRACE": "3",
+            "DISPATCHER_CONCURRENCY": "32",
+            "DISPATCHER_INTEGRATIONS_ENABLED": "false",
+            "DISPATCHER_INSTANCE_NAME": f"fuzz-{slot}-{len(self.all_daemons)}",
+            **extra,
+        }
+
+    async def _start(self, slot: Slot, **extra: str) -> None:
+        daemon = DaemonProcess(self.daemon_env(slot.index, **extra))
+        self.all_daemons.append(daemon)
+        daemon.start()
+        slot.process = daemon
+        slot.started = time.monotonic()
+        with contextlib.suppress(AssertionError):  # a restart may race a database restart
+            await daemon.wait_for_log("ready", timeout=30)
+
+    async def _stop_slot(self, slot: Slot, sig: str) -> None:
+        daemon = slot.process
+        if daemon is None or not daemon.is_running():
+            return
+        slot.process = None
+        if sig == "sigkill":
+            pid = daemon.pid
+            assert pid is not None
+            self.kills.append((pid, time.monotonic()))
+            daemon.kill()
+            await daemon.wait_exit(10)
+        else:
+            ready = bool(daemon.events("ready"))
+            daemon.terminate()
+            code = await daemon.wait_exit(30)
+            # Before "ready" no signal handler may be installed yet and nothing is claimed:
+            # dying of the signal itself is what systemd expects then.
+            if ready or code != -15:
+                self.exit_codes.append((daemon.pid or 0, code))
+
+    # -- the phases ------------------------------------------------------------------------
+    async def execute(self) -> Report:
+        started = time.monotonic()
+        await self.setup()
+        await asyncio.gather(*(self._start(s) for s in self.slots))
+        self.t0 = time.monotonic()
+        publisher = asyncio.create_task(self._publish_forever())
+        sampler = asyncio.create_task(self._sample_forever())
+        try:
+            await self._run_faults()
+            await self._heal()
+            self._stop.set()
+            await asyncio.wait_for(publisher, 30)
+            drained = await self._drain()
+            for slot in self.slots:
+                await self._stop_slot(slot, "sigterm")
+        finally:
+            self._stop.set()
+            sampler.cancel()
+            publisher.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(sampler, publisher, *self._tasks, return_exceptions=True)
+            await self.receiver.close()
+        report = await self.oracle(drained)
+        report.figures["wall_seconds"] = round(time.monotonic() - started, 1)
+        return report
+
+    def close(self) -> None:
+        for daemon in self.all_daemons:
+            daemon.close()
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {d!r}\n{d.tail(lines)}" for d in self.all_daemons[-DAEMONS:])
+
+    async def _run_faults(self) -> None:
+        for fault in self.faults:
+            delay = self.t0 + fault.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.counts[fault.kind] += 1
+            print(f"fault {fault}", flush=True)
+            start = time.monotonic()
+            await self._inject(fault)
+            # Losing the LISTEN connection delays a wake-up by at most the poll interval.
+            if fault.kind in GLOBAL_KINDS and fault.args.get("which") != "listen":
+                self.global_windows.append((start, time.monotonic() + 1.0))
+        end = self.t0 + self.seconds
+        if end > time.monotonic():
+            await asyncio.sleep(end - time.monotonic())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.harness_errors.append(f"{task.get_coro()!r}: {task.exception()!r}")
+
+    async def _inject(self, fault: Fault) -> None:
+        a = fault.args
+        if fault.kind in ("sigkill", "sigterm"):
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return  # already down: its restart is pending
+            self._background(self._stop_and_restart(slot, fault.kind, a["restart_after"]))
+        elif fault.kind == "pg_restart":
+            self.blackouts.append((time.monotonic(), float("inf")))
+            try:
+                await asyncio.to_thread(self.cluster.restart, a["mode"])
+            finally:
+                self.blackouts[-1] = (self.blackouts[-1][0], time.monotonic() + 1.0)
+        elif fault.kind == "backend_kill":
+            await self._kill_backends(a["which"])
+        elif fault.kind == "hold_webhook":
+            self._background(self._hold(a["path"], a["seconds"], deliveries=False))
+        elif fault.kind == "hold_deliveries":
+            self._background(self._hold(a["path"], a["seconds"], deliveries=True))
+        elif fault.kind == "statement_timeout":
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return
+            self._background(self._tight_timeout(slot, a["ms"], a["seconds"]))
+        elif fault.kind == "term_in_slow_claim":
+            slot = self.slots[a["daemon"]]
+            if slot.process is None:
+                return
+            self._background(self._hold(a["path"], a["seconds"], deliveries=False))
+            self._background(self._term_later(slot, a["seconds"] - 1.0))
+        elif fault.kind == "flap":
+            self._background(self._flap(a["path"], a["steps"]))
+        elif fault.kind == "dns_hang":  # pragma: no cover - scheduled only once wired
+            raise NotImplementedError("dns_hang: point the daemons at a stub DNS server")
+
+    async def _stop_and_restart(self, slot: Slot, sig: str, after: float) -> None:
+        await self._stop_slot(slot, sig)
+        self._track_no_daemon()
+        await asyncio.sleep(after)
+        await self._start(slot)  # what systemd does
+        self._track_no_daemon()
+
+    def _track_no_daemon(self) -> None:
+        running = any(s.process is not None and s.process.is_running() for s in self.slots)
+        now = time.monotonic()
+        if not running and self._no_daemon_since is None:
+            self._no_daemon_since = now
+        elif running and self._no_daemon_since is not None:
+            self.blackouts.append((self._no_daemon_since, now + 1.0))
+            self.global_windows.append((self._no_daemon_since, now + 1.0))
+            self._no_daemon_since = None
+
+    async def _kill_backends(self, which: str) -> None:
+        where = "application_name LIKE 'webhook-dispatcher/%%' AND datname = current_database()"
+        if which == "listen":
+            where += " AND query LIKE 'LISTEN%%'"
+        limit = " LIMIT 1" if which == "one" else ""
+        with contextlib.suppress(psycopg.OperationalError):
+            async with await self._connect() as conn:
+                await conn.execute(
+                    f"SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
+                    f"WHERE {where} ORDER BY pid{limit}) p"
+                )
+
+    async def _hold(self, path: str, seconds: float, *, deliveries: bool) -> None:
+        """A host transaction holding one webhook's row, or some of its due and leased
+        delivery rows, FOR UPDATE for ``seconds``."""
+        hook = self.hooks[path]
+        start = time.monotonic()
+        try:
+            conn = await self._connect(autocommit=False)
+        except psycopg.OperationalError as exc:
+            print(f"hold on {path} not taken: {exc}", flush=True)
+            return
+        async with conn:
+            try:
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                if deliveries:
+                    await conn.execute(
+                        "SELECT id FROM webhook_deliveries WHERE webhook_id = %s "
+                        "AND status IN ('pending', 'retrying') LIMIT 50 FOR UPDATE",
+                        (hook,),
+                    )
+                else:
+                    await conn.execute("SELECT id FROM webhooks WHERE id = %s FOR UPDATE", (hook,))
+                self.holds_taken += 1
+                await asyncio.sleep(seconds)
+            except psycopg.OperationalError as exc:
+                print(f"hold on {path} broken: {exc}", flush=True)
+            finally:
+                self.held.append((hook, start, time.monotonic() + 1.0))
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
+
+    async def _term_later(self, slot: Slot, after: float) -> None:
+        """SIGTERM a process whose fan-out waits on a held webhook row, one second before
+        the hold ends: the claim returns inside the shutdown grace."""
+        await asyncio.sleep(after)
+        self.global_windows.append((time.monotonic(), time.monotonic() + 1.0))
+        await self._stop_and_restart(slot, "sigterm", 0.5)
+
+    async def _tight_timeout(self, slot: Slot, ms: int, seconds: float) -> None:
+        """Replace the slot's process by one with a tiny statement_timeout for a while."""
+        await self._stop_slot(slot, "sigterm")
+        await self._start(slot, DISPATCHER_STATEMENT_TIMEOUT_MS=str(ms))
+        await asyncio.sleep(seconds)
+        if slot.process is not None and slot.process.env.get("DISPATCHER_STATEMENT_TIMEOUT_MS"):
+            await self._stop_slot(slot, "sigterm")
+            await self._start(slot)
+
+    async def _flap(self, path: str, steps: list[tuple[str, float]]) -> None:
+        try:
+            for mode, seconds in steps:
+                self.receiver.modes[path] = mode
+                await asyncio.sleep(seconds)
+        finally:
+            self.receiver.modes[path] = "ok"
+
+    async def _heal(self) -> None:
+        """End of the fault phase: every background fault finished, every endpoint
+        answering, every slot running a normally configured process."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=60)
+        for path in FLAPPING:
+            self.receiver.modes[path] = "ok"
+        for slot in self.slots:
+            proc = slot.process
+            if proc is not None and proc.env.get("DISPATCHER_STATEMENT_TIMEOUT_MS"):
+                await self._stop_slot(slot, "sigterm")
+            if slot.process is None or not slot.process.is_running():
+                await self._start(slot)
+        self._track_no_daemon()
+
+    # -- publisher -------------------------------------------------------------------------
+    async def _publish_forever(self) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        while not self._stop.is_set():
+            rng = self.pub_rng
+            org = "A" if rng.random() < 0.35 else "B"
+            event_type = rng.choice(EVENT_TYPES)
+            direct = rng.random() < 0.3
+            commit = rng.random() < 0.85
+            aggregate = uuid.uuid4()
+            try:
+                if conn is None or conn.closed:
+                    conn = await self._connect(autocommit=False)
+                await self._publish_one(conn, org, event_type, aggregate, direct, commit)
+            except psycopg.Error:
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        await conn.close()
+                conn = None
+                if commit:  # the commit may or may not have happened
+                    found = await self._lookup(aggregate)
+                    if found is not None:
+                        self.published.append(
+                            Published(found, org, event_type, True, time.monotonic(), True)
+                        )
+                await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), rng.uniform(0.02, 0.12))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _publish_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        org: str,
+        event_type: str,
+        aggregate: uuid.UUID,
+        direct: bool,
+        commit: bool,
+    ) -> None:
+        payload = Jsonb({"n": len(self.published), "direct": direct})
+        if direct:  # host code that inserts without publish_event (no NOTIFY)
+            cur = await conn.execute(
+                "INSERT INTO events (event_type, event_category, aggregate_id, payload, org_id) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (event_type, event_type.split(".")[0], aggregate, payload, self.orgs[org]),
+            )
+        else:
+            cur = await conn.execute(
+                "SELECT publish_event(%s, %s, %s, NULL, '{}'::jsonb, %s) AS id",
+                (event_type, aggregate, payload, self.orgs[org]),
+            )
+        row = await cur.fetchone()
+        assert row is not None
+        if commit:
+            await conn.commit()
+        else:
+            await conn.rollback()
+        self.published.append(Published(str(row["id"]), org, event_type, commit, time.monotonic()))
+
+    async def _lookup(self, aggregate: uuid.UUID) -> str | None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                async with await self._connect() as conn:
+                    cur = await conn.execute(
+                        "SELECT id FROM events WHERE aggregate_id = %s", (aggregate,)
+                    )
+                    row = await cur.fetchone()
+                    return str(row["id"]) if row else None
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"could not look up event {aggregate} after a lost commit")
+
+    # -- sampler ---------------------------------------------------------------------------
+    async def _sample_forever(self) -> None:
+        """Every 0.5 s: rows due for longer than STUCK_MARGIN, rows leased too far ahead,
+        failing and disabled webhooks."""
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    while True:
+                        await self._sample(conn)
+                        await asyncio.sleep(0.5)
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.3)
+
+    async def _sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        cur = await conn.execute(
+            "SELECT id::text, status, coalesce(consecutive_failures, 0) AS cf FROM webhooks "
+            "WHERE org_id = ANY(%s::uuid[])",
+            (list(self.orgs.values()),),
+        )
+        for w in await cur.fetchall():
+            if w["cf"] >= 3:
+                self.failing_seen[w["id"]].append(now)
+            if w["status"] == "disabled":
+                self.disabled.add(w["id"])
+        cur = await conn.execute(
+            "SELECT d.id::text, d.webhook_id::text, d.status, "
+            "coalesce(d.next_retry_at, d.created_at)::text AS due, "
+            "extract(epoch FROM now() - coalesce(d.next_retry_at, d.created_at))::float AS late "
+            "FROM webhook_deliveries d WHERE d.org_id = ANY(%s::uuid[]) "
+            "AND d.status IN ('pending', 'retrying') "
+            "AND (coalesce(d.next_retry_at, d.created_at) < now() - interval '1 second' "
+            "  OR d.next_retry_at > now() + make_interval(secs => %s))",
+            (list(self.orgs.values()), LEASE + 1.0),
+        )
+        for r in await cur.fetchall():
+            if r["late"] < 0:
+                self.lease_too_long.append(f"{r['id']} leased {-r['late']:.1f} s ahead")
+                continue
+            # Due since it became visible (a row created by a statement that waited on a
+            # lock carries that statement's start as its creation time).
+            since = self.due_seen.setdefault((r["id"], r["due"]), now)
+            if now - since < STUCK_MARGIN or self._excused(r["webhook_id"], since, now):
+                continue
+            self.stuck.setdefault(
+                r["id"],
+                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, seen due "
+                f"and untaken for {now - since:.1f} s at t+{now - self.t0:.1f}s with the "
+                "database up and a daemon running",
+            )
+
+    def _excused(self, hook: str, since: float, now: float) -> bool:
+        def overlaps(windows: list[tuple[float, float]]) -> bool:
+            return any(a <= now and b >= since for a, b in windows)
+
+        if overlaps(self.blackouts) or hook in self.disabled:
+            return True
+        if self._no_daemon_since is not None:
+            return True
+        if overlaps([(a, b) for h, a, b in self.held if h == hook]):
+            return True
+        return any(since - 2.5 <= t <= now for t in self.failing_seen.get(hook, []))
+
+    def _path(self, hook: str) -> str:
+        return next((p for p, h in self.hooks.items() if h == hook), hook)
+
+    # -- drain -----------------------------------------------------------------------------
+    async def _drain(self) -> bool:
+        """Until every expected pair has a 2xx receipt and nothing is left to send."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self._missing():
+                with contextlib.suppress(psycopg.OperationalError):
+                    async with await self._connect() as conn:
+                        cur = await conn.execute(
+                            "SELECT (SELECT count(*) FROM webhook_deliveries "
+                            "        WHERE org_id = ANY(%s::uuid[]) "
+                            "        AND status IN ('pending', 'retrying')) "
+                            "     + (SELECT count(*) FROM dispatcher.outbox) AS left",
+                            (list(self.orgs.values()),),
+                        )
+                        row = await cur.fetchone()
+                        if row is not None and row["left"] == 0:
+                            return True
+            await asyncio.sleep(0.3)
+        return False
+
+    def expected(self) -> set[tuple[str, str]]:
+        """(event id, path) pairs owed: committed events x active subscribed webhooks of
+        their org that were never auto-disabled during the run."""
+        owed = set()
+        for e in self.published:
+            if not e.committed:
+                continue
+            for (org, path), (patterns, status) in WEBHOOKS.items():
+                if org != e.org or status != "active" or self.hooks[path] in self.disabled:
+                    continue
+                if any(matches(p, e.event_type) for p in patterns):
+                    owed.add((e.event_id, path))
+        return owed
+
+    def _ok_pairs(self) -> set[tuple[str, str]]:
+        return {
+            (r.event_id, r.path)
+            for r in self.receiver.receipts
+            if r.status is not None and r.status < 300
+        }
+
+    def _missing(self) -> set[tuple[str, str]]:
+        return self.expected() - self._ok_pairs()
+
+    # -- oracle ----------------------------------------------------------------------------
+
+    async def oracle(self, drained: bool) -> Report:
+        return judge(self, drained)
