@@ -47,6 +47,10 @@ class Claimed:
     active: bool
     policy: RetryPolicy
     failing: bool = False
+    # monotonic time by which the lease surely still holds (set by the dispatcher from
+    # when the claim statement was sent), and when the attempt was actually sent
+    lease_until: float = 0.0
+    sent_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
