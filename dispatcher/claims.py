@@ -47,9 +47,9 @@ class Claimed:
     active: bool
     policy: RetryPolicy
     failing: bool = False
-    # monotonic time by which the lease surely still holds (set by the dispatcher from
-    # when the claim statement was sent), and when the attempt was actually sent
-    lease_until: float = 0.0
+    # monotonic time until which the lease surely holds (the dispatcher sets it from when
+    # the claim statement was sent; inf: not known, not checked), and when it was sent
+    lease_until: float = float("inf")
     sent_at: datetime | None = None
 
     @classmethod
