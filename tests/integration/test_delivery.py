@@ -332,7 +332,9 @@ async def _wait_webhook(conn, webhook_id, condition: str, timeout: float = 10.0)
     delivery rows, by a separate statement)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        cur = await conn.execute(f"SELECT * FROM webhooks WHERE id = %s AND {condition}", (webhook_id,))
+        cur = await conn.execute(
+            f"SELECT * FROM webhooks WHERE id = %s AND {condition}", (webhook_id,)
+        )
         row = await cur.fetchone()
         if row is not None or asyncio.get_running_loop().time() > deadline:
             return dict(row) if row is not None else await hostdb.webhook(conn, webhook_id)

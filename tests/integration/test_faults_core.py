@@ -141,10 +141,20 @@ async def test_inflight_counts_a_reclaimed_row_of_this_process_twice(receiver, s
 
     def claimed(claim: datetime) -> Claimed:
         return Claimed(
-            id=delivery, org_id=uuid.uuid4(), webhook_id=uuid.uuid4(), event_id=None,
-            event_type="job.created", request_body="{}", attempt=1, max_attempts=2,
-            claim=claim, url=receiver.url("/slow"), secrets=["s"], headers=None,
-            active=True, policy=DEFAULT_POLICY,
+            id=delivery,
+            org_id=uuid.uuid4(),
+            webhook_id=uuid.uuid4(),
+            event_id=None,
+            event_type="job.created",
+            request_body="{}",
+            attempt=1,
+            max_attempts=2,
+            claim=claim,
+            url=receiver.url("/slow"),
+            secrets=["s"],
+            headers=None,
+            active=True,
+            policy=DEFAULT_POLICY,
         )
 
     # The lease ran out while the first attempt was in flight and this process took the
@@ -162,13 +172,16 @@ async def test_inflight_counts_a_reclaimed_row_of_this_process_twice(receiver, s
 # -- item 2 ---------------------------------------------------------------------------
 
 
-async def test_a_locked_webhook_row_holds_up_no_other_webhook(
-    conn, receiver, db_dsn, start_daemon
-):
+async def test_a_locked_webhook_row_holds_up_no_other_webhook(conn, receiver, db_dsn, start_daemon):
     org = await hostdb.create_org(conn)
     await hostdb.set_retry_config(
-        conn, org, retry_strategy="fixed", base_delay_seconds=1, max_delay_seconds=1,
-        max_retries=3, enable_jitter=False,
+        conn,
+        org,
+        retry_strategy="fixed",
+        base_delay_seconds=1,
+        max_delay_seconds=1,
+        max_retries=3,
+        enable_jitter=False,
     )
     a = await hostdb.create_webhook(conn, org, receiver.url("/a"), ["a.*"], name="a")
     b = await hostdb.create_webhook(conn, org, receiver.url("/b"), ["b.*"], name="b")
@@ -176,8 +189,9 @@ async def test_a_locked_webhook_row_holds_up_no_other_webhook(
     await start_daemon(http_timeout=1.0, lease_seconds=11.0)
     await hostdb.publish(conn, "a.happened", {}, org)
     await receiver.wait_for(1, path="/a", timeout=15)
-    await _wait_until(conn, "SELECT consecutive_failures = 1 FROM webhooks WHERE id = %s",
-                      (a["id"],))
+    await _wait_until(
+        conn, "SELECT consecutive_failures = 1 FROM webhooks WHERE id = %s", (a["id"],)
+    )
 
     holder = await _hold_webhook(db_dsn, a["id"])
     try:
@@ -201,17 +215,16 @@ async def test_a_locked_webhook_row_holds_up_no_other_webhook(
         await holder.commit()
         await holder.close()
     # A's counters are written once the lock goes, exactly: 4 sequential failures.
-    await _wait_until(conn, "SELECT consecutive_failures = 4 FROM webhooks WHERE id = %s",
-                      (a["id"],))
+    await _wait_until(
+        conn, "SELECT consecutive_failures = 4 FROM webhooks WHERE id = %s", (a["id"],)
+    )
     assert len(receiver.requests_for("/a")) == 4
 
 
 # -- item 3 ---------------------------------------------------------------------------
 
 
-async def test_a_claim_slowed_by_a_lock_does_not_send_twice(
-    conn, receiver, db_dsn, start_daemon
-):
+async def test_a_claim_slowed_by_a_lock_does_not_send_twice(conn, receiver, db_dsn, start_daemon):
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(200, delay=1.5))
@@ -236,8 +249,13 @@ async def test_a_claim_slowed_by_a_lock_does_not_send_twice(
 async def test_a_blip_under_load_is_one_step_of_the_streak(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
     await hostdb.set_retry_config(
-        conn, org, retry_strategy="fixed", base_delay_seconds=1, max_delay_seconds=1,
-        max_retries=3, enable_jitter=False,
+        conn,
+        org,
+        retry_strategy="fixed",
+        base_delay_seconds=1,
+        max_delay_seconds=1,
+        max_retries=3,
+        enable_jitter=False,
     )
     hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     # The endpoint fails for about a second while 32 attempts are in flight.
@@ -248,8 +266,9 @@ async def test_a_blip_under_load_is_one_step_of_the_streak(conn, receiver, start
     await hostdb.wait_deliveries(conn, "status = 'success'", 32, timeout=40)
     w = await hostdb.webhook(conn, hook["id"])
     assert w["status"] == "active", w
-    await _wait_until(conn, "SELECT consecutive_failures = 0 FROM webhooks WHERE id = %s",
-                      (hook["id"],))
+    await _wait_until(
+        conn, "SELECT consecutive_failures = 0 FROM webhooks WHERE id = %s", (hook["id"],)
+    )
     cur = await conn.execute(
         "SELECT count(*) AS n FROM webhook_deliveries WHERE attempt_number > 1"
     )
