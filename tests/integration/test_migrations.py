@@ -172,7 +172,8 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
         cur = await conn.execute("SELECT count(id) AS n FROM dispatcher.outbox")
         assert (await cur.fetchone())["n"] == 30, "premise: old outbox rows carry ids"
 
-        assert await apply_migrations(empty_db_dsn) == [
+        applied = await apply_migrations(empty_db_dsn)
+        assert applied[:3] == [  # and whatever later migrations exist
             "0008_outbox_without_sequence",
             "0009_due_since",
             "0010_intake_without_set",
