@@ -48,6 +48,10 @@ class Claimed:
     active: bool
     policy: RetryPolicy
     failing: bool = False
+    # monotonic time until which the lease surely holds (the dispatcher sets it from when
+    # the claim statement was sent; inf: not known, not checked), and when it was sent
+    lease_until: float = float("inf")
+    sent_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:

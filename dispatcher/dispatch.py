@@ -33,7 +33,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
-from dispatcher.recorder import OutcomeRow, Recorder
+from dispatcher.recorder import Recorder, outcome_row
 from dispatcher.request import message_id
 from dispatcher.settings import Settings
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
@@ -45,6 +45,9 @@ FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe a
 # that match nothing are cheap) and at least one event.
 MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
 CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work first
+# A row is sent only if its lease surely outlasts the attempt (http_timeout) by this
+# much; otherwise (a claim that waited on a lock) the lease is extended first.
+LEASE_MARGIN = 5.0
 
 
 class Dispatcher:
@@ -59,7 +62,12 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._hook_room = asyncio.Event()  # a webhook at its limit has room for a batch again
-        self._inflight: dict[UUID, tuple[asyncio.Task[None], Claimed]] = {}
+        # keyed per start, not per delivery id: this process may re-claim its own row
+        self._inflight: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
+        self._starts = 0
+        self._unsent: list[Claimed] = []  # leased while stopping: released, never sent
+        self._pass_done = asyncio.Event()  # no claim pass in flight
+        self._pass_done.set()
         self._stopping = False
         self._stop_ev = asyncio.Event()
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
@@ -118,6 +126,7 @@ class Dispatcher:
             self._wake.clear()
             self._slot_freed.clear()
             self._hook_room.clear()
+            self._pass_done.clear()
             try:
                 async with asyncio.timeout(self._deadline):
                     more = await self._claim_and_start(free)
@@ -136,6 +145,8 @@ class Dispatcher:
                 await self._wait([], backoff * (0.8 + random.random() * 0.4))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            finally:
+                self._pass_done.set()
             if more:
                 continue
             # Work held back by a per-webhook limit resumes as soon as one of its attempts ends.
@@ -220,6 +231,7 @@ class Dispatcher:
         events_wanted, only = await self._intake.narrow(conn, wanted)
         if events_wanted == 0:
             return 0, []
+        sent = time.monotonic()
         try:
             cur = await conn.execute(
                 query("fan_out"),
@@ -248,7 +260,7 @@ class Dispatcher:
             per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
-        claimed = self._start_rows([r for r in rows if r["id"] is not None])
+        claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
         # A webhook at its limit may have more due work: look again when one of its
         # attempts ends. Decided right after starting (before any await lets one end).
         self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
@@ -260,36 +272,42 @@ class Dispatcher:
         room = self._room()
         full = [k for k, n in room.items() if n <= 0]
         # Webhooks with no room left in this process are not even scanned.
+        sent = time.monotonic()
         cur = await conn.execute(
             query("claim_due"),
             {**params, **_room_params(room), "full_ids": full, "limit": limit, "scan": limit * 4},
         )
-        due = self._start_rows(await cur.fetchall())
+        due = self._start_rows(await cur.fetchall(), sent)
         self._held_back = (
             self._held_back or bool(full) or any(n <= 0 for n in self._room().values())
         )
         return due
 
-    def _start_rows(self, rows: list[Any]) -> list[Claimed]:
-        """Start an attempt for each leased row; returns what was started."""
+    def _start_rows(self, rows: list[Any], sent: float) -> list[Claimed]:
+        """Start an attempt for each leased row; returns what was started. `sent` is when
+        the claim statement was sent (monotonic): its leases end no earlier than `sent`
+        plus the lease, however long the statement waited on a lock."""
         now = datetime.now(UTC)
         started = [Claimed.from_row(r, now) for r in rows]
         for d in started:
+            d.lease_until = sent + self._s.lease_seconds
             self._start(d)
         return started
 
     def _start(self, d: Claimed) -> None:
         task = asyncio.create_task(self._deliver(d))
-        self._inflight[d.id] = (task, d)
+        self._starts += 1
+        key = self._starts
+        self._inflight[key] = (task, d)
         self._per_hook[d.webhook_id] += 1
         if d.active:
             self.limits.take(d.webhook_id)
         if d.failing:
             self._failing.add(d.webhook_id)
-        task.add_done_callback(functools.partial(self._done, d))
+        task.add_done_callback(functools.partial(self._done, key, d))
 
-    def _done(self, d: Claimed, _: asyncio.Task[None]) -> None:
-        self._inflight.pop(d.id, None)
+    def _done(self, key: int, d: Claimed, _: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
         left = self._per_hook[d.webhook_id] - 1
         if left <= 0:
             del self._per_hook[d.webhook_id]
@@ -302,22 +320,43 @@ class Dispatcher:
             self._hook_room.set()
 
     async def _deliver(self, d: Claimed) -> None:
+        if self._stopping:
+            self._unsent.append(d)  # leased by a pass that ended after the stop signal
+            return
         if not d.active:
             self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
             return
-        msg_id = message_id(d.event_id, d.webhook_id, d.id)
-        result = await self._sender.attempt(
-            Target(
-                str(d.id),
-                d.event_type,
-                d.url,
-                d.request_body,
-                d.secrets,
-                d.headers,
-                msg_id,
-                org_id=str(d.org_id),
+        if d.lease_until - time.monotonic() < self._s.http_timeout + LEASE_MARGIN:
+            # The claim waited (on a lock) long enough to eat into the lease: extend it
+            # first, or the row could be retaken and sent again while this attempt runs.
+            if not await self._extend(d):
+                return
+            if self._stopping:
+                self._unsent.append(d)
+                return
+        d.sent_at = datetime.now(UTC)
+        try:
+            result = await self._sender.attempt(
+                Target(
+                    str(d.id),
+                    d.event_type,
+                    d.url,
+                    d.request_body,
+                    d.secrets,
+                    d.headers,
+                    message_id(d.event_id, d.webhook_id, d.id),
+                    org_id=str(d.org_id),
+                )
             )
-        )
+        except asyncio.CancelledError:
+            log.info(
+                "attempt_aborted",
+                delivery_id=d.id,
+                webhook_id=d.webhook_id,
+                reason="our own graceful stop: the grace period ended during the attempt",
+                note="not recorded as a failure; released, sent again with the same webhook-id",
+            )
+            raise
         t = after_attempt(
             outcome=result.outcome,
             attempt=d.attempt,
@@ -328,35 +367,34 @@ class Dispatcher:
         )
         self._record(d, result, t, result.error_message)
 
+    async def _extend(self, d: Claimed) -> bool:
+        """Renew d's lease from now; False (and nothing sent) if the claim is no longer ours."""
+        sent = time.monotonic()
+        try:
+            async with self._pool.connection(timeout=5) as conn:
+                cur = await conn.execute(
+                    query("extend_claim"),
+                    {"id": d.id, "claim": d.claim, "lease": self._s.lease_seconds},
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning(
+                "claim_not_extended",
+                delivery_id=d.id,
+                error=type(exc).__name__,
+                note="not sent now; due again when its lease ends",
+            )
+            return False
+        if row is None:
+            log.info("claim_lost_before_send", delivery_id=d.id, note="not sent by this process")
+            return False
+        d.claim = row["claim"]
+        d.lease_until = sent + self._s.lease_seconds
+        log.info("claim_extended", delivery_id=d.id, reason="the claim waited on a lock")
+        return True
+
     def _record(self, d: Claimed, r: AttemptResult | None, t: Any, error: str | None) -> None:
-        row = OutcomeRow(
-            id=d.id,
-            webhook_id=d.webhook_id,
-            org_id=d.org_id,
-            claim=d.claim,
-            status=t.status,
-            outcome=r.outcome.value if r else "not_active",
-            attempt=d.attempt,
-            attempt_number=t.attempt_number,
-            retry_in=t.retry_in,
-            final=t.final,
-            counts=t.counts_as_failure,
-            success=t.success,
-            gone=t.gone,
-        )
-        if r is not None:
-            row.request_url = d.url
-            row.request_headers = r.request_headers
-            row.response_status = r.response_status
-            row.response_headers = r.response_headers
-            row.response_body = r.response_body
-            row.duration_ms = r.duration_ms
-            row.error_code = r.error_code
-            if r.outcome is Outcome.GONE:
-                error = (error or "HTTP 410") + "; the endpoint is gone: webhook disabled"
-            elif r.outcome is Outcome.RETRYABLE and t.status in ("dlq", "failed"):
-                error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
-        row.error_message = error
+        row = outcome_row(d, r, t, error)
         self._recorder.put(row)
         if row.success:
             self._streak.pop(d.webhook_id, None)
@@ -386,7 +424,7 @@ class Dispatcher:
             response_status=r.response_status if r else None,
             duration_ms=r.duration_ms if r else None,
             retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
-            error=error,
+            error=row.error_message,
             notes=r.notes or None if r else None,
         )
 
@@ -418,19 +456,32 @@ class Dispatcher:
 
     # -- shutdown -----------------------------------------------------------------
     async def stop(self, grace: float) -> None:
-        """Stop claiming; give in-flight attempts `grace` seconds, then cancel and release."""
+        """Stop claiming; give in-flight attempts `grace` seconds, then cancel and release.
+
+        A claim statement in flight when stop is called is waited for first (it is
+        bounded by the loop's deadline): the rows it leases are released unsent.
+        """
+        started = time.monotonic()
         self._stopping = True
         self._stop_ev.set()
+        if not self._pass_done.is_set():
+            log.info("stop_waits_for_claim", note="rows it leases are released, not sent")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pass_done.wait(), self._deadline)
         tasks = [t for t, _ in self._inflight.values()]
+        claims: list[Claimed] = []
         if tasks:
             log.info("draining", inflight=len(tasks), grace_seconds=grace)
-            _, pending = await asyncio.wait(tasks, timeout=grace)
+            left = max(grace - (time.monotonic() - started), 0.0)
+            _, pending = await asyncio.wait(tasks, timeout=left) if left else (set(), set(tasks))
             if pending:
                 claims = [d for t, d in list(self._inflight.values()) if t in pending]
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-                await self.release(claims)
+        claims.extend(self._unsent)
+        self._unsent = []
+        await self.release(claims)
 
     async def release(self, claims: list[Claimed]) -> None:
         if not claims:

@@ -5,6 +5,12 @@ batch holds many outcomes; when idle each is written at once. A write that
 fails because the database is away is retried (with capped backoff) until it
 succeeds or shutdown's deadline passes; an outcome whose claim was retaken by
 another replica (lease ran out) is dropped by the statement itself.
+
+No outcome waits on a row lock someone else holds: delivery rows locked by another
+transaction are skipped and tried again shortly (the row cannot be retaken while
+it is locked), and the webhooks' counters are written by a second statement
+(apply_webhook_counters) that skips locked webhook rows and keeps their changes
+pending in dispatcher.webhook_streaks until the lock goes.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -23,11 +29,18 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from dispatcher.db import Pool
+from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
+
+if TYPE_CHECKING:
+    from dispatcher.claims import Claimed
+    from dispatcher.delivery import AttemptResult
+    from dispatcher.transitions import Transition
 
 log = structlog.get_logger("dispatcher.recorder")
 
 MAX_BATCH = 500
+BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
 
 
 @dataclass(slots=True)
@@ -53,6 +66,9 @@ class OutcomeRow:
     duration_ms: int | None = None
     error_message: str | None = None
     error_code: str | None = None
+    # when the attempt was sent and when it ended (streak steps: 0011_webhook_streaks.sql)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
     def as_json(self, seq: int) -> dict[str, Any]:
         return {
@@ -78,6 +94,8 @@ class OutcomeRow:
             "duration_ms": self.duration_ms,
             "error_message": self.error_message[:2000] if self.error_message else None,
             "error_code": self.error_code[:50] if self.error_code else None,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
         }
 
 
@@ -93,6 +111,45 @@ LOST_NOTES = {
 }
 
 
+def outcome_row(
+    d: Claimed, r: AttemptResult | None, t: Transition, error: str | None
+) -> OutcomeRow:
+    """The row recorded for one attempt of `d`: `r` is what the receiver did (None when
+    the webhook was not active and nothing was sent), `t` what happens to the delivery."""
+    now = datetime.now(UTC)
+    row = OutcomeRow(
+        id=d.id,
+        webhook_id=d.webhook_id,
+        org_id=d.org_id,
+        claim=d.claim,
+        status=t.status,
+        outcome=r.outcome.value if r else "not_active",
+        attempt=d.attempt,
+        attempt_number=t.attempt_number,
+        retry_in=t.retry_in,
+        final=t.final,
+        counts=t.counts_as_failure,
+        success=t.success,
+        gone=t.gone,
+        started_at=d.sent_at or now,
+        ended_at=now,
+    )
+    if r is not None:
+        row.request_url = d.url
+        row.request_headers = r.request_headers
+        row.response_status = r.response_status
+        row.response_headers = r.response_headers
+        row.response_body = r.response_body
+        row.duration_ms = r.duration_ms
+        row.error_code = r.error_code
+        if r.outcome is Outcome.GONE:
+            error = (error or "HTTP 410") + "; the endpoint is gone: webhook disabled"
+        elif r.outcome is Outcome.RETRYABLE and t.status in ("dlq", "failed"):
+            error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
+    row.error_message = error
+    return row
+
+
 class Recorder:
     def __init__(self, pool: Pool, *, deadline: float = 60.0) -> None:
         self._pool = pool
@@ -101,6 +158,9 @@ class Recorder:
         self._seq = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._busy: list[OutcomeRow] = []  # rows locked by another transaction: retried
+        self._counters_due = True  # streak rows may have pending changes (also from a crash)
+        self._counters_waiting = False
         self.written = 0
         self.dropped = 0  # not recorded: claim no longer held, or refused
         # Why claims were lost, by reason (lease_retaken, changed_by_another_writer, deleted).
@@ -113,17 +173,29 @@ class Recorder:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._busy)
 
     async def run(self) -> None:
         """Write batches until cancelled."""
         while True:
-            first = await self._queue.get()
-            batch = [first]
+            batch: list[OutcomeRow] = []
+            if self._queue.empty() and (self._busy or self._counters_due):
+                # Something waits on another transaction's lock: look again shortly.
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), BUSY_RETRY))
+                except TimeoutError:
+                    pass
+            else:
+                batch.append(await self._queue.get())
+            batch.extend(self._busy)
+            self._busy = []
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write_with_retry(batch)
-            if self._queue.empty():
+            if batch:
+                await self._write_with_retry(batch)
+            if self._counters_due:
+                await self._apply_counters()
+            if self._queue.empty() and not self._busy:
                 self._idle.set()
 
     async def drain(self, timeout: float) -> bool:
@@ -133,6 +205,24 @@ class Recorder:
             return True
         except TimeoutError:
             return False
+
+    async def _apply_counters(self) -> None:
+        """Write pending streak changes to public.webhooks, skipping locked webhook rows."""
+        try:
+            async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
+                cur = await conn.execute(query("apply_webhook_counters"))
+                got = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            log.warning("webhook_counters_not_written", error=type(exc).__name__)
+            return  # still pending in dispatcher.webhook_streaks: next time
+        waiting = int(got["waiting"]) if got else 0
+        if waiting and not self._counters_waiting:
+            log.warning(
+                "webhook_counters_waiting",
+                webhooks=waiting,
+                reason="webhook rows locked by another transaction; written when the lock goes",
+            )
+        self._counters_waiting = self._counters_due = waiting > 0
 
     async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
         delay = 0.2
@@ -199,11 +289,17 @@ class Recorder:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
+            busy = set(got["busy"] or ()) if got else set()
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
         self.batches += 1
         self.written += recorded
-        if recorded < len(batch):
-            self.dropped += len(batch) - recorded
+        self._counters_due = True
+        if busy:
+            # Locked by another transaction: nobody can retake them meanwhile; try again.
+            self._busy.extend(r for r in batch if r.id in busy)
+            log.info("outcomes_waiting_on_lock", outcomes=len(busy))
+        if lost:
+            self.dropped += len(lost)
             self._report_lost(lost)
 
     def _report_lost(self, lost: list[dict[str, str]]) -> None:

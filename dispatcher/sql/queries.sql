@@ -174,9 +174,12 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
--- where the claim is still ours), the attempt history, and the webhooks'
--- counters. `seq` orders outcomes of one webhook within the batch so the
--- consecutive-failure count stays exact. Returns how many were recorded.
+-- where the claim is still ours), the attempt history, and each webhook's streak
+-- row in dispatcher.webhook_streaks (dispatcher.note_outcomes_v1, 0011). Nothing
+-- here waits on a lock the host may hold: public.webhooks is not touched (its
+-- counters follow in apply_webhook_counters) and delivery rows locked by someone
+-- else are skipped and returned in `busy`, for the recorder to try again. `seq`
+-- orders the outcomes of one webhook. Returns how many were recorded.
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(
         id uuid, webhook_id uuid, org_id uuid, claim timestamptz, seq integer,
@@ -184,8 +187,13 @@ WITH o AS (
         final boolean, counts boolean, success boolean, gone boolean,
         request_url text, request_headers jsonb, response_status integer,
         response_headers jsonb, response_body text, duration_ms integer,
-        error_message text, error_code text
+        error_message text, error_code text, started_at timestamptz, ended_at timestamptz
     )
+), mine AS (
+    SELECT d.id FROM public.webhook_deliveries d JOIN o ON o.id = d.id
+    WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
+    ORDER BY d.id
+    FOR UPDATE OF d SKIP LOCKED
 ), upd AS (
     UPDATE public.webhook_deliveries d SET
         status = o.status,
@@ -202,7 +210,7 @@ WITH o AS (
                              ELSE now() + make_interval(secs => o.retry_in) END,
         delivered_at = CASE WHEN o.final THEN now() ELSE d.delivered_at END
     FROM o
-    WHERE d.id = o.id AND d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
+    WHERE d.id = o.id AND d.id IN (SELECT id FROM mine)
     RETURNING d.id
 ), done AS (
     SELECT o.* FROM o JOIN upd ON upd.id = o.id
@@ -213,41 +221,24 @@ WITH o AS (
     -- A first attempt that succeeded is fully described by the delivery row itself;
     -- history is kept for every attempt of a delivery that did not succeed at once.
     FROM done WHERE counts OR (success AND attempt > 1)
-), last_ok AS (
-    SELECT webhook_id, max(seq) FILTER (WHERE success) AS seq, bool_or(gone) AS gone
-    FROM done WHERE counts OR success GROUP BY webhook_id
-), stats AS (
-    SELECT l.webhook_id, l.seq IS NOT NULL AS reset, l.gone,
-           count(*) FILTER (WHERE d.counts AND d.seq > coalesce(l.seq, -1)) AS failures,
-           bool_or(d.success) AS any_success, bool_or(d.counts) AS any_failure
-    FROM last_ok l JOIN done d ON d.webhook_id = l.webhook_id AND (d.counts OR d.success)
-    GROUP BY l.webhook_id, l.seq, l.gone
-    ORDER BY l.webhook_id
-), hooks AS (
-    UPDATE public.webhooks w SET
-        consecutive_failures = CASE WHEN s.reset THEN s.failures
-                                    ELSE coalesce(w.consecutive_failures, 0) + s.failures END,
-        last_triggered_at = now(),
-        last_success_at = CASE WHEN s.any_success THEN now() ELSE w.last_success_at END,
-        last_failure_at = CASE WHEN s.any_failure THEN now() ELSE w.last_failure_at END,
-        status = CASE WHEN s.gone AND w.status = 'active' THEN 'disabled' ELSE w.status END
-    FROM stats s
-    WHERE w.id = s.webhook_id
-      -- A batch of successes to a healthy webhook changes only its timestamps: written
-      -- at most once a second per webhook (each write is a new row version and runs
-      -- the host's trigger). Failures, resets and 410s are always written at once.
-      AND (s.any_failure OR s.gone OR coalesce(w.consecutive_failures, 0) <> 0
-           OR w.last_success_at IS NULL OR w.last_triggered_at IS NULL
-           OR w.last_triggered_at < now() - interval '1 second'
-           OR w.last_success_at < now() - interval '1 second')
-    RETURNING w.id
+), noted AS (
+    -- In webhook order, so two recorders never wait on each other's streak rows in a cycle.
+    SELECT dispatcher.note_outcomes_v1(webhook_id, outs) AS ok
+    FROM (SELECT webhook_id,
+                 jsonb_agg(jsonb_build_object('success', success, 'counts', counts,
+                                              'gone', gone, 'started', started_at,
+                                              'ended', ended_at) ORDER BY seq) AS outs
+          FROM done WHERE counts OR success OR gone
+          GROUP BY webhook_id ORDER BY webhook_id) per_hook
+)
 ), lost AS (
-    -- Outcomes whose claim was no longer held, told apart by the row as it was before this
-    -- statement (every part of a WITH sees the same snapshot): gone; still due at the same
-    -- attempt under another claim (our lease ran out and another replica retook it); or
-    -- moved on by another writer (status or attempt changed: the host's deliver-webhook
-    -- edge function sending the row itself, an admin action, or a replica that retook the
-    -- lease and finished first). docs/host-adoption.md explains the second writer.
+    -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
+    -- the row as it was before this statement (every part of a WITH sees the same
+    -- snapshot): gone; still due at the same attempt under another claim (our lease ran
+    -- out and another replica retook it); or moved on by another writer (status or
+    -- attempt changed: the host's deliver-webhook edge function sending the row itself,
+    -- an admin action, or a replica that retook the lease and finished first).
+    -- docs/host-adoption.md explains the second writer.
     SELECT o.id,
            CASE WHEN d.id IS NULL THEN 'deleted'
                 WHEN d.status IN ('pending', 'retrying') AND d.attempt_number = o.attempt
@@ -255,11 +246,70 @@ WITH o AS (
                 ELSE 'changed_by_another_writer' END AS reason
     FROM o
     LEFT JOIN public.webhook_deliveries d ON d.id = o.id
-    WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = o.id)
+    WHERE o.id NOT IN (SELECT id FROM mine)
+      AND NOT coalesce(d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying'), false)
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
+       (SELECT count(*) FROM noted) AS webhooks,
+       -- still our claim, but the row is locked by another transaction: try again
+       ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
+             WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
+               AND o.id NOT IN (SELECT id FROM mine)) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
+
+-- name: apply_webhook_counters
+-- Write the streak rows' pending changes (record_outcomes) to public.webhooks:
+-- consecutive_failures (reset on a success, then the counted steps added), the
+-- timestamps, and a 410's disable. Webhook rows locked by another transaction are
+-- skipped and stay pending for the next call, so no outcome ever waits on them.
+-- A batch of successes to a healthy webhook changes only its timestamps: written
+-- at most once a second per webhook (each write is a new row version and runs the
+-- host's trigger). Failures, resets and 410s are always written.
+WITH p AS (
+    SELECT s.*,
+           (s.add_failures > 0 OR s.gone OR s.failure_at IS NOT NULL
+            OR coalesce(w.consecutive_failures, 0) <> 0
+            OR w.last_success_at IS NULL OR w.last_triggered_at IS NULL
+            OR w.last_triggered_at < now() - interval '1 second'
+            OR w.last_success_at < now() - interval '1 second') AS write
+    FROM dispatcher.webhook_streaks s
+    JOIN public.webhooks w ON w.id = s.webhook_id
+    WHERE s.pending
+    ORDER BY s.webhook_id
+    LIMIT 1000
+    FOR UPDATE OF s SKIP LOCKED
+), locked AS (
+    SELECT w.id FROM public.webhooks w JOIN p ON p.webhook_id = w.id AND p.write
+    ORDER BY w.id
+    FOR UPDATE OF w SKIP LOCKED
+), hooks AS (
+    UPDATE public.webhooks w SET
+        consecutive_failures = CASE WHEN p.reset THEN 0
+                                    ELSE coalesce(w.consecutive_failures, 0) END + p.add_failures,
+        last_triggered_at = coalesce(p.triggered_at, w.last_triggered_at),
+        last_success_at = coalesce(p.success_at, w.last_success_at),
+        last_failure_at = coalesce(p.failure_at, w.last_failure_at),
+        status = CASE WHEN p.gone AND w.status = 'active' THEN 'disabled' ELSE w.status END
+    FROM p
+    WHERE w.id = p.webhook_id AND w.id IN (SELECT id FROM locked)
+    RETURNING w.id
+), cleared AS (
+    UPDATE dispatcher.webhook_streaks s SET
+        pending = false, reset = false, add_failures = 0, gone = false,
+        success_at = NULL, failure_at = NULL, triggered_at = NULL
+    FROM p
+    WHERE s.webhook_id = p.webhook_id AND (NOT p.write OR p.webhook_id IN (SELECT id FROM hooks))
+    RETURNING s.webhook_id
+), orphans AS (
+    -- streak rows of webhooks deleted since
+    DELETE FROM dispatcher.webhook_streaks s
+    WHERE s.pending AND NOT EXISTS (SELECT 1 FROM public.webhooks w WHERE w.id = s.webhook_id)
+    RETURNING s.webhook_id
+)
+SELECT (SELECT count(*) FROM hooks) AS written,
+       (SELECT count(*) FROM p) - (SELECT count(*) FROM cleared) AS waiting,
+       (SELECT count(*) FROM orphans) AS orphans;
 
 -- name: release_claims
 -- Give back leased deliveries that were never attempted (shutdown): due now.
@@ -267,6 +317,15 @@ UPDATE public.webhook_deliveries d
 SET next_retry_at = CASE WHEN d.status = 'pending' THEN NULL ELSE now() END
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id uuid, claim timestamptz)
 WHERE d.id = r.id AND d.next_retry_at = r.claim AND d.status IN ('pending', 'retrying');
+
+-- name: extend_claim
+-- Renew one lease from the moment this runs (clock_timestamp, not the transaction's
+-- start), before sending a row whose claim statement waited on a lock. Returns the
+-- new claim token; no row when the claim is no longer ours.
+UPDATE public.webhook_deliveries
+SET next_retry_at = clock_timestamp() + make_interval(secs => %(lease)s)
+WHERE id = %(id)s AND next_retry_at = %(claim)s AND status IN ('pending', 'retrying')
+RETURNING next_retry_at AS claim;
 
 -- name: gauges
 -- Cheap figures for /metrics: every count here is served by a partial index or
