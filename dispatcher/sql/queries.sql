@@ -230,7 +230,6 @@ WITH o AS (
                                               'ended', ended_at) ORDER BY seq) AS outs
           FROM done WHERE counts OR success OR gone
           GROUP BY webhook_id ORDER BY webhook_id) per_hook
-)
 ), lost AS (
     -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
     -- the row as it was before this statement (every part of a WITH sees the same
