@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     DATABASE_UNAVAILABLE = 4
     SCHEMA_BEHIND = 5
     PERMISSION = 6
+    ADDRESS_UNAVAILABLE = 7
     INTERRUPTED = 130
 
 
@@ -58,3 +59,10 @@ class InvalidInput(DispatcherError):
     """A value given by an operator is malformed or out of range."""
 
     exit_code = ExitCode.USAGE
+
+
+class AddressUnavailable(DispatcherError):
+    """A listening address (DISPATCHER_METRICS_ADDRESS) cannot be bound, most often because
+    another replica on the same host already listens there."""
+
+    exit_code = ExitCode.ADDRESS_UNAVAILABLE
