@@ -21,7 +21,7 @@ import pytest_asyncio
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.daemon import DaemonProcess
-from support.pg import PgCluster
+from support.pg import PgCluster, find_bindir, server_major
 from support.proxy import TcpProxy
 from support.receiver import Receiver
 
@@ -33,6 +33,32 @@ HOST_OWNER = "host_owner"  # the host's non-superuser owner (Supabase's `postgre
 CREATE_DB_RETRY_SECONDS = 10.0
 
 DaemonFactory = Callable[..., DaemonProcess]
+
+# The PostgreSQL version matrix (scripts/test): the whole suite runs on one version, these
+# modules (core delivery, host compatibility, migrations) on every other one. Keep their total
+# under ~3 minutes on 2 cores: CI runs them once per extra version.
+PGMATRIX_MODULES = frozenset(
+    {
+        "tests/integration/test_delivery.py",
+        "tests/integration/test_host_fit.py",
+        "tests/integration/test_least_privilege.py",
+        "tests/integration/test_migrations.py",
+        "tests/integration/test_patterns_sql.py",
+        "tests/integration/test_support_pg.py",
+    }
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    bindir = find_bindir()
+    return f"postgresql: {server_major(bindir)} ({bindir})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() in PGMATRIX_MODULES:
+            item.add_marker(pytest.mark.pgmatrix)
 
 
 @pytest.fixture(scope="session", autouse=True)
