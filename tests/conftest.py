@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hostdb
 import psycopg
 import pytest
 import pytest_asyncio
@@ -116,7 +117,7 @@ def host_template_dsn(pg_cluster: PgCluster) -> str:
 
     pg_cluster.create_database(HOST_TEMPLATE_DB)
     with pg_cluster.connect(HOST_TEMPLATE_DB, autocommit=True) as conn:
-        conn.execute(HOST_SCHEMA_SQL.read_text())
+        conn.execute(hostdb.host_schema_sql(conn))
     owner_dsn = pg_cluster.dsn(HOST_TEMPLATE_DB, user=HOST_OWNER)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(lambda: asyncio.run(apply_migrations(owner_dsn))).result()
