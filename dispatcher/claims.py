@@ -47,6 +47,8 @@ class Claimed:
     active: bool
     policy: RetryPolicy
     failing: bool = False
+    # When the delivery row was created (fan-out); for /metrics' delivery latency.
+    created_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -74,6 +76,7 @@ class Claimed:
             active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
             policy=policy,
             failing=bool(row.get("failing")),
+            created_at=row.get("created_at") or now,
         )
 
 
