@@ -124,8 +124,7 @@ class _IntegrationCounters(Collector):
     def collect(self) -> Iterator[Metric]:
         refreshes = CounterMetricFamily(
             "dispatcher_token_refreshes",
-            "OAuth token refresh attempts by outcome "
-            "(refreshed, retry, expired, failed, error)",
+            "OAuth token refresh attempts by outcome (refreshed, retry, expired, failed, error)",
             labels=["outcome"],
         )
         for outcome in stats.TOKEN_REFRESH_OUTCOMES:
