@@ -14,6 +14,7 @@ import contextlib
 import gc
 import os
 import signal
+from typing import Any
 
 import psycopg
 import structlog
@@ -211,6 +212,7 @@ class App:
                     m.dlq_size.set(row["dlq"])
                     m.outbox_backlog.set(row["outbox"])
                     m.webhooks_disabled.set(row["webhooks_disabled"])
+                    await self._more_gauges(conn)
                 async with self.pool.connection(timeout=5) as conn:
                     cur = await conn.execute(query("intake_health"))
                     stuck = await cur.fetchone()
@@ -226,6 +228,24 @@ class App:
             for reason, lost in (self.recorder.lost if self.recorder else {}).items():
                 self.metrics.outcomes_lost.labels(reason=reason).set(lost)
             await asyncio.sleep(every)
+
+    async def _more_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Outbox age and, when integrations run, their health (dispatcher/sql/gauges.sql)."""
+        m = self.metrics
+        cur = await conn.execute(query("outbox_age"))
+        row = await cur.fetchone()
+        m.outbox_oldest_seconds.set(float(row["oldest_seconds"]) if row else 0.0)
+        if not self.settings.integrations_enabled:
+            return
+        cur = await conn.execute(query("integration_gauges"))
+        row = await cur.fetchone()
+        if row is None:
+            return
+        for health in ("healthy", "degraded", "unhealthy", "unknown"):
+            m.integrations.labels(health_status=health).set(row[health])
+        m.integrations_in_error.set(row["in_error"])
+        m.oauth_tokens_failing.set(row["tokens_failing"])
+        m.oauth_tokens_expired.set(row["tokens_expired"])
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval

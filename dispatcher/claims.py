@@ -52,6 +52,8 @@ class Claimed:
     # the claim statement was sent; inf: not known, not checked), and when it was sent
     lease_until: float = float("inf")
     sent_at: datetime | None = None
+    # When the delivery row was created (fan-out); for /metrics' delivery latency.
+    created_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -79,6 +81,7 @@ class Claimed:
             active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
             policy=policy,
             failing=bool(row.get("failing")),
+            created_at=row.get("created_at") or now,
         )
 
 

@@ -408,6 +408,9 @@ class Dispatcher:
         counter.inc()
         if r is not None and r.outcome is not Outcome.REFUSED:
             self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
+        if row.success and d.created_at is not None:
+            waited = (datetime.now(UTC) - d.created_at).total_seconds()
+            self._metrics.delivery_latency.observe(max(waited, 0.0))
         if not self._log_attempts:
             return
         log.info(

@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     DATABASE_UNAVAILABLE = 4
     SCHEMA_BEHIND = 5
     PERMISSION = 6
+    ADDRESS_UNAVAILABLE = 7
     INTERRUPTED = 130
 
 
@@ -65,3 +66,10 @@ class MigrationBlocked(DispatcherError):
     transaction holds them. Nothing was changed by the blocked migration; run it again."""
 
     exit_code = ExitCode.FAILURE
+
+
+class AddressUnavailable(DispatcherError):
+    """A listening address (DISPATCHER_METRICS_ADDRESS) cannot be bound, most often because
+    another replica on the same host already listens there."""
+
+    exit_code = ExitCode.ADDRESS_UNAVAILABLE

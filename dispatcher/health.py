@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from dispatcher.errors import AddressUnavailable
 from dispatcher.metrics import Metrics
+
+ADDRESS_HINT = {
+    errno.EADDRINUSE: "already in use (another replica on this host? give each replica its own "
+    "port, e.g. the systemd template unit dispatcher@.service; docs/operations.md)",
+    errno.EADDRNOTAVAIL: "not an address of this host",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
 
 
 class HealthServer:
@@ -34,12 +43,22 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.close()
+            raise self._unavailable(exc) from None
         server = site._server
         if server is not None and self._port == 0:
             sockets = getattr(server, "sockets", None) or []
             if sockets:
                 self.port = sockets[0].getsockname()[1]
+
+    def _unavailable(self, exc: OSError) -> AddressUnavailable:
+        reason = ADDRESS_HINT.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+        return AddressUnavailable(
+            f"cannot listen on DISPATCHER_METRICS_ADDRESS {self._host}:{self._port}: {reason}"
+        )
 
     async def close(self) -> None:
         if self._runner is not None:

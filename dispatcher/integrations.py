@@ -35,6 +35,7 @@ from dispatcher import integration_events as events
 from dispatcher.crypto import Keyring
 from dispatcher.db import Pool
 from dispatcher.dns import bounded_resolver
+from dispatcher.integration_stats import HEALTH_CHECKS
 from dispatcher.oauth import OAuthClient
 from dispatcher.queries import query
 from dispatcher.settings import Settings
@@ -249,6 +250,7 @@ class IntegrationsWorker:
                 )
             return None
         rec = await _shielded(self._record(integration_id, row, result, check_type))
+        HEALTH_CHECKS[result.status] += 1
         log.info(
             "integration_checked",
             integration_id=str(integration_id),

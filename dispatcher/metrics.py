@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dispatcher import integration_stats as stats
 from dispatcher.integration_events import NOT_PUBLISHED
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
 class Metrics:
@@ -94,6 +101,63 @@ class Metrics:
             registry=r,
         )
         self.up = Gauge("dispatcher_ready", "1 while the daemon is ready", registry=r)
+        self.delivery_latency = Histogram(
+            "dispatcher_delivery_latency_seconds",
+            "From a delivery's creation (the fan-out of its event, normally milliseconds after "
+            "the commit) to its successful attempt, retries included",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_oldest_seconds = Gauge(
+            "dispatcher_outbox_oldest_age_seconds",
+            "Age of the oldest event not yet fanned out (commit to fan-out)",
+            registry=r,
+        )
+        self.integrations = Gauge(
+            "dispatcher_integrations",
+            "Active integrations by health_status (healthy, degraded, unhealthy, unknown)",
+            ["health_status"],
+            registry=r,
+        )
+        self.integrations_in_error = Gauge(
+            "dispatcher_integrations_in_error",
+            "Integrations in status error (failed refresh, undecryptable secret, ...)",
+            registry=r,
+        )
+        self.oauth_tokens_failing = Gauge(
+            "dispatcher_oauth_tokens_refresh_failing",
+            "Active OAuth tokens whose last refresh attempt failed",
+            registry=r,
+        )
+        self.oauth_tokens_expired = Gauge(
+            "dispatcher_oauth_tokens_expired",
+            "OAuth tokens expired for good (re-authentication needed)",
+            registry=r,
+        )
+        r.register(_IntegrationCounters())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _IntegrationCounters(Collector):
+    """dispatcher_token_refreshes_total and dispatcher_integration_checks_total, read from
+    dispatcher.integration_stats when scraped (every label present from the start)."""
+
+    def collect(self) -> Iterator[Metric]:
+        refreshes = CounterMetricFamily(
+            "dispatcher_token_refreshes",
+            "OAuth token refresh attempts by outcome (refreshed, retry, expired, failed, error)",
+            labels=["outcome"],
+        )
+        for outcome in stats.TOKEN_REFRESH_OUTCOMES:
+            refreshes.add_metric([outcome], stats.TOKEN_REFRESHES[outcome])
+        yield refreshes
+        checks = CounterMetricFamily(
+            "dispatcher_integration_checks",
+            "Integration health checks by status (success, failure, timeout)",
+            labels=["status"],
+        )
+        for status in stats.HEALTH_CHECK_STATUSES:
+            checks.add_metric([status], stats.HEALTH_CHECKS[status])
+        yield checks

@@ -38,6 +38,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from dispatcher import integration_events as events
 from dispatcher.crypto import DecryptError, Keyring, decrypt_config
 from dispatcher.db import Pool
+from dispatcher.integration_stats import TOKEN_REFRESHES
 from dispatcher.oauth import (
     ConfigProblem,
     Grant,
@@ -140,6 +141,7 @@ class TokenRefresher:
         try:
             await self._refresh(dict(row))
         except Exception as exc:  # one token's bug must not stop the others or the daemon
+            TOKEN_REFRESHES["error"] += 1
             log.error(
                 "token_refresh_crashed", token_id=str(claim.token_id), error=type(exc).__name__
             )
@@ -223,6 +225,7 @@ class TokenRefresher:
                 )
                 raise
             self.refreshed += 1
+            TOKEN_REFRESHES["refreshed"] += 1
             log.info(
                 "token_refreshed",
                 **ids,
@@ -244,6 +247,7 @@ class TokenRefresher:
             )
             if outcome.retry_after is not None:
                 delay = max(delay, min(outcome.retry_after, self._s.oauth_retry_max_seconds))
+            TOKEN_REFRESHES["retry"] += 1
             log.warning(
                 "token_refresh_retry",
                 **ids,
@@ -316,6 +320,7 @@ class TokenRefresher:
                         "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
                     },
                 )
+        TOKEN_REFRESHES["expired"] += 1
         log.warning(
             "token_expired",
             token_id=str(row["id"]),
@@ -338,6 +343,7 @@ class TokenRefresher:
                     "kind": "rejected",
                 },
             )
+        TOKEN_REFRESHES["failed"] += 1
         log.error(
             "token_refresh_failed",
             token_id=str(row["id"]),

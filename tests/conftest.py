@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hostdb
 import psycopg
 import pytest
 import pytest_asyncio
@@ -21,7 +22,7 @@ import pytest_asyncio
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.daemon import DaemonProcess
-from support.pg import PgCluster
+from support.pg import PgCluster, find_bindir, server_major
 from support.proxy import TcpProxy
 from support.receiver import Receiver
 
@@ -33,6 +34,32 @@ HOST_OWNER = "host_owner"  # the host's non-superuser owner (Supabase's `postgre
 CREATE_DB_RETRY_SECONDS = 10.0
 
 DaemonFactory = Callable[..., DaemonProcess]
+
+# The PostgreSQL version matrix (scripts/test): the whole suite runs on one version, these
+# modules (core delivery, host compatibility, migrations) on every other one. Keep their total
+# under ~3 minutes on 2 cores: CI runs them once per extra version.
+PGMATRIX_MODULES = frozenset(
+    {
+        "tests/integration/test_delivery.py",
+        "tests/integration/test_host_fit.py",
+        "tests/integration/test_least_privilege.py",
+        "tests/integration/test_migrations.py",
+        "tests/integration/test_patterns_sql.py",
+        "tests/integration/test_support_pg.py",
+    }
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    bindir = find_bindir()
+    return f"postgresql: {server_major(bindir)} ({bindir})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() in PGMATRIX_MODULES:
+            item.add_marker(pytest.mark.pgmatrix)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,7 +117,7 @@ def host_template_dsn(pg_cluster: PgCluster) -> str:
 
     pg_cluster.create_database(HOST_TEMPLATE_DB)
     with pg_cluster.connect(HOST_TEMPLATE_DB, autocommit=True) as conn:
-        conn.execute(HOST_SCHEMA_SQL.read_text())
+        conn.execute(hostdb.host_schema_sql(conn))
     owner_dsn = pg_cluster.dsn(HOST_TEMPLATE_DB, user=HOST_OWNER)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(lambda: asyncio.run(apply_migrations(owner_dsn))).result()

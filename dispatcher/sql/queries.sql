@@ -170,7 +170,7 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
             WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
-          0::bigint AS deliveries_created;
+          0::bigint AS deliveries_created, d.created_at;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only

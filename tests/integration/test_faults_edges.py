@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,7 +28,6 @@ from dispatcher.settings import Settings
 from dispatcher.ssrf import TargetRefused, parse_networks, validate_url
 
 LOOPBACK_NETS = parse_networks("127.0.0.0/8")
-HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
 
 
 # --- item 12: the OAuth token response is read whole --------------------------------------------
@@ -209,7 +207,7 @@ async def test_migrate_behind_an_open_host_transaction_fails_clearly_and_never_b
     empty_db_dsn,
 ):
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
-        c.execute(HOST_SCHEMA)
+        c.execute(hostdb.host_schema_sql(c))
     holder = await psycopg.AsyncConnection.connect(empty_db_dsn)  # a transaction left open
     publisher = await psycopg.AsyncConnection.connect(empty_db_dsn, autocommit=True)
     try:

@@ -4,8 +4,6 @@ as it was and works."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hostdb
 import psycopg
 from support.integrations import (
@@ -21,8 +19,6 @@ from dispatcher.migrations import apply_migrations
 
 pytest_plugins = ("support.integration_fixtures",)
 
-HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
-
 
 def catalog(dsn: str) -> set[tuple[object, ...]]:
     with psycopg.connect(dsn) as conn:
@@ -31,7 +27,7 @@ def catalog(dsn: str) -> set[tuple[object, ...]]:
 
 async def test_host_integration_tables_are_left_alone_and_work(empty_db_dsn, oauth, make_worker):
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
-        c.execute(HOST_SCHEMA)  # the host's real integration tables included
+        c.execute(hostdb.host_schema_sql(c))  # the host's real integration tables included
     before = catalog(empty_db_dsn)
     await apply_migrations(empty_db_dsn)
     after = catalog(empty_db_dsn)

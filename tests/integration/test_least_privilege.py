@@ -64,6 +64,13 @@ async def dispatcher_role(db_dsn: str, request: pytest.FixtureRequest) -> AsyncI
     owner_dsn = hostdb.host_owner_dsn(db_dsn) if on_host(request) else db_dsn
     async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as owner:
         await owner.execute(SCRIPT)
+    if on_host(request):
+        # Roles are cluster-wide: `dispatcher` may have been created by the superuser (the
+        # standalone variant). On PostgreSQL 16+ only its creator, or a role with ADMIN
+        # OPTION on it, may grant it; on a real host the owner creates it and has that.
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as su:
+            await su.execute(f"GRANT dispatcher TO {hostdb.HOST_OWNER} WITH ADMIN OPTION")
+    async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as owner:
         await owner.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE dispatcher").format(
                 sql.Identifier(name), sql.Literal(PASSWORD)

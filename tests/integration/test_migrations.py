@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import hostdb
@@ -13,8 +12,6 @@ import psycopg
 import pytest
 
 from dispatcher.migrations import apply_migrations, available
-
-HOST_SCHEMA = (Path(__file__).parent / "host_schema.sql").read_text()
 
 CATALOG = """
 SELECT 'column' AS kind, table_name || '.' || column_name AS name,
@@ -79,7 +76,7 @@ async def test_concurrent_migrations_apply_once(empty_db_dsn: str) -> None:
 
 async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, receiver) -> None:
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
-        conn.execute(HOST_SCHEMA)
+        conn.execute(hostdb.host_schema_sql(conn))
     before = catalog(empty_db_dsn)
 
     await apply_migrations(empty_db_dsn)
@@ -102,7 +99,7 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
 
 async def test_daemon_delivers_on_a_host_database(empty_db_dsn: str, receiver) -> None:
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
-        conn.execute(HOST_SCHEMA)
+        conn.execute(hostdb.host_schema_sql(conn))
     await apply_migrations(empty_db_dsn)
     async with await hostdb.connect(empty_db_dsn) as conn:
         org = await hostdb.create_org(conn)
@@ -126,7 +123,7 @@ async def test_migrate_runs_as_the_hosts_owner_that_is_not_a_superuser(
     """On Supabase `dispatcher migrate` runs as `postgres`, which owns the host's tables but is
     not a superuser: played here by `host_owner`."""
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
-        conn.execute(HOST_SCHEMA)
+        conn.execute(hostdb.host_schema_sql(conn))
     owner = hostdb.host_owner_dsn(empty_db_dsn)
     with psycopg.connect(owner) as conn:
         row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()

