@@ -203,12 +203,30 @@ class App:
                     m.dlq_size.set(row["dlq"])
                     m.outbox_backlog.set(row["outbox"])
                     m.webhooks_disabled.set(row["webhooks_disabled"])
+                    m.held.set(row["held"])
+                await self._release_orphan_holds()
             except (psycopg.Error, PoolTimeout) as exc:
                 self._db_ok = False
                 log.warning("gauges_failed", error=type(exc).__name__)
             if self.dispatcher is not None:
                 self.metrics.inflight.set(self.dispatcher.inflight)
             await asyncio.sleep(every)
+
+    async def _release_orphan_holds(self) -> None:
+        """Queue events held for webhooks that are active again (a fan-out raced the enable)."""
+        assert self.pool is not None
+        async with self.pool.connection(timeout=5) as conn:
+            cur = await conn.execute(query("release_orphan_holds"))
+            rows = await cur.fetchall()
+        for row in rows:
+            self.metrics.holds_released.inc(row["released"])
+            log.info(
+                "hold_released",
+                webhook_id=str(row["webhook_id"]),
+                released=row["released"],
+                expired=row["expired"],
+                via="sweep",
+            )
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval
