@@ -17,6 +17,7 @@ from typing import Any
 import hostdb
 from support.net import reserved_port
 from support.receiver import Reply
+from test_cli import run  # noqa: F401  (the CLI fixture)
 from test_health import eventually, get, sample
 
 from dispatcher import admin
@@ -97,7 +98,7 @@ def event_ids(requests: list[Any]) -> list[str]:
 async def test_inactive_and_soft_deleted_webhooks_get_nothing(conn, receiver, start_daemon):
     org = await hostdb.create_org(conn)
     on = await hostdb.create_webhook(conn, org, receiver.url("/on"), ["job.*"])
-    off = await hostdb.create_webhook(conn, org, receiver.url("/off"), ["job.*"], status="inactive")
+    await hostdb.create_webhook(conn, org, receiver.url("/off"), ["job.*"], status="inactive")
     gone = await hostdb.create_webhook(conn, org, receiver.url("/gone"), ["job.*"])
     await conn.execute("UPDATE webhooks SET deleted_at = now() WHERE id = %s", (gone["id"],))
     await start_daemon()
@@ -175,9 +176,7 @@ async def test_enable_delivers_held_events_oldest_first_with_the_streak(
     assert len(set(event_ids(receiver.requests_for("/back")))) == 7
 
 
-async def test_a_webhook_disabled_by_its_failures_holds_then_delivers(
-    conn, receiver, start_daemon
-):
+async def test_a_webhook_disabled_by_its_failures_holds_then_delivers(conn, receiver, start_daemon):
     """The whole path through the daemon: 410 disables it, events are held, enable sends."""
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, receiver.url("/flaky"), ["job.*"])
@@ -284,3 +283,37 @@ async def test_metrics_count_held_events(conn, receiver, start_daemon):
         return sample(text, "dispatcher_held_events") == 3.0
 
     await eventually(three_held, "dispatcher_held_events == 3", 30)
+
+
+async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_daemon, run):  # noqa: F811
+    org = await hostdb.create_org(conn)
+    hook = await disabled_hook(conn, org, receiver.url("/cli"))
+    other = await disabled_hook(conn, org, receiver.url("/cli-other"))
+    await old_delivery(conn, org, hook, "dlq", age=timedelta(minutes=30))
+    await start_daemon()
+    for n in range(2):
+        await hostdb.publish(conn, "job.created", {"n": n}, org)
+    await wait_held(conn, hook["id"], 2)
+    await wait_held(conn, other["id"], 2)
+
+    r = await run("webhooks", "show", str(hook["id"]))
+    assert r.code == 0, r.err
+    assert "held events:          2" in r.out and "streak to requeue:    1" in r.out
+    r = await run("webhooks", "show", str(hook["id"]), "--json")
+    assert r.json()["hold"]["held"] == 2
+
+    r = await run("webhooks", "discard-hold", str(other["id"]))
+    assert r.code == 0 and "discarded 2 held event(s)" in r.out
+    (await run("webhooks", "discard-hold", str(uuid.UUID(int=1)))).refused(1, "does not exist")
+
+    r = await run("webhooks", "enable", str(hook["id"]))
+    assert r.code == 0, r.err
+    assert "2 held event(s) queued, 1 streak delivery(ies) back to pending, 0 dropped" in r.out
+    await receiver.wait_for(3, path="/cli", timeout=30)
+    assert (await hostdb.webhook(conn, hook["id"]))["consecutive_failures"] == 0
+    r = await run("webhooks", "show", str(hook["id"]))
+    assert "held events:          0" in r.out and "last hold:" in r.out and "released" in r.out
+
+    r = await run("webhooks", "enable", str(other["id"]), "--json")
+    assert r.code == 0 and r.json()["hold"]["released"] == 0
+    assert receiver.requests_for("/cli-other") == []
