@@ -317,3 +317,32 @@ async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_dae
     r = await run("webhooks", "enable", str(other["id"]), "--json")
     assert r.code == 0 and r.json()["hold"]["released"] == 0
     assert receiver.requests_for("/cli-other") == []
+
+
+async def test_enable_during_fan_out_by_two_replicas_loses_and_doubles_nothing(
+    conn, db_dsn, receiver, start_daemon
+):
+    """Events keep coming while the host enables the webhook: each is sent exactly once."""
+    org = await hostdb.create_org(conn)
+    hook = await disabled_hook(conn, org, receiver.url("/race"))
+    await start_daemon()
+    await start_daemon()
+    published: list[uuid.UUID] = []
+    async with await hostdb.connect(db_dsn) as publisher:
+        for batch in range(30):
+            published += await hostdb.insert_events_directly(publisher, org, "job.created", 5)
+            await publisher.execute("NOTIFY dispatcher_v1, 'o'")
+            if batch == 10:
+                await conn.execute(
+                    "UPDATE webhooks SET status = 'active' WHERE id = %s", (hook["id"],)
+                )
+                await conn.execute(
+                    "UPDATE webhooks SET consecutive_failures = 0 WHERE id = %s", (hook["id"],)
+                )
+            await publisher.execute("SELECT pg_sleep(0.02)")
+
+    got = await receiver.wait_for(150, path="/race", timeout=60)
+    await hostdb.wait_deliveries(conn, "status = 'success'", 150, timeout=30)
+    assert await count(conn, "dispatcher.held") == 0
+    assert sorted(event_ids(got)) == sorted(str(e) for e in published)
+    assert len(await hostdb.deliveries(conn)) == 150
