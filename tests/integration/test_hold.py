@@ -346,3 +346,29 @@ async def test_enable_during_fan_out_by_two_replicas_loses_and_doubles_nothing(
     assert await count(conn, "dispatcher.held") == 0
     assert sorted(event_ids(got)) == sorted(str(e) for e in published)
     assert len(await hostdb.deliveries(conn)) == 150
+
+
+async def test_a_host_role_without_rights_on_our_schema_releases_by_enabling(conn):
+    """The host's button runs as its own role: the trigger needs no grant on `dispatcher`."""
+    org = await hostdb.create_org(conn)
+    hook = await disabled_hook(conn, org, "https://93.184.216.34/hook")
+    [event] = await hostdb.insert_events_directly(conn, org, "job.created", 1)
+    await conn.execute("DELETE FROM dispatcher.outbox")
+    await conn.execute(
+        "INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)"
+        " SELECT %s, id, org_id, created_at FROM events WHERE id = %s",
+        (hook["id"], event),
+    )
+    role = f"host_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+    try:
+        await conn.execute(f"GRANT SELECT, UPDATE ON webhooks TO {role}")
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL ROLE {role}")
+            await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (hook["id"],))
+    finally:
+        await conn.execute(f"REVOKE ALL ON webhooks FROM {role}")
+        await conn.execute(f"DROP ROLE {role}")
+    [row] = await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
+    assert row["event_id"] == event and row["status"] == "pending"
+    assert await count(conn, "dispatcher.held") == 0

@@ -67,10 +67,11 @@ $$;
 -- callers never queue one held event or streak row twice: DELETE ... RETURNING and
 -- the status re-check under the row lock give each to one caller. Returns the
 -- counts and writes them to dispatcher.hold_log (when anything happened, or always
--- with p_streak: the enable ends the streak).
+-- with p_streak: the enable ends the streak). Runs with the caller's rights: the
+-- owner's from the trigger below, the daemon's role from its sweep.
 CREATE FUNCTION dispatcher.release_hold_v1(p_webhook_id uuid, p_streak boolean)
 RETURNS TABLE (released integer, requeued integer, expired integer)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     w public.webhooks;
@@ -145,12 +146,12 @@ BEGIN
     RETURN QUERY SELECT v_released, v_requeued, v_expired;
 END
 $$;
-REVOKE ALL ON FUNCTION dispatcher.release_hold_v1(uuid, boolean) FROM PUBLIC;
 
 -- Throw a webhook's hold away; the streak ends here too (its DLQ rows stay in the
 -- DLQ, for the host's retry and clear buttons). Returns how many held events.
+-- Caller's rights, as release_hold_v1.
 CREATE FUNCTION dispatcher.discard_hold_v1(p_webhook_id uuid) RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_org uuid;
@@ -167,12 +168,11 @@ BEGIN
     RETURN n;
 END
 $$;
-REVOKE ALL ON FUNCTION dispatcher.discard_hold_v1(uuid) FROM PUBLIC;
 
 -- Whoever switches a disabled webhook back on (the host's button, the CLI, the SQL
 -- admin API, a plain UPDATE) releases its hold in the same transaction; switching
 -- it off by hand or soft-deleting it discards the hold. SECURITY DEFINER: the
--- host's roles need no rights on our schema.
+-- host's roles need no rights on our schema (the helpers above run as the owner).
 CREATE FUNCTION dispatcher.webhook_hold_v1() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
