@@ -115,6 +115,15 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
         "UPDATE webhooks SET status = 'disabled', consecutive_failures = 10 WHERE id = %s",
         (held["id"],),
     )
+    # An event a fan-out held just after this webhook's release: the sweep queues it.
+    orphan = await hostdb.create_webhook(conn, org, receiver.url("/orphan"), ["job.*"])
+    [late] = await hostdb.insert_events_directly(conn, org, "job.late", 1)
+    await conn.execute("DELETE FROM dispatcher.outbox WHERE event_id = %s", (late,))
+    await conn.execute(
+        "INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)"
+        " SELECT %s, id, org_id, created_at FROM events WHERE id = %s",
+        (orphan["id"], late),
+    )
     receiver.respond("/flaky", Reply(500), Reply(200))
     receiver.respond("/dead", Reply(503))
     receiver.respond("/gone", Reply(410))
@@ -134,6 +143,9 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
         await hostdb.wait_deliveries(
             conn, "webhook_id = %s AND status = %s", n, (hook_id, status), timeout=30
         )
+    await hostdb.wait_deliveries(
+        conn, "webhook_id = %s AND status = 'success'", 5, (orphan["id"],), timeout=30
+    )
     # Switched off by a person: nothing. Disabled: held (written as the role), then
     # delivered when the host enables it again.
     assert await hostdb.deliveries(conn, "webhook_id = %s", (off["id"],)) == []
