@@ -372,3 +372,36 @@ async def test_a_host_role_without_rights_on_our_schema_releases_by_enabling(con
     [row] = await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
     assert row["event_id"] == event and row["status"] == "pending"
     assert await count(conn, "dispatcher.held") == 0
+
+
+async def test_an_outage_end_to_end_loses_nothing_after_enable(conn, receiver, start_daemon):
+    """10 failures put 5 deliveries in the DLQ and disable the webhook; 2 more events are held;
+    the endpoint comes back and the host enables it: all 7 are delivered, once each."""
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(
+        conn,
+        org,
+        max_retries=1,
+        retry_strategy="fixed",
+        base_delay_seconds=1,
+        max_delay_seconds=1,
+        enable_jitter=False,
+    )
+    hook = await hostdb.create_webhook(conn, org, receiver.url("/outage"), ["job.*"])
+    receiver.respond("/outage", Reply(503))
+    await start_daemon()
+    first = [await hostdb.publish(conn, "job.created", {"n": n}, org) for n in range(5)]
+    await hostdb.wait_deliveries(conn, "status = 'dlq'", 5, timeout=60)
+    w = await hostdb.webhook(conn, hook["id"])
+    assert w["status"] == "disabled" and w["consecutive_failures"] == 10
+    later = [await hostdb.publish(conn, "job.updated", {"n": n}, org) for n in range(2)]
+    await wait_held(conn, hook["id"], 2)
+    assert len(receiver.requests_for("/outage")) == 10
+
+    receiver.respond("/outage", Reply(200))
+    await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (hook["id"],))
+    await conn.execute("UPDATE webhooks SET consecutive_failures = 0 WHERE id = %s", (hook["id"],))
+    await hostdb.wait_deliveries(conn, "status = 'success'", 7, timeout=30)
+    delivered = event_ids(receiver.requests_for("/outage")[10:])
+    assert sorted(delivered) == sorted(str(e) for e in first + later)
+    assert await hostdb.deliveries(conn, "status <> 'success'") == []
