@@ -158,6 +158,8 @@ async def test_enable_delivers_held_events_oldest_first_with_the_streak(
     streak = await hostdb.deliveries(conn, "id = ANY(%s)", ([streak_1, streak_2, cut_off],))
     expected = [json.loads(d["request_body"])["id"] for d in streak] + [str(e) for e in published]
     assert event_ids(got) == expected, "oldest first: the streak, then the held events in order"
+    # A streak delivery keeps its row, so receivers see the webhook-id they saw before.
+    assert [r.headers["webhook-id"] for r in got[:3]] == [str(d["id"]) for d in streak]
     await hostdb.wait_deliveries(conn, "webhook_id = %s AND status = 'success'", 6, (hook["id"],))
     assert await count(conn, "dispatcher.held") == 0
     rows = await hostdb.deliveries(conn, "id = ANY(%s)", ([before, refused],))

@@ -60,6 +60,22 @@ AS $$
           WHERE rc.org_id = p_org_id), 30), 1), 90))
 $$;
 
+-- The streak of a disabled webhook (above): one definition for the release and the
+-- counts of hold_status.
+CREATE FUNCTION dispatcher.streak_v1(p_webhook_id uuid) RETURNS SETOF uuid
+LANGUAGE sql STABLE
+AS $$
+    SELECT d.id
+    FROM public.webhooks w
+    JOIN public.webhook_deliveries d ON d.webhook_id = w.id
+    WHERE w.id = p_webhook_id
+      AND (d.status = 'dlq'
+           OR (d.status = 'failed' AND d.error_message = 'Webhook is not active'))
+      AND coalesce(d.delivered_at, d.created_at)
+          >= coalesce(dispatcher.streak_start_v1(w.id, w.last_success_at), '-infinity')
+      AND d.created_at >= now() - dispatcher.dlq_retention_v1(w.org_id)
+$$;
+
 -- Release an active webhook's hold: held events become pending deliveries (the
 -- body fan-out builds), and with p_streak the streak's rows go back to pending
 -- (attempt 1). All of them are due in the order of their events (oldest first;
@@ -76,7 +92,6 @@ AS $$
 DECLARE
     w public.webhooks;
     v_keep interval;
-    v_since timestamptz;
     v_released integer;
     v_requeued integer;
     v_expired integer;
@@ -87,18 +102,13 @@ BEGIN
         RETURN;
     END IF;
     v_keep := dispatcher.dlq_retention_v1(w.org_id);
-    v_since := coalesce(dispatcher.streak_start_v1(w.id, w.last_success_at), '-infinity');
     WITH taken AS (
         DELETE FROM dispatcher.held h WHERE h.webhook_id = w.id
         RETURNING h.event_id, h.event_created_at
     ), streak AS (
         SELECT d.id, d.created_at
         FROM public.webhook_deliveries d
-        WHERE p_streak AND d.webhook_id = w.id
-          AND (d.status = 'dlq'
-               OR (d.status = 'failed' AND d.error_message = 'Webhook is not active'))
-          AND coalesce(d.delivered_at, d.created_at) >= v_since
-          AND d.created_at >= now() - v_keep
+        WHERE p_streak AND d.id IN (SELECT dispatcher.streak_v1(w.id))
         FOR UPDATE OF d
     ), live AS (
         SELECT e.id, e.org_id, e.event_type, e.created_at,
@@ -246,15 +256,8 @@ RETURNS TABLE (
 LANGUAGE sql STABLE
 AS $$
     SELECT h.n, h.oldest,
-           CASE WHEN w.status = 'disabled' THEN (
-               SELECT count(*) FROM public.webhook_deliveries d
-               WHERE d.webhook_id = w.id
-                 AND (d.status = 'dlq'
-                      OR (d.status = 'failed' AND d.error_message = 'Webhook is not active'))
-                 AND coalesce(d.delivered_at, d.created_at)
-                     >= coalesce(dispatcher.streak_start_v1(w.id, w.last_success_at), '-infinity')
-                 AND d.created_at >= now() - dispatcher.dlq_retention_v1(w.org_id))
-           ELSE 0 END,
+           CASE WHEN w.status = 'disabled'
+                THEN (SELECT count(*) FROM dispatcher.streak_v1(w.id)) ELSE 0 END,
            l.action, l.at, l.released, l.requeued, l.expired, l.discarded
     FROM public.webhooks w
     CROSS JOIN LATERAL (SELECT count(*) AS n, min(x.event_created_at) AS oldest
