@@ -76,6 +76,16 @@ AS $$
       AND d.created_at >= now() - dispatcher.dlq_retention_v1(w.org_id)
 $$;
 
+-- The streak, found without reading a webhook's whole history: only DLQ rows and
+-- rows cut off by a disable are in it. On a large existing webhook_deliveries table,
+-- create it CONCURRENTLY before migrating (same name; IF NOT EXISTS skips it then):
+--   CREATE INDEX CONCURRENTLY dispatcher_deliveries_streak ON public.webhook_deliveries
+--       (webhook_id, delivered_at)
+--       WHERE status = 'dlq' OR (status = 'failed' AND error_message = 'Webhook is not active');
+CREATE INDEX IF NOT EXISTS dispatcher_deliveries_streak
+    ON public.webhook_deliveries (webhook_id, delivered_at)
+    WHERE status = 'dlq' OR (status = 'failed' AND error_message = 'Webhook is not active');
+
 -- Release an active webhook's hold: held events become pending deliveries (the
 -- body fan-out builds), and with p_streak the streak's rows go back to pending
 -- (attempt 1). All of them are due in the order of their events (oldest first;
