@@ -135,11 +135,12 @@ async def test_enable_delivers_held_events_oldest_first_with_the_streak(
     )
     await start_daemon(per_webhook_concurrency=1)
 
-    # Held while disabled: no host row, nothing sent.
+    # Held while disabled: no host row, nothing sent. The old event is within the org's
+    # 30 days while held (retention keeps it), past 7 when the webhook is enabled.
     expired = await one(
         conn,
         "INSERT INTO events (event_type, event_category, payload, org_id, created_at)"
-        " VALUES ('job.created', 'job', '{}', %s, now() - interval '31 days') RETURNING id",
+        " VALUES ('job.created', 'job', '{}', %s, now() - interval '20 days') RETURNING id",
         (org,),
     )
     published = [await hostdb.publish(conn, "job.created", {"n": n}, org) for n in range(3)]
@@ -151,6 +152,7 @@ async def test_enable_delivers_held_events_oldest_first_with_the_streak(
     assert shown["hold"]["held"] == 4 and shown["hold"]["streak_rows"] == 3
 
     # The host's button: status first, the count reset in a second UPDATE.
+    await hostdb.set_retry_config(conn, org, dlq_retention_days=7)
     await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (hook["id"],))
     await conn.execute("UPDATE webhooks SET consecutive_failures = 0 WHERE id = %s", (hook["id"],))
 
