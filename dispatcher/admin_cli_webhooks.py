@@ -328,7 +328,15 @@ def _discard_hold(args: argparse.Namespace, settings: Settings) -> int:
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.id, "ID")
     row = run_db(settings, lambda c: admin.set_webhook_status(c, webhook, "inactive"))
-    emit(args, row, lambda: f"webhook {webhook} is inactive: nothing is sent to it")
+
+    def human() -> str:
+        text = f"webhook {webhook} is inactive: nothing is sent to it"
+        hold = row.get("hold")
+        if hold is not None:  # it was disabled: a person's choice ends the hold
+            return f"{text}\nits hold was discarded: {_hold_counts(hold)}"
+        return text
+
+    emit(args, row, human)
     return ExitCode.OK
 
 

@@ -322,6 +322,14 @@ async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_dae
     assert r.code == 0 and r.json()["hold"]["released"] == 0
     assert receiver.requests_for("/cli-other") == []
 
+    # A person switching off a disabled webhook discards its hold.
+    third = await disabled_hook(conn, org, receiver.url("/cli-third"))
+    await hostdb.publish(conn, "job.created", {"n": 3}, org)
+    await wait_held(conn, third["id"], 1)
+    r = await run("webhooks", "disable", str(third["id"]))
+    assert r.code == 0 and "its hold was discarded: 1 held event(s) discarded" in r.out
+    assert await count(conn, "dispatcher.held WHERE webhook_id = %s", (third["id"],)) == 0
+
 
 async def test_enable_during_fan_out_by_two_replicas_loses_and_doubles_nothing(
     conn, db_dsn, receiver, start_daemon
