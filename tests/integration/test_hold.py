@@ -254,7 +254,8 @@ async def test_an_event_held_after_the_release_is_delivered_by_the_sweep(
     conn, receiver, start_daemon
 ):
     org = await hostdb.create_org(conn)
-    hook = await hostdb.create_webhook(conn, org, receiver.url("/late"), ["job.*"])
+    hook = await disabled_hook(conn, org, receiver.url("/late"))
+    await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (hook["id"],))
     [event] = await hostdb.insert_events_directly(conn, org, "job.created", 1)
     # What a replica's fan-out writes when its snapshot still saw the webhook disabled.
     await conn.execute("DELETE FROM dispatcher.outbox")

@@ -117,6 +117,8 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
     )
     # An event a fan-out held just after this webhook's release: the sweep queues it.
     orphan = await hostdb.create_webhook(conn, org, receiver.url("/orphan"), ["job.*"])
+    for status in ("disabled", "active"):  # released just now
+        await conn.execute("UPDATE webhooks SET status = %s WHERE id = %s", (status, orphan["id"]))
     [late] = await hostdb.insert_events_directly(conn, org, "job.late", 1)
     await conn.execute("DELETE FROM dispatcher.outbox WHERE event_id = %s", (late,))
     await conn.execute(

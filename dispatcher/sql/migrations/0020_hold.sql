@@ -41,6 +41,7 @@ CREATE TABLE dispatcher.hold_log (
     discarded integer NOT NULL DEFAULT 0   -- held events thrown away by a discard
 );
 CREATE INDEX dispatcher_hold_log_webhook ON dispatcher.hold_log (webhook_id, at DESC);
+CREATE INDEX dispatcher_hold_log_at ON dispatcher.hold_log (at);  -- the daemon's sweep
 
 -- Where the current streak starts: NULL = since the beginning.
 CREATE FUNCTION dispatcher.streak_start_v1(p_webhook_id uuid, p_last_success timestamptz)
