@@ -263,11 +263,12 @@ SELECT
 -- Held events of webhooks that are active again: the enable's trigger released the
 -- hold, but a fan-out that read the webhook as disabled before the enable committed
 -- held some after it. Queued here (held rows only, not the streak: that was done).
--- Only webhooks released in the last 15 minutes can have such rows (a fan-out is one
--- short statement), so this reads a few rows of hold_log, not every webhook.
+-- Only webhooks released recently can have such rows (a fan-out is one short
+-- statement; `at` is the start of the enabling transaction, a day is ample), so this
+-- reads a few rows of hold_log, not every webhook.
 SELECT w.id AS webhook_id, r.released, r.requeued, r.expired
 FROM (SELECT DISTINCT l.webhook_id FROM dispatcher.hold_log l
-      WHERE l.action = 'released' AND l.at > now() - interval '15 minutes') recent
+      WHERE l.action = 'released' AND l.at > now() - interval '1 day') recent
 JOIN public.webhooks w ON w.id = recent.webhook_id
 CROSS JOIN LATERAL dispatcher.release_hold_v1(w.id, false) r
 WHERE w.status = 'active' AND w.deleted_at IS NULL
