@@ -150,7 +150,9 @@ BEGIN
             next_retry_at = now() + (o.rn - 1) * interval '1 microsecond'
         FROM ordered o
         WHERE o.kind = 'd' AND d.id = o.ref
-          AND d.status IN ('dlq', 'failed')
+          -- re-checked on the locked row: a DLQ row the host cleared meanwhile stays
+          AND (d.status = 'dlq'
+               OR (d.status = 'failed' AND d.error_message = 'Webhook is not active'))
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer,
