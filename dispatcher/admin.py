@@ -140,9 +140,11 @@ async def list_webhooks(
 
 
 async def get_webhook(conn: Conn, webhook: UUID) -> Row:
+    """The webhook, with its hold (`hold`: held events, streak rows, last release)."""
     row = await _one(conn, "admin_webhook_get", {"id": webhook})
     if row is None:
         raise NotFound(f"webhook {webhook} does not exist")
+    row["hold"] = await _required(conn, "admin_webhook_hold", {"id": webhook})
     return row
 
 
@@ -177,10 +179,21 @@ async def add_webhook(
 async def set_webhook_status(conn: Conn, webhook: UUID, status: str) -> Row:
     if status not in WEBHOOK_STATUSES:
         raise InvalidInput(f"webhook status must be one of {', '.join(WEBHOOK_STATUSES)}")
-    row = await _one(conn, "admin_webhook_set_status", {"id": webhook, "status": status})
-    if row is None:
-        raise NotFound(f"webhook {webhook} does not exist")
+    async with conn.transaction():
+        row = await _one(conn, "admin_webhook_set_status", {"id": webhook, "status": status})
+        if row is None:
+            raise NotFound(f"webhook {webhook} does not exist")
+        # Leaving 'disabled' released (active) or discarded (inactive) the hold, in this
+        # transaction (trigger of 0020_hold.sql): report what it did.
+        row["hold"] = await _one(conn, "admin_webhook_released_now", {"id": webhook})
     return row
+
+
+async def discard_hold(conn: Conn, webhook: UUID) -> int:
+    """Throw away the events held for a disabled webhook; returns how many."""
+    org = await org_of_webhook(conn, webhook)
+    row = await _required(conn, "admin_discard_hold", {"org": org, "id": webhook})
+    return int(row["discarded"])
 
 
 async def rotate_secret(conn: Conn, webhook: UUID, grace: timedelta) -> Row:

@@ -1,4 +1,4 @@
-"""`dispatcher webhooks list|show|add|enable|disable|rotate-secret|test`.
+"""`dispatcher webhooks list|show|add|enable|disable|discard-hold|rotate-secret|test`.
 
 Secrets and custom header values are hidden unless --show-secret; `add` and
 `rotate-secret` print the new secret once, because the receiver needs it.
@@ -56,9 +56,23 @@ def register(sub: Sub) -> None:
     q.add_argument("--description")
     q.add_argument("--secret", help="64 lowercase hex characters (default: generated)")
     q.add_argument("--inactive", action="store_true", help="create it switched off")
-    q = _leaf(g, "enable", "webhooks enable", "set active (resets consecutive failures)")
+    q = _leaf(
+        g,
+        "enable",
+        "webhooks enable",
+        "set active (resets consecutive failures); a disabled webhook's held events "
+        "and failing streak are delivered",
+    )
     q.add_argument("id", metavar="ID")
     q = _leaf(g, "disable", "webhooks disable", "set inactive (switched off by a person)")
+    q.add_argument("id", metavar="ID")
+    q = _leaf(
+        g,
+        "discard-hold",
+        "webhooks discard-hold",
+        "throw away the events held for a disabled webhook (and end its streak) instead "
+        "of delivering them when it is enabled",
+    )
     q.add_argument("id", metavar="ID")
     q = _leaf(
         g,
@@ -146,7 +160,36 @@ def _webhook_text(w: dict[str, Any]) -> str:
             ("custom headers", ", ".join(f"{k}: {v}" for k, v in headers.items()) or None),
             ("secret", secret),
             ("rotation", rotation),
+            *_hold_fields(w.get("hold") or {}),
         ]
+    )
+
+
+def _hold_fields(hold: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What a disabled webhook holds, and how its last hold ended."""
+    out: list[tuple[str, Any]] = [("held events", hold.get("held") or 0)]
+    if hold.get("held"):
+        out.append(("oldest held event", hold.get("oldest_held_event_at")))
+    if hold.get("streak_rows"):
+        out.append(("streak to requeue", hold["streak_rows"]))
+    if hold.get("last_action"):
+        out.append(
+            (
+                "last hold",
+                f"{hold['last_action']} {when(hold['last_action_at'])}: "
+                + _hold_counts(hold, "last_"),
+            )
+        )
+    return out
+
+
+def _hold_counts(row: dict[str, Any], prefix: str = "") -> str:
+    if row.get(f"{prefix}action") == "discarded":
+        return f"{row[f'{prefix}discarded']} held event(s) discarded"
+    return (
+        f"{row[f'{prefix}released']} held event(s) queued, {row[f'{prefix}requeued']} "
+        f"streak delivery(ies) back to pending, {row[f'{prefix}expired']} dropped "
+        "(older than dlq_retention_days)"
     )
 
 
@@ -251,13 +294,31 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
 def _enable(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.id, "ID")
     row = run_db(settings, lambda c: admin.set_webhook_status(c, webhook, "active"))
+
+    def human() -> str:
+        text = f"webhook {webhook} is active (consecutive failures reset)."
+        hold = row.get("hold")
+        if hold is not None:
+            return f"{text}\nits hold was released: {_hold_counts(hold)}"
+        return (
+            f"{text}\nEvents published while a person had it switched off are not sent: "
+            f"dispatcher recover --webhook {webhook} --since TIME"
+        )
+
+    emit(args, row, human)
+    return ExitCode.OK
+
+
+@cli.command("webhooks discard-hold")
+def _discard_hold(args: argparse.Namespace, settings: Settings) -> int:
+    webhook = parse_uuid(args.id, "ID")
+    n = run_db(settings, lambda c: admin.discard_hold(c, webhook))
     emit(
         args,
-        row,
+        {"webhook_id": webhook, "discarded": n},
         lambda: (
-            f"webhook {webhook} is active (consecutive failures reset).\n"
-            "Events it missed while off are not sent by themselves: "
-            f"dispatcher recover --webhook {webhook} --since TIME"
+            f"discarded {n} held event(s) of webhook {webhook}; its failing streak stays "
+            "in the DLQ and is not requeued when it is enabled"
         ),
     )
     return ExitCode.OK
@@ -267,7 +328,15 @@ def _enable(args: argparse.Namespace, settings: Settings) -> int:
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.id, "ID")
     row = run_db(settings, lambda c: admin.set_webhook_status(c, webhook, "inactive"))
-    emit(args, row, lambda: f"webhook {webhook} is inactive: nothing is sent to it")
+
+    def human() -> str:
+        text = f"webhook {webhook} is inactive: nothing is sent to it"
+        hold = row.get("hold")
+        if hold is not None:  # it was disabled: a person's choice ends the hold
+            return f"{text}\nits hold was discarded: {_hold_counts(hold)}"
+        return text
+
+    emit(args, row, human)
     return ExitCode.OK
 
 

@@ -212,6 +212,7 @@ class App:
                     m.dlq_size.set(row["dlq"])
                     m.outbox_backlog.set(row["outbox"])
                     m.webhooks_disabled.set(row["webhooks_disabled"])
+                    m.held.set(row["held"])
                     await self._more_gauges(conn)
                 async with self.pool.connection(timeout=5) as conn:
                     cur = await conn.execute(query("intake_health"))
@@ -220,6 +221,7 @@ class App:
                     self.metrics.outbox_unreadable.set(stuck["unreadable"])
                     self.metrics.quarantined.set(stuck["quarantined"])
                     self.dispatcher.unreadable = int(stuck["unreadable"])
+                await self._release_orphan_holds()
             except (psycopg.Error, PoolTimeout) as exc:
                 self._db_ok = False
                 log.warning("gauges_failed", error=type(exc).__name__)
@@ -246,6 +248,22 @@ class App:
         m.integrations_in_error.set(row["in_error"])
         m.oauth_tokens_failing.set(row["tokens_failing"])
         m.oauth_tokens_expired.set(row["tokens_expired"])
+
+    async def _release_orphan_holds(self) -> None:
+        """Queue events held for webhooks that are active again (a fan-out raced the enable)."""
+        assert self.pool is not None
+        async with self.pool.connection(timeout=5) as conn:
+            cur = await conn.execute(query("release_orphan_holds"))
+            rows = await cur.fetchall()
+        for row in rows:
+            self.metrics.holds_released.inc(row["released"])
+            log.info(
+                "hold_released",
+                webhook_id=str(row["webhook_id"]),
+                released=row["released"],
+                expired=row["expired"],
+                via="sweep",
+            )
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -100,6 +100,16 @@ class Metrics:
             "Outbox events this role could not read so far (they wait in the outbox)",
             registry=r,
         )
+        self.held = Gauge(
+            "dispatcher_held_events",
+            "Events held for webhooks disabled automatically (delivered when re-enabled)",
+            registry=r,
+        )
+        self.holds_released = Counter(
+            "dispatcher_held_events_released",
+            "Held events queued by the daemon's hold sweep (missed by an enable's release)",
+            registry=r,
+        )
         self.up = Gauge("dispatcher_ready", "1 while the daemon is ready", registry=r)
         self.delivery_latency = Histogram(
             "dispatcher_delivery_latency_seconds",

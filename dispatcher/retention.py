@@ -1,4 +1,4 @@
-"""Retention: removes old DLQ rows, finished deliveries and attempt history.
+"""Retention: removes old DLQ rows, held events, finished deliveries and attempt history.
 
 Runs on one replica at a time (advisory lock), in small batches with a pause
 between them, so it never holds long locks nor starves delivery of I/O.
@@ -26,6 +26,7 @@ class Purged:
     dlq: int = 0
     finished: int = 0
     attempts: int = 0
+    held: int = 0
     skipped: bool = False
     by: dict[str, int] = field(default_factory=dict)
 
@@ -50,10 +51,11 @@ class Retention:
         while True:
             try:
                 purged = await self.run_once()
-                if purged.dlq or purged.finished or purged.attempts:
+                if purged.dlq or purged.finished or purged.attempts or purged.held:
                     log.info(
                         "retention_purged",
                         dlq=purged.dlq,
+                        held=purged.held,
                         finished=purged.finished,
                         attempts=purged.attempts,
                         retention_days=self._days,
@@ -72,6 +74,7 @@ class Retention:
                 return purged
             try:
                 purged.dlq = await self._drain(conn, "purge_dlq", {})
+                purged.held = await self._drain(conn, "purge_held", {})
                 purged.finished = await self._drain(conn, "purge_finished", {"days": self._days})
                 purged.attempts = await self._drain(conn, "purge_attempts", {"days": self._days})
             finally:

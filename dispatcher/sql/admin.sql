@@ -44,6 +44,21 @@ SET status = %(status)s::varchar,
 WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, status, coalesce(consecutive_failures, 0) AS consecutive_failures;
 
+-- name: admin_webhook_hold
+-- The hold of a webhook disabled automatically (0020_hold.sql): held events, the
+-- streak rows a re-enable requeues, and how its last hold ended.
+SELECT * FROM dispatcher.hold_status_v1(%(id)s);
+
+-- name: admin_webhook_released_now
+-- How this transaction's enable released the hold (the trigger's log row), if it did.
+SELECT action, released, requeued, expired, discarded
+FROM dispatcher.hold_log
+WHERE webhook_id = %(id)s AND at = now()
+ORDER BY id DESC LIMIT 1;
+
+-- name: admin_discard_hold
+SELECT dispatcher.discard_hold(%(org)s, %(id)s) AS discarded;
+
 -- name: admin_rotate_secret
 SELECT new_secret, previous_expires_at
 FROM dispatcher.rotate_secret(%(org)s, %(id)s, %(grace)s);

@@ -6,9 +6,10 @@
 -- Claim a batch of %(batch)s outbox rows (events), create one delivery per (event,
 -- matching webhook) and delete the outbox rows, in one statement. The first %(claim)s
 -- deliveries are created already leased to the caller and returned, so they can
--- be sent without another round trip; the rest are created due now. A matching
--- webhook that is not active (disabled, inactive) gets a `failed` row, unsent,
--- so `recover` can find what it missed; soft-deleted webhooks get nothing.
+-- be sent without another round trip; the rest are created due now. A webhook
+-- switched off by a person (inactive) or soft-deleted gets nothing; one switched
+-- off automatically (disabled) holds the event in dispatcher.held (no host row),
+-- released when it is enabled again (0020_hold.sql).
 -- An outbox row leaves the outbox only when its event was read: a row whose event
 -- this role cannot see (row-level security) stays, backs off (misses, retry_at) and
 -- is counted in events_unreadable. %(only)s (an event id, or null) narrows the batch
@@ -61,7 +62,7 @@ WITH picked AS MATERIALIZED (
            e.created_at AS event_created_at
     FROM claimed_events e
     JOIN public.webhooks w
-      ON w.org_id = e.org_id AND w.deleted_at IS NULL
+      ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
      AND dispatcher.matches_any(w.events, e.event_type)
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
@@ -70,19 +71,25 @@ WITH picked AS MATERIALIZED (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
     FROM matched m
+    WHERE m.webhook_status = 'active'
+), held AS (
+    -- A replica that read 'disabled' just before an enable committed may hold an
+    -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
+    -- queues it. Ids only: the event is the record.
+    INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)
+    SELECT m.webhook_id, m.event_id, m.org_id, m.event_created_at
+    FROM matched m
+    WHERE m.webhook_status = 'disabled'
+    ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
         id, org_id, webhook_id, event_type, event_id, payload, request_url,
-        request_headers, request_body, attempt_number, max_attempts, status, next_retry_at,
-        error_message, delivered_at
+        request_headers, request_body, attempt_number, max_attempts, status, next_retry_at
     )
     SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
-           '{}'::jsonb, body_text, 1, max_attempts,
-           CASE WHEN webhook_status = 'active' THEN 'pending' ELSE 'failed' END,
+           '{}'::jsonb, body_text, 1, max_attempts, 'pending',
            CASE WHEN eligible AND rn <= %(claim)s
-                THEN now() + make_interval(secs => %(lease)s) END,
-           CASE WHEN webhook_status <> 'active' THEN 'Webhook is not active' END,
-           CASE WHEN webhook_status <> 'active' THEN now() END
+                THEN now() + make_interval(secs => %(lease)s) END
     FROM ranked
     RETURNING id, next_retry_at
 )
@@ -342,7 +349,24 @@ SELECT
     (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'dlq') AS dlq,
     (SELECT count(*) FROM dispatcher.outbox) AS outbox,
     (SELECT count(*) FROM public.webhooks
-      WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled;
+      WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled,
+    -- an index-only count of the hold's primary key
+    (SELECT count(*) FROM dispatcher.held) AS held;
+
+-- name: release_orphan_holds
+-- Held events of webhooks that are active again: the enable's trigger released the
+-- hold, but a fan-out that read the webhook as disabled before the enable committed
+-- held some after it. Queued here (held rows only, not the streak: that was done).
+-- Only webhooks released recently can have such rows (a fan-out is one short
+-- statement; `at` is the start of the enabling transaction, a day is ample), so this
+-- reads a few rows of hold_log, not every webhook.
+SELECT w.id AS webhook_id, r.released, r.requeued, r.expired
+FROM (SELECT DISTINCT l.webhook_id FROM dispatcher.hold_log l
+      WHERE l.action = 'released' AND l.at > now() - interval '1 day') recent
+JOIN public.webhooks w ON w.id = recent.webhook_id
+CROSS JOIN LATERAL dispatcher.release_hold_v1(w.id, false) r
+WHERE w.status = 'active' AND w.deleted_at IS NULL
+  AND EXISTS (SELECT 1 FROM dispatcher.held h WHERE h.webhook_id = w.id);
 
 -- name: server_has_lz4
 -- Whether default_toast_compression accepts lz4 (PostgreSQL 14+ built with lz4).

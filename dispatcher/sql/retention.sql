@@ -15,6 +15,21 @@ WITH doomed AS (
 )
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 
+-- name: purge_held
+-- Events held for a disabled webhook that are older than its org's
+-- dlq_retention_days: a release would drop them anyway (0020_hold.sql).
+WITH doomed AS (
+    SELECT h.webhook_id, h.event_id
+    FROM dispatcher.held h
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = h.org_id
+    WHERE h.event_created_at < now() - make_interval(
+              days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90))
+    LIMIT %(batch)s
+    FOR UPDATE OF h SKIP LOCKED
+)
+DELETE FROM dispatcher.held h USING doomed
+WHERE h.webhook_id = doomed.webhook_id AND h.event_id = doomed.event_id;
+
 -- name: purge_finished
 -- success and failed deliveries older than the configured retention. `failed` rows also
 -- include the host's cleared DLQ items (its UI turns a DLQ row to `failed` "instead of

@@ -323,7 +323,7 @@ async def test_webhooks_enable_and_disable(run, conn):
     hook = await hostdb.create_webhook(conn, org, PUBLIC_URL, status="disabled")
     await conn.execute("UPDATE webhooks SET consecutive_failures = 12 WHERE id = %s", (hook["id"],))
     r = await run("webhooks", "enable", str(hook["id"]))
-    assert r.code == 0 and "is active" in r.out and "dispatcher recover" in r.out
+    assert r.code == 0 and "is active" in r.out and "hold was released: 0 held" in r.out
     w = await hostdb.webhook(conn, hook["id"])
     assert w["status"] == "active" and w["consecutive_failures"] == 0
     r = await run("webhooks", "disable", str(hook["id"]), "--json")

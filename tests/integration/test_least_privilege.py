@@ -139,6 +139,22 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
     dead = await hostdb.create_webhook(conn, org, receiver.url("/dead"), ["job.*"])
     gone = await hostdb.create_webhook(conn, org, receiver.url("/gone"), ["job.*"])
     off = await hostdb.create_webhook(conn, org, receiver.url("/off"), ["job.*"], status="inactive")
+    held = await hostdb.create_webhook(conn, org, receiver.url("/held"), ["job.*"])
+    await conn.execute(
+        "UPDATE webhooks SET status = 'disabled', consecutive_failures = 10 WHERE id = %s",
+        (held["id"],),
+    )
+    # An event a fan-out held just after this webhook's release: the sweep queues it.
+    orphan = await hostdb.create_webhook(conn, org, receiver.url("/orphan"), ["job.*"])
+    for status in ("disabled", "active"):  # released just now
+        await conn.execute("UPDATE webhooks SET status = %s WHERE id = %s", (status, orphan["id"]))
+    [late] = await hostdb.insert_events_directly(conn, org, "job.late", 1)
+    await conn.execute("DELETE FROM dispatcher.outbox WHERE event_id = %s", (late,))
+    await conn.execute(
+        "INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)"
+        " SELECT %s, id, org_id, created_at FROM events WHERE id = %s",
+        (orphan["id"], late),
+    )
     receiver.respond("/flaky", Reply(500), Reply(200))
     receiver.respond("/dead", Reply(503))
     receiver.respond("/gone", Reply(410))
@@ -153,12 +169,26 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
         flaky["id"]: ("success", 4),
         dead["id"]: ("dlq", 4),
         gone["id"]: ("failed", 4),
-        off["id"]: ("failed", 4),
     }
     for hook_id, (status, n) in by_hook.items():
         await hostdb.wait_deliveries(
             conn, "webhook_id = %s AND status = %s", n, (hook_id, status), timeout=30
         )
+    await hostdb.wait_deliveries(
+        conn, "webhook_id = %s AND status = 'success'", 5, (orphan["id"],), timeout=30
+    )
+    # Switched off by a person: nothing. Disabled: held (written as the role), then
+    # delivered when the host enables it again.
+    assert await hostdb.deliveries(conn, "webhook_id = %s", (off["id"],)) == []
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM dispatcher.held WHERE webhook_id = %s", (held["id"],)
+    )
+    assert (await cur.fetchone())["n"] == 4
+    await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (held["id"],))
+    await conn.execute("UPDATE webhooks SET consecutive_failures = 0 WHERE id = %s", (held["id"],))
+    await hostdb.wait_deliveries(
+        conn, "webhook_id = %s AND status = 'success'", 4, (held["id"],), timeout=30
+    )
     assert (await hostdb.webhook(conn, gone["id"]))["status"] == "disabled"
     assert (await hostdb.webhook(conn, dead["id"]))["consecutive_failures"] >= 2
     cur = await conn.execute(

@@ -56,3 +56,25 @@ async def test_old_rows_are_purged_by_their_rules(conn, db_dsn) -> None:
     left = await hostdb.deliveries(conn)
     assert sorted({r["status"] for r in left}) == ["pending", "retrying"]
     assert len(left) == 20
+
+
+async def test_held_events_older_than_dlq_retention_are_purged(conn, db_dsn) -> None:
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(conn, org, dlq_retention_days=7)
+    hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
+    await conn.execute("UPDATE webhooks SET status = 'disabled' WHERE id = %s", (hook["id"],))
+    await conn.execute(
+        "INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)"
+        " SELECT %s, gen_random_uuid(), %s, now() - make_interval(days => d) + interval '12 hours'"
+        " FROM generate_series(1, 10) d",
+        (hook["id"], org),
+    )
+    pool = make_pool(load_settings(database_url=db_dsn))
+    await pool.open(wait=True)
+    try:
+        purged = await Retention(pool, days=30, batch=2).run_once()
+    finally:
+        await pool.close()
+    assert purged.held == 3  # 7.5, 8.5 and 9.5 days old
+    cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.held")
+    assert (await cur.fetchone())["n"] == 7

@@ -30,13 +30,14 @@ async def test_410_gone_disables_the_webhook(conn, receiver, start_daemon):
     assert hook["status"] == "disabled"
     assert hook["consecutive_failures"] == 1
 
-    # Later events are not sent to it; the other webhook is unaffected.
-    await hostdb.publish(conn, "job.created", {"n": 2}, org)
-    rows = await hostdb.wait_deliveries(
-        conn, "webhook_id = %s AND status = 'failed'", 2, (gone["id"],)
-    )
-    assert rows[1]["error_message"] == "Webhook is not active"
+    # Later events are not sent to it but held (no row); the other webhook is unaffected.
+    later = await hostdb.publish(conn, "job.created", {"n": 2}, org)
     await hostdb.wait_deliveries(conn, "webhook_id = %s AND status = 'success'", 2, (other["id"],))
+    cur = await conn.execute(
+        "SELECT event_id FROM dispatcher.held WHERE webhook_id = %s", (gone["id"],)
+    )
+    assert [r["event_id"] for r in await cur.fetchall()] == [later]
+    assert len(await hostdb.deliveries(conn, "webhook_id = %s", (gone["id"],))) == 1
     assert len(receiver.requests_for("/gone")) == 1
 
 
