@@ -15,6 +15,7 @@ from uuid import UUID
 import structlog
 
 from dispatcher.backoff import RetryPolicy
+from dispatcher.tracing import valid_traceparent
 
 log = structlog.get_logger("dispatcher.claims")
 
@@ -47,6 +48,7 @@ class Claimed:
     active: bool
     policy: RetryPolicy
     failing: bool = False
+    traceparent: str | None = None  # the publisher's W3C trace context, validated
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -74,6 +76,7 @@ class Claimed:
             active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
             policy=policy,
             failing=bool(row.get("failing")),
+            traceparent=valid_traceparent(row.get("traceparent")),
         )
 
 

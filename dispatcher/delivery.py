@@ -68,6 +68,7 @@ class Target:
     body: str
     secrets: list[str]
     headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
+    traceparent: str | None = None  # sent as the W3C traceparent header when set
 
 
 @dataclass(slots=True)
@@ -165,6 +166,7 @@ class Sender:
                 event_type=target.event_type,
                 body=body,
                 signer=signer,
+                traceparent=target.traceparent,
             )
         except InvalidTarget as exc:
             return AttemptResult(

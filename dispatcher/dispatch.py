@@ -34,6 +34,7 @@ from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import OutcomeRow, Recorder
 from dispatcher.settings import Settings
+from dispatcher.tracing import Tracing
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.dispatch")
@@ -47,9 +48,16 @@ CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work fir
 
 class Dispatcher:
     def __init__(
-        self, settings: Settings, pool: Pool, sender: Sender, recorder: Recorder, metrics: Metrics
+        self,
+        settings: Settings,
+        pool: Pool,
+        sender: Sender,
+        recorder: Recorder,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._s = settings
+        self._tracing = tracing or Tracing()
         self._pool = pool
         self._sender = sender
         self._recorder = recorder
@@ -265,8 +273,23 @@ class Dispatcher:
         if not d.active:
             self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
             return
+        span = None
+        if self._tracing.enabled:
+            span = self._tracing.start(
+                delivery_id=str(d.id),
+                webhook_id=str(d.webhook_id),
+                event_id=str(d.event_id) if d.event_id else None,
+                event_type=d.event_type,
+                attempt=d.attempt,
+                max_attempts=d.max_attempts,
+                url=d.url,
+                traceparent=d.traceparent,
+            )
+        traceparent = span.traceparent if span is not None else d.traceparent
         result = await self._sender.attempt(
-            Target(str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers)
+            Target(
+                str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers, traceparent
+            )
         )
         t = after_attempt(
             outcome=result.outcome,
@@ -275,6 +298,15 @@ class Dispatcher:
             policy=d.policy,
             retry_after=result.retry_after,
         )
+        if span is not None:
+            self._tracing.end(
+                span,
+                outcome=result.outcome.value,
+                status=t.status,
+                response_status=result.response_status,
+                duration_ms=result.duration_ms,
+                error_code=result.error_code,
+            )
         self._record(d, result, t, result.error_message)
 
     def _record(self, d: Claimed, r: AttemptResult | None, t: Any, error: str | None) -> None:

@@ -25,13 +25,15 @@ WITH claimed AS (
     SELECT b.*, b.body::text AS body_text
     FROM (SELECT e.id, e.org_id, e.event_type, e.created_at,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
-                                             e.aggregate_id, e.payload) AS body
+                                             e.aggregate_id, e.payload) AS body,
+                 -- the publisher's W3C trace context, kept in request_headers (0023)
+                 dispatcher.event_traceparent_v1(e.metadata, e.correlation_id) AS traceparent
           FROM claimed c
           JOIN public.events e ON e.id = c.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
 ), matched AS (
     SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
-           e.body_text,
+           e.body_text, e.traceparent,
            w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
@@ -60,7 +62,9 @@ WITH claimed AS (
         error_message, delivered_at
     )
     SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
-           '{}'::jsonb, body_text, 1, max_attempts,
+           CASE WHEN traceparent IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('traceparent', traceparent) END,
+           body_text, 1, max_attempts,
            CASE WHEN webhook_status = 'active' THEN 'pending' ELSE 'failed' END,
            CASE WHEN eligible AND rn <= %(claim)s
                 THEN now() + make_interval(secs => %(lease)s) END,
@@ -77,7 +81,7 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.max_retries, m.retry_strategy, m.base_delay_seconds, m.max_delay_seconds,
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
-       (SELECT count(*) FROM inserted) AS deliveries_created
+       (SELECT count(*) FROM inserted) AS deliveries_created, m.traceparent
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
@@ -86,7 +90,7 @@ UNION ALL
 -- batches that produced no claimed delivery (id is null).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted);
+       (SELECT count(*) FROM inserted), NULL;
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -151,7 +155,7 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
             WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
-          0::bigint AS deliveries_created;
+          0::bigint AS deliveries_created, d.request_headers ->> 'traceparent' AS traceparent;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
