@@ -13,6 +13,7 @@ from typing import Any
 
 import hostdb
 import pytest_asyncio
+from support.integrations import run_cli
 from support.receiver import Reply
 
 from dispatcher.app import App
@@ -208,3 +209,38 @@ async def test_daemon_on_a_host_that_partitions_webhook_deliveries_by_time(
         purged = await run_retention(dsn)
         assert purged.finished == 5  # 3 fanned out, the replay, the test ping
         assert (await one(conn, "SELECT count(*) AS n FROM webhook_deliveries"))["n"] == 0
+
+
+async def test_history_reads_work_where_writes_are_refused_as_on_a_read_replica(db_dsn, conn):
+    """A hot standby refuses every write; a database with default_transaction_read_only
+    refuses them the same way. The reading commands must work there (docs/scaling.md)."""
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, "https://93.184.216.34/hook")
+    cur = await conn.execute(
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+        " request_headers, request_body, status, attempt_number, delivered_at)"
+        " VALUES (%s, %s, 'job.created', '{}', 'https://93.184.216.34/hook', '{}', '{}', 'dlq',"
+        " 4, now()) RETURNING id",
+        (org, hook["id"]),
+    )
+    delivery = (await cur.fetchone())["id"]
+    await conn.execute(
+        "INSERT INTO dispatcher.attempts (delivery_id, org_id, webhook_id, attempt_number,"
+        " outcome, response_status) VALUES (%s, %s, %s, 1, 'retryable', 503)",
+        (delivery, org, hook["id"]),
+    )
+    db = (await one(conn, "SELECT current_database() AS d"))["d"]
+    await conn.execute(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+    for argv in (
+        ("deliveries", "list", "--json"),
+        ("deliveries", "show", str(delivery), "--json"),
+        ("dlq", "list", "--json"),
+        ("stats", "--json"),
+        ("webhooks", "list", "--json"),
+    ):
+        code, out, err = await run_cli(db_dsn, *argv)
+        assert code == 0, (argv, err)
+        assert out.strip().startswith(("[", "{")), (argv, out)
+    # and a write is refused there, as a standby would
+    code, _, err = await run_cli(db_dsn, "dlq", "retry", "--all")
+    assert code != 0 and "read-only" in err
