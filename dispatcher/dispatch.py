@@ -286,11 +286,21 @@ class Dispatcher:
                 traceparent=d.traceparent,
             )
         traceparent = span.traceparent if span is not None else d.traceparent
-        result = await self._sender.attempt(
-            Target(
-                str(d.id), d.event_type, d.url, d.request_body, d.secrets, d.headers, traceparent
+        try:
+            result = await self._sender.attempt(
+                Target(
+                    str(d.id),
+                    d.event_type,
+                    d.url,
+                    d.request_body,
+                    d.secrets,
+                    d.headers,
+                    traceparent,
+                )
             )
-        )
+        except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends
+            self._tracing.fail(span, exc)
+            raise
         t = after_attempt(
             outcome=result.outcome,
             attempt=d.attempt,

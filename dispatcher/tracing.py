@@ -136,6 +136,16 @@ class Tracing:
             span.set_status(StatusCode.ERROR, error_code or outcome)
         span.end()
 
+    def fail(self, handle: AttemptSpan | None, exc: BaseException) -> None:
+        """End a span whose attempt raised instead of returning a result."""
+        if handle is None:
+            return
+        from opentelemetry.trace import StatusCode
+
+        handle.span.set_attribute("error.type", type(exc).__name__)
+        handle.span.set_status(StatusCode.ERROR, type(exc).__name__)
+        handle.span.end()
+
     def shutdown(self) -> None:
         if self.provider is not None and hasattr(self.provider, "shutdown"):
             try:

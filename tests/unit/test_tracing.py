@@ -70,3 +70,37 @@ def test_request_carries_the_traceparent_in_place_of_a_custom_one():
     assert built.headers["X-Other"] == "1"
     plain = build_request(delivery_id="d", event_type="job.created", body=b"{}", signer=signer)
     assert plain.headers["traceparent"] == "x"  # no trace context: the custom header stays
+
+
+def test_an_attempt_that_raises_still_ends_its_span():
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from dispatcher.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    handle = tracing.start(
+        delivery_id="d",
+        webhook_id="w",
+        event_id=None,
+        event_type="job.created",
+        attempt=1,
+        max_attempts=4,
+        url="https://user:pw@example.com:8443/hook?token=x",
+        traceparent=TP,
+    )
+    assert handle is not None and handle.traceparent != TP
+    assert handle.traceparent.split("-")[1] == TP.split("-")[1]  # same trace
+    tracing.fail(handle, asyncio.CancelledError())
+    [span] = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "CancelledError"
+    assert span.attributes["server.address"] == "example.com"
+    assert "pw" not in repr(dict(span.attributes)) and "token" not in repr(dict(span.attributes))
