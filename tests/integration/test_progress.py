@@ -193,3 +193,48 @@ async def test_key_rotation_shows_progress_and_a_second_run_rewrites_nothing(db_
     assert (lines[-1]["state"], lines[-1]["done"], lines[-1]["total"]) == ("finished", 5, 5)
     code, out, err = await run_cli(db_dsn, "keys", "rotate", "--batch", "2", keys=KEYS_2_1)
     assert code == 0 and "re-encrypted 0 value(s) in 0 row(s)" in out
+
+
+async def test_dlq_retry_draws_a_bar_on_a_terminal(db_dsn, conn):
+    import pty
+
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, PUBLIC_URL)
+    await seed_dlq(conn, org, hook["id"], 35)
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "dlq",
+            "retry",
+            "--all",
+            "--batch",
+            "10",
+            env={**os.environ, "DISPATCHER_DATABASE_URL": db_dsn},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=slave,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0 and b"retried 35" in out
+    screen = b"".join(chunks).decode()
+    assert '{"event"' not in screen  # a bar, not JSON lines
+    final = [line for line in screen.split("\r") if line.strip()][-1]  # the pty adds \r\n
+    assert final.startswith("dlq retry  [########################]  35/35  100%")
+    assert "/s" in final and "finished in" in final
