@@ -8,8 +8,11 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY dispatcher ./dispatcher
+# --build-arg EXTRAS=otel adds OpenTelemetry tracing (docs/operations.md, "Tracing").
+ARG EXTRAS=""
 RUN python -m venv /opt/webhook-dispatcher \
-    && /opt/webhook-dispatcher/bin/pip install --no-cache-dir --disable-pip-version-check .
+    && /opt/webhook-dispatcher/bin/pip install --no-cache-dir --disable-pip-version-check \
+        ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 dispatcher \

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets as secrets_module
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from dispatcher.errors import (
     NotFound,
     PermissionDenied,
 )
+from dispatcher.progress import Progress, finishing
 from dispatcher.queries import query
 
 Conn = psycopg.AsyncConnection[DictRow]
@@ -317,16 +319,49 @@ async def dlq_list(conn: Conn, window: Window, *, limit: int = 50) -> list[Row]:
     return await list_deliveries(conn, window, status="dlq", limit=limit)
 
 
-async def dlq_retry(conn: Conn, window: Window, *, everything: bool = False) -> Row:
+async def dlq_retry(
+    conn: Conn,
+    window: Window,
+    *,
+    everything: bool = False,
+    batch: int = 1000,
+    progress: Callable[[int | None], Progress] | None = None,
+) -> Row:
     """Back to pending, attempt 1, due now: {retried, skipped_inactive}.
 
     Items whose webhook is not active stay in the DLQ (counted in skipped_inactive).
+    Walks the matching items in batches of ``batch``, each committed on its own: an
+    interrupted run keeps what it did, and running it again retries only what is left.
+    ``progress(total)`` makes the Progress that counts the items handled.
     """
     _require_filter(window, everything, "retry")
     org = await _dlq_org(conn, window)
-    if org is None:
-        return await _required(conn, "admin_dlq_retry_all", window.params())
-    return await _required(conn, "admin_dlq_retry_org", {**window.params(), "org": org})
+    params = {**window.params(), "org": org}
+    meter = None
+    if progress is not None:
+        counted = int((await _required(conn, "admin_dlq_count", params))["n"])
+        meter = progress(counted) if counted > batch else None
+    retried = skipped = 0
+    after = UUID(int=0)
+    with finishing(meter):
+        while True:
+            rows = await _all(conn, "admin_dlq_batch", {**params, "after": after, "batch": batch})
+            if not rows:
+                break
+            after = rows[-1]["id"]
+            by_org: dict[UUID, list[UUID]] = {}
+            for r in rows:
+                by_org.setdefault(r["org_id"], []).append(r["id"])
+            async with conn.transaction():
+                for org_id, ids in by_org.items():
+                    done = await _required(
+                        conn, "admin_dlq_retry_ids", {**params, "org": org_id, "ids": ids}
+                    )
+                    retried += int(done["retried"])
+                    skipped += int(done["skipped_inactive"])
+            if meter is not None:
+                meter.add(len(rows))
+    return {"retried": retried, "skipped_inactive": skipped}
 
 
 async def dlq_clear(conn: Conn, window: Window, *, everything: bool = False) -> int:
@@ -348,12 +383,40 @@ async def recover(
     until: datetime | None = None,
     *,
     dry_run: bool = False,
+    batch: int = 5000,
+    progress: Callable[[int | None], Progress] | None = None,
 ) -> Row:
-    """Re-deliver the window's events the webhook never received: {queued, dlq_superseded}."""
+    """Re-deliver the window's events the webhook never received: {queued, dlq_superseded}.
+
+    The events to queue are counted first; more than ``batch`` of them are queued slice
+    by slice of the window (about ``batch`` events each, cut at the creation time of every
+    ``batch``-th event), each slice committed on its own. An event once queued has a
+    pending delivery and is no candidate any more: running the command again after an
+    interruption queues only what is left. ``progress(total)`` counts the events queued.
+    """
     Window(since=since, until=until).check()
     org = await org_of_webhook(conn, webhook)
-    params = {"org": org, "webhook": webhook, "since": since, "until": until, "dry_run": dry_run}
-    return await _required(conn, "admin_recover", params)
+    if until is None:
+        until = (await _required(conn, "admin_now", {}))["now"]
+    params = {"org": org, "webhook": webhook, "since": since, "until": until}
+    if dry_run:
+        return await _required(conn, "admin_recover", {**params, "dry_run": True})
+    plan = await _required(conn, "admin_recover_plan", {**params, "batch": max(batch, 1)})
+    total = int(plan["n"])
+    meter = progress(total) if progress is not None and total > batch else None
+    cuts = sorted(c for c in plan["cuts"] if since < c < until)
+    bounds = [since, *cuts, until]
+    queued = superseded = 0
+    with finishing(meter):
+        for start, end in itertools.pairwise(bounds):
+            row = await _required(
+                conn, "admin_recover", {**params, "since": start, "until": end, "dry_run": False}
+            )
+            queued += int(row["queued"])
+            superseded += int(row["dlq_superseded"])
+            if meter is not None:
+                meter.add(int(row["queued"]))
+    return {"queued": queued, "dlq_superseded": superseded}
 
 
 # -- retry configuration -----------------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
@@ -28,6 +29,7 @@ from dispatcher.admin_format import (
     when,
 )
 from dispatcher.errors import ExitCode, InvalidInput
+from dispatcher.progress import Progress
 from dispatcher.settings import Settings
 
 T = TypeVar("T")
@@ -66,6 +68,20 @@ def warn(message: str) -> None:
     print(f"dispatcher: warning: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def resumable(command: str) -> Iterator[None]:
+    """Ctrl-C during a long command: say that what was done is kept (exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(
+            f"dispatcher: {command} interrupted: every batch counted above is committed; "
+            "run the same command again to continue with what is left",
+            file=sys.stderr,
+        )
+        raise
+
+
 def opt_uuid(value: str | None, what: str) -> UUID | None:
     return None if value is None else parse_uuid(value, what)
 
@@ -79,6 +95,13 @@ def int_arg(value: str, what: str) -> int:
         return int(value)
     except ValueError:
         raise InvalidInput(f"{what}: {value!r} is not a whole number") from None
+
+
+def positive(value: str, what: str) -> int:
+    n = int_arg(value, what)
+    if n < 1:
+        raise InvalidInput(f"{what}: {value!r} must be 1 or more")
+    return n
 
 
 def choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
@@ -145,6 +168,8 @@ def register(sub: Sub) -> None:
         q = _leaf(g, name, f"dlq {name}", verb + "; needs a filter or --all")
         _filters(q, "items")
         q.add_argument("--all", action="store_true", help="every item of every organization")
+        if name == "retry":
+            q.add_argument("--batch", default="1000", help="items per transaction (1000)")
 
     p = _leaf(
         sub,
@@ -156,6 +181,7 @@ def register(sub: Sub) -> None:
     p.add_argument("--since", metavar="TIME", required=True, help=f"window start: {TIME_HELP}")
     p.add_argument("--until", metavar="TIME", help="window end (default: now)")
     p.add_argument("--dry-run", action="store_true", help="only count what would be queued")
+    p.add_argument("--batch", default="5000", help="events per transaction (about 5000)")
 
     p = sub.add_parser("retry-config", help="show or change an organization's retry settings")
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -290,7 +316,18 @@ def _dlq_retry(args: argparse.Namespace, settings: Settings) -> int:
     w = window(args)
     if args.all and w.filtered:
         raise InvalidInput("--all acts on every item: give it alone, or only filters")
-    row = run_db(settings, lambda c: admin.dlq_retry(c, w, everything=args.all))
+    batch = positive(args.batch, "--batch")
+    with resumable("dlq retry"):
+        row = run_db(
+            settings,
+            lambda c: admin.dlq_retry(
+                c,
+                w,
+                everything=args.all,
+                batch=batch,
+                progress=lambda total: Progress("dlq_retry", total, unit="deliveries"),
+            ),
+        )
 
     def human() -> str:
         text = f"retried {row['retried']} DLQ item(s): back to pending, due now"
@@ -323,7 +360,20 @@ def _recover(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.webhook, "--webhook")
     since = parse_time(args.since, "--since")
     until = opt_time(args.until, "--until")
-    row = run_db(settings, lambda c: admin.recover(c, webhook, since, until, dry_run=args.dry_run))
+    batch = positive(args.batch, "--batch")
+    with resumable("recover"):
+        row = run_db(
+            settings,
+            lambda c: admin.recover(
+                c,
+                webhook,
+                since,
+                until,
+                dry_run=args.dry_run,
+                batch=batch,
+                progress=lambda total: Progress("recover", total, unit="events"),
+            ),
+        )
     span = f"events from {when(since)} to {when(until or datetime.now(UTC))}"
 
     def human() -> str:

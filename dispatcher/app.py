@@ -36,15 +36,23 @@ from dispatcher.recorder import Recorder
 from dispatcher.retention import Retention
 from dispatcher.sdnotify import Notifier
 from dispatcher.settings import Settings, split_address
+from dispatcher.tracing import Tracing
+from dispatcher.tracing import from_env as tracing_from_env
 
 log = structlog.get_logger("dispatcher.app")
 
 
 class App:
     def __init__(
-        self, settings: Settings, *, notifier: Notifier | None = None, install_signals: bool = True
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        install_signals: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None: from the OTEL_* variables when the daemon starts
         self._install_signal_handlers = install_signals
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
@@ -65,6 +73,8 @@ class App:
     async def run(self) -> ExitCode:
         s = self.settings
         log.info("starting", version=__version__, settings=s.summary())
+        if self.tracing is None:
+            self.tracing = tracing_from_env()
         self.pool = await open_pool(s)
         try:
             async with self.pool.connection() as conn:
@@ -84,7 +94,9 @@ class App:
         sender = Sender(s)
         await sender.start()
         self.recorder = Recorder(self.pool, deadline=s.statement_timeout_ms / 1000 + 10)
-        self.dispatcher = Dispatcher(s, self.pool, sender, self.recorder, self.metrics)
+        self.dispatcher = Dispatcher(
+            s, self.pool, sender, self.recorder, self.metrics, self.tracing
+        )
         self.listener = Listener(s, self.dispatcher.wake, self.metrics)
         if self._install_signal_handlers:
             self._install_signals()
@@ -140,6 +152,8 @@ class App:
                     task.cancel()
         finally:
             await sender.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()  # flushes the spans of the last attempts
             if self.health is not None:
                 await self.health.close()
         log.info("stopped", recorded=self.recorder.written)

@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from dispatcher.backoff import RetryPolicy
+from dispatcher.tracing import valid_traceparent
 
 log = structlog.get_logger("dispatcher.claims")
 
@@ -54,6 +55,7 @@ class Claimed:
     sent_at: datetime | None = None
     # When the delivery row was created (fan-out); for /metrics' delivery latency.
     created_at: datetime | None = None
+    traceparent: str | None = None  # the publisher's W3C trace context, validated
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -82,6 +84,7 @@ class Claimed:
             policy=policy,
             failing=bool(row.get("failing")),
             created_at=row.get("created_at") or now,
+            traceparent=valid_traceparent(row.get("traceparent")),
         )
 
 

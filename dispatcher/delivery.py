@@ -76,6 +76,7 @@ class Target:
     headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
     msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
     org_id: str | None = None  # whose DNS lookup budget the attempt uses
+    traceparent: str | None = None  # sent as the W3C traceparent header when set
 
 
 @dataclass(slots=True)
@@ -187,6 +188,7 @@ class Sender:
                 body=body,
                 signer=signer,
                 msg_id=target.msg_id,
+                traceparent=target.traceparent,
             )
         except InvalidTarget as exc:
             return AttemptResult(

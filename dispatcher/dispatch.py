@@ -36,6 +36,7 @@ from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder, outcome_row
 from dispatcher.request import message_id
 from dispatcher.settings import Settings
+from dispatcher.tracing import Tracing
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.dispatch")
@@ -52,9 +53,16 @@ LEASE_MARGIN = 5.0
 
 class Dispatcher:
     def __init__(
-        self, settings: Settings, pool: Pool, sender: Sender, recorder: Recorder, metrics: Metrics
+        self,
+        settings: Settings,
+        pool: Pool,
+        sender: Sender,
+        recorder: Recorder,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._s = settings
+        self._tracing = tracing or Tracing()
         self._pool = pool
         self._sender = sender
         self._recorder = recorder
@@ -335,6 +343,19 @@ class Dispatcher:
                 self._unsent.append(d)
                 return
         d.sent_at = datetime.now(UTC)
+        span = None
+        if self._tracing.enabled:
+            span = self._tracing.start(
+                delivery_id=str(d.id),
+                webhook_id=str(d.webhook_id),
+                event_id=str(d.event_id) if d.event_id else None,
+                event_type=d.event_type,
+                attempt=d.attempt,
+                max_attempts=d.max_attempts,
+                url=d.url,
+                traceparent=d.traceparent,
+            )
+        traceparent = span.traceparent if span is not None else d.traceparent
         try:
             result = await self._sender.attempt(
                 Target(
@@ -346,16 +367,19 @@ class Dispatcher:
                     d.headers,
                     message_id(d.event_id, d.webhook_id, d.id),
                     org_id=str(d.org_id),
+                    traceparent=traceparent,
                 )
             )
-        except asyncio.CancelledError:
-            log.info(
-                "attempt_aborted",
-                delivery_id=d.id,
-                webhook_id=d.webhook_id,
-                reason="our own graceful stop: the grace period ended during the attempt",
-                note="not recorded as a failure; released, sent again with the same webhook-id",
-            )
+        except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends
+            self._tracing.fail(span, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                log.info(
+                    "attempt_aborted",
+                    delivery_id=d.id,
+                    webhook_id=d.webhook_id,
+                    reason="our own graceful stop: the grace period ended during the attempt",
+                    note="not recorded as a failure; released, sent again with the same webhook-id",
+                )
             raise
         t = after_attempt(
             outcome=result.outcome,
@@ -365,6 +389,15 @@ class Dispatcher:
             retry_after=result.retry_after,
             charged=result.charged,
         )
+        if span is not None:
+            self._tracing.end(
+                span,
+                outcome=result.outcome.value,
+                status=t.status,
+                response_status=result.response_status,
+                duration_ms=result.duration_ms,
+                error_code=result.error_code,
+            )
         self._record(d, result, t, result.error_message)
 
     async def _extend(self, d: Claimed) -> bool:

@@ -95,6 +95,7 @@ def _secrets_encrypt(args: argparse.Namespace, settings: Settings) -> int:
 async def _reencrypt(settings: Settings, *, rotate: bool, batch: int) -> int:
     from dispatcher import db
     from dispatcher.integrations import load_keyring
+    from dispatcher.progress import Progress
     from dispatcher.reencrypt import reencrypt
 
     try:
@@ -108,7 +109,15 @@ async def _reencrypt(settings: Settings, *, rotate: bool, batch: int) -> int:
         )
     conn = await db.connect(settings)
     async with conn:
-        report = await reencrypt(conn, keyring, rotate=rotate, batch=batch)
+        report = await reencrypt(
+            conn,
+            keyring,
+            rotate=rotate,
+            batch=batch,
+            progress=lambda total: Progress(
+                "keys_rotate" if rotate else "secrets_encrypt", total, unit="rows"
+            ),
+        )
     what = f"under key {keyring.primary!r}"
     print(
         f"{'re-encrypted' if rotate else 'encrypted'} {report.values_changed} value(s) in "

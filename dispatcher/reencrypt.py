@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from dispatcher.crypto import DecryptError, Keyring, encrypt_config
+from dispatcher.progress import Progress, finishing
 from dispatcher.queries import query
 
 _FIRST = UUID(int=0)
@@ -43,9 +44,23 @@ class Report:
 
 
 async def reencrypt(
-    conn: psycopg.AsyncConnection[Any], keyring: Keyring, *, rotate: bool, batch: int = 200
+    conn: psycopg.AsyncConnection[Any],
+    keyring: Keyring,
+    *,
+    rotate: bool,
+    batch: int = 200,
+    progress: Callable[[int | None], Progress] | None = None,
 ) -> Report:
+    """``progress(total)`` makes the Progress that counts rows read (each batch once its
+    transaction has committed). Interrupted and run again, it rewrites nothing twice: a
+    value already under the primary key is read but left alone."""
     report = Report()
+    meter = None
+    if progress is not None:
+        cur = await conn.execute(query("integ_reencrypt_count"))
+        row = await cur.fetchone()
+        total = int(row["n"]) if row else 0
+        meter = progress(total) if total > batch else None
 
     def config_plan(row: dict[str, Any]) -> tuple[dict[str, Any], int]:
         try:
@@ -79,8 +94,13 @@ async def reencrypt(
         old = {"old_access_token": row["access_token"], "old_refresh_token": row["refresh_token"]}
         return {"id": row["id"], **values, **old}, n
 
-    await _rewrite(conn, "integ_config_batch", "integ_config_rewrite", config_plan, batch, report)
-    await _rewrite(conn, "integ_token_batch", "integ_token_rewrite", token_plan, batch, report)
+    with finishing(meter):
+        await _rewrite(
+            conn, "integ_config_batch", "integ_config_rewrite", config_plan, batch, report, meter
+        )
+        await _rewrite(
+            conn, "integ_token_batch", "integ_token_rewrite", token_plan, batch, report, meter
+        )
     return report
 
 
@@ -99,6 +119,7 @@ async def _rewrite(
     plan: Callable[[dict[str, Any]], tuple[dict[str, Any], int]],
     batch: int,
     report: Report,
+    meter: Progress | None = None,
 ) -> None:
     """Walk a table in id order, one transaction per batch; `plan` gives each row's rewrite
     parameters and how many values it changes (0: leave the row alone)."""
@@ -125,3 +146,5 @@ async def _rewrite(
                 else:
                     report.rows_changed += 1
                     report.values_changed += n
+        if meter is not None:
+            meter.add(len(rows))

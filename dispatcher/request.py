@@ -230,10 +230,13 @@ def build_request(
     signer: Signer | None = None,
     now: datetime | None = None,
     msg_id: str | None = None,
+    traceparent: str | None = None,
 ) -> BuiltRequest:
     """Headers of one attempt; `secrets[0]` is current, later ones are rotating out.
     A `signer` (make_signer / cached_signer) stands for secrets and headers. `msg_id`
-    is the `webhook-id` (message_id(); the delivery id when not given)."""
+    is the `webhook-id` (message_id(); the delivery id when not given). A
+    `traceparent` (already validated: tracing.valid_traceparent) is sent as is and wins
+    over a custom header of that name."""
     if signer is None:
         signer = make_signer(secrets or (), headers)
     if now is None:
@@ -252,8 +255,14 @@ def build_request(
         "X-InTime-Timestamp": ts,
         "X-InTime-Signature": sign_intime_with_key(ts, body, signer.intime_key),
     }
+    if traceparent is not None:
+        own["traceparent"] = traceparent
     if not event_type.isprintable() and (_CONTROL.search(event_type) or not _encodable(event_type)):
         own["X-InTime-Event"] = _header_safe(event_type)
     if not signer.extra:
         return BuiltRequest(own, own, signer.ignored)
-    return BuiltRequest({**signer.extra, **own}, {**signer.recorded_extra, **own}, signer.ignored)
+    extra, recorded = signer.extra, signer.recorded_extra
+    if traceparent is not None:  # ours replaces a custom one, whatever its case
+        extra = {k: v for k, v in extra.items() if k.lower() != "traceparent"}
+        recorded = {k: v for k, v in recorded.items() if k.lower() != "traceparent"}
+    return BuiltRequest({**extra, **own}, {**recorded, **own}, signer.ignored)

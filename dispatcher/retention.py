@@ -1,13 +1,18 @@
 """Retention: removes old DLQ rows, held events, finished deliveries and attempt history.
 
 Runs on one replica at a time (advisory lock), in small batches with a pause
-between them, so it never holds long locks nor starves delivery of I/O.
+between them, so it never holds long locks nor starves delivery of I/O. The
+attempt history is partitioned by day (migration 0024): its old days are dropped
+whole, and the days ahead are created here. A long catch-up (a first run on a
+big table, or after downtime) logs `retention_progress` lines as it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import structlog
@@ -27,6 +32,8 @@ class Purged:
     finished: int = 0
     attempts: int = 0
     held: int = 0
+    attempt_partitions_dropped: int = 0
+    attempt_partitions_created: int = 0
     skipped: bool = False
     by: dict[str, int] = field(default_factory=dict)
 
@@ -40,7 +47,9 @@ class Retention:
         interval: float = 600.0,
         batch: int = 1000,
         pause: float = 0.05,
+        progress_every: float = 10.0,
     ) -> None:
+        self._progress_every = progress_every
         self._pool = pool
         self._days = days
         self._interval = interval
@@ -51,13 +60,20 @@ class Retention:
         while True:
             try:
                 purged = await self.run_once()
-                if purged.dlq or purged.finished or purged.attempts or purged.held:
+                if (
+                    purged.dlq
+                    or purged.finished
+                    or purged.attempts
+                    or purged.held
+                    or purged.attempt_partitions_dropped
+                ):
                     log.info(
                         "retention_purged",
                         dlq=purged.dlq,
                         held=purged.held,
                         finished=purged.finished,
                         attempts=purged.attempts,
+                        attempt_partitions_dropped=purged.attempt_partitions_dropped,
                         retention_days=self._days,
                     )
             except (psycopg.Error, PoolTimeout) as exc:
@@ -73,21 +89,52 @@ class Retention:
                 purged.skipped = True
                 return purged
             try:
+                await self._partitions(conn, purged)
                 purged.dlq = await self._drain(conn, "purge_dlq", {})
                 purged.held = await self._drain(conn, "purge_held", {})
                 purged.finished = await self._drain(conn, "purge_finished", {"days": self._days})
-                purged.attempts = await self._drain(conn, "purge_attempts", {"days": self._days})
+                purged.attempts += await self._drain(conn, "purge_attempts", {"days": self._days})
             finally:
                 await conn.execute(query("retention_unlock"), {"key": LOCK_KEY})
         return purged
 
+    async def _partitions(self, conn: psycopg.AsyncConnection[Any], purged: Purged) -> None:
+        """Create the coming days' attempt partitions, drop those past the window. A lock
+        not had within 2 s leaves the work to the next pass (logged), never blocking inserts."""
+        try:
+            async with conn.transaction():
+                await conn.execute(query("retention_lock_timeout"))
+                cur = await conn.execute(query("attempt_partitions_ensure"))
+                row = await cur.fetchone()
+                purged.attempt_partitions_created = int(row["created"]) if row else 0
+            async with conn.transaction():
+                await conn.execute(query("retention_lock_timeout"))
+                cur = await conn.execute(query("attempt_partitions_drop"), {"days": self._days})
+                row = await cur.fetchone()
+            if row:
+                purged.attempt_partitions_dropped = int(row["dropped"])
+                purged.attempts += int(row["rows_estimate"])
+        except psycopg.errors.LockNotAvailable:
+            log.warning("retention_partitions_busy", note="tried again on the next pass")
+
     async def _drain(
-        self, conn: psycopg.AsyncConnection[object], name: str, params: dict[str, object]
+        self, conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, object]
     ) -> int:
         total = 0
+        started = last = time.monotonic()
         while True:
             cur = await conn.execute(query(name), {**params, "batch": self._batch})
             total += cur.rowcount
             if cur.rowcount < self._batch:
                 return total
+            now = time.monotonic()
+            if now - last >= self._progress_every:
+                last = now
+                log.info(
+                    "retention_progress",
+                    step=name,
+                    purged=total,
+                    rate=round(total / max(now - started, 1e-6), 1),
+                    elapsed_seconds=round(now - started, 1),
+                )
             await asyncio.sleep(self._pause)

@@ -178,3 +178,45 @@ SELECT * FROM dispatcher.stats(%(org)s);
 
 -- name: admin_stats_all
 SELECT * FROM dispatcher.stats_all();
+
+-- name: admin_dlq_count
+-- How many DLQ items match the filters (progress of `dlq retry`).
+SELECT count(*)::bigint AS n FROM public.webhook_deliveries d
+WHERE d.status = 'dlq'
+  AND (%(org)s::uuid IS NULL OR d.org_id = %(org)s)
+  AND (%(webhook)s::uuid IS NULL OR d.webhook_id = %(webhook)s)
+  AND (%(since)s::timestamptz IS NULL OR d.created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR d.created_at < %(until)s);
+
+-- name: admin_dlq_batch
+-- The next %(batch)s matching DLQ items after %(after)s, by id: `dlq retry` walks them in
+-- batches, one transaction each. A retried item leaves the DLQ, so a second run after an
+-- interruption finds only what is left.
+SELECT d.id, d.org_id FROM public.webhook_deliveries d
+WHERE d.status = 'dlq' AND d.id > %(after)s
+  AND (%(org)s::uuid IS NULL OR d.org_id = %(org)s)
+  AND (%(webhook)s::uuid IS NULL OR d.webhook_id = %(webhook)s)
+  AND (%(since)s::timestamptz IS NULL OR d.created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR d.created_at < %(until)s)
+ORDER BY d.id LIMIT %(batch)s;
+
+-- name: admin_dlq_retry_ids
+SELECT retried, skipped_inactive
+FROM dispatcher.retry_dlq(%(org)s, NULL, %(since)s, %(until)s, %(ids)s::uuid[]);
+
+-- name: admin_now
+SELECT now() AS now;
+
+-- name: admin_recover_plan
+-- How many events `recover` would queue, and where to cut the window so that each slice
+-- holds about %(batch)s of them: the created_at of every %(batch)s-th candidate.
+SELECT count(*)::bigint AS n,
+       coalesce(array_agg(DISTINCT c.created_at) FILTER (WHERE c.rn %% %(batch)s = 0),
+                '{}') AS cuts
+FROM (
+    SELECT e.created_at, row_number() OVER (ORDER BY e.created_at) AS rn
+    FROM public.webhooks w
+    CROSS JOIN LATERAL dispatcher.recover_candidates_v1(
+        %(org)s, w.id, w.events, %(since)s, %(until)s) e
+    WHERE w.id = %(webhook)s
+) c;

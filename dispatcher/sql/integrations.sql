@@ -314,3 +314,8 @@ SET access_token = %(access_token)s, refresh_token = %(refresh_token)s
 WHERE id = %(id)s AND access_token = %(old_access_token)s
   AND refresh_token IS NOT DISTINCT FROM %(old_refresh_token)s
 RETURNING id;
+
+-- name: integ_reencrypt_count
+-- Rows `keys rotate` / `secrets encrypt` read (progress).
+SELECT (SELECT count(*) FROM public.integrations)
+     + (SELECT count(*) FROM public.integration_oauth_tokens) AS n;

@@ -30,7 +30,9 @@ WITH picked AS MATERIALIZED (
     SELECT b.*, b.body::text AS body_text
     FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
-                                             e.aggregate_id, e.payload) AS body
+                                             e.aggregate_id, e.payload) AS body,
+                 -- the publisher's W3C trace context, kept in request_headers (0023)
+                 dispatcher.event_traceparent_v1(e.metadata, e.correlation_id) AS traceparent
           FROM picked p
           JOIN public.events e ON e.id = p.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
@@ -49,7 +51,7 @@ WITH picked AS MATERIALIZED (
     RETURNING o.event_id
 ), matched AS (
     SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
-           e.body_text,
+           e.body_text, e.traceparent,
            w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
@@ -87,7 +89,9 @@ WITH picked AS MATERIALIZED (
         request_headers, request_body, attempt_number, max_attempts, status, next_retry_at
     )
     SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
-           '{}'::jsonb, body_text, 1, max_attempts, 'pending',
+           CASE WHEN traceparent IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('traceparent', traceparent) END,
+           body_text, 1, max_attempts, 'pending',
            CASE WHEN eligible AND rn <= %(claim)s
                 THEN now() + make_interval(secs => %(lease)s) END
     FROM ranked
@@ -102,7 +106,7 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable
+       NULL::uuid[] AS events_unreadable, m.traceparent
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
@@ -112,7 +116,7 @@ UNION ALL
 -- taken that this role could not read (they stayed in the outbox).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable);
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL;
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -177,7 +181,8 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
             WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
-          0::bigint AS deliveries_created, d.created_at;
+          0::bigint AS deliveries_created, d.created_at,
+          d.request_headers ->> 'traceparent' AS traceparent;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only

@@ -51,14 +51,29 @@ WITH doomed AS (
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 
 -- name: purge_attempts
+-- Old rows of the DEFAULT partition only (0024): the day partitions are dropped whole.
 WITH doomed AS (
-    SELECT id FROM dispatcher.attempts
+    SELECT id FROM dispatcher.attempts_default
     WHERE attempted_at < now() - make_interval(days => %(days)s)
     ORDER BY attempted_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM dispatcher.attempts a USING doomed WHERE a.id = doomed.id;
+DELETE FROM dispatcher.attempts_default a USING doomed WHERE a.id = doomed.id;
+
+-- name: attempt_partitions_ensure
+-- Day partitions from yesterday to a week ahead (UTC), created when missing.
+SELECT dispatcher.ensure_attempt_partitions_v1((now() AT TIME ZONE 'UTC')::date - 1, 9)
+       AS created;
+
+-- name: attempt_partitions_drop
+-- Day partitions past the retention window, dropped whole.
+SELECT dropped, rows_estimate FROM dispatcher.drop_attempt_partitions_v1(%(days)s);
+
+-- name: retention_lock_timeout
+-- Creating or dropping a partition locks dispatcher.attempts: never queue behind a long
+-- statement (and make every insert queue behind us); give up and try on the next pass.
+SET LOCAL lock_timeout = '2s';
 
 -- name: retention_lock
 -- One replica purges at a time; the lock is released when the session ends.
