@@ -13,7 +13,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"ceiling", "intake", "drain", "fanout", "latency", "replicas", "cost"}
+SCENARIOS = {
+    "ceiling",
+    "intake",
+    "drain1",
+    "drain",
+    "fanout",
+    "slow",
+    "hotquiet",
+    "latency",
+    "replicas",
+    "cost",
+}
 
 
 def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Path) -> None:
@@ -32,7 +43,7 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
     scenarios = res["scenarios"]
     assert set(scenarios) == SCENARIOS
 
-    drains = [scenarios["drain"], scenarios["fanout"], scenarios["cost"]]
+    drains = [scenarios[k] for k in ("drain1", "drain", "fanout", "slow", "hotquiet", "cost")]
     drains += [scenarios["replicas"]["1"], scenarios["replicas"]["2"]]
     for drain in drains:
         assert drain["statuses"] == {"success": drain["deliveries"]}
@@ -41,6 +52,9 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
     latency = scenarios["latency"]
     assert latency["measured"] == latency["events"] > 0
     assert set(latency["statuses"]) == {"success"}
+    hotquiet = scenarios["hotquiet"]
+    assert hotquiet["quiet_p99_ms"] is not None  # every quiet event was heard
+    assert scenarios["slow"]["cap_over_latency_per_s"] > 0
     assert scenarios["ceiling"]["http"]["errors"] == 0
     assert scenarios["intake"]["with_trigger_per_s"] > 0
     assert res["all_success"] is True
