@@ -42,6 +42,10 @@ log = structlog.get_logger("dispatcher.dispatch")
 # that match nothing are cheap) and at least one event.
 MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
 CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work first
+# Events per fan-out while the outbox holds a backlog for webhooks at their limit: what it
+# creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
+# should not wait for that backlog to pass through in slot-sized batches.
+HELD_BACK_EVENTS = 1000
 
 
 class Dispatcher:
@@ -76,6 +80,7 @@ class Dispatcher:
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
         self._outbox_busy = True
+        self._outbox_held = False  # ...and most of what it created could not start
         # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
         # events, so that what it creates can start at once instead of waiting as pending rows.
         self.fanout_factor = 1.0
@@ -177,11 +182,14 @@ class Dispatcher:
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
             events_wanted = max(1, round(room_for_new / self.fanout_factor))
+            if self._outbox_held:
+                events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
             if room_for_new > 0:
                 events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
             self._outbox_busy = room_for_new > 0 and events >= events_wanted
+            self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             if not due_first and left > 0 and not outbox_busy:
                 due = await self._claim_due(conn, params, left)
