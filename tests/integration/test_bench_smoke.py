@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = {
     "ceiling",
@@ -27,6 +29,7 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.timeout(180)  # ten scenarios on a shared machine
 def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
@@ -34,7 +37,7 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
         check=False,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
