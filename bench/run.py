@@ -88,8 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also drain once more with py-spy attached to the daemon (figures not used in "
-        "ratios); writes the collapsed stacks beside the JSON",
+        help="also drain once more (drain, else drain1) with py-spy attached to the daemon "
+        "(figures not used in ratios); writes the collapsed stacks beside the JSON",
     )
     p.add_argument(
         "--daemon-env",
@@ -193,10 +193,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:
                 res["errors"][name] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
-        if args.profile and "drain" in names:
-            _progress("drain with py-spy ...")
+        profiled = "drain" if "drain" in names else "drain1" if "drain1" in names else None
+        if args.profile and profiled:
+            _progress(f"{profiled} with py-spy ...")
             try:
-                res["profiled_drain"] = await sc.drain(profile=out.with_suffix(".pyspy.txt"))
+                res["profiled_drain"] = await getattr(sc, profiled)(
+                    profile=out.with_suffix(".pyspy.txt")
+                )
+                res["profiled_drain"]["scenario"] = profiled
             except Exception as exc:
                 res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
         if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:

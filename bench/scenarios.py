@@ -164,9 +164,9 @@ class Scenarios:
             "drain", self.cfg.drain_events, self.cfg.orgs, 1, profile=profile
         )
 
-    async def drain1(self) -> dict[str, Any]:
+    async def drain1(self, profile: Path | None = None) -> dict[str, Any]:
         """The drain's backlog to one webhook: the per-webhook cap is what limits it."""
-        return await self._drain_scenario("drain1", self.cfg.drain1_events, 1, 1)
+        return await self._drain_scenario("drain1", self.cfg.drain1_events, 1, 1, profile=profile)
 
     async def slow(self) -> dict[str, Any]:
         """One webhook whose endpoint answers after 50 ms: at best cap / latency per second."""
