@@ -29,15 +29,24 @@ async def test_a_one_webhook_backlog_drains_without_waiting_for_the_poll_interva
     assert daemon.is_running()
 
 
-async def test_a_slow_capped_webhook_is_refilled_as_its_attempts_end(conn, receiver, start_daemon):
+async def test_a_slow_capped_webhook_is_refilled_as_its_attempts_end(
+    conn, receiver, db_dsn, daemon_factory
+):
     """Attempts end one by one (a slow endpoint): each freed slot is refilled, never left
-    empty until the next poll."""
+    empty until the next poll (120 s)."""
     org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, org, receiver.url("/slow"), ["*"])
     receiver.respond("/slow", Reply(204, delay=0.05))
-    await hostdb.insert_events_directly(conn, org, "job.created", 200)
-    await start_daemon(poll_interval=120.0, per_webhook_concurrency=4)
-    await hostdb.wait_deliveries(conn, "status = 'success'", 200, timeout=60)
+    await hostdb.insert_events_directly(conn, org, "job.created", 400)
+    env = {
+        "DISPATCHER_POLL_INTERVAL": "120",
+        "DISPATCHER_LOG_LEVEL": "warning",
+        "DISPATCHER_PER_WEBHOOK_CONCURRENCY": "4",
+    }
+    daemon = daemon_factory(daemon_env(db_dsn, **env))
+    # 4 at a time, 50 ms each: ~5 s when every freed slot is refilled at once.
+    await hostdb.wait_deliveries(conn, "status = 'success'", 400, timeout=90)
+    assert daemon.is_running()
 
 
 async def test_a_capped_webhook_does_not_starve_another_one(conn, receiver, start_daemon):
