@@ -27,6 +27,9 @@ SELECT count(*) FILTER (WHERE status = 'success') AS success,
        (SELECT count(*) FROM dispatcher.outbox) AS outbox
 FROM webhook_deliveries;
 
+-- name: outbox_count
+SELECT count(*) AS n FROM dispatcher.outbox;
+
 -- name: statuses
 SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY status ORDER BY status;
 

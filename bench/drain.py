@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -72,7 +73,10 @@ class Drain:
         replicas: int = 1,
         track_sql: bool = False,
         profile: Path | None = None,
+        during: Callable[[], Awaitable[Any]] | None = None,
     ) -> dict[str, Any]:
+        """`during`, when given, starts at the first arrival; its result is ``during``
+        (the deliveries it causes must be counted in `expected`)."""
         paired = await self._paired_ceiling()
         await self.receiver.reset()
         async with await self.connect(db) as probe:
@@ -87,7 +91,9 @@ class Drain:
             t_spawn = time.time()
             spies: list[Spy] = []
             try:
-                result = await self._watch(probe, daemons, expected, t_spawn, profile, spies)
+                result = await self._watch(
+                    probe, daemons, expected, t_spawn, profile, spies, during
+                )
                 result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
             finally:
                 for spy in spies:
@@ -142,6 +148,7 @@ class Drain:
         t_spawn: float,
         profile: Path | None,
         spies: list[Spy],
+        during: Callable[[], Awaitable[Any]] | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
@@ -149,8 +156,11 @@ class Drain:
         cpu0: dict[str, Any] = {}
         rss: list[tuple[int, float]] = []
         stats: dict[str, Any] = {"count": 0}
+        side: asyncio.Task[Any] | None = None
         while stats["count"] < expected:
             self._check(daemons, deadline, f"{stats['count']}/{expected} received")
+            if side is not None and side.done() and side.exception() is not None:
+                raise BenchError(f"side workload failed: {side.exception()!r}")
             await asyncio.sleep(POLL)
             stats = await self.receiver.stats()
             if first is None and stats["count"]:
@@ -158,6 +168,8 @@ class Drain:
                 cpu0 = self._cpu(pids)
                 if profile is not None:  # from the first delivery on: start-up is not profiled
                     spies.append(Spy(pids[0], profile))
+                if during is not None:
+                    side = asyncio.ensure_future(during())
             rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
         while True:
             cur = await probe.execute(q("progress"))
@@ -169,6 +181,7 @@ class Drain:
             await asyncio.sleep(POLL)
         t_done = time.time()
         cpu1 = self._cpu(pids)
+        side_result = await side if side is not None else None
         assert first is not None
         seconds = t_done - first
         per_k = 1000 / expected
@@ -202,6 +215,7 @@ class Drain:
                 if sec > 0
             },
             "rss_mb_at": _rss_at(rss, expected),
+            **({"during": side_result} if side is not None else {}),
         }
 
     def _cpu(self, pids: list[int]) -> dict[str, Any]:

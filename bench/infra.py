@@ -259,6 +259,16 @@ class DaemonSpec:
             **self.extra_env,
         }
 
+    def setting_int(self, key: str) -> int:
+        """A daemon setting as the daemons get it (extra env, inherited env, else default)."""
+        value = self.extra_env.get(key, os.environ.get(key))
+        if value is not None:
+            return int(value)
+        from dispatcher.settings import Settings
+
+        default = Settings.model_fields[key.removeprefix("DISPATCHER_").lower()].default
+        return int(default)
+
     def effective(self) -> dict[str, str]:
         """The daemon's DISPATCHER_* settings that differ from its defaults (for the report)."""
         inherited = {k: v for k, v in os.environ.items() if k.startswith("DISPATCHER_")}

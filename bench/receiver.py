@@ -3,7 +3,8 @@
     python -m bench.receiver          # prints "PORT <n>" once listening on 127.0.0.1
 
 Every request outside ``/_bench/`` is read whole and answered ``204``; its arrival time
-(``time.time()`` once the body is read) is recorded with its ``webhook-id`` header.
+(``time.time()`` once the body is read) is recorded with its ``webhook-id`` header. Under
+``/slow/`` the answer comes ``SLOW_SECONDS`` after the body was read (a slow endpoint).
 Control endpoints (JSON):
 
 - ``GET /_bench/stats``: ``{"count", "first", "last", "bytes"}``
@@ -26,6 +27,8 @@ import aiohttp
 from aiohttp import web
 
 CONTROL = "/_bench/"
+SLOW = "/slow/"
+SLOW_SECONDS = 0.05
 
 
 class Recorder:
@@ -41,6 +44,8 @@ class Recorder:
         self.times.append(time.time())
         self.ids.append(request.headers.get("webhook-id", ""))
         self.bytes += len(body)
+        if request.path.startswith(SLOW):
+            await asyncio.sleep(SLOW_SECONDS)
         return web.Response(status=204)
 
     def control(self, request: web.BaseRequest) -> web.StreamResponse:

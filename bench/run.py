@@ -29,14 +29,28 @@ from bench.receiver import ReceiverProcess, event_loop_name, run_loop
 from bench.report import markdown, profile_markdown, ratios
 from bench.scenarios import Config, Scenarios
 
-ORDER = ("ceiling", "intake", "drain", "fanout", "latency", "replicas", "cost")
-NEEDS_CEILING = {"drain", "fanout", "replicas", "cost"}
+ORDER = (
+    "ceiling",
+    "intake",
+    "drain1",
+    "drain",
+    "fanout",
+    "slow",
+    "hotquiet",
+    "latency",
+    "replicas",
+    "cost",
+)
+NEEDS_CEILING = {"drain1", "drain", "fanout", "hotquiet", "replicas", "cost"}
 RESULTS = Path(__file__).parent / "results"
 # The figure that picks the median run when a scenario is repeated.
 PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
     "ceiling": lambda r: r["http"]["requests_per_s"],
     "intake": lambda r: r["ratio"],
+    "drain1": lambda r: r["deliveries_per_s"],
     "drain": lambda r: r["deliveries_per_s"],
+    "slow": lambda r: r["deliveries_per_s"],
+    "hotquiet": lambda r: r["quiet_p99_ms"] or 0.0,
     "fanout": lambda r: r["deliveries_per_s"],
     "latency": lambda r: r["p50_ms"] or 0.0,
     "replicas": lambda r: r["ratio_2_to_1"],
@@ -55,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-ceiling", action="store_true", help="never run the ceiling")
     p.add_argument("--events", type=int, help="drain and replicas backlog (default 20000)")
+    p.add_argument("--drain1-events", type=int, help="one-webhook backlog (default 20000)")
+    p.add_argument("--hot-events", type=int, help="hot webhook's backlog (default 10000)")
     p.add_argument("--orgs", type=int, help="drain: orgs with one webhook each (default 16)")
     p.add_argument("--fanout-events", type=int, help="fan-out events (default 2000)")
     p.add_argument("--fanout-webhooks", type=int, help="fan-out webhooks per event (default 10)")
@@ -72,8 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also drain once more with py-spy attached to the daemon (figures not used in "
-        "ratios); writes the collapsed stacks beside the JSON",
+        help="also drain once more (drain, else drain1) with py-spy attached to the daemon "
+        "(figures not used in ratios); writes the collapsed stacks beside the JSON",
     )
     p.add_argument(
         "--daemon-env",
@@ -109,6 +125,8 @@ def config(args: argparse.Namespace) -> Config:
     base = Config.small() if args.small else Config()
     return base.with_overrides(
         drain_events=args.events,
+        drain1_events=args.drain1_events,
+        hot_events=args.hot_events,
         orgs=args.orgs,
         fanout_events=args.fanout_events,
         fanout_webhooks=args.fanout_webhooks,
@@ -175,10 +193,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:
                 res["errors"][name] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
-        if args.profile and "drain" in names:
-            _progress("drain with py-spy ...")
+        profiled = "drain" if "drain" in names else "drain1" if "drain1" in names else None
+        if args.profile and profiled:
+            _progress(f"{profiled} with py-spy ...")
             try:
-                res["profiled_drain"] = await sc.drain(profile=out.with_suffix(".pyspy.txt"))
+                res["profiled_drain"] = await getattr(sc, profiled)(
+                    profile=out.with_suffix(".pyspy.txt")
+                )
+                res["profiled_drain"]["scenario"] = profiled
             except Exception as exc:
                 res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
         if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:

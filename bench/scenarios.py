@@ -1,4 +1,4 @@
-"""The scenarios of issue 6, each on a fresh database cloned from the migrated template.
+"""The scenarios of issues 6 and 12, each on a fresh database cloned from the migrated template.
 
 Every scenario returns a dict of figures (JSON-ready); ``all_success`` where deliveries were
 made. Sizes come from ``Config`` (full defaults, or ``Config.small()`` for CI).
@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from bench.ceiling import pg_ceiling, run_http_ceiling
 from bench.drain import BenchError, Drain
 from bench.infra import BENCH_ROLE, proc_cpu, q, start_daemon, stop_daemon
+from bench.receiver import SLOW_SECONDS
 from bench.workload import (
     EVENT_TYPE,
     PAYLOAD,
@@ -38,6 +39,12 @@ from bench.workload import (
 class Config:
     drain_events: int = 20_000
     orgs: int = 16  # drain: one webhook per org, events round-robin: one match each
+    drain1_events: int = 20_000  # drain1: the same backlog to one webhook
+    slow_events: int = 2_000  # slow: one webhook whose receiver answers after 50 ms
+    hot_events: int = 10_000  # hotquiet: the hot webhook's backlog
+    quiet_webhooks: int = 200  # hotquiet: one webhook per org, each gets an event now and then
+    quiet_events: int = 200
+    quiet_rate: float = 100.0
     fanout_events: int = 2_000
     fanout_webhooks: int = 10
     latency_rate: float = 200.0
@@ -59,6 +66,12 @@ class Config:
         return cls(
             drain_events=300,
             orgs=4,
+            drain1_events=300,
+            slow_events=100,
+            hot_events=300,
+            quiet_webhooks=10,
+            quiet_events=20,
+            quiet_rate=20.0,
             fanout_events=40,
             latency_seconds=2.0,
             latency_warmup_seconds=0.5,
@@ -150,6 +163,101 @@ class Scenarios:
         return await self._drain_scenario(
             "drain", self.cfg.drain_events, self.cfg.orgs, 1, profile=profile
         )
+
+    async def drain1(self, profile: Path | None = None) -> dict[str, Any]:
+        """The drain's backlog to one webhook: the per-webhook cap is what limits it."""
+        return await self._drain_scenario("drain1", self.cfg.drain1_events, 1, 1, profile=profile)
+
+    async def slow(self) -> dict[str, Any]:
+        """One webhook whose endpoint answers after 50 ms: at best cap / latency per second."""
+        cap = self.d.spec.setting_int("DISPATCHER_PER_WEBHOOK_CONCURRENCY")
+        # the database (and so the URL prefix) is named slow: the receiver delays /slow/...
+        result = await self._drain_scenario("slow", self.cfg.slow_events, 1, 1)
+        bound = cap / SLOW_SECONDS
+        result["endpoint_latency_s"] = SLOW_SECONDS
+        result["per_webhook_cap"] = cap
+        result["cap_over_latency_per_s"] = round(bound, 1)
+        result["ratio_to_cap_over_latency"] = round(result["deliveries_per_s"] / bound, 3)
+        return result
+
+    async def hotquiet(self) -> dict[str, Any]:
+        """One webhook draining a backlog while 200 quiet ones (one org each) get an event now
+        and then: the hot one's drain and the quiet ones' latency from COMMIT. The quiet
+        events start once the hot backlog is fanned out (outbox empty)."""
+        cfg = self.cfg
+        db = await self._fresh("hotquiet")
+        try:
+            async with await self.d.connect(db) as conn:
+                hot = await create_webhooks(conn, self.receiver.url("/hot"), orgs=1, per_org=1)
+                quiet = await create_webhooks(
+                    conn, self.receiver.url("/quiet"), orgs=cfg.quiet_webhooks, per_org=1
+                )
+                await publish_backlog(conn, hot.orgs, cfg.hot_events)
+            pub = Publisher(self.cluster.dsn(db), quiet.orgs, connections=4)
+            await pub.open()
+            outbox_s: list[float] = []
+
+            async def quiet_traffic() -> dict[str, float]:
+                # Once the hot backlog has left the outbox (it is the hot webhook's pending
+                # rows, drained at its cap): events behind a backlog still in the outbox
+                # wait for its fan-out, whatever webhook they go to (the outbox is FIFO).
+                t0 = time.monotonic()
+                async with await self.d.connect(db) as conn:
+                    while True:
+                        cur = await conn.execute(q("outbox_count"))
+                        row = await cur.fetchone()
+                        if row is None or row["n"] == 0:
+                            break
+                        await asyncio.sleep(0.01)
+                outbox_s.append(time.monotonic() - t0)
+                return await pub.paced(cfg.quiet_rate, cfg.quiet_events / cfg.quiet_rate)
+
+            try:
+                result = await self.d.run(
+                    db, cfg.hot_events + cfg.quiet_events, during=quiet_traffic
+                )
+            finally:
+                await pub.close()
+            commits: dict[str, float] = result.pop("during")
+            arrivals = await self.receiver.arrivals()  # still those of the drain
+            async with await self.d.connect(db) as conn:
+                cur = await conn.execute(q("delivery_events"))
+                event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+        quiet_ms, hot_times = [], []
+        for i, t in zip(arrivals["ids"], arrivals["times"], strict=True):
+            event = event_of.get(i)
+            if event in commits:
+                quiet_ms.append((t - commits[event]) * 1000)
+            else:
+                hot_times.append(t)
+        quiet_ms.sort()
+        hot_span = max(max(hot_times) - min(hot_times), 1e-6) if hot_times else 0.0
+        hot_rate = cfg.hot_events / hot_span if hot_span else 0.0
+        result.update(
+            hot_events=cfg.hot_events,
+            quiet_webhooks=cfg.quiet_webhooks,
+            quiet_events=len(commits),
+            quiet_rate_per_s=cfg.quiet_rate,
+            outbox_fanned_out_s=round(outbox_s[0], 3) if outbox_s else None,
+            hot_received_per_s=round(hot_rate, 1),
+            # how much of the quiet traffic overlapped the hot drain (1.0: all of it)
+            quiet_during_hot=round(
+                sum(1 for c in commits.values() if hot_times and c < max(hot_times))
+                / max(len(commits), 1),
+                3,
+            ),
+            quiet_p50_ms=_pct(quiet_ms, 50),
+            quiet_p95_ms=_pct(quiet_ms, 95),
+            quiet_p99_ms=_pct(quiet_ms, 99),
+            quiet_max_ms=_pct(quiet_ms, 100),
+        )
+        paired = result.get("paired_ceiling_per_s")
+        if paired:
+            result["hot_ratio_to_paired_ceiling"] = round(hot_rate / paired, 3)
+        result["all_success"] = result["all_success"] and len(quiet_ms) == len(commits)
+        return result
 
     async def fanout(self) -> dict[str, Any]:
         return await self._drain_scenario(

@@ -21,6 +21,7 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from dispatcher import __version__, migrations
+from dispatcher.coordination import Coordinator
 from dispatcher.db import Pool, open_pool
 from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
@@ -32,6 +33,7 @@ from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.preflight import check_privileges
 from dispatcher.queries import query
+from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder
 from dispatcher.retention import Retention
 from dispatcher.sdnotify import Notifier
@@ -60,6 +62,7 @@ class App:
         self.ready = asyncio.Event()
         self.pool: Pool | None = None
         self.dispatcher: Dispatcher | None = None
+        self.coordinator: Coordinator | None = None
         self.listener: Listener | None = None
         self.recorder: Recorder | None = None
         self.health: HealthServer | None = None
@@ -94,8 +97,10 @@ class App:
         sender = Sender(s)
         await sender.start()
         self.recorder = Recorder(self.pool, deadline=s.statement_timeout_ms / 1000 + 10)
+        limits = RateLimits()
+        self.coordinator = Coordinator(self.pool, s.instance_name, limits)
         self.dispatcher = Dispatcher(
-            s, self.pool, sender, self.recorder, self.metrics, self.tracing
+            s, self.pool, sender, self.recorder, self.metrics, limits, self.tracing
         )
         self.listener = Listener(s, self.dispatcher.wake, self.metrics)
         if self._install_signal_handlers:
@@ -112,7 +117,7 @@ class App:
                     tg.create_task(self.recorder.run(), name="recorder"),
                     tg.create_task(self._gauges_loop(), name="gauges"),
                     tg.create_task(self._watchdog_loop(), name="watchdog"),
-                    tg.create_task(self.dispatcher.coordinate(), name="coordination"),
+                    tg.create_task(self.coordinator.run(), name="coordination"),
                     tg.create_task(IntegrationsWorker(s, self.pool).run(), name="integrations"),
                     tg.create_task(
                         Retention(

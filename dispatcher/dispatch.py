@@ -1,30 +1,30 @@
 """The dispatch loop: claim due work, attempt it, hand outcomes to the recorder.
 
 The loop wakes on a NOTIFY (doorbell), on the poll interval, when attempt slots
-free up, or on stop. Each pass first fans out the outbox (creating deliveries,
-the first ones already leased to us) and then claims due deliveries, until
-nothing is due or every slot is busy. No transaction is open across an HTTP call.
+free up, when an attempt of a webhook held back by its limit ends (refill), when a
+failing webhook's next probe is due, or on stop. Each pass fans out the outbox
+(creating deliveries, the first ones already leased to us) and claims due
+deliveries, until nothing is due or every slot is busy. How many attempts each
+webhook may start is `admission.py`'s answer; heartbeats and shared limits are
+`coordination.py`'s. No transaction is open across an HTTP call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import random
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import orjson
 import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
-from dispatcher.backoff import RetryPolicy
+from dispatcher.admission import Admission
 from dispatcher.claims import Claimed
 from dispatcher.db import Pool
 from dispatcher.delivery import AttemptResult, Sender, Target
@@ -41,7 +41,6 @@ from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.dispatch")
 
-FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
 # Bounds of the fan-out factor: a pass takes at most 4x its free slots in events (events
 # that match nothing are cheap) and at least one event.
 MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
@@ -49,6 +48,10 @@ CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work fir
 # A row is sent only if its lease surely outlasts the attempt (http_timeout) by this
 # much; otherwise (a claim that waited on a lock) the lease is extended first.
 LEASE_MARGIN = 5.0
+# Events per fan-out while the outbox holds a backlog for webhooks at their limit: what it
+# creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
+# should not wait for that backlog to pass through in slot-sized batches.
+HELD_BACK_EVENTS = 1000
 
 
 class Dispatcher:
@@ -59,6 +62,7 @@ class Dispatcher:
         sender: Sender,
         recorder: Recorder,
         metrics: Metrics,
+        limits: RateLimits | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self._s = settings
@@ -69,7 +73,8 @@ class Dispatcher:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._hook_room = asyncio.Event()  # a webhook at its limit has room for a batch again
+        # an attempt of a webhook held back by its limit ended: claim for it again now
+        self._hook_room = asyncio.Event()
         # keyed per start, not per delivery id: this process may re-claim its own row
         self._inflight: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._starts = 0
@@ -80,23 +85,19 @@ class Dispatcher:
         self._stop_ev = asyncio.Event()
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
         self._min_batch = max(1, settings.concurrency // 8)
-        self._refill_at = max(1, settings.per_webhook_concurrency // 4)
         # Client-side bound on one claim pass: a half-open connection never answers.
         self._deadline = (
             settings.statement_timeout_ms / 1000 + 10 if settings.statement_timeout_ms else 60
         )
-        self._per_hook: collections.Counter[UUID] = collections.Counter()
-        self._failing: set[UUID] = set()  # failing webhooks with a probe in flight
-        # consecutive failures seen by this process, and when the next probe may go
-        self._streak: dict[UUID, tuple[int, float]] = {}
-        self._held_back = False  # the last claim skipped webhooks that had no room
+        self.admission = Admission(settings.per_webhook_concurrency, limits or RateLimits())
+        # The last fan-out filled its batch (the outbox may hold more). Otherwise the
+        # outbox is looked at again only on a doorbell or a poll, not on every refill.
+        self._outbox_busy = True
+        self._outbox_held = False  # ...and most of what it created could not start
         # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
         # events, so that what it creates can start at once instead of waiting as pending rows.
         self.fanout_factor = 1.0
         self._due_scanned = 0.0  # monotonic time of the last claim_due
-        self.limits = RateLimits()
-        self.replica_id = uuid.uuid4()
-        self.replicas = 1
         # per attempt: a line only when it is emitted, a metric child looked up once
         self._log_attempts = settings.log_level in ("debug", "info")
         self._attempts_counter: dict[str, Any] = {}
@@ -124,6 +125,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Claim and start attempts until stop() is called."""
         backoff = 0.2
+        outbox = True  # look at the outbox in this pass
         while not self._stopping:
             self.progress += 1
             free = self._s.concurrency - len(self._inflight)
@@ -131,13 +133,15 @@ class Dispatcher:
                 self._slot_freed.clear()
                 await self._wait([self._slot_freed], self._s.poll_interval)
                 continue
+            outbox = outbox or self._wake.is_set() or self._outbox_busy
             self._wake.clear()
             self._slot_freed.clear()
             self._hook_room.clear()
             self._pass_done.clear()
             try:
                 async with asyncio.timeout(self._deadline):
-                    more = await self._claim_and_start(free)
+                    more = await self._claim_and_start(free, outbox)
+                outbox = False
                 backoff = 0.2
             except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
                 # Connection trouble, or a row changed under the statement (a webhook
@@ -152,46 +156,37 @@ class Dispatcher:
                 self._metrics.db_errors.inc()
                 await self._wait([], backoff * (0.8 + random.random() * 0.4))
                 backoff = min(backoff * 2, 5.0)
+                outbox = True
                 continue
             finally:
                 self._pass_done.set()
             if more:
                 continue
-            # Work held back by a per-webhook limit resumes as soon as one of its attempts ends.
-            events = [self._wake, self._hook_room] if self._held_back else [self._wake]
-            await self._wait(events, self._s.poll_interval)
+            # Idle until a doorbell, or an attempt of a webhook held back by its limit ends
+            # (its rows are claimed at once: no wait for the poll), or a failing webhook's
+            # next probe is due, or the poll interval: no spinning while nothing can start.
+            timeout = self._s.poll_interval
+            probe_in = self.admission.next_probe_in()
+            if probe_in is not None:
+                timeout = min(timeout, probe_in + 0.001)
+            if not await self._wait([self._wake, self._hook_room], timeout):
+                outbox = True  # a poll: the doorbell may have been missed
 
-    async def _wait(self, events: list[asyncio.Event], timeout: float) -> None:
+    async def _wait(self, events: list[asyncio.Event], timeout: float) -> bool:
+        """Until one of `events` (True), stop, or `timeout` seconds (False)."""
         if self._stopping:
-            return
+            return True
         waiters = [asyncio.ensure_future(e.wait()) for e in [*events, self._stop_ev]]
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waiters:
                 w.cancel()
+        return bool(done)
 
-    def _room(self) -> dict[UUID, int]:
-        """How many more attempts each webhook we know about may start in this process.
-
-        Bounded by the per-webhook cap, by rate tokens, and for a webhook failing
-        here and now (before the database has the outcomes) by one probe at a time.
-        Webhooks not listed have the full cap.
-        """
-        cap = self._s.per_webhook_concurrency
-        room = {k: max(cap - n, 0) for k, n in self._per_hook.items() if n > 0}
-        for hook in self.limits.limited():
-            room[hook] = min(room.get(hook, cap), self.limits.room(hook) or 0)
-        now = time.monotonic()
-        for hook, (streak, quiet_until) in self._streak.items():
-            if streak >= FAILING_AFTER:
-                probe = 0 if self._per_hook[hook] or now < quiet_until else 1
-                room[hook] = min(room.get(hook, cap), probe)
-        for hook in self._failing:
-            room[hook] = 0
-        return room
-
-    async def _claim_and_start(self, free: int) -> bool:
+    async def _claim_and_start(self, free: int, outbox: bool = True) -> bool:
         """One pass; True when there may be more work right now.
 
         Usually the fan-out first: the deliveries it creates start before the second
@@ -200,29 +195,35 @@ class Dispatcher:
         rows the host inserted) follows when the fan-out left slots free; while the
         outbox keeps every pass full, a pass at least every CLAIM_DUE_EVERY seconds
         scans due work first, so a backlog of new events never starves retries.
+        Without `outbox` (a refill: no doorbell since the outbox was last found
+        drained) only due work is claimed.
         """
         batch = min(free, self._s.batch_size)
-        params: dict[str, Any] = {
-            "lease": self._s.lease_seconds,
-            "hook_cap": self._s.per_webhook_concurrency,
-            "failing_after": FAILING_AFTER,
-        }
-        self._held_back = False
+        params: dict[str, Any] = {"lease": self._s.lease_seconds}
+        if not outbox:
+            async with self._pool.connection() as conn:
+                due = await self._claim_due(conn, params, batch)
+            return len(due) >= batch
         async with self._pool.connection() as conn:
             due_first = time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
             events_wanted = max(1, round(room_for_new / self.fanout_factor))
+            if self._outbox_held:
+                events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
             if room_for_new > 0:
                 events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
+            self._outbox_busy = room_for_new > 0 and events >= events_wanted
+            self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             if not due_first and left > 0 and not outbox_busy:
                 due = await self._claim_due(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
-        if self._retry_now:
+        if self._retry_now:  # a narrowed fan-out: the outbox again at once, smaller
             self._retry_now = False
+            self._outbox_busy = True
             return True
         return events >= events_wanted or due_full or len(claimed) >= room_for_new > 0
 
@@ -234,7 +235,6 @@ class Dispatcher:
 
         A pass that exceeds statement_timeout halves the next one, down to one event;
         an event that times out alone twice is quarantined (intake.py)."""
-        room = self._room()
         wanted = events_wanted
         events_wanted, only = await self._intake.narrow(conn, wanted)
         if events_wanted == 0:
@@ -245,7 +245,7 @@ class Dispatcher:
                 query("fan_out"),
                 {
                     **params,
-                    **_room_params(room),
+                    **self.admission.claim_params(),
                     "batch": events_wanted,
                     "claim": claim,
                     "only": only,
@@ -269,27 +269,18 @@ class Dispatcher:
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
-        # A webhook at its limit may have more due work: look again when one of its
-        # attempts ends. Decided right after starting (before any await lets one end).
-        self._held_back = self._held_back or any(n <= 0 for n in self._room().values())
         return events, claimed
 
     async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
         self._due_scanned = time.monotonic()
-        room = self._room()
-        full = [k for k, n in room.items() if n <= 0]
-        # Webhooks with no room left in this process are not even scanned.
+        # Webhooks with no room left in this process are not even scanned (full_ids).
         sent = time.monotonic()
         cur = await conn.execute(
             query("claim_due"),
-            {**params, **_room_params(room), "full_ids": full, "limit": limit, "scan": limit * 4},
+            {**self.admission.claim_params(), **params, "limit": limit, "scan": limit * 4},
         )
-        due = self._start_rows(await cur.fetchall(), sent)
-        self._held_back = (
-            self._held_back or bool(full) or any(n <= 0 for n in self._room().values())
-        )
-        return due
+        return self._start_rows(await cur.fetchall(), sent)
 
     def _start_rows(self, rows: list[Any], sent: float) -> list[Claimed]:
         """Start an attempt for each leased row; returns what was started. `sent` is when
@@ -300,6 +291,9 @@ class Dispatcher:
         for d in started:
             d.lease_until = sent + self._s.lease_seconds
             self._start(d)
+        # Webhooks now at their limit may have more due work: claim again when one of
+        # their attempts ends. Decided right after starting (before any await lets one end).
+        self.admission.note_held(d.webhook_id for d in started)
         return started
 
     def _start(self, d: Claimed) -> None:
@@ -307,24 +301,13 @@ class Dispatcher:
         self._starts += 1
         key = self._starts
         self._inflight[key] = (task, d)
-        self._per_hook[d.webhook_id] += 1
-        if d.active:
-            self.limits.take(d.webhook_id)
-        if d.failing:
-            self._failing.add(d.webhook_id)
+        self.admission.started(d.webhook_id, active=d.active, failing=d.failing)
         task.add_done_callback(functools.partial(self._done, key, d))
 
     def _done(self, key: int, d: Claimed, _: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
-        left = self._per_hook[d.webhook_id] - 1
-        if left <= 0:
-            del self._per_hook[d.webhook_id]
-            self._failing.discard(d.webhook_id)
-        else:
-            self._per_hook[d.webhook_id] = left
         self._slot_freed.set()
-        # Claim again for a capped webhook once a quarter of its cap is free (not per attempt).
-        if left <= self._s.per_webhook_concurrency - self._refill_at:
+        if self.admission.ended(d.webhook_id):
             self._hook_room.set()
 
     async def _deliver(self, d: Claimed) -> None:
@@ -429,11 +412,7 @@ class Dispatcher:
     def _record(self, d: Claimed, r: AttemptResult | None, t: Any, error: str | None) -> None:
         row = outcome_row(d, r, t, error)
         self._recorder.put(row)
-        if row.success:
-            self._streak.pop(d.webhook_id, None)
-        elif row.counts:
-            streak = self._streak.get(d.webhook_id, (0, 0.0))[0] + 1
-            self._streak[d.webhook_id] = (streak, time.monotonic() + probe_delay(d.policy, streak))
+        self.admission.outcome(d.webhook_id, d.policy, success=row.success, counts=row.counts)
         outcome = row.outcome
         counter = self._attempts_counter.get(outcome)
         if counter is None:
@@ -463,32 +442,6 @@ class Dispatcher:
             error=row.error_message,
             notes=r.notes or None if r else None,
         )
-
-    # -- replicas and shared limits -------------------------------------------------
-    async def coordinate(self, every: float = 2.0) -> None:
-        """Heartbeat this replica and refresh rate limits, until cancelled."""
-        params = {
-            "id": self.replica_id,
-            "name": self._s.instance_name,
-            "alive_within": max(every * 5, 10.0),
-            "forget_after": 3600,
-        }
-        try:
-            while True:
-                try:
-                    async with self._pool.connection(timeout=5) as conn:
-                        cur = await conn.execute(query("replica_heartbeat"), params)
-                        row = await cur.fetchone()
-                    if row is not None:
-                        self.replicas = int(row["live"])
-                        self.limits.update(row["limits"] or {}, self.replicas)
-                except (psycopg.Error, PoolTimeout) as exc:
-                    log.warning("heartbeat_failed", error=type(exc).__name__)
-                await asyncio.sleep(every)
-        finally:
-            with contextlib.suppress(Exception):
-                async with self._pool.connection(timeout=2) as conn:
-                    await conn.execute(query("replica_leave"), {"id": self.replica_id})
 
     # -- shutdown -----------------------------------------------------------------
     async def stop(self, grace: float) -> None:
@@ -534,16 +487,3 @@ class Dispatcher:
                 error=type(exc).__name__,
                 note="they become due again when their lease ends",
             )
-
-
-def _room_params(room: dict[UUID, int]) -> dict[str, Any]:
-    """A webhook -> room mapping as the claim statements' two parallel arrays."""
-    return {"room_ids": list(room), "room_left": list(room.values())}
-
-
-def probe_delay(policy: RetryPolicy, streak: int) -> float:
-    """Seconds between probes of a failing webhook (mirrors the claim_due query)."""
-    if streak < FAILING_AFTER:
-        return 0.0
-    step = policy.base_delay_seconds * 2.0 ** min(streak - FAILING_AFTER, 20)
-    return float(min(step, policy.max_delay_seconds))

@@ -122,10 +122,11 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
 -- come, whoever wrote them). The lease end is written to next_retry_at and is
 -- the claim token: an outcome is recorded only while it is unchanged.
--- Isolation: at most %(hook_cap)s attempts in flight per webhook in this process
--- (room_ids/room_left: how many more each busy webhook may start); a failing webhook
--- (%(failing_after)s+ consecutive failures) gets one probe at a time, spaced by
--- its org's backoff after its last failure, so it never hammers nor hogs slots.
+-- Which webhooks, and how many rows each: dispatcher/admission.py's room (room_ids/
+-- room_left, at most %(hook_cap)s for the others, full_ids not scanned at all) and
+-- dispatcher.webhook_claimable_v1 (0022): a failing webhook (%(failing_after)s+
+-- consecutive failures) gets one probe at a time, spaced by its org's backoff after its
+-- last failure, so it never hammers nor hogs slots.
 WITH candidates AS (
     SELECT d.id, d.webhook_id, d.created_at,
            coalesce(d.next_retry_at, d.created_at) AS due_at,
@@ -140,14 +141,10 @@ WITH candidates AS (
     WHERE d.status IN ('pending', 'retrying')
       AND coalesce(d.next_retry_at, d.created_at) <= now()
       AND d.webhook_id <> ALL (%(full_ids)s::uuid[])
-      AND (w.status <> 'active' OR w.deleted_at IS NOT NULL
-           OR coalesce(w.consecutive_failures, 0) < %(failing_after)s
-           OR w.last_failure_at IS NULL
-           OR w.last_failure_at + make_interval(secs => least(
-                  -- the org's policy clamped to the host UI's ranges, as RetryPolicy does
-                  least(greatest(coalesce(rc.base_delay_seconds, 5), 1), 60)
-                    * power(2, least(w.consecutive_failures - %(failing_after)s, 20)),
-                  least(greatest(coalesce(rc.max_delay_seconds, 300), 1), 3600))) <= now())
+      -- which webhooks may be claimed, as the database knows it (0022_claimable.sql)
+      AND dispatcher.webhook_claimable_v1(w.status, w.deleted_at, w.consecutive_failures,
+                                          w.last_failure_at, rc.base_delay_seconds,
+                                          rc.max_delay_seconds, %(failing_after)s)
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s

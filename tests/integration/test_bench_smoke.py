@@ -12,10 +12,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"ceiling", "intake", "drain", "fanout", "latency", "replicas", "cost"}
+SCENARIOS = {
+    "ceiling",
+    "intake",
+    "drain1",
+    "drain",
+    "fanout",
+    "slow",
+    "hotquiet",
+    "latency",
+    "replicas",
+    "cost",
+}
 
 
+@pytest.mark.timeout(180)  # ten scenarios on a shared machine
 def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
@@ -23,7 +37,7 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
         check=False,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
@@ -32,7 +46,7 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
     scenarios = res["scenarios"]
     assert set(scenarios) == SCENARIOS
 
-    drains = [scenarios["drain"], scenarios["fanout"], scenarios["cost"]]
+    drains = [scenarios[k] for k in ("drain1", "drain", "fanout", "slow", "hotquiet", "cost")]
     drains += [scenarios["replicas"]["1"], scenarios["replicas"]["2"]]
     for drain in drains:
         assert drain["statuses"] == {"success": drain["deliveries"]}
@@ -41,6 +55,9 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
     latency = scenarios["latency"]
     assert latency["measured"] == latency["events"] > 0
     assert set(latency["statuses"]) == {"success"}
+    hotquiet = scenarios["hotquiet"]
+    assert hotquiet["quiet_p99_ms"] is not None  # every quiet event was heard
+    assert scenarios["slow"]["cap_over_latency_per_s"] > 0
     assert scenarios["ceiling"]["http"]["errors"] == 0
     assert scenarios["intake"]["with_trigger_per_s"] > 0
     assert res["all_success"] is True

@@ -77,12 +77,12 @@ async def test_rate_limit_is_shared_by_replicas(conn, receiver, start_daemon):
     second = await start_daemon()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not (
-        first.app.dispatcher.replicas == second.app.dispatcher.replicas == 2
-        and first.app.dispatcher.limits.limited()
-        and second.app.dispatcher.limits.limited()
+        first.app.coordinator.replicas == second.app.coordinator.replicas == 2
+        and first.app.coordinator.limits.limited()
+        and second.app.coordinator.limits.limited()
     ):
         await asyncio.sleep(0.1)
-    assert first.app.dispatcher.replicas == 2, "replicas see each other through heartbeats"
+    assert first.app.coordinator.replicas == 2, "replicas see each other through heartbeats"
 
     await hostdb.insert_events_directly(conn, org, "job.created", 24)
     requests = await receiver.wait_for(24, path="/limited", timeout=30)
