@@ -178,3 +178,12 @@ SELECT * FROM dispatcher.stats(%(org)s);
 
 -- name: admin_stats_all
 SELECT * FROM dispatcher.stats_all();
+
+-- name: admin_webhook_health_org
+-- Endpoint health (0028_webhook_health.sql): the organization's webhooks, or one of
+-- them (%(webhook)s; refused when it belongs to another organization).
+SELECT * FROM dispatcher.webhook_health(%(org)s, %(webhook)s);
+
+-- name: admin_webhook_health_all
+-- Every organization's webhooks (operators).
+SELECT * FROM dispatcher.webhook_health h ORDER BY h.org_id, h.name, h.webhook_id;
