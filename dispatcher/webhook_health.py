@@ -120,9 +120,7 @@ class WebhookHealthGauges:
                         self.response_seconds.labels(*hook, window, quantile).set(ms / 1000)
 
 
-async def refresh(
-    conn: psycopg.AsyncConnection[Any], gauges: WebhookHealthGauges, top: int
-) -> int:
+async def refresh(conn: psycopg.AsyncConnection[Any], gauges: WebhookHealthGauges, top: int) -> int:
     """Read the health of the `top` webhooks with the largest backlog into `gauges`;
     returns how many webhooks /metrics now carries."""
     if top <= 0:
