@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -40,8 +39,8 @@ async def health(conn: admin.Conn, *, org: UUID | None, webhook: UUID | None) ->
     return await admin._all(conn, "admin_webhook_health_org", {"org": org, "webhook": webhook})
 
 
-def rate(value: Decimal | None) -> str:
-    return "-" if value is None else f"{float(value) * 100:.1f}%"
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
 
 
 def window(row: dict[str, Any], w: str) -> str:

@@ -8,7 +8,6 @@ import json
 import logging
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import hostdb
@@ -150,12 +149,12 @@ async def test_view_counts_rates_percentiles_and_queue(conn, crafted):
     assert (row["attempts_1h"], row["successes_1h"], row["success_rate_1h"]) == (
         5,
         3,
-        Decimal("0.6"),
+        0.6,
     )
     assert (row["attempts_24h"], row["successes_24h"], row["success_rate_24h"]) == (
         8,
         4,
-        Decimal("0.5"),
+        0.5,
     )
     # durations, last hour: 50 60 100 200 300; last day: also 70 1000 1000
     assert (row["p50_ms_1h"], row["p95_ms_1h"]) == (100, 300)
@@ -276,7 +275,7 @@ async def test_cli_one_webhook_text_and_json(run, crafted):
     code, out, _ = await run("webhooks", "health", a, "--json")
     data = json.loads(out)
     assert data["webhook_id"] == a and data["attempts_24h"] == 8 and data["due"] == 3
-    assert float(data["success_rate_1h"]) == 0.6 and data["held"] == 0
+    assert data["success_rate_1h"] == 0.6 and data["held"] == 0
     code, out, _ = await run("webhooks", "health", "--json")
     assert code == 0
     assert {r["name"] for r in json.loads(out)} == {"alpha", "beta", "gamma"}
@@ -449,3 +448,35 @@ async def test_the_plans_read_recent_attempts_through_indexes(conn):
         "SELECT attempts_24h FROM dispatcher.webhook_health WHERE webhook_id = %s", (one_hook,)
     )
     assert (await cur.fetchone())["attempts_24h"] == expected > 0
+
+
+async def test_the_view_applies_the_hosts_row_level_security(conn, crafted):
+    """security_invoker (PostgreSQL 15+): a tenant role under the host's kind of policy sees
+    only its organization's webhooks, and only their history and queue."""
+    role = f"tenant_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+    await conn.execute(f"GRANT USAGE ON SCHEMA dispatcher TO {role}")
+    await conn.execute(
+        f"GRANT SELECT ON webhook_deliveries, webhooks, dispatcher.webhook_health,"
+        f" dispatcher.attempts, dispatcher.held, dispatcher.webhook_status_since TO {role}"
+    )
+    for table in ("webhook_deliveries", "webhooks"):
+        await conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        await conn.execute(
+            f"CREATE POLICY tenant ON {table} USING (org_id = current_setting('app.org_id')::uuid)"
+        )
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL ROLE {role}")
+            await conn.execute("SELECT set_config('app.org_id', %s, true)", (str(crafted["org"]),))
+            cur = await conn.execute("SELECT name, due FROM dispatcher.webhook_health ORDER BY 1")
+            assert [(r["name"], r["due"]) for r in await cur.fetchall()] == [
+                ("alpha", 3),
+                ("beta", 0),
+            ]
+    finally:
+        for table in ("webhook_deliveries", "webhooks"):
+            await conn.execute(f"DROP POLICY tenant ON {table}")
+            await conn.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.execute(f"DROP ROLE {role}")

@@ -64,7 +64,8 @@ CREATE TRIGGER dispatcher_webhook_status_since
     EXECUTE FUNCTION dispatcher.webhook_status_since_v1();
 
 -- The view. One row per webhook that is not soft-deleted.
---   attempts_1h/24h, successes_1h/24h, success_rate_1h/24h (NULL without attempts)
+--   attempts_1h/24h, successes_1h/24h, success_rate_1h/24h (0-1, 4 decimals; NULL
+--     without attempts)
 --   p50_ms_1h/24h, p95_ms_1h/24h: response time of the attempts with a duration
 --     (timeouts included, at their duration), percentile_disc: a measured value
 --   last_error, last_error_status, last_error_at: its latest failed attempt
@@ -85,9 +86,9 @@ CREATE VIEW dispatcher.webhook_health %s AS
 SELECT w.id AS webhook_id, w.org_id, w.name, w.status,
        coalesce(w.consecutive_failures, 0) AS consecutive_failures,
        r.attempts_1h, r.successes_1h,
-       round(r.successes_1h::numeric / nullif(r.attempts_1h, 0), 4) AS success_rate_1h,
+       round(r.successes_1h::numeric / nullif(r.attempts_1h, 0), 4)::float8 AS success_rate_1h,
        r.attempts_24h, r.successes_24h,
-       round(r.successes_24h::numeric / nullif(r.attempts_24h, 0), 4) AS success_rate_24h,
+       round(r.successes_24h::numeric / nullif(r.attempts_24h, 0), 4)::float8 AS success_rate_24h,
        r.p50_ms_1h, r.p95_ms_1h, r.p50_ms_24h, r.p95_ms_24h,
        le.last_error, le.last_error_status, le.last_error_at,
        coalesce(q.in_flight, 0) AS in_flight,
