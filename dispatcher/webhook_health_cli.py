@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from dispatcher import admin, cli
 from dispatcher.admin_cli import Sub, _leaf, emit, opt_uuid, run_db
@@ -29,14 +28,6 @@ def add_parser(group: Sub) -> None:
     )
     q.add_argument("id", metavar="WEBHOOK", nargs="?", help="only this webhook (all details)")
     q.add_argument("--org", metavar="ID", help="only this organization")
-
-
-async def health(conn: admin.Conn, *, org: UUID | None, webhook: UUID | None) -> list[admin.Row]:
-    if webhook is not None and org is None:
-        org = await admin.org_of_webhook(conn, webhook)
-    if org is None:
-        return await admin._all(conn, "admin_webhook_health_all", {})
-    return await admin._all(conn, "admin_webhook_health_org", {"org": org, "webhook": webhook})
 
 
 def rate(value: float | None) -> str:
@@ -117,7 +108,7 @@ def health_text(r: dict[str, Any], now: datetime) -> str:
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     org = opt_uuid(args.org, "--org")
     webhook = None if args.id is None else parse_uuid(args.id, "WEBHOOK")
-    rows = run_db(settings, lambda c: health(c, org=org, webhook=webhook))
+    rows = run_db(settings, lambda c: admin.webhook_health(c, org=org, webhook=webhook))
     now = datetime.now(UTC)
     if webhook is not None:
         emit(args, rows[0], lambda: health_text(rows[0], now))
