@@ -463,3 +463,16 @@ async def stats(conn: Conn, org: UUID | None = None) -> Row:
     if org is None:
         return await _required(conn, "admin_stats_all", {})
     return await _required(conn, "admin_stats_org", {"org": org})
+
+
+# -- endpoint health (0028_webhook_health.sql) ---------------------------------------
+
+
+async def webhook_health(conn: Conn, *, org: UUID | None, webhook: UUID | None) -> list[Row]:
+    """Every webhook's health, an organization's, or one webhook's (refused when --org is
+    another organization's)."""
+    if webhook is not None and org is None:
+        org = await org_of_webhook(conn, webhook)
+    if org is None:
+        return await _all(conn, "admin_webhook_health_all", {})
+    return await _all(conn, "admin_webhook_health_org", {"org": org, "webhook": webhook})

@@ -1,4 +1,4 @@
-"""`dispatcher webhooks list|show|add|enable|disable|discard-hold|rotate-secret|test`.
+"""`dispatcher webhooks list|show|health|add|enable|disable|discard-hold|rotate-secret|test`.
 
 Secrets and custom header values are hidden unless --show-secret; `add` and
 `rotate-secret` print the new secret once, because the receiver needs it.
@@ -27,7 +27,11 @@ MAX_GRACE_DAYS = 30
 
 
 def register(sub: Sub) -> None:
-    p = sub.add_parser("webhooks", help="list, show, add, enable, disable, rotate, test webhooks")
+    from dispatcher.webhook_health_cli import add_parser as add_health_parser
+
+    p = sub.add_parser(
+        "webhooks", help="list, show, health, add, enable, disable, rotate, test webhooks"
+    )
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = _leaf(g, "list", "webhooks list", "list webhooks (soft-deleted ones are left out)")
     q.add_argument("--org", metavar="ID", help="only this organization")
@@ -35,6 +39,7 @@ def register(sub: Sub) -> None:
     q = _leaf(g, "show", "webhooks show", "one webhook, with its rotation state")
     q.add_argument("id", metavar="ID")
     q.add_argument("--show-secret", action="store_true", help="print the secret and headers")
+    add_health_parser(g)
     q = _leaf(g, "add", "webhooks add", "create a webhook (prints its secret once)")
     q.add_argument("--org", metavar="ID", required=True)
     q.add_argument("--name", required=True, help="up to 100 characters")

@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
-from dispatcher import __version__, migrations
+from dispatcher import __version__, migrations, webhook_health
 from dispatcher.coordination import Coordinator
 from dispatcher.db import Pool, open_pool
 from dispatcher.delivery import Sender
@@ -244,6 +244,7 @@ class App:
             except (psycopg.Error, PoolTimeout) as exc:
                 self._db_ok = False
                 log.warning("gauges_failed", error=type(exc).__name__)
+            await self._webhook_gauges()
             if self.dispatcher is not None:
                 self.metrics.inflight.set(self.dispatcher.inflight)
             for reason, lost in (self.recorder.lost if self.recorder else {}).items():
@@ -267,6 +268,18 @@ class App:
         m.integrations_in_error.set(row["in_error"])
         m.oauth_tokens_failing.set(row["tokens_failing"])
         m.oauth_tokens_expired.set(row["tokens_expired"])
+
+    async def _webhook_gauges(self) -> None:
+        """Per-webhook health of the top N by backlog (dispatcher/webhook_health.py). Its own
+        statement: a failure here (statement_timeout) leaves the other gauges fresh."""
+        assert self.pool is not None
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                await webhook_health.refresh(
+                    conn, self.metrics.webhooks, self.settings.metrics_webhooks_top
+                )
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("webhook_gauges_failed", error=type(exc).__name__)
 
     async def _release_orphan_holds(self) -> None:
         """Queue events held for webhooks that are active again (a fan-out raced the enable)."""

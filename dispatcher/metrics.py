@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from dispatcher import integration_stats as stats
 from dispatcher.integration_events import NOT_PUBLISHED
+from dispatcher.webhook_health import WebhookHealthGauges
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
@@ -145,6 +146,7 @@ class Metrics:
             registry=r,
         )
         r.register(_IntegrationCounters())
+        self.webhooks = WebhookHealthGauges(r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     metrics_address: str = Field(
         default="127.0.0.1:9464", description="host:port of /healthz /readyz /metrics; empty = off"
     )
+    metrics_webhooks_top: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="/metrics: per-webhook health of the N webhooks with the largest backlog",
+    )
     instance_name: str = Field(default_factory=socket.gethostname)
     delivery_retention_days: int = Field(
         default=30, ge=1, le=3650, description="days success/failed deliveries are kept"

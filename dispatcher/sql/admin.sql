@@ -220,3 +220,12 @@ FROM (
         %(org)s, w.id, w.events, %(since)s, %(until)s) e
     WHERE w.id = %(webhook)s
 ) c;
+
+-- name: admin_webhook_health_org
+-- Endpoint health (0028_webhook_health.sql): the organization's webhooks, or one of
+-- them (%(webhook)s; refused when it belongs to another organization).
+SELECT * FROM dispatcher.webhook_health(%(org)s, %(webhook)s);
+
+-- name: admin_webhook_health_all
+-- Every organization's webhooks (operators).
+SELECT * FROM dispatcher.webhook_health h ORDER BY h.org_id, h.name, h.webhook_id;

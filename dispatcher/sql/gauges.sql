@@ -30,3 +30,35 @@ SELECT
     (SELECT count(*) FROM public.integration_oauth_tokens t
        JOIN public.integrations i ON i.id = t.integration_id
       WHERE t.status = 'expired' AND i.deleted_at IS NULL) AS tokens_expired;
+
+-- name: webhook_health_top
+-- Per-webhook health for /metrics, bounded: the %(top)s webhooks with the largest
+-- due backlog (then held events, then in flight). The ranking reads the queue (the
+-- pending/retrying rows) and the hold, never the history; the health columns are
+-- then computed for those webhooks only (0028_webhook_health.sql).
+WITH queue AS (
+    SELECT d.webhook_id,
+           count(*) FILTER (WHERE coalesce(d.next_retry_at, d.created_at) <= now()) AS due,
+           count(*) FILTER (WHERE d.next_retry_at > now()) AS later
+    FROM public.webhook_deliveries d
+    WHERE d.status IN ('pending', 'retrying')
+    GROUP BY d.webhook_id
+), held AS (
+    SELECT h.webhook_id, count(*) AS held FROM dispatcher.held h GROUP BY h.webhook_id
+), top AS (
+    SELECT w.id
+    FROM public.webhooks w
+    LEFT JOIN queue q ON q.webhook_id = w.id
+    LEFT JOIN held h ON h.webhook_id = w.id
+    WHERE w.deleted_at IS NULL
+    ORDER BY coalesce(q.due, 0) DESC, coalesce(h.held, 0) DESC, coalesce(q.later, 0) DESC, w.id
+    LIMIT %(top)s
+)
+SELECT h.webhook_id, h.org_id, h.status, h.consecutive_failures,
+       h.attempts_1h, h.attempts_24h, h.success_rate_1h, h.success_rate_24h,
+       h.p50_ms_1h, h.p95_ms_1h, h.p50_ms_24h, h.p95_ms_24h,
+       h.in_flight, h.retry_waiting, h.due, h.held,
+       extract(epoch FROM h.disabled_since)::float8 AS disabled_since
+FROM dispatcher.webhook_health h
+WHERE h.webhook_id = ANY (ARRAY(SELECT id FROM top))
+ORDER BY h.due DESC, h.webhook_id;
