@@ -21,6 +21,7 @@ from test_cli import run  # noqa: F401  (the CLI fixture)
 from test_health import eventually, get, sample
 
 from dispatcher import admin
+from dispatcher.request import message_id
 
 Conn = hostdb.Conn
 
@@ -160,8 +161,12 @@ async def test_enable_delivers_held_events_oldest_first_with_the_streak(
     streak = await hostdb.deliveries(conn, "id = ANY(%s)", ([streak_1, streak_2, cut_off],))
     expected = [json.loads(d["request_body"])["id"] for d in streak] + [str(e) for e in published]
     assert event_ids(got) == expected, "oldest first: the streak, then the held events in order"
-    # A streak delivery keeps its row, so receivers see the webhook-id they saw before.
-    assert [r.headers["webhook-id"] for r in got[:3]] == [str(d["id"]) for d in streak]
+    # A streak delivery keeps its row, so receivers see the webhook-id they saw before (one
+    # per event and webhook, request.message_id), and its X-InTime-Delivery is the same row.
+    assert [r.headers["webhook-id"] for r in got[:3]] == [
+        message_id(d["event_id"], d["webhook_id"], d["id"]) for d in streak
+    ]
+    assert [r.headers["x-intime-delivery"] for r in got[:3]] == [str(d["id"]) for d in streak]
     await hostdb.wait_deliveries(conn, "webhook_id = %s AND status = 'success'", 6, (hook["id"],))
     assert await count(conn, "dispatcher.held") == 0
     rows = await hostdb.deliveries(conn, "id = ANY(%s)", ([before, refused],))
@@ -402,11 +407,18 @@ async def test_an_outage_end_to_end_loses_nothing_after_enable(conn, receiver, s
     )
     hook = await hostdb.create_webhook(conn, org, receiver.url("/outage"), ["job.*"])
     receiver.respond("/outage", Reply(503))
-    await start_daemon()
+    # One attempt at a time: attempts that overlap count as one step of the streak
+    # (docs/architecture.md), and the host's trigger disables at 10 steps.
+    await start_daemon(per_webhook_concurrency=1)
     first = [await hostdb.publish(conn, "job.created", {"n": n}, org) for n in range(5)]
     await hostdb.wait_deliveries(conn, "status = 'dlq'", 5, timeout=60)
-    w = await hostdb.webhook(conn, hook["id"])
-    assert w["status"] == "disabled" and w["consecutive_failures"] == 10
+
+    async def disabled_after_ten() -> bool:
+        # The webhook's counters follow the outcomes (apply_webhook_counters), a moment later.
+        w = await hostdb.webhook(conn, hook["id"])
+        return bool(w["status"] == "disabled" and w["consecutive_failures"] == 10)
+
+    await eventually(disabled_after_ten, "disabled after 10 failures in a row", 15)
     later = [await hostdb.publish(conn, "job.updated", {"n": n}, org) for n in range(2)]
     await wait_held(conn, hook["id"], 2)
     assert len(receiver.requests_for("/outage")) == 10
