@@ -3,7 +3,8 @@
     python -m bench.receiver          # prints "PORT <n>" once listening on 127.0.0.1
 
 Every request outside ``/_bench/`` is read whole and answered ``204``; its arrival time
-(``time.time()`` once the body is read) is recorded with its ``webhook-id`` header. Under
+(``time.time()`` once the body is read) is recorded with its ``X-InTime-Delivery`` header (the
+delivery row id; ``webhook-id`` is one per event and webhook, not per row). Under
 ``/slow/`` the answer comes ``SLOW_SECONDS`` after the body was read (a slow endpoint).
 Control endpoints (JSON):
 
@@ -42,7 +43,7 @@ class Recorder:
             return self.control(request)
         body = await request.read()
         self.times.append(time.time())
-        self.ids.append(request.headers.get("webhook-id", ""))
+        self.ids.append(request.headers.get("X-InTime-Delivery", ""))
         self.bytes += len(body)
         if request.path.startswith(SLOW):
             await asyncio.sleep(SLOW_SECONDS)

@@ -205,7 +205,6 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
             "0008_outbox_without_sequence",
             "0009_due_since",
             "0010_intake_without_set",
-            "0022_claimable",
         ]
         assert applied == [f"{m.version:04d}_{m.name}" for m in available() if m.version > 7]
         await hostdb.publish(conn, "job.created", {"after": True}, org)
