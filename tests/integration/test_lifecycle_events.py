@@ -16,6 +16,17 @@ from support.receiver import Reply
 from test_health import eventually
 
 Conn = hostdb.Conn
+
+
+@pytest.fixture(params=["standalone", "host"])
+def db_dsn(request: pytest.FixtureRequest, db_dsn: str) -> str:
+    """Every test on the standalone schema and on the host's (its real publish_event,
+    triggers and row-level security: tests/integration/host_schema.sql)."""
+    if request.param == "host":
+        return str(request.getfixturevalue("host_db_dsn"))
+    return db_dsn
+
+
 LIFECYCLE = ("webhook.disabled", "webhook.recovered", "delivery.dead_lettered")
 
 
@@ -86,9 +97,9 @@ async def test_disabled_reaches_other_webhooks_once_and_not_the_failing_one(
     text += got[0].body.decode()
     for leaked in (secret, "qs-secret-77", "not-in-lifecycle", "overloaded"):
         assert leaked not in text
-    assert [r["webhook_id"] for r in await hostdb.deliveries(conn, "event_id = %s", (event["id"],))] == [
-        watcher["id"]
-    ]
+    assert [
+        r["webhook_id"] for r in await hostdb.deliveries(conn, "event_id = %s", (event["id"],))
+    ] == [watcher["id"]]
 
 
 async def test_gone_disables_with_reason_gone_and_the_switch_turns_it_off(
@@ -212,9 +223,7 @@ async def test_a_dead_lettered_lifecycle_event_publishes_nothing(conn, receiver,
 # -- in SQL: same transaction, rollback, refusal --------------------------------------------
 
 
-async def test_published_in_the_transaction_of_the_change_and_rolled_back_with_it(
-    conn, db_dsn
-):
+async def test_published_in_the_transaction_of_the_change_and_rolled_back_with_it(conn, db_dsn):
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
     async with await hostdb.connect(db_dsn) as other:
@@ -253,15 +262,20 @@ async def test_url_host_keeps_only_the_host(conn):
 
 
 @pytest.fixture
-def refused_role(db_dsn: str) -> Any:
-    """A member of the least-privilege `dispatcher` role that may not call publish_event."""
+def refused_role(db_dsn: str, request: pytest.FixtureRequest) -> Any:
+    """A member of the least-privilege `dispatcher` role that may not call publish_event
+    (on the host with BYPASSRLS, as docs/host-adoption.md asks of the daemon's role)."""
     from importlib import resources
 
     script = resources.files("dispatcher").joinpath("sql/least_privilege.sql").read_text("utf-8")
     name = f"lc_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(db_dsn, autocommit=True) as su:
         su.execute(script)
-        su.execute(sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE dispatcher").format(sql.Identifier(name)))
+        su.execute(
+            sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE dispatcher").format(sql.Identifier(name))
+        )
+        if request.node.callspec.params["db_dsn"] == "host":
+            su.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(name)))
         for who in ("dispatcher", "PUBLIC"):
             su.execute(
                 "REVOKE EXECUTE ON FUNCTION public.publish_event(text, uuid, jsonb, uuid, jsonb,"
@@ -287,7 +301,9 @@ async def test_a_refused_publish_is_logged_counted_and_the_change_commits(conn, 
     conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
     async with conn.transaction():
         await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(refused_role)))
-        await conn.execute("UPDATE webhook_deliveries SET status = 'dlq' WHERE id = %s", (delivery,))
+        await conn.execute(
+            "UPDATE webhook_deliveries SET status = 'dlq' WHERE id = %s", (delivery,)
+        )
         cur = await conn.execute(
             "SELECT dispatcher.dead_lettered_v1(%s, %s, 4, 503, 'http_503', 'HTTP 503') AS id",
             (delivery, hook["id"]),

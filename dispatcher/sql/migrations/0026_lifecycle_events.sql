@@ -61,12 +61,14 @@ $$;
 
 -- Publish one lifecycle event about p_webhook_id; p_limit (or null: no limit) is the
 -- least time between two events of this type about this webhook. Returns the event id,
--- or null when switched off, rate-limited or refused. Never raises.
+-- or null when switched off, rate-limited or refused. Never raises. `public` is on the
+-- search_path (after pg_catalog) because the host's publish_event names its tables
+-- (events, user_profiles) unqualified; everything here is qualified.
 CREATE FUNCTION dispatcher.publish_lifecycle_v1(
     p_event_type text, p_org_id uuid, p_webhook_id uuid, p_aggregate_id uuid,
     p_payload jsonb, p_limit interval
 ) RETURNS uuid
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_last timestamptz;
