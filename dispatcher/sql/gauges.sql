@@ -30,3 +30,12 @@ SELECT
     (SELECT count(*) FROM public.integration_oauth_tokens t
        JOIN public.integrations i ON i.id = t.integration_id
       WHERE t.status = 'expired' AND i.deleted_at IS NULL) AS tokens_expired;
+
+-- name: lifecycle_gauges
+-- Lifecycle events (0026_lifecycle_events.sql) the host's publish_event refused, ever, by
+-- event type (the changes they announce were committed), and those held back by the rate
+-- limit since the last one published. One row per webhook and type: a small table.
+SELECT event_type, sum(not_published)::bigint AS not_published,
+       sum(suppressed)::bigint AS suppressed
+FROM dispatcher.lifecycle_limits
+GROUP BY event_type;

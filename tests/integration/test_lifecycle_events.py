@@ -12,8 +12,9 @@ import hostdb
 import psycopg
 import pytest
 from psycopg import sql
+from support.net import reserved_port
 from support.receiver import Reply
-from test_health import eventually
+from test_health import eventually, get, sample
 
 Conn = hostdb.Conn
 
@@ -43,6 +44,13 @@ async def wait_events(conn: Conn, event_type: str, n: int, timeout: float = 30) 
         return len(await lifecycle_events(conn, event_type)) >= n
 
     await eventually(enough, f"{n} {event_type} events", timeout)
+
+
+async def wait_metric(port: int, name: str, value: float, **labels: str) -> None:
+    async def shown() -> bool:
+        return sample((await get(port, "/metrics"))[1], name, **labels) == value
+
+    await eventually(shown, f"{name}{labels} == {value} in /metrics", 40)
 
 
 async def fast_retries(conn: Conn, org: uuid.UUID) -> None:
@@ -164,7 +172,8 @@ async def test_dead_lettered_is_rate_limited_per_webhook_with_the_suppressed_cou
     dead = await hostdb.create_webhook(conn, org, receiver.url("/dead"), ["job.*"])
     watcher = await hostdb.create_webhook(conn, org, receiver.url("/watch"), ["delivery.*"])
     receiver.respond("/dead", Reply(503))
-    await start_daemon()
+    port = reserved_port()
+    await start_daemon(metrics_address=f"127.0.0.1:{port}")
     for n in range(3):
         await hostdb.publish(conn, "job.created", {"n": n}, org)
     dlq = await hostdb.wait_deliveries(
@@ -185,6 +194,9 @@ async def test_dead_lettered_is_rate_limited_per_webhook_with_the_suppressed_cou
         "SELECT suppressed FROM dispatcher.lifecycle_limits WHERE webhook_id = %s", (dead["id"],)
     )
     assert (await cur.fetchone())["suppressed"] == 2
+    await wait_metric(
+        port, "dispatcher_lifecycle_events_suppressed", 2, event_type="delivery.dead_lettered"
+    )
 
     # A minute later (moved back instead of waited for), the next one carries the count.
     await conn.execute(
@@ -287,7 +299,9 @@ def refused_role(db_dsn: str, request: pytest.FixtureRequest) -> Any:
         su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
-async def test_a_refused_publish_is_logged_counted_and_the_change_commits(conn, refused_role):
+async def test_a_refused_publish_is_logged_counted_and_the_change_commits(
+    conn, refused_role, start_daemon
+):
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"])
     cur = await conn.execute(
@@ -317,3 +331,8 @@ async def test_a_refused_publish_is_logged_counted_and_the_change_commits(conn, 
         (hook["id"],),
     )
     assert (await cur.fetchone())["not_published"] == 1
+    port = reserved_port()
+    await start_daemon(metrics_address=f"127.0.0.1:{port}")
+    await wait_metric(
+        port, "dispatcher_lifecycle_events_not_published", 1, event_type="delivery.dead_lettered"
+    )
