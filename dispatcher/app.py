@@ -68,6 +68,7 @@ class App:
         self.health: HealthServer | None = None
         self._signals = 0
         self._db_ok = False
+        self._lifecycle_refused: dict[str, int] = {}  # by event type, last gauges read
 
     # -- public -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -257,6 +258,7 @@ class App:
         cur = await conn.execute(query("outbox_age"))
         row = await cur.fetchone()
         m.outbox_oldest_seconds.set(float(row["oldest_seconds"]) if row else 0.0)
+        await self._lifecycle_gauges(conn)
         if not self.settings.integrations_enabled:
             return
         cur = await conn.execute(query("integration_gauges"))
@@ -280,6 +282,25 @@ class App:
                 )
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("webhook_gauges_failed", error=type(exc).__name__)
+
+    async def _lifecycle_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Lifecycle events refused or rate-limited (0026); a warning when refusals grew."""
+        cur = await conn.execute(query("lifecycle_gauges"))
+        for row in await cur.fetchall():
+            event_type = str(row["event_type"])
+            refused = int(row["not_published"])
+            self.metrics.lifecycle_not_published.labels(event_type=event_type).set(refused)
+            self.metrics.lifecycle_suppressed.labels(event_type=event_type).set(row["suppressed"])
+            seen = self._lifecycle_refused.get(event_type)
+            if seen is not None and refused > seen:
+                log.warning(
+                    "lifecycle_event_not_published",
+                    event_type=event_type,
+                    refused=refused - seen,
+                    total=refused,
+                    note="the host's publish_event refused it; see the PostgreSQL log",
+                )
+            self._lifecycle_refused[event_type] = refused
 
     async def _release_orphan_holds(self) -> None:
         """Queue events held for webhooks that are active again (a fan-out raced the enable)."""

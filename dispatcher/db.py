@@ -33,6 +33,10 @@ def connect_kwargs(settings: Settings, *, lz4: bool = False) -> dict[str, Any]:
     )
     if lz4:
         options += " -c default_toast_compression=lz4"
+    if not settings.lifecycle_events:
+        # read by the lifecycle functions (0026_lifecycle_events.sql): this session's
+        # changes publish no lifecycle event
+        options += " -c dispatcher.lifecycle_events=off"
     return {
         "autocommit": True,
         "application_name": f"webhook-dispatcher/{settings.instance_name}"[:63],

@@ -78,6 +78,20 @@ class Metrics:
         self.integration_events_not_published.set_function(
             lambda: float(sum(NOT_PUBLISHED.values()))
         )
+        self.lifecycle_not_published = Gauge(
+            "dispatcher_lifecycle_events_not_published",
+            "Lifecycle events (webhook.disabled, webhook.recovered, delivery.dead_lettered) the "
+            "host's publish_event refused, ever, by type (the change itself was committed)",
+            ["event_type"],
+            registry=r,
+        )
+        self.lifecycle_suppressed = Gauge(
+            "dispatcher_lifecycle_events_suppressed",
+            "Lifecycle events held back by the per-webhook rate limit, not yet reported in a "
+            "published one, by type",
+            ["event_type"],
+            registry=r,
+        )
         self.fanout_timeouts = Counter(
             "dispatcher_fanout_timeouts",
             "Fan-out passes cancelled by statement_timeout (the next one is smaller)",

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         description="/metrics: per-webhook health of the N webhooks with the largest backlog",
     )
     instance_name: str = Field(default_factory=socket.gethostname)
+    lifecycle_events: bool = Field(
+        default=True,
+        description="publish webhook.disabled/recovered, delivery.dead_lettered (publish_event)",
+    )
     delivery_retention_days: int = Field(
         default=30, ge=1, le=3650, description="days success/failed deliveries are kept"
     )

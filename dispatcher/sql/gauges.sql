@@ -62,3 +62,12 @@ SELECT h.webhook_id, h.org_id, h.status, h.consecutive_failures,
 FROM dispatcher.webhook_health h
 WHERE h.webhook_id = ANY (ARRAY(SELECT id FROM top))
 ORDER BY h.due DESC, h.webhook_id;
+
+-- name: lifecycle_gauges
+-- Lifecycle events (0026_lifecycle_events.sql) the host's publish_event refused, ever, by
+-- event type (the changes they announce were committed), and those held back by the rate
+-- limit since the last one published. One row per webhook and type: a small table.
+SELECT event_type, sum(not_published)::bigint AS not_published,
+       sum(suppressed)::bigint AS suppressed
+FROM dispatcher.lifecycle_limits
+GROUP BY event_type;

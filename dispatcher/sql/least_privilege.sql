@@ -27,7 +27,8 @@
 --   CONNECT on this database; USAGE on schemas public and dispatcher.
 --   public.events                    SELECT            fan-out reads each new event
 --                                    INSERT (the nine columns the host's publish_event
---                                    writes)           integrations publish events
+--                                    writes)           integrations publish events, and
+--                                                      delivery.dead_lettered (0026)
 --   public.webhooks                  SELECT            the target, secret, headers
 --                                    UPDATE (consecutive_failures, last_triggered_at,
 --                                    last_success_at, last_failure_at, status)
@@ -45,7 +46,9 @@
 --                                    the worker writes; INSERT, DELETE on health logs
 --                                    (and UPDATE (id): its purge locks rows FOR UPDATE);
 --                                    EXECUTE on publish_event(text, uuid, jsonb, uuid,
---                                    jsonb, uuid)
+--                                    jsonb, uuid) (granted whenever it exists: lifecycle
+--                                    events use it too; a refusal is logged and counted,
+--                                    never fails the change: docs/operations.md)
 --
 -- Not granted: TRUNCATE, REFERENCES, TRIGGER, CREATE on any schema, any other host table,
 -- UPDATE of webhook configuration (url, secret, events, headers) or integration config.

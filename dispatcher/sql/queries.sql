@@ -29,6 +29,8 @@ WITH picked AS MATERIALIZED (
     -- definition, shared with recover_webhook (0005_admin_api.sql).
     SELECT b.*, b.body::text AS body_text
     FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at,
+                 -- a lifecycle event: the webhook it is about (0026_lifecycle_events.sql)
+                 e.metadata #>> '{dispatcher,webhook_id}' AS about_webhook,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
                                              e.aggregate_id, e.payload) AS body,
                  -- the publisher's W3C trace context, kept in request_headers (0023)
@@ -66,6 +68,11 @@ WITH picked AS MATERIALIZED (
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
      AND dispatcher.matches_any(w.events, e.event_type)
+     -- no feedback loop: a lifecycle event is not sent to the webhook it is about
+     -- while that webhook is failing (not active, or a failure since its last success)
+     AND NOT coalesce(e.about_webhook = w.id::text
+                      AND (w.status <> 'active' OR coalesce(w.consecutive_failures, 0) > 0),
+                      false)
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
@@ -239,6 +246,12 @@ WITH o AS (
                                               'ended', ended_at) ORDER BY seq) AS outs
           FROM done WHERE counts OR success OR gone
           GROUP BY webhook_id ORDER BY webhook_id) per_hook
+), dead AS MATERIALIZED (
+    -- delivery.dead_lettered (0026): only the rows that turn 'dlq' pay anything here;
+    -- in webhook order, as above (the rate limit locks a row per webhook).
+    SELECT dispatcher.dead_lettered_v1(id, webhook_id, attempt, response_status,
+                                       error_code, error_message) AS event_id
+    FROM (SELECT * FROM done WHERE status = 'dlq' ORDER BY webhook_id, id OFFSET 0) dlq
 ), lost AS (
     -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
     -- the row as it was before this statement (every part of a WITH sees the same
@@ -259,6 +272,7 @@ WITH o AS (
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
+       (SELECT count(event_id) FROM dead) AS dead_lettered_published,
        -- still our claim, but the row is locked by another transaction: try again
        ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
              WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')

@@ -197,6 +197,23 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
     attempts = {r["webhook_id"]: r["n"] for r in await cur.fetchall()}
     # History of every attempt of deliveries that did not succeed at once (written as the role).
     assert attempts == {flaky["id"]: 2, dead["id"]: 8, gone["id"]: 4}
+    # Lifecycle events (0026): a delivery.dead_lettered published as the role from
+    # record_outcomes (one: the others fall under the per-webhook rate limit), none refused.
+    cur = await conn.execute(
+        "SELECT event_type, aggregate_id, payload FROM events"
+        " WHERE event_type IN ('webhook.disabled', 'delivery.dead_lettered')"
+    )
+    lifecycle = await cur.fetchall()
+    disabled = sorted(r["aggregate_id"] for r in lifecycle if r["event_type"] == "webhook.disabled")
+    assert disabled == sorted([gone["id"], held["id"], orphan["id"]])
+    assert [
+        r["payload"]["webhook_id"] for r in lifecycle if r["event_type"] == "delivery.dead_lettered"
+    ] == [str(dead["id"])]
+    cur = await conn.execute(
+        "SELECT coalesce(sum(not_published), 0) AS n, coalesce(sum(suppressed), 0) AS s"
+        " FROM dispatcher.lifecycle_limits"
+    )
+    assert dict(await cur.fetchone()) == {"n": 0, "s": 3}
     text = daemon.text()
     assert "InsufficientPrivilege" not in text and "permission denied" not in text.lower()
     cur = await conn.execute(
