@@ -20,9 +20,10 @@ class Clock:
         return self.now
 
 
-def make(cap: int = 4) -> tuple[Admission, Clock]:
+def make(cap: int = 4, ahead: int = 0) -> tuple[Admission, Clock]:
+    """Without claim-ahead unless asked: the rules of what may start now."""
     clock = Clock()
-    return Admission(cap, RateLimits(clock=clock), clock=clock), clock
+    return Admission(cap, RateLimits(clock=clock), clock=clock, ahead=ahead), clock
 
 
 def test_unknown_webhooks_have_the_full_cap_and_busy_ones_what_is_left() -> None:
