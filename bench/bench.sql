@@ -37,7 +37,9 @@ SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY status ORDER BY st
 SELECT avg(octet_length(request_body))::int AS avg_bytes FROM webhook_deliveries;
 
 -- name: delivery_events
-SELECT id::text AS id, event_id::text AS event_id FROM webhook_deliveries;
+-- The receiver records each request's webhook-id: since issue 10 the message id
+-- (UUIDv5 of event and webhook: dispatcher.request.message_id), not the row id.
+SELECT id, event_id, webhook_id FROM webhook_deliveries;
 
 -- name: prepare_backlog
 -- Before a drain: settle the statistics the claim queries plan with.

@@ -33,6 +33,7 @@ from bench.workload import (
     jsonb_text,
     publish_backlog,
 )
+from dispatcher.request import message_id
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,7 @@ class Scenarios:
             commits: dict[str, float] = result.pop("during")
             arrivals = await self.receiver.arrivals()  # still those of the drain
             async with await self.d.connect(db) as conn:
-                cur = await conn.execute(q("delivery_events"))
-                event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+                event_of = await _event_of(conn)
         finally:
             await asyncio.to_thread(self.cluster.drop_database, db)
         quiet_ms, hot_times = [], []
@@ -316,8 +316,7 @@ class Scenarios:
             daemon.close()
         sql_cost = self.d.sql_cost(db, max(len(commits), 1))
         async with await self.d.connect(db) as conn:
-            cur = await conn.execute(q("delivery_events"))
-            event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+            event_of = await _event_of(conn)
             cur = await conn.execute(q("statuses"))
             statuses = {r["status"]: r["n"] for r in await cur.fetchall()}
         lat = [
@@ -470,3 +469,13 @@ def _pct(sorted_values: list[float], p: float) -> float | None:
     rank = max(1, min(len(sorted_values), math.ceil(p / 100 * len(sorted_values))))
     value = sorted_values[rank - 1]
     return None if math.isinf(value) else round(value, 2)
+
+
+async def _event_of(conn: Any) -> dict[str, str]:
+    """The event id of each webhook-id the receiver may have recorded (message id, and
+    the row id for rows without an event)."""
+    cur = await conn.execute(q("delivery_events"))
+    return {
+        message_id(r["event_id"], r["webhook_id"], r["id"]): str(r["event_id"])
+        for r in await cur.fetchall()
+    }

@@ -66,6 +66,7 @@ class Admission(Generic[T]):
         # rows leased ahead per capped webhook (default half the cap; 0: off)
         self.ahead = max(0, cap // 2 if ahead is None else ahead)
         self._queued: dict[UUID, collections.deque[T]] = {}
+        self.dequeued = 0  # rows started from the queue (each saved a claim round trip)
         self.limits = limits
         self._clock = clock
         self._inflight: collections.Counter[UUID] = collections.Counter()
@@ -125,7 +126,7 @@ class Admission(Generic[T]):
     def claim_room(self) -> dict[UUID, int]:
         """room() plus what may be leased ahead, at most the cap per statement."""
         room = self.room()
-        for hook in [*room, *self._queued]:
+        for hook in {*room, *self._queued}:
             extra = self.ahead_room(hook)
             if extra:
                 room[hook] = min(room.get(hook, self.cap) + extra, self.cap)
@@ -178,6 +179,7 @@ class Admission(Generic[T]):
             return None, []
         if self.can_start(hook):
             row = queue.popleft()
+            self.dequeued += 1
             if not queue:
                 del self._queued[hook]
             return row, []

@@ -100,6 +100,7 @@ class Dispatcher:
             ahead=settings.claim_ahead,
         )
         self._releases: set[asyncio.Task[None]] = set()  # queued rows being given back
+        self.released_unsent = 0  # leased rows given back unsent while running
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
         self._outbox_busy = True
@@ -130,6 +131,11 @@ class Dispatcher:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def starts(self) -> int:
+        """Attempts started by this process so far."""
+        return self._starts
 
     # -- loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -339,6 +345,7 @@ class Dispatcher:
 
     def _release_soon(self, claims: list[Claimed]) -> None:
         """Give back leased rows that will not be sent here, in the background."""
+        self.released_unsent += len(claims)
         task = asyncio.create_task(self.release(claims))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
