@@ -67,6 +67,9 @@ class Admission(Generic[T]):
         self.ahead = max(0, cap // 2 if ahead is None else ahead)
         self._queued: dict[UUID, collections.deque[T]] = {}
         self.dequeued = 0  # rows started from the queue (each saved a claim round trip)
+        # failing per the database (its probe came while we were at the cap): nothing
+        # leased ahead until one of our attempts succeeds
+        self._db_failing: set[UUID] = set()
         self.limits = limits
         self._clock = clock
         self._inflight: collections.Counter[UUID] = collections.Counter()
@@ -116,6 +119,7 @@ class Admission(Generic[T]):
         if (
             self.ahead <= 0
             or hook in self._probing
+            or hook in self._db_failing
             or self._streak.get(hook, (0, 0.0))[0] >= FAILING_AFTER
             or self.limits.room(hook) is not None
             or not (hook in self._held or self._inflight.get(hook, 0) >= self.cap)
@@ -161,6 +165,11 @@ class Admission(Generic[T]):
     # -- claim-ahead queue ----------------------------------------------------------------
     def can_start(self, hook: UUID) -> bool:
         return self.room_of(hook) > 0
+
+    def failing_elsewhere(self, hook: UUID) -> None:
+        """The database calls this webhook failing (a probe row came back while it was at
+        its cap here): lease nothing ahead for it until one of our attempts succeeds."""
+        self._db_failing.add(hook)
 
     def enqueue(self, hook: UUID, row: T) -> bool:
         """Keep a leased row that cannot start yet; False (not kept) when the webhook may
@@ -225,6 +234,7 @@ class Admission(Generic[T]):
         """An attempt's outcome: a success ends a streak, a counted failure extends it."""
         if success:
             self._streak.pop(webhook_id, None)
+            self._db_failing.discard(webhook_id)
         elif counts:
             streak = self._streak.get(webhook_id, (0, 0.0))[0] + 1
             self._streak[webhook_id] = (streak, self._clock() + probe_delay(policy, streak))

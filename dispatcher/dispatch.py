@@ -309,9 +309,13 @@ class Dispatcher:
         for d in started:
             d.lease_until = sent + self._s.lease_seconds
             # Never more than the cap in flight: a row leased ahead for a webhook at its
-            # cap waits in the queue (or, should the queue be full, goes back).
-            if d.active and not d.failing and not admission.can_start(d.webhook_id):
-                if not admission.enqueue(d.webhook_id, d):
+            # cap waits in the queue; one that may not wait there (the queue is full, or
+            # it is the database's probe of a failing webhook) goes back unsent.
+            if d.active and not admission.can_start(d.webhook_id):
+                if d.failing:
+                    admission.failing_elsewhere(d.webhook_id)
+                    spare.append(d)
+                elif not admission.enqueue(d.webhook_id, d):
                     spare.append(d)
                 continue
             self._start(d)

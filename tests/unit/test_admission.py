@@ -242,3 +242,16 @@ def test_stop_takes_every_queued_row() -> None:
     assert sorted(adm.take_queued()) == ["a", "b", "c"]
     # queues empty again: up to 3 ahead each, at most the cap (1) per statement
     assert adm.queued() == 0 and adm.claim_room() == {one: 1, two: 1}
+
+
+def test_no_rows_leased_ahead_for_a_webhook_the_database_calls_failing_until_a_success() -> None:
+    adm, _ = make(cap=2, ahead=2)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    assert adm.ahead_room(hook) == 2
+    adm.failing_elsewhere(hook)  # its probe came back while we were at the cap
+    assert adm.ahead_room(hook) == 0 and not adm.enqueue(hook, "a")
+    adm.ended(hook)
+    adm.outcome(hook, POLICY, success=True, counts=False)
+    adm.started(hook, active=True, failing=False)
+    assert adm.ahead_room(hook) == 2
