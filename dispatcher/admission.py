@@ -14,6 +14,15 @@ The database-side half of the same rule, for failures other processes saw, is
 `dispatcher.probe_due()` (migration 0022), with the same FAILING_AFTER and the same spacing:
 `probe_delay` here and that function are tested against each other.
 
+Claim-ahead: a webhook held back by its cap also gets up to `ahead` rows leased beyond
+it, kept here in a small FIFO queue; when one of its attempts ends, the next queued row
+starts at once (no claim round trip between an attempt's end and the next one), and the
+loop refills the queue in the background. The queue never raises what is in flight (the
+cap still bounds it), is bounded (a replica never hoards a webhook's backlog: others claim
+the rest), and is offered only to webhooks free of rate limits and failures; a queued row
+that may no longer start (the webhook began failing, a limit appeared) is handed back for
+release, never sent early.
+
 Pure apart from the clock (injectable).
 """
 
@@ -22,13 +31,15 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from dispatcher.backoff import RetryPolicy
 from dispatcher.ratelimit import RateLimits
 
 FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
+
+T = TypeVar("T")
 
 
 def probe_delay(policy: RetryPolicy, streak: int) -> float:
@@ -40,13 +51,25 @@ def probe_delay(policy: RetryPolicy, streak: int) -> float:
     return float(min(step, policy.max_delay_seconds))
 
 
-class Admission:
-    """Per-webhook room in this process: in-flight counts, rate limits, failing probes."""
+class Admission(Generic[T]):
+    """Per-webhook room in this process: in-flight counts, rate limits, failing probes,
+    and the rows leased ahead for webhooks held back by their cap (`T`: a leased row)."""
 
     def __init__(
-        self, cap: int, limits: RateLimits, clock: Callable[[], float] = time.monotonic
+        self,
+        cap: int,
+        limits: RateLimits,
+        clock: Callable[[], float] = time.monotonic,
+        ahead: int | None = None,
     ) -> None:
         self.cap = cap
+        # rows leased ahead per capped webhook (default half the cap; 0: off)
+        self.ahead = max(0, cap // 2 if ahead is None else ahead)
+        self._queued: dict[UUID, collections.deque[T]] = {}
+        self.dequeued = 0  # rows started from the queue (each saved a claim round trip)
+        # failing per the database (its probe came while we were at the cap): nothing
+        # leased ahead until one of our attempts succeeds
+        self._db_failing: set[UUID] = set()
         self.limits = limits
         self._clock = clock
         self._inflight: collections.Counter[UUID] = collections.Counter()
@@ -75,13 +98,51 @@ class Admission:
             room[hook] = 0
         return room
 
-    def claim_params(self) -> dict[str, Any]:
-        """The room as the claim statements' parameters.
+    def room_of(self, hook: UUID) -> int:
+        """How many more attempts this webhook may start now (room() for one webhook)."""
+        room = self.cap - self._inflight.get(hook, 0)
+        limit = self.limits.room(hook)
+        if limit is not None:
+            room = min(room, limit)
+        streak, quiet_until = self._streak.get(hook, (0, 0.0))
+        if streak >= FAILING_AFTER:
+            probe = 0 if self._inflight.get(hook) or self._clock() < quiet_until else 1
+            room = min(room, probe)
+        if hook in self._probing:
+            room = 0
+        return max(room, 0)
 
-        room_ids/room_left: how many more each listed webhook may start; full_ids: those
-        with none (not even scanned); hook_cap for the others; failing_after for the
-        database's own count of consecutive failures."""
-        room = self._asked = self.room()
+    def ahead_room(self, hook: UUID) -> int:
+        """How many more rows may be leased ahead for this webhook: only for one held back
+        by its cap (at the cap, or given all its room by the last claim), with no rate
+        limit, not failing; at most `ahead` queued."""
+        if (
+            self.ahead <= 0
+            or hook in self._probing
+            or hook in self._db_failing
+            or self._streak.get(hook, (0, 0.0))[0] >= FAILING_AFTER
+            or self.limits.room(hook) is not None
+            or not (hook in self._held or self._inflight.get(hook, 0) >= self.cap)
+        ):
+            return 0
+        return max(self.ahead - len(self._queued.get(hook, ())), 0)
+
+    def claim_room(self) -> dict[UUID, int]:
+        """room() plus what may be leased ahead, at most the cap per statement."""
+        room = self.room()
+        for hook in {*room, *self._queued}:
+            extra = self.ahead_room(hook)
+            if extra:
+                room[hook] = min(room.get(hook, self.cap) + extra, self.cap)
+        return room
+
+    def claim_params(self) -> dict[str, Any]:
+        """The room as the claim statements' parameters (with claim-ahead).
+
+        room_ids/room_left: how many more rows each listed webhook may be leased;
+        full_ids: those with none (not even scanned); hook_cap for the others;
+        failing_after for the database's own count of consecutive failures."""
+        room = self._asked = self.claim_room()
         return {
             "room_ids": list(room),
             "room_left": list(room.values()),
@@ -100,6 +161,53 @@ class Admission:
         self._held = {k for k, n in self._asked.items() if got[k] >= n}
         self._held.update(k for k, n in got.items() if n >= self.cap)
         self._held.update(k for k, n in self.room().items() if n <= 0)
+
+    # -- claim-ahead queue ----------------------------------------------------------------
+    def can_start(self, hook: UUID) -> bool:
+        return self.room_of(hook) > 0
+
+    def failing_elsewhere(self, hook: UUID) -> None:
+        """The database calls this webhook failing (a probe row came back while it was at
+        its cap here): lease nothing ahead for it until one of our attempts succeeds."""
+        self._db_failing.add(hook)
+
+    def enqueue(self, hook: UUID, row: T) -> bool:
+        """Keep a leased row that cannot start yet; False (not kept) when the webhook may
+        not queue ahead or its queue is full: the caller releases the row."""
+        if self.ahead_room(hook) <= 0:
+            return False
+        self._queued.setdefault(hook, collections.deque()).append(row)
+        return True
+
+    def next_queued(self, hook: UUID) -> tuple[T | None, list[T]]:
+        """After an attempt of `hook` ended: its oldest queued row if it may start now,
+        and the queued rows to release because they may not start at all now (the
+        webhook is failing or rate-limited: they are due again for whoever claims them)."""
+        queue = self._queued.get(hook)
+        if not queue:
+            return None, []
+        if self.can_start(hook):
+            row = queue.popleft()
+            self.dequeued += 1
+            if not queue:
+                del self._queued[hook]
+            return row, []
+        if self.room_of(hook) <= 0 and self._inflight.get(hook, 0) < self.cap:
+            # held back by something other than the cap: no end of an attempt will start them
+            del self._queued[hook]
+            return None, list(queue)
+        return None, []
+
+    def queued(self, hook: UUID | None = None) -> int:
+        if hook is not None:
+            return len(self._queued.get(hook, ()))
+        return sum(len(q) for q in self._queued.values())
+
+    def take_queued(self) -> list[T]:
+        """Every queued row (stop: released, never sent)."""
+        rows = [row for q in self._queued.values() for row in q]
+        self._queued.clear()
+        return rows
 
     # -- what happens -------------------------------------------------------------------
     def started(self, webhook_id: UUID, *, active: bool, failing: bool) -> None:
@@ -126,6 +234,7 @@ class Admission:
         """An attempt's outcome: a success ends a streak, a counted failure extends it."""
         if success:
             self._streak.pop(webhook_id, None)
+            self._db_failing.discard(webhook_id)
         elif counts:
             streak = self._streak.get(webhook_id, (0, 0.0))[0] + 1
             self._streak[webhook_id] = (streak, self._clock() + probe_delay(policy, streak))

@@ -7,6 +7,11 @@ failing webhook's next probe is due, or on stop. Each pass fans out the outbox
 deliveries, until nothing is due or every slot is busy. How many attempts each
 webhook may start is `admission.py`'s answer; heartbeats and shared limits are
 `coordination.py`'s. No transaction is open across an HTTP call.
+
+Claim-ahead: rows leased for a webhook already at its cap wait in admission's bounded
+queue; when one of its attempts ends, the next one starts in the done callback, with no
+round trip, and the loop refills the queue meanwhile. Queued rows were never sent: stop()
+releases them, and so does a webhook that may no longer start them (it began failing).
 """
 
 from __future__ import annotations
@@ -89,7 +94,13 @@ class Dispatcher:
         self._deadline = (
             settings.statement_timeout_ms / 1000 + 10 if settings.statement_timeout_ms else 60
         )
-        self.admission = Admission(settings.per_webhook_concurrency, limits or RateLimits())
+        self.admission: Admission[Claimed] = Admission(
+            settings.per_webhook_concurrency,
+            limits or RateLimits(),
+            ahead=settings.claim_ahead,
+        )
+        self._releases: set[asyncio.Task[None]] = set()  # queued rows being given back
+        self.released_unsent = 0  # leased rows given back unsent while running
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
         self._outbox_busy = True
@@ -120,6 +131,11 @@ class Dispatcher:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def starts(self) -> int:
+        """Attempts started by this process so far."""
+        return self._starts
 
     # -- loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -288,9 +304,23 @@ class Dispatcher:
         plus the lease, however long the statement waited on a lock."""
         now = datetime.now(UTC)
         started = [Claimed.from_row(r, now) for r in rows]
+        admission = self.admission
+        spare: list[Claimed] = []
         for d in started:
             d.lease_until = sent + self._s.lease_seconds
+            # Never more than the cap in flight: a row leased ahead for a webhook at its
+            # cap waits in the queue; one that may not wait there (the queue is full, or
+            # it is the database's probe of a failing webhook) goes back unsent.
+            if d.active and not admission.can_start(d.webhook_id):
+                if d.failing:
+                    admission.failing_elsewhere(d.webhook_id)
+                    spare.append(d)
+                elif not admission.enqueue(d.webhook_id, d):
+                    spare.append(d)
+                continue
             self._start(d)
+        if spare:
+            self._release_soon(spare)
         # Webhooks now at their limit may have more due work: claim again when one of
         # their attempts ends. Decided right after starting (before any await lets one end).
         self.admission.note_held(d.webhook_id for d in started)
@@ -306,9 +336,23 @@ class Dispatcher:
 
     def _done(self, key: int, d: Claimed, _: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
+        held = self.admission.ended(d.webhook_id)
+        if not self._stopping:
+            queued, give_back = self.admission.next_queued(d.webhook_id)
+            if queued is not None:
+                self._start(queued)  # the slot is taken again at once: no claim between
+            if give_back:
+                self._release_soon(give_back)
+        if held:
+            self._hook_room.set()  # claim for it again now (refills its queue)
         self._slot_freed.set()
-        if self.admission.ended(d.webhook_id):
-            self._hook_room.set()
+
+    def _release_soon(self, claims: list[Claimed]) -> None:
+        """Give back leased rows that will not be sent here, in the background."""
+        self.released_unsent += len(claims)
+        task = asyncio.create_task(self.release(claims))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _deliver(self, d: Claimed) -> None:
         if self._stopping:
@@ -457,6 +501,8 @@ class Dispatcher:
             log.info("stop_waits_for_claim", note="rows it leases are released, not sent")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pass_done.wait(), self._deadline)
+        # Rows leased ahead were never sent: give them back now, for other replicas.
+        await self.release(self.admission.take_queued())
         tasks = [t for t, _ in self._inflight.values()]
         claims: list[Claimed] = []
         if tasks:
@@ -469,8 +515,11 @@ class Dispatcher:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
         claims.extend(self._unsent)
+        claims.extend(self.admission.take_queued())  # none expected: nothing queues now
         self._unsent = []
         await self.release(claims)
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def release(self, claims: list[Claimed]) -> None:
         if not claims:

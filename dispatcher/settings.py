@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     per_webhook_concurrency: int = Field(
         default=32, ge=1, le=4096, description="attempts in flight to one webhook at once"
     )
+    claim_ahead: int | None = Field(
+        default=None,
+        ge=0,
+        le=4096,
+        description="rows leased ahead per webhook held back by its cap, started as its "
+        "attempts end (default: half of per_webhook_concurrency; 0: off)",
+    )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
         default=1.0, gt=0, le=300, description="seconds between polls when no NOTIFY arrives"

@@ -60,6 +60,9 @@ class Receiver:
         self._closing = asyncio.Event()
         self._runner: web.ServerRunner | None = None
         self.port = 0
+        # requests being handled now, and the most ever at once, per path
+        self.concurrent: dict[str, int] = defaultdict(int)
+        self.max_concurrent: dict[str, int] = defaultdict(int)
 
     async def start(self) -> None:
         sock = bound_socket()
@@ -141,6 +144,15 @@ class Receiver:
             self._changed.notify_all()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        self.concurrent[path] += 1
+        self.max_concurrent[path] = max(self.max_concurrent[path], self.concurrent[path])
+        try:
+            return await self._answer(request)
+        finally:
+            self.concurrent[path] -= 1
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         await self._record(request)
         step = self._next_step(request.path)
         if isinstance(step, Reply):

@@ -20,9 +20,10 @@ class Clock:
         return self.now
 
 
-def make(cap: int = 4) -> tuple[Admission, Clock]:
+def make(cap: int = 4, ahead: int = 0) -> tuple[Admission, Clock]:
+    """Without claim-ahead unless asked: the rules of what may start now."""
     clock = Clock()
-    return Admission(cap, RateLimits(clock=clock), clock=clock), clock
+    return Admission(cap, RateLimits(clock=clock), clock=clock, ahead=ahead), clock
 
 
 def test_unknown_webhooks_have_the_full_cap_and_busy_ones_what_is_left() -> None:
@@ -132,3 +133,125 @@ def test_a_claim_that_gave_a_webhook_less_than_its_room_holds_nothing_back() -> 
         adm.started(other, active=True, failing=False)
     adm.note_held([other] * 4)
     assert adm.ended(other) is True
+
+
+# -- claim-ahead -------------------------------------------------------------------------
+
+
+def _at_cap(adm: Admission, hook, n: int) -> None:
+    for _ in range(n):
+        adm.started(hook, active=True, failing=False)
+
+
+def test_claim_ahead_defaults_to_half_the_cap_and_zero_turns_it_off() -> None:
+    limits = RateLimits()
+    assert Admission(32, limits).ahead == 16
+    assert Admission(1, limits).ahead == 0  # one at a time: nothing leased ahead
+    assert Admission(32, limits, ahead=0).ahead == 0
+    adm, _ = make(cap=4, ahead=0)
+    hook = uuid4()
+    _at_cap(adm, hook, 4)
+    assert adm.claim_room() == {hook: 0} and not adm.enqueue(hook, "row")
+
+
+def test_rows_are_leased_ahead_only_for_a_webhook_at_its_cap_and_at_most_ahead() -> None:
+    adm, _ = make(cap=4, ahead=2)
+    hook = uuid4()
+    assert adm.claim_room() == {}  # unknown: the cap, nothing ahead
+    _at_cap(adm, hook, 3)
+    assert adm.claim_room() == {hook: 1}  # room left, not held back: nothing ahead
+    adm.started(hook, active=True, failing=False)
+    assert adm.claim_room() == {hook: 2}  # at its cap: 2 may be leased ahead
+    assert adm.enqueue(hook, "a")
+    # the queued row counts once (a webhook both busy and queued was counted twice)
+    assert adm.claim_room() == {hook: 1}
+    assert adm.enqueue(hook, "b")
+    params = adm.claim_params()
+    assert params["room_left"] == [0] and params["full_ids"] == [hook]
+    assert not adm.enqueue(hook, "c") and adm.queued(hook) == 2  # bounded
+
+
+def test_a_webhook_given_all_it_asked_for_is_held_back_and_may_lease_ahead() -> None:
+    adm, _ = make(cap=8, ahead=4)
+    hook = uuid4()
+    _at_cap(adm, hook, 6)
+    assert adm.claim_params()["room_left"] == [2]
+    adm.note_held([])  # the claim found nothing: not held back, no queue
+    assert adm.claim_room() == {hook: 2}
+    adm.claim_params()
+    adm.note_held([hook, hook])  # got both: more may be due
+    _at_cap(adm, hook, 0)
+    assert adm.claim_room() == {hook: 6}  # 2 to start, 4 ahead
+    assert adm.claim_room()[hook] <= adm.cap  # never more than the cap per statement
+
+
+def test_an_ended_attempt_starts_the_oldest_queued_row_and_never_exceeds_the_cap() -> None:
+    adm, _ = make(cap=2, ahead=2)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    assert not adm.can_start(hook)
+    assert adm.enqueue(hook, "a") and adm.enqueue(hook, "b")
+    assert adm.next_queued(hook) == (None, [])  # nothing ended: no slot
+    adm.ended(hook)
+    assert adm.next_queued(hook) == ("a", [])
+    adm.started(hook, active=True, failing=False)
+    assert adm.inflight(hook) == 2 and adm.queued(hook) == 1
+    adm.ended(hook)
+    assert adm.next_queued(hook) == ("b", [])
+    adm.started(hook, active=True, failing=False)
+    adm.ended(hook)
+    assert adm.next_queued(hook) == (None, []) and adm.queued() == 0
+    assert adm.dequeued == 2
+
+
+def test_no_rows_leased_ahead_for_a_rate_limited_or_failing_webhook() -> None:
+    adm, _ = make(cap=4, ahead=2)
+    limited, failing, probing = uuid4(), uuid4(), uuid4()
+    adm.limits.update({str(limited): 100.0}, replicas=1)
+    _at_cap(adm, limited, 4)
+    assert adm.ahead_room(limited) == 0 and not adm.enqueue(limited, "x")
+    _at_cap(adm, failing, 4)
+    for _ in range(FAILING_AFTER):
+        adm.outcome(failing, POLICY, success=False, counts=True)
+    assert adm.ahead_room(failing) == 0
+    adm.started(probing, active=True, failing=True)  # the database's probe
+    assert adm.ahead_room(probing) == 0
+
+
+def test_queued_rows_of_a_webhook_that_begins_failing_are_handed_back() -> None:
+    adm, _ = make(cap=2, ahead=2)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    adm.enqueue(hook, "a")
+    adm.enqueue(hook, "b")
+    for _ in range(FAILING_AFTER):
+        adm.outcome(hook, POLICY, success=False, counts=True)
+    adm.ended(hook)
+    assert adm.next_queued(hook) == (None, ["a", "b"])  # one probe at a time: release
+    assert adm.queued() == 0
+
+
+def test_stop_takes_every_queued_row() -> None:
+    adm, _ = make(cap=1, ahead=3)
+    one, two = uuid4(), uuid4()
+    _at_cap(adm, one, 1)
+    _at_cap(adm, two, 1)
+    for row in ("a", "b"):
+        adm.enqueue(one, row)
+    adm.enqueue(two, "c")
+    assert sorted(adm.take_queued()) == ["a", "b", "c"]
+    # queues empty again: up to 3 ahead each, at most the cap (1) per statement
+    assert adm.queued() == 0 and adm.claim_room() == {one: 1, two: 1}
+
+
+def test_no_rows_leased_ahead_for_a_webhook_the_database_calls_failing_until_a_success() -> None:
+    adm, _ = make(cap=2, ahead=2)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    assert adm.ahead_room(hook) == 2
+    adm.failing_elsewhere(hook)  # its probe came back while we were at the cap
+    assert adm.ahead_room(hook) == 0 and not adm.enqueue(hook, "a")
+    adm.ended(hook)
+    adm.outcome(hook, POLICY, success=True, counts=False)
+    adm.started(hook, active=True, failing=False)
+    assert adm.ahead_room(hook) == 2
