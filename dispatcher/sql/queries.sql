@@ -14,6 +14,13 @@
 -- this role cannot see (row-level security) stays, backs off (misses, retry_at) and
 -- is counted in events_unreadable. %(only)s (an event id, or null) narrows the batch
 -- to one event: the last step of shrinking a batch that exceeds statement_timeout.
+-- Never waits on a lock held on one webhook's row: the rows a delivery or a hold will
+-- reference are locked FOR KEY SHARE SKIP LOCKED first (the foreign key checks then
+-- find them locked by us). An event matched to a webhook whose row the host holds
+-- (SELECT ... FOR UPDATE, DELETE) is left whole in the outbox, nothing of it written,
+-- and taken again 1 s later (events_deferred): the other events, and every other
+-- tenant, flow meanwhile. A plain UPDATE of a webhook takes FOR NO KEY UPDATE, which
+-- does not conflict.
 WITH picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
     SELECT o.ctid AS row_id, o.event_id
@@ -36,10 +43,6 @@ WITH picked AS MATERIALIZED (
           FROM picked p
           JOIN public.events e ON e.id = p.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
-), claimed AS (
-    DELETE FROM dispatcher.outbox
-    WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events))
-    RETURNING event_id
 ), unreadable AS (
     -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
     UPDATE dispatcher.outbox o
@@ -49,26 +52,55 @@ WITH picked AS MATERIALIZED (
         SELECT p.row_id FROM picked p
         WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)))
     RETURNING o.event_id
-), matched AS (
-    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
-           e.body_text, e.traceparent,
-           w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
-           w.deleted_at AS webhook_deleted_at,
-           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
-           rc.enable_jitter, rc.enable_dlq,
-           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
-           -- Claimable now: active, not failing, and under this process's per-webhook cap.
-           w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
-             AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
-                 <= coalesce(room.n, %(hook_cap)s) AS eligible,
-           e.created_at AS event_created_at
+), candidates AS MATERIALIZED (
+    -- (event, webhook) pairs that will write a delivery or a hold.
+    SELECT e.row_id, e.id AS event_id, w.id AS webhook_id, w.url, w.secret,
+           w.headers::text AS headers, w.status AS webhook_status,
+           w.deleted_at AS webhook_deleted_at, w.consecutive_failures
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
      AND dispatcher.matches_any(w.events, e.event_type)
+), locked AS MATERIALIZED (
+    -- What the foreign keys of webhook_deliveries and held need, taken without waiting.
+    SELECT w.id FROM public.webhooks w
+    WHERE w.id = ANY (ARRAY(SELECT DISTINCT c.webhook_id FROM candidates c))
+    FOR KEY SHARE SKIP LOCKED
+), waiting AS MATERIALIZED (
+    -- Events with a webhook whose row someone else holds: left in the outbox, whole.
+    SELECT DISTINCT c.row_id FROM candidates c
+    WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = c.webhook_id)
+), deferred AS (
+    UPDATE dispatcher.outbox o
+    SET retry_at = now() + interval '1 second', misses = NULL  -- read: not unreadable
+    WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM waiting))
+    RETURNING o.event_id
+), claimed AS (
+    DELETE FROM dispatcher.outbox
+    WHERE ctid = ANY (ARRAY(
+        SELECT c.row_id FROM claimed_events c
+        WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)))
+    RETURNING event_id
+), matched AS (
+    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
+           e.body_text, e.traceparent,
+           c.webhook_id, c.url, c.secret, c.headers, c.webhook_status,
+           c.webhook_deleted_at,
+           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+           rc.enable_jitter, rc.enable_dlq,
+           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
+           -- Claimable now: active, not failing, and under this process's per-webhook cap.
+           c.webhook_status = 'active'
+             AND coalesce(c.consecutive_failures, 0) < %(failing_after)s
+             AND row_number() OVER (PARTITION BY c.webhook_id ORDER BY e.created_at, e.id)
+                 <= coalesce(room.n, %(hook_cap)s) AS eligible,
+           e.created_at AS event_created_at
+    FROM candidates c
+    JOIN claimed_events e ON e.row_id = c.row_id
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
-      ON room.webhook_id = w.id
+      ON room.webhook_id = c.webhook_id
+    WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
@@ -106,17 +138,19 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent
+       NULL::uuid[] AS events_unreadable, m.traceparent, 0::bigint AS events_deferred
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
--- batches that produced no claimed delivery (id is null), and the ids of the events
--- taken that this role could not read (they stayed in the outbox).
+-- batches that produced no claimed delivery (id is null), the ids of the events
+-- taken that this role could not read (they stayed in the outbox) and the count of
+-- events left in the outbox for a webhook row held by someone else.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL;
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL,
+       (SELECT count(*) FROM deferred);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
