@@ -52,24 +52,37 @@ WITH picked AS MATERIALIZED (
         SELECT p.row_id FROM picked p
         WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)))
     RETURNING o.event_id
-), candidates AS MATERIALIZED (
-    -- (event, webhook) pairs that will write a delivery or a hold.
-    SELECT e.row_id, e.id AS event_id, w.id AS webhook_id, w.url, w.secret,
-           w.headers::text AS headers, w.status AS webhook_status,
-           w.deleted_at AS webhook_deleted_at, w.consecutive_failures
+), matched AS (
+    -- Claimable now (eligible) counts the events of `waiting` too: while a webhook row is
+    -- held, a pass may lease fewer rows than it could (the others are created due).
+    SELECT gen_random_uuid() AS id, e.row_id, e.id AS event_id, e.org_id, e.event_type,
+           e.body, e.body_text, e.traceparent,
+           w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
+           w.deleted_at AS webhook_deleted_at,
+           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+           rc.enable_jitter, rc.enable_dlq,
+           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
+           -- Claimable now: active, not failing, and under this process's per-webhook cap.
+           w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
+             AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
+                 <= coalesce(room.n, %(hook_cap)s) AS eligible,
+           e.created_at AS event_created_at
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
      AND dispatcher.matches_any(w.events, e.event_type)
+    LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
+    LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
+      ON room.webhook_id = w.id
 ), locked AS MATERIALIZED (
     -- What the foreign keys of webhook_deliveries and held need, taken without waiting.
     SELECT w.id FROM public.webhooks w
-    WHERE w.id = ANY (ARRAY(SELECT DISTINCT c.webhook_id FROM candidates c))
+    WHERE w.id = ANY (ARRAY(SELECT DISTINCT m.webhook_id FROM matched m))
     FOR KEY SHARE SKIP LOCKED
 ), waiting AS MATERIALIZED (
     -- Events with a webhook whose row someone else holds: left in the outbox, whole.
-    SELECT DISTINCT c.row_id FROM candidates c
-    WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = c.webhook_id)
+    SELECT DISTINCT m.row_id FROM matched m
+    WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = m.webhook_id)
 ), deferred AS (
     UPDATE dispatcher.outbox o
     SET retry_at = now() + interval '1 second', misses = NULL  -- read: not unreadable
@@ -81,31 +94,12 @@ WITH picked AS MATERIALIZED (
         SELECT c.row_id FROM claimed_events c
         WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)))
     RETURNING event_id
-), matched AS (
-    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
-           e.body_text, e.traceparent,
-           c.webhook_id, c.url, c.secret, c.headers, c.webhook_status,
-           c.webhook_deleted_at,
-           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
-           rc.enable_jitter, rc.enable_dlq,
-           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
-           -- Claimable now: active, not failing, and under this process's per-webhook cap.
-           c.webhook_status = 'active'
-             AND coalesce(c.consecutive_failures, 0) < %(failing_after)s
-             AND row_number() OVER (PARTITION BY c.webhook_id ORDER BY e.created_at, e.id)
-                 <= coalesce(room.n, %(hook_cap)s) AS eligible,
-           e.created_at AS event_created_at
-    FROM candidates c
-    JOIN claimed_events e ON e.row_id = c.row_id
-    LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
-    LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
-      ON room.webhook_id = c.webhook_id
-    WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
     FROM matched m
     WHERE m.webhook_status = 'active'
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
     -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
@@ -114,6 +108,7 @@ WITH picked AS MATERIALIZED (
     SELECT m.webhook_id, m.event_id, m.org_id, m.event_created_at
     FROM matched m
     WHERE m.webhook_status = 'disabled'
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
     ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (

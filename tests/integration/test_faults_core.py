@@ -84,7 +84,7 @@ async def test_sigterm_during_a_claim_leaves_nothing_leased_and_sends_once(
     conn, receiver, db_dsn, daemon_factory
 ):
     org = await hostdb.create_org(conn)
-    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(200, delay=1.0))
     env = daemon_env(db_dsn, DISPATCHER_SHUTDOWN_GRACE="10", DISPATCHER_LEASE_SECONDS="40")
     daemon = daemon_factory(env)
@@ -236,7 +236,7 @@ async def test_a_locked_webhook_row_holds_up_no_other_webhook(conn, receiver, db
 
 async def test_a_claim_slowed_by_a_lock_does_not_send_twice(conn, receiver, db_dsn, start_daemon):
     org = await hostdb.create_org(conn)
-    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(200, delay=1.5))
     await start_daemon(http_timeout=2.0, lease_seconds=12.0)
     holder = await _slow_fan_outs(db_dsn)
