@@ -57,6 +57,9 @@ LEASE_MARGIN = 5.0
 # creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
 # should not wait for that backlog to pass through in slot-sized batches.
 HELD_BACK_EVENTS = 1000
+# Events a fan-out left in the outbox (a webhook row they need is held by another
+# transaction) are due again this many seconds later (sql/queries.sql, fan_out).
+DEFER_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -114,6 +117,7 @@ class Dispatcher:
         self._attempts_counter: dict[str, Any] = {}
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
+        self._deferred = False  # the last fan-out left events for a held webhook row
 
     @property
     def unreadable(self) -> int:
@@ -185,6 +189,8 @@ class Dispatcher:
             probe_in = self.admission.next_probe_in()
             if probe_in is not None:
                 timeout = min(timeout, probe_in + 0.001)
+            if self._deferred:  # events left for a held webhook row: back in DEFER_SECONDS
+                timeout = min(timeout, DEFER_SECONDS)
             if not await self._wait([self._wake, self._hook_room], timeout):
                 outbox = True  # a poll: the doorbell may have been missed
 
@@ -274,18 +280,26 @@ class Dispatcher:
             self._retry_now = True  # at once, with the smaller batch
             return 0, []
         events = int(rows[-1]["events_claimed"]) if rows else 0
-        self._intake.succeeded(events)
-        if events_wanted < wanted and events >= events_wanted:
+        # Events left in the outbox because a webhook row they need is held by another
+        # transaction (sql/queries.sql, fan_out): they were taken too, so the pass may
+        # have been full and more may be waiting behind them.
+        deferred = int(rows[-1]["events_deferred"]) if rows else 0
+        taken = events + deferred
+        self._deferred = deferred > 0
+        self._intake.succeeded(taken)
+        if events_wanted < wanted and taken >= events_wanted:
             self._retry_now = True  # a narrowed pass was full: more is waiting
         if rows and rows[-1]["events_unreadable"]:
             self._intake.unreadable(rows[-1]["events_unreadable"])
+        if deferred:
+            self._intake.deferred(deferred)
         if events:
             created = int(rows[-1]["deliveries_created"])
             per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
-        return events, claimed
+        return taken, claimed
 
     async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""

@@ -1,6 +1,7 @@
 """Fan-out safety: batches that exceed statement_timeout shrink down to one event, an
 event that still cannot be fanned out alone is quarantined, and outbox events this
-role cannot read are reported (they stay in the outbox: sql/queries.sql, fan_out).
+role cannot read are reported (they stay in the outbox: sql/queries.sql, fan_out), and
+so are events left in the outbox because a webhook row they need is held elsewhere.
 
 Used by the dispatch loop (dispatch.py `_fan_out`); the state is this process's own.
 """
@@ -162,4 +163,15 @@ class Intake:
             note="these events stay in the outbox and are tried again with a backoff: "
             "the database role cannot read them in public.events (row-level security? "
             "give it BYPASSRLS or a SELECT policy), or they were deleted",
+        )
+
+    def deferred(self, events: int) -> None:
+        """A fan-out left `events` events in the outbox: a webhook they match has its row
+        held by another transaction (SELECT ... FOR UPDATE, DELETE). They are taken
+        again a second later; the rest of the batch went on."""
+        log.info(
+            "fan_out_deferred",
+            events=events,
+            note="a webhook row these events need is locked by another transaction; "
+            "they stay in the outbox and are tried again in 1 s",
         )

@@ -14,6 +14,13 @@
 -- this role cannot see (row-level security) stays, backs off (misses, retry_at) and
 -- is counted in events_unreadable. %(only)s (an event id, or null) narrows the batch
 -- to one event: the last step of shrinking a batch that exceeds statement_timeout.
+-- Never waits on a lock held on one webhook's row: the rows a delivery or a hold will
+-- reference are locked FOR KEY SHARE SKIP LOCKED first (the foreign key checks then
+-- find them locked by us). An event matched to a webhook whose row the host holds
+-- (SELECT ... FOR UPDATE, DELETE) is left whole in the outbox, nothing of it written,
+-- and taken again 1 s later (events_deferred): the other events, and every other
+-- tenant, flow meanwhile. A plain UPDATE of a webhook takes FOR NO KEY UPDATE, which
+-- does not conflict.
 WITH picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
     SELECT o.ctid AS row_id, o.event_id
@@ -38,10 +45,6 @@ WITH picked AS MATERIALIZED (
           FROM picked p
           JOIN public.events e ON e.id = p.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
-), claimed AS (
-    DELETE FROM dispatcher.outbox
-    WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events))
-    RETURNING event_id
 ), unreadable AS (
     -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
     UPDATE dispatcher.outbox o
@@ -52,8 +55,10 @@ WITH picked AS MATERIALIZED (
         WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)))
     RETURNING o.event_id
 ), matched AS (
-    SELECT gen_random_uuid() AS id, e.id AS event_id, e.org_id, e.event_type, e.body,
-           e.body_text, e.traceparent,
+    -- Claimable now (eligible) counts the events of `waiting` too: while a webhook row is
+    -- held, a pass may lease fewer rows than it could (the others are created due).
+    SELECT gen_random_uuid() AS id, e.row_id, e.id AS event_id, e.org_id, e.event_type,
+           e.body, e.body_text, e.traceparent,
            w.id AS webhook_id, w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
@@ -76,11 +81,32 @@ WITH picked AS MATERIALIZED (
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
+), locked AS MATERIALIZED (
+    -- What the foreign keys of webhook_deliveries and held need, taken without waiting.
+    SELECT w.id FROM public.webhooks w
+    WHERE w.id = ANY (ARRAY(SELECT DISTINCT m.webhook_id FROM matched m))
+    FOR KEY SHARE SKIP LOCKED
+), waiting AS MATERIALIZED (
+    -- Events with a webhook whose row someone else holds: left in the outbox, whole.
+    SELECT DISTINCT m.row_id FROM matched m
+    WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = m.webhook_id)
+), deferred AS (
+    UPDATE dispatcher.outbox o
+    SET retry_at = now() + interval '1 second', misses = NULL  -- read: not unreadable
+    WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM waiting))
+    RETURNING o.event_id
+), claimed AS (
+    DELETE FROM dispatcher.outbox
+    WHERE ctid = ANY (ARRAY(
+        SELECT c.row_id FROM claimed_events c
+        WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)))
+    RETURNING event_id
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
     FROM matched m
     WHERE m.webhook_status = 'active'
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
     -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
@@ -89,6 +115,7 @@ WITH picked AS MATERIALIZED (
     SELECT m.webhook_id, m.event_id, m.org_id, m.event_created_at
     FROM matched m
     WHERE m.webhook_status = 'disabled'
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
     ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
@@ -113,17 +140,19 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent
+       NULL::uuid[] AS events_unreadable, m.traceparent, 0::bigint AS events_deferred
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
--- batches that produced no claimed delivery (id is null), and the ids of the events
--- taken that this role could not read (they stayed in the outbox).
+-- batches that produced no claimed delivery (id is null), the ids of the events
+-- taken that this role could not read (they stayed in the outbox) and the count of
+-- events left in the outbox for a webhook row held by someone else.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL;
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL,
+       (SELECT count(*) FROM deferred);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has

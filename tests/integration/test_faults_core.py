@@ -1,8 +1,9 @@
 """Issue 10 items 1-3 and 14, issue 11 item 6: duplicates and miscounts under real faults.
 
-Slow claims are made with real row locks held by a test transaction (the FK check of a
-new delivery row waits on a webhook row held FOR UPDATE); the daemon is a real one, the
-receivers real HTTP servers on loopback.
+Slow claims are made with a real lock held by a test transaction (dispatcher.held, which
+the fan-out statement names, locked ACCESS EXCLUSIVE as a long migration would; a webhook
+row held FOR UPDATE no longer slows a fan-out: test_fanout_locks.py); the daemon is a real
+one, the receivers real HTTP servers on loopback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ async def _hold_webhook(dsn: str, webhook_id: uuid.UUID) -> psycopg.AsyncConnect
     """A host transaction holding the webhook row FOR UPDATE (an admin editing it)."""
     holder = await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row)
     await holder.execute("SELECT * FROM webhooks WHERE id = %s FOR UPDATE", (webhook_id,))
+    return holder
+
+
+async def _slow_fan_outs(dsn: str) -> psycopg.AsyncConnection[Any]:
+    """A transaction holding a table the fan-out statement names (a long migration): every
+    fan-out waits for it, with the rows it picked locked."""
+    holder = await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row)
+    await holder.execute("LOCK TABLE dispatcher.held IN ACCESS EXCLUSIVE MODE")
     return holder
 
 
@@ -75,17 +84,17 @@ async def test_sigterm_during_a_claim_leaves_nothing_leased_and_sends_once(
     conn, receiver, db_dsn, daemon_factory
 ):
     org = await hostdb.create_org(conn)
-    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(200, delay=1.0))
     env = daemon_env(db_dsn, DISPATCHER_SHUTDOWN_GRACE="10", DISPATCHER_LEASE_SECONDS="40")
     daemon = daemon_factory(env)
     await daemon.wait_for_log("ready", timeout=20)
 
-    holder = await _hold_webhook(db_dsn, hook["id"])
+    holder = await _slow_fan_outs(db_dsn)
     try:
         for i in range(5):
             await hostdb.publish(conn, "job.created", {"n": i}, org)
-        await _wait_lock_waiter(conn, "outbox")  # the fan-out waits on the webhook row
+        await _wait_lock_waiter(conn, "outbox")  # the fan-out waits on the lock
         daemon.terminate()
         await daemon.wait_for_log("signal_received", timeout=10)
         await asyncio.sleep(0.5)  # the stop has begun while the claim still waits
@@ -227,10 +236,10 @@ async def test_a_locked_webhook_row_holds_up_no_other_webhook(conn, receiver, db
 
 async def test_a_claim_slowed_by_a_lock_does_not_send_twice(conn, receiver, db_dsn, start_daemon):
     org = await hostdb.create_org(conn)
-    hook = await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
+    await hostdb.create_webhook(conn, org, receiver.url(), ["*"])
     receiver.respond("/hook", Reply(200, delay=1.5))
     await start_daemon(http_timeout=2.0, lease_seconds=12.0)
-    holder = await _hold_webhook(db_dsn, hook["id"])
+    holder = await _slow_fan_outs(db_dsn)
     try:
         await hostdb.publish(conn, "job.created", {}, org)
         await _wait_lock_waiter(conn, "outbox")

@@ -118,6 +118,9 @@ class FuzzRun:
         self.failing_seen: dict[str, list[float]] = defaultdict(list)
         self.disabled: set[str] = set()
         self.stuck: dict[str, str] = {}
+        # the latest a row was seen still due past its due time, unexcused (s; the sampler
+        # sees rows due for more than 1 s, every 0.5 s)
+        self.longest_due = 0.0
         self.lease_too_long: list[str] = []
         self.holds_taken = 0
         self.harness_errors: list[str] = []  # a fault that could not be carried out
@@ -516,7 +519,10 @@ class FuzzRun:
             # Due since it became visible (a row created by a statement that waited on a
             # lock carries that statement's start as its creation time).
             since = self.due_seen.setdefault((r["id"], r["due"]), now)
-            if now - since < STUCK_MARGIN or self._excused(r["webhook_id"], since, now):
+            if self._excused(r["webhook_id"], since, now):
+                continue
+            self.longest_due = max(self.longest_due, r["late"])
+            if now - since < STUCK_MARGIN:
                 continue
             self.stuck.setdefault(
                 r["id"],

@@ -128,7 +128,7 @@ def judge(run: FuzzRun, drained: bool) -> Report:
     for r in receipts:
         if r.path == "/a/all" and r.status is not None and r.status < 300:
             first_ok_at[r.event_id] = min(r.at, first_ok_at.get(r.event_id, r.at))
-    slow, checked = [], 0
+    slow, checked, latest = [], 0, 0.0
     for e in run.published:
         if e.org != "A" or not e.committed or e.ambiguous:
             continue
@@ -137,6 +137,8 @@ def judge(run: FuzzRun, drained: bool) -> Report:
             continue
         checked += 1
         got = first_ok_at.get(e.event_id)
+        if got is not None:
+            latest = max(latest, got - e.at)
         if got is None or got - e.at > TENANT_BOUND:
             took = f"{got - e.at:.1f} s" if got is not None else "never"
             slow.append(
@@ -167,6 +169,8 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         "sigkills": len(run.kills),
         "holds_taken": run.holds_taken,
         "tenant_checked": checked,
+        "tenant_max_seconds": round(latest, 1),  # the slowest checked healthy-org event
+        "longest_due_seconds": round(run.longest_due, 1),  # unexcused, see "no stuck row"
         "auto_disabled": len(run.disabled),
         "dns_hang": dns_hang_state(),
     }
