@@ -53,6 +53,8 @@ class Claimed:
     # the claim statement was sent; inf: not known, not checked), and when it was sent
     lease_until: float = float("inf")
     sent_at: datetime | None = None
+    # monotonic time it entered the claim-ahead queue (None: started as claimed)
+    queued_at: float | None = None
     # When the delivery row was created (fan-out); for /metrics' delivery latency.
     created_at: datetime | None = None
     traceparent: str | None = None  # the publisher's W3C trace context, validated

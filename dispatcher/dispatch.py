@@ -57,6 +57,9 @@ LEASE_MARGIN = 5.0
 # creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
 # should not wait for that backlog to pass through in slot-sized batches.
 HELD_BACK_EVENTS = 1000
+# A row that waited longer than this in the claim-ahead queue (behind a slow endpoint)
+# re-reads its webhook before it is sent; rows behind a fast endpoint wait milliseconds.
+QUEUE_RECHECK = 0.25
 # Events a fan-out left in the outbox (a webhook row they need is held by another
 # transaction) are due again this many seconds later (sql/queries.sql, fan_out).
 DEFER_SECONDS = 1.0
@@ -329,7 +332,9 @@ class Dispatcher:
                 if d.failing:
                     admission.failing_elsewhere(d.webhook_id)
                     spare.append(d)
-                elif not admission.enqueue(d.webhook_id, d):
+                elif admission.enqueue(d.webhook_id, d):
+                    d.queued_at = time.monotonic()
+                else:
                     spare.append(d)
                 continue
             self._start(d)
@@ -372,6 +377,11 @@ class Dispatcher:
         if self._stopping:
             self._unsent.append(d)  # leased by a pass that ended after the stop signal
             return
+        if d.queued_at is not None and time.monotonic() - d.queued_at > QUEUE_RECHECK:
+            # It waited behind a slow endpoint: the webhook may have been switched off,
+            # deleted or edited meanwhile. Re-read it; an edited one is claimed afresh.
+            if not await self._recheck(d):
+                return
         if not d.active:
             self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
             return
@@ -440,6 +450,25 @@ class Dispatcher:
                 error_code=result.error_code,
             )
         self._record(d, result, t, result.error_message)
+
+    async def _recheck(self, d: Claimed) -> bool:
+        """Refresh a queued row's webhook status before sending; False (and released, not
+        sent) when its URL, secret or headers changed or the webhook cannot be read."""
+        try:
+            async with self._pool.connection(timeout=5) as conn:
+                cur = await conn.execute(query("webhook_now"), {"id": d.webhook_id})
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
+            self._release_soon([d])
+            return False
+        if row is None or row["deleted_at"] is not None or row["status"] != "active":
+            d.active = False
+            return True
+        if (row["url"], row["secret"] or "", row["headers"]) != (d.url, d.secrets[0], d.headers):
+            self._release_soon([d])
+            return False
+        return True
 
     async def _extend(self, d: Claimed) -> bool:
         """Renew d's lease from now; False (and nothing sent) if the claim is no longer ours."""

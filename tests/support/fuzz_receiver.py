@@ -60,6 +60,7 @@ class Receipt:
     at: float
     sender: int | None
     status: int | None = None  # None: hung, reset or cut off
+    event_type: str = ""  # X-InTime-Event
 
 
 class FlappingReceiver:
@@ -121,6 +122,7 @@ class FlappingReceiver:
             request.headers.get("X-InTime-Delivery", "?"),
             time.monotonic(),
             await self._sender(request),
+            event_type=request.headers.get("X-InTime-Event", ""),
         )
         self.receipts.append(receipt)
         mode = self.modes[request.path]
