@@ -351,6 +351,7 @@ class Dispatcher:
                     message_id(d.event_id, d.webhook_id, d.id),
                     org_id=str(d.org_id),
                     traceparent=traceparent,
+                    sequence=d.sequence,
                 )
             )
         except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends

@@ -28,7 +28,7 @@ WITH picked AS MATERIALIZED (
     -- The body once per event, whatever the number of webhooks it goes to; one
     -- definition, shared with recover_webhook (0005_admin_api.sql).
     SELECT b.*, b.body::text AS body_text
-    FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at,
+    FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
                                              e.aggregate_id, e.payload) AS body,
                  -- the publisher's W3C trace context, kept in request_headers (0023)
@@ -59,9 +59,12 @@ WITH picked AS MATERIALIZED (
            least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
+             -- an ordered key waits for claim_due, which checks earlier deliveries (0032)
+             AND NOT (coalesce(wset.ordered, false) AND e.aggregate_id IS NOT NULL)
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
-           e.created_at AS event_created_at
+           e.created_at AS event_created_at,
+           CASE WHEN wset.ordered THEN e.aggregate_id END AS order_key
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
@@ -69,6 +72,7 @@ WITH picked AS MATERIALIZED (
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
+    LEFT JOIN dispatcher.webhook_settings wset ON wset.webhook_id = w.id
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
@@ -96,6 +100,25 @@ WITH picked AS MATERIALIZED (
                 THEN now() + make_interval(secs => %(lease)s) END
     FROM ranked
     RETURNING id, next_retry_at
+), seq_counts AS (
+    -- Sequence numbers (0032): one counter row per webhook, bumped once per statement
+    -- (in webhook order, so two fan-outs never wait on each other in a cycle).
+    SELECT webhook_id, count(*) AS n FROM ranked GROUP BY webhook_id
+), seq_last AS (
+    INSERT INTO dispatcher.webhook_sequences AS s (webhook_id, last)
+    SELECT webhook_id, n FROM seq_counts ORDER BY webhook_id
+    ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
+    RETURNING s.webhook_id, s.last
+), sequenced AS (
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
+    SELECT r.id, r.webhook_id,
+           l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
+                                             ORDER BY r.event_created_at, r.event_id),
+           r.order_key
+    FROM ranked r
+    JOIN seq_counts c ON c.webhook_id = r.webhook_id
+    JOIN seq_last l ON l.webhook_id = r.webhook_id
+    RETURNING delivery_id, sequence
 )
 SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
        m.body_text AS request_body, 1 AS attempt_number, m.max_attempts,
@@ -106,9 +129,10 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent
+       NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
+LEFT JOIN sequenced sq ON sq.delivery_id = m.id
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
@@ -116,7 +140,7 @@ UNION ALL
 -- taken that this role could not read (they stayed in the outbox).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL;
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL;
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -145,6 +169,14 @@ WITH candidates AS (
       AND dispatcher.webhook_claimable_v1(w.status, w.deleted_at, w.consecutive_failures,
                                           w.last_failure_at, rc.base_delay_seconds,
                                           rc.max_delay_seconds, %(failing_after)s)
+      -- an ordered webhook's keyed delivery waits until every earlier one of its key is
+      -- final (0032); before the LIMIT, so a blocked key never fills the scan
+      AND (NOT EXISTS (SELECT 1 FROM dispatcher.webhook_settings wset
+                       WHERE wset.webhook_id = d.webhook_id AND wset.ordered)
+           OR NOT EXISTS (
+               SELECT 1 FROM dispatcher.delivery_sequence k
+               WHERE k.delivery_id = d.id AND k.order_key IS NOT NULL
+                 AND NOT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)))
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s
@@ -179,7 +211,9 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
           0::bigint AS deliveries_created, d.created_at,
-          d.request_headers ->> 'traceparent' AS traceparent;
+          d.request_headers ->> 'traceparent' AS traceparent,
+          (SELECT s.sequence FROM dispatcher.delivery_sequence s
+            WHERE s.delivery_id = d.id) AS sequence;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
