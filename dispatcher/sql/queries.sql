@@ -16,7 +16,7 @@
 -- to one event: the last step of shrinking a batch that exceeds statement_timeout.
 WITH picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
-    SELECT o.ctid AS row_id, o.event_id
+    SELECT o.ctid AS row_id, o.event_id, o.created_at AS queued_at
     FROM dispatcher.outbox o
     WHERE (o.retry_at IS NULL OR o.retry_at <= now())
       AND (%(only)s::uuid IS NULL OR o.event_id = %(only)s::uuid)
@@ -28,7 +28,7 @@ WITH picked AS MATERIALIZED (
     -- The body once per event, whatever the number of webhooks it goes to; one
     -- definition, shared with recover_webhook (0005_admin_api.sql).
     SELECT b.*, b.body::text AS body_text
-    FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id,
+    FROM (SELECT p.row_id, p.queued_at, e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
                                              e.aggregate_id, e.payload) AS body,
                  -- the publisher's W3C trace context, kept in request_headers (0023)
@@ -64,7 +64,7 @@ WITH picked AS MATERIALIZED (
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
            e.created_at AS event_created_at,
-           CASE WHEN wset.ordered THEN e.aggregate_id END AS order_key
+           CASE WHEN wset.ordered THEN e.aggregate_id END AS order_key, e.queued_at
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
@@ -110,11 +110,12 @@ WITH picked AS MATERIALIZED (
     ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
     RETURNING s.webhook_id, s.last
 ), sequenced AS (
-    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
+                                              queued_at)
     SELECT r.id, r.webhook_id,
            l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
-                                             ORDER BY r.event_created_at, r.event_id),
-           r.order_key
+                                             ORDER BY r.queued_at, r.event_created_at, r.event_id),
+           r.order_key, CASE WHEN r.order_key IS NOT NULL THEN r.queued_at END
     FROM ranked r
     JOIN seq_counts c ON c.webhook_id = r.webhook_id
     JOIN seq_last l ON l.webhook_id = r.webhook_id
@@ -176,7 +177,10 @@ WITH candidates AS (
            OR NOT EXISTS (
                SELECT 1 FROM dispatcher.delivery_sequence k
                WHERE k.delivery_id = d.id AND k.order_key IS NOT NULL
-                 AND NOT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)))
+                 AND NOT dispatcher.order_free_v1(
+                     k.webhook_id, k.order_key, k.queued_at, k.sequence,
+                     (SELECT min(o.created_at) FROM dispatcher.outbox o
+                       WHERE o.retry_at IS NULL))))
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s

@@ -1,0 +1,242 @@
+"""Ordered delivery per aggregate_id and per-webhook sequence numbers (issue 13, items 1
+and 2), end to end: real PostgreSQL, in-process daemons (two replicas on one database),
+a real receiver on loopback that watches order, overlap and X-InTime-Sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import hostdb
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from support.order_receiver import OrderReceiver
+
+from dispatcher.request import message_id
+
+Conn = hostdb.Conn
+
+
+async def publish(conn: Conn, org: uuid.UUID, key: uuid.UUID | None, n: int) -> uuid.UUID:
+    cur = await conn.execute(
+        "SELECT publish_event('candidate.updated', %s, %s, NULL, '{}'::jsonb, %s) AS id",
+        (key, Jsonb({"n": n}), org),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return uuid.UUID(str(row["id"]))
+
+
+async def set_ordered(conn: Conn, org: uuid.UUID, hook: uuid.UUID, ordered: bool) -> None:
+    await conn.execute("SELECT dispatcher.set_webhook_ordered(%s, %s, %s)", (org, hook, ordered))
+
+
+async def stored_sequences(conn: Conn, hook: uuid.UUID) -> dict[uuid.UUID, int]:
+    cur = await conn.execute(
+        "SELECT delivery_id, sequence FROM dispatcher.delivery_sequence WHERE webhook_id = %s",
+        (hook,),
+    )
+    return {r["delivery_id"]: r["sequence"] for r in await cur.fetchall()}
+
+
+async def interleaved(conn: Conn, org: uuid.UUID, keys: list[uuid.UUID], per_key: int) -> dict:
+    """Publish per_key events for every key, interleaved; {key: [n, ...]} in publish order."""
+    expected: dict[str, list[int]] = {str(k): [] for k in keys}
+    n = 0
+    for _ in range(per_key):
+        for k in keys:
+            await publish(conn, org, k, n)
+            expected[str(k)].append(n)
+            n += 1
+    return expected
+
+
+async def test_ordered_webhook_keeps_each_key_in_order_across_two_replicas(conn, start_daemon):
+    org = await hostdb.create_org(conn)
+    async with OrderReceiver() as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        await set_ordered(conn, org, hook["id"], True)
+        keys = [uuid.uuid4() for _ in range(6)]
+        await start_daemon(per_webhook_concurrency=16)
+        await start_daemon(per_webhook_concurrency=16)
+        expected = await interleaved(conn, org, keys, 15)
+        await publish(conn, org, None, 999)  # no aggregate_id: unordered, still delivered
+        await receiver.wait_delivered(6 * 15 + 1)
+
+        assert receiver.overlaps == []  # never two of one key in flight at once
+        got = receiver.order_by_key()
+        assert got.pop(None) == [999]
+        assert got == expected
+        # every message numbered once, contiguous from 1, stored with the delivery
+        seqs = sorted(s.sequence for s in receiver.delivered())
+        assert seqs == list(range(1, 6 * 15 + 2))
+        stored = await stored_sequences(conn, hook["id"])
+        rows = await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
+        assert sorted(stored[r["id"]] for r in rows) == seqs
+
+
+async def test_a_failing_key_blocks_only_itself_until_its_delivery_is_final(conn, start_daemon):
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(
+        conn, org, max_retries=2, retry_strategy="fixed", base_delay_seconds=1, enable_jitter=False
+    )
+    # event n=0 (key A) fails every attempt: it ends in the DLQ after 3 attempts
+    async with OrderReceiver(fail={0: 100}) as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        await set_ordered(conn, org, hook["id"], True)
+        key_a, key_b = uuid.uuid4(), uuid.uuid4()
+        await start_daemon()
+        await publish(conn, org, key_a, 0)
+        await publish(conn, org, key_a, 1)
+        for n in range(2, 12):
+            await publish(conn, org, key_b, n)
+
+        # key B flows while A's first event is still retrying, and A's second waits
+        await receiver.wait_delivered(10, timeout=30)
+        assert {s.n for s in receiver.delivered()} == set(range(2, 12))
+        first = await hostdb.deliveries(conn, "payload->'data'->>'n' = '0'")
+        assert first[0]["status"] in ("pending", "retrying")
+        assert not [s for s in receiver.seen if s.n == 1]
+
+        # once A's first is dead-lettered (final), A's second goes out, numbered after it
+        await receiver.wait_delivered(11, timeout=30)
+        [dlq] = await hostdb.deliveries(conn, "payload->'data'->>'n' = '0'")
+        assert dlq["status"] == "dlq"
+        attempts_of_0 = [s for s in receiver.seen if s.n == 0]
+        assert len(attempts_of_0) == 3
+        second = next(s for s in receiver.delivered() if s.n == 1)
+        assert second.sequence == attempts_of_0[0].sequence + 1
+        assert receiver.overlaps == []
+
+
+async def test_order_survives_a_restart_mid_stream(conn, start_daemon):
+    org = await hostdb.create_org(conn)
+    async with OrderReceiver(max_delay=0.05) as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        await set_ordered(conn, org, hook["id"], True)
+        keys = [uuid.uuid4() for _ in range(4)]
+        first = await start_daemon()
+        expected = await interleaved(conn, org, keys, 20)
+        await receiver.wait_delivered(20, timeout=60)
+        await first.stop()  # mid-stream: the rest is in the database only
+        assert len(receiver.delivered()) < 80
+        await start_daemon()
+        await start_daemon()
+        await receiver.wait_delivered(80, timeout=90)
+        assert receiver.order_by_key() == expected
+        assert receiver.overlaps == []
+
+
+async def test_unordered_webhook_numbers_every_delivery_once_with_two_replicas(
+    conn, start_daemon, db_dsn
+):
+    org = await hostdb.create_org(conn)
+    async with OrderReceiver(max_delay=0.005) as receiver:
+        hooks = [
+            await hostdb.create_webhook(conn, org, receiver.url(f"/h{i}"), ["candidate.*"])
+            for i in range(3)
+        ]
+        await start_daemon()
+        await start_daemon()
+
+        async def publisher(p: int) -> None:
+            c = await hostdb.connect(db_dsn)
+            try:
+                for i in range(40):
+                    await publish(c, org, uuid.uuid4(), p * 1000 + i)
+            finally:
+                await c.close()
+
+        await asyncio.gather(*(publisher(p) for p in range(4)))
+        await receiver.wait_delivered(3 * 160, timeout=90)
+        for h in hooks:
+            rows = await hostdb.deliveries(conn, "webhook_id = %s", (h["id"],))
+            stored = await stored_sequences(conn, h["id"])
+            assert sorted(stored[r["id"]] for r in rows) == list(range(1, 161))
+            sent = {
+                s.webhook_id_header: s.sequence for s in receiver.delivered()
+            }
+            for r in rows:
+                assert sent[message_id(r["event_id"], h["id"], r["id"])] == stored[r["id"]]
+
+
+async def one(conn: Conn, sql: str, params: Any = ()) -> dict[str, Any]:
+    cur = await conn.execute(sql, params)
+    row = await cur.fetchone()
+    assert row is not None
+    return dict(row)
+
+
+async def test_deliveries_since_and_replay_from_sequence_resend_with_the_same_ids(
+    conn, start_daemon
+):
+    org = await hostdb.create_org(conn)
+    other = await hostdb.create_org(conn, "Other")
+    async with OrderReceiver(max_delay=0.0) as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        await set_ordered(conn, org, hook["id"], True)
+        key = uuid.uuid4()
+        await start_daemon()
+        for n in range(5):
+            await publish(conn, org, key, n)
+        await receiver.wait_delivered(5)
+        await hostdb.wait_deliveries(
+            conn, "webhook_id = %s AND status = 'success'", 5, (hook["id"],)
+        )
+
+        cur = await conn.execute(
+            "SELECT * FROM dispatcher.deliveries_since(%s, %s, 2, 10)", (org, hook["id"])
+        )
+        since = [dict(r) for r in await cur.fetchall()]
+        assert [r["sequence"] for r in since] == [3, 4, 5]
+        assert {r["status"] for r in since} == {"success"}
+        assert {r["order_key"] for r in since} == {key}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(
+                "SELECT * FROM dispatcher.deliveries_since(%s, %s, 0, 10)", (other, hook["id"])
+            )
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            await conn.execute(
+                "SELECT * FROM dispatcher.deliveries_since(%s, %s, 0, 0)", (org, hook["id"])
+            )
+
+        first = {s.sequence: s.webhook_id_header for s in receiver.delivered()}
+        r = await one(
+            conn, "SELECT * FROM dispatcher.replay_from_sequence(%s, %s, 4, 100)",
+            (org, hook["id"]),
+        )
+        assert (r["replayed"], r["skipped_open"], r["last_sequence"]) == (2, 0, 5)
+        again = (await receiver.wait_delivered(7))[5:]
+        assert [(s.sequence, s.webhook_id_header) for s in again] == [
+            (4, first[4]), (5, first[5])
+        ]
+        # a replay is listed beside its original, with the same number
+        cur = await conn.execute(
+            "SELECT sequence FROM dispatcher.deliveries_since(%s, %s, 3, 10)", (org, hook["id"])
+        )
+        assert [r["sequence"] for r in await cur.fetchall()] == [4, 4, 5, 5]
+
+        # replay_delivery keeps the number too; a test-ping-like host row has none
+        [row3] = [
+            r for r in await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
+            if r["payload"]["data"]["n"] == 2
+        ]
+        await conn.execute("SELECT dispatcher.replay_delivery(%s, %s)", (org, row3["id"]))
+        [replayed] = (await receiver.wait_delivered(8))[7:]
+        assert (replayed.sequence, replayed.webhook_id_header) == (3, first[3])
+
+
+async def test_set_webhook_ordered_refuses_another_orgs_webhook(conn):
+    org = await hostdb.create_org(conn)
+    other = await hostdb.create_org(conn, "Other")
+    hook = await hostdb.create_webhook(conn, org, "https://93.184.216.34/hook")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        await set_ordered(conn, other, hook["id"], True)
+    await set_ordered(conn, org, hook["id"], True)
+    row = await one(
+        conn, "SELECT ordered FROM dispatcher.webhook_settings WHERE webhook_id = %s",
+        (hook["id"],),
+    )
+    assert row["ordered"] is True
