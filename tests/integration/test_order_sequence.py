@@ -155,9 +155,7 @@ async def test_unordered_webhook_numbers_every_delivery_once_with_two_replicas(
             rows = await hostdb.deliveries(conn, "webhook_id = %s", (h["id"],))
             stored = await stored_sequences(conn, h["id"])
             assert sorted(stored[r["id"]] for r in rows) == list(range(1, 161))
-            sent = {
-                s.webhook_id_header: s.sequence for s in receiver.delivered()
-            }
+            sent = {s.webhook_id_header: s.sequence for s in receiver.delivered()}
             for r in rows:
                 assert sent[message_id(r["event_id"], h["id"], r["id"])] == stored[r["id"]]
 
@@ -204,14 +202,13 @@ async def test_deliveries_since_and_replay_from_sequence_resend_with_the_same_id
 
         first = {s.sequence: s.webhook_id_header for s in receiver.delivered()}
         r = await one(
-            conn, "SELECT * FROM dispatcher.replay_from_sequence(%s, %s, 4, 100)",
+            conn,
+            "SELECT * FROM dispatcher.replay_from_sequence(%s, %s, 4, 100)",
             (org, hook["id"]),
         )
         assert (r["replayed"], r["skipped_open"], r["last_sequence"]) == (2, 0, 5)
         again = (await receiver.wait_delivered(7))[5:]
-        assert [(s.sequence, s.webhook_id_header) for s in again] == [
-            (4, first[4]), (5, first[5])
-        ]
+        assert [(s.sequence, s.webhook_id_header) for s in again] == [(4, first[4]), (5, first[5])]
         # a replay is listed beside its original, with the same number
         cur = await conn.execute(
             "SELECT sequence FROM dispatcher.deliveries_since(%s, %s, 3, 10)", (org, hook["id"])
@@ -220,7 +217,8 @@ async def test_deliveries_since_and_replay_from_sequence_resend_with_the_same_id
 
         # replay_delivery keeps the number too; a test-ping-like host row has none
         [row3] = [
-            r for r in await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
+            r
+            for r in await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
             if r["payload"]["data"]["n"] == 2
         ]
         await conn.execute("SELECT dispatcher.replay_delivery(%s, %s)", (org, row3["id"]))
@@ -236,7 +234,8 @@ async def test_set_webhook_ordered_refuses_another_orgs_webhook(conn):
         await set_ordered(conn, other, hook["id"], True)
     await set_ordered(conn, org, hook["id"], True)
     row = await one(
-        conn, "SELECT ordered FROM dispatcher.webhook_settings WHERE webhook_id = %s",
+        conn,
+        "SELECT ordered FROM dispatcher.webhook_settings WHERE webhook_id = %s",
         (hook["id"],),
     )
     assert row["ordered"] is True

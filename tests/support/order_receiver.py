@@ -70,14 +70,22 @@ class OrderReceiver:
         try:
             await asyncio.sleep(random.uniform(0, self.max_delay))
             self._attempts[event_id] += 1
-            status = 500 if n is not None and self._attempts[event_id] <= self.fail.get(n, 0) else 204
+            status = (
+                500 if n is not None and self._attempts[event_id] <= self.fail.get(n, 0) else 204
+            )
         finally:
             if key is not None:
                 self._in_flight[key] -= 1
         async with self._changed:
             self.seen.append(
-                Seen(key, n, event_id, request.headers["webhook-id"],
-                     None if seq is None else int(seq), status)
+                Seen(
+                    key,
+                    n,
+                    event_id,
+                    request.headers["webhook-id"],
+                    None if seq is None else int(seq),
+                    status,
+                )
             )
             self._changed.notify_all()
         return web.Response(status=status)
