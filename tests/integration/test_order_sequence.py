@@ -5,15 +5,20 @@ a real receiver on loopback that watches order, overlap and X-InTime-Sequence.""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from typing import Any
 
 import hostdb
 import psycopg
 import pytest
+import structlog
 from psycopg.types.json import Jsonb
 from support.order_receiver import OrderReceiver
 
+from dispatcher import cli
+from dispatcher.errors import ExitCode
 from dispatcher.request import message_id
 
 Conn = hostdb.Conn
@@ -239,3 +244,82 @@ async def test_set_webhook_ordered_refuses_another_orgs_webhook(conn):
         (hook["id"],),
     )
     assert row["ordered"] is True
+
+
+# -- the CLI ----------------------------------------------------------------------------
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    try:
+        return cli.main(argv), "", ""
+    except SystemExit as exc:  # argparse usage errors
+        return int(exc.code or 0), "", ""
+
+
+@pytest.fixture
+def run(db_dsn, monkeypatch, capsys):
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", db_dsn)
+
+    async def run_(*argv: str) -> tuple[int, str, str]:
+        saved = structlog.get_config()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        capsys.readouterr()
+        try:
+            code, _, _ = await asyncio.to_thread(_main, list(argv))
+        finally:
+            structlog.configure(**saved)
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run_
+
+
+async def test_cli_sets_ordering_lists_after_a_number_and_replays_from_it(conn, start_daemon, run):
+    org = await hostdb.create_org(conn)
+    async with OrderReceiver(max_delay=0.0) as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        hid = str(hook["id"])
+        code, out, _ = await run("webhooks", "set", hid, "--ordered", "--json")
+        assert code == 0 and json.loads(out)["ordered"] is True
+        await start_daemon()
+        key = uuid.uuid4()
+        for n in range(4):
+            await publish(conn, org, key, n)
+        await receiver.wait_delivered(4)
+        await hostdb.wait_deliveries(
+            conn, "webhook_id = %s AND status = 'success'", 4, (hook["id"],)
+        )
+
+        code, out, _ = await run(
+            "deliveries", "list", "--webhook", hid, "--after-seq", "2", "--json"
+        )
+        assert code == 0
+        assert [r["sequence"] for r in json.loads(out)] == [3, 4]
+        code, out, _ = await run("deliveries", "list", "--webhook", hid, "--after-seq", "0")
+        header = [line for line in out.splitlines() if line.startswith("SEQ")]
+        assert code == 0 and header[0].split()[:2] == ["SEQ", "ID"]
+
+        first = {s.sequence: s.webhook_id_header for s in receiver.delivered()}
+        code, out, _ = await run("webhooks", "replay", hid, "--from-seq", "3", "--json")
+        assert code == 0 and json.loads(out)["replayed"] == 2
+        again = (await receiver.wait_delivered(6))[4:]
+        assert [(s.sequence, s.webhook_id_header) for s in again] == [
+            (3, first[3]),
+            (4, first[4]),
+        ]
+
+        code, out, err = await run("deliveries", "list", "--after-seq", "1")
+        assert code == ExitCode.USAGE and "needs --webhook" in err
+        code, out, err = await run("webhooks", "replay", hid, "--from-seq", "0")
+        assert code == ExitCode.USAGE and "--from-seq must be 1 or more" in err
+        code, out, err = await run("webhooks", "set", hid)
+        assert code == ExitCode.USAGE
+        code, out, _ = await run("webhooks", "set", hid, "--unordered", "--json")
+        assert code == 0 and json.loads(out) == {
+            "webhook_id": hid,
+            "ordered": False,
+            "last_sequence": 4,
+        }
