@@ -273,9 +273,7 @@ class Scenarios:
                     hooks = await create_webhooks(
                         conn, self.receiver.url(f"/ord{mode[0]}"), orgs=cfg.orgs, per_org=1
                     )
-                    await publish_backlog(
-                        conn, hooks.orgs, cfg.drain_events, keys=cfg.ordered_keys
-                    )
+                    await publish_backlog(conn, hooks.orgs, cfg.drain_events, keys=cfg.ordered_keys)
                     if mode == "ordered":
                         await conn.execute(q("order_all_webhooks"))
                 result = await self.d.run(db, cfg.drain_events, track_sql=True)
