@@ -36,10 +36,6 @@ WITH picked AS MATERIALIZED (
           FROM picked p
           JOIN public.events e ON e.id = p.event_id
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
-), claimed AS (
-    DELETE FROM dispatcher.outbox
-    WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events))
-    RETURNING event_id
 ), unreadable AS (
     -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
     UPDATE dispatcher.outbox o
@@ -73,11 +69,30 @@ WITH picked AS MATERIALIZED (
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
     LEFT JOIN dispatcher.webhook_settings wset ON wset.webhook_id = w.id
+), contended AS MATERIALIZED (
+    -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row
+    -- older than this batch that is still there and due was taken by another fan-out
+    -- still in progress (this one takes the oldest it can lock): this batch's events to
+    -- an ordered webhook with a key stay in the outbox for the next round instead of
+    -- being numbered before that one's. One probe of outbox_oldest.
+    SELECT %(only)s::uuid IS NULL AND EXISTS (
+        SELECT 1 FROM dispatcher.outbox o
+        WHERE o.created_at < (SELECT min(p.queued_at) FROM picked p)
+          AND (o.retry_at IS NULL OR o.retry_at <= now())) AS yes
+    WHERE EXISTS (SELECT 1 FROM matched m WHERE m.order_key IS NOT NULL)
+), deferred AS MATERIALIZED (
+    SELECT DISTINCT m.event_id FROM matched m
+    WHERE m.order_key IS NOT NULL AND coalesce((SELECT yes FROM contended), false)
+), claimed AS (
+    DELETE FROM dispatcher.outbox
+    WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events
+                            WHERE id NOT IN (SELECT event_id FROM deferred)))
+    RETURNING event_id
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
     FROM matched m
-    WHERE m.webhook_status = 'active'
+    WHERE m.webhook_status = 'active' AND m.event_id NOT IN (SELECT event_id FROM deferred)
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
     -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
@@ -85,7 +100,7 @@ WITH picked AS MATERIALIZED (
     INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)
     SELECT m.webhook_id, m.event_id, m.org_id, m.event_created_at
     FROM matched m
-    WHERE m.webhook_status = 'disabled'
+    WHERE m.webhook_status = 'disabled' AND m.event_id NOT IN (SELECT event_id FROM deferred)
     ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
@@ -110,12 +125,11 @@ WITH picked AS MATERIALIZED (
     ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
     RETURNING s.webhook_id, s.last
 ), sequenced AS (
-    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
-                                              queued_at)
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
     SELECT r.id, r.webhook_id,
            l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
                                              ORDER BY r.queued_at, r.event_created_at, r.event_id),
-           r.order_key, CASE WHEN r.order_key IS NOT NULL THEN r.queued_at END
+           r.order_key
     FROM ranked r
     JOIN seq_counts c ON c.webhook_id = r.webhook_id
     JOIN seq_last l ON l.webhook_id = r.webhook_id
@@ -130,7 +144,8 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence
+       NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence,
+       (SELECT count(*) FROM deferred) AS events_deferred
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
 LEFT JOIN sequenced sq ON sq.delivery_id = m.id
@@ -141,7 +156,8 @@ UNION ALL
 -- taken that this role could not read (they stayed in the outbox).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL;
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL,
+       (SELECT count(*) FROM deferred);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -177,10 +193,7 @@ WITH candidates AS (
            OR NOT EXISTS (
                SELECT 1 FROM dispatcher.delivery_sequence k
                WHERE k.delivery_id = d.id AND k.order_key IS NOT NULL
-                 AND NOT dispatcher.order_free_v1(
-                     k.webhook_id, k.order_key, k.queued_at, k.sequence,
-                     (SELECT min(o.created_at) FROM dispatcher.outbox o
-                       WHERE o.retry_at IS NULL))))
+                 AND NOT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)))
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s

@@ -46,6 +46,14 @@ async def stored_sequences(conn: Conn, hook: uuid.UUID) -> dict[uuid.UUID, int]:
     return {r["delivery_id"]: r["sequence"] for r in await cur.fetchall()}
 
 
+def assert_numbers_rise_per_key(receiver: OrderReceiver) -> None:
+    by_key: dict[str | None, list[int | None]] = {}
+    for seen in receiver.delivered():
+        by_key.setdefault(seen.key, []).append(seen.sequence)
+    for key, numbers in by_key.items():
+        assert numbers == sorted(numbers), (key, numbers)
+
+
 async def interleaved(conn: Conn, org: uuid.UUID, keys: list[uuid.UUID], per_key: int) -> dict:
     """Publish per_key events for every key, interleaved; {key: [n, ...]} in publish order."""
     expected: dict[str, list[int]] = {str(k): [] for k in keys}
@@ -80,6 +88,8 @@ async def test_ordered_webhook_keeps_each_key_in_order_across_two_replicas(conn,
         stored = await stored_sequences(conn, hook["id"])
         rows = await hostdb.deliveries(conn, "webhook_id = %s", (hook["id"],))
         assert sorted(stored[r["id"]] for r in rows) == seqs
+        # per key, the numbers rise in the order the key's events were published
+        assert_numbers_rise_per_key(receiver)
 
 
 async def test_a_failing_key_blocks_only_itself_until_its_delivery_is_final(conn, start_daemon):
@@ -131,6 +141,7 @@ async def test_order_survives_a_restart_mid_stream(conn, start_daemon):
         await start_daemon()
         await receiver.wait_delivered(80, timeout=90)
         assert receiver.order_by_key() == expected
+        assert_numbers_rise_per_key(receiver)
         assert receiver.overlaps == []
 
 

@@ -14,23 +14,23 @@
 --
 -- Ordering. An ordered webhook's deliveries carry their event's aggregate_id as
 -- order_key (events without one are unordered; deliveries fanned out before the
--- webhook was marked ordered have no key). "Earlier" means written into the outbox
--- earlier: queued_at, the outbox row's created_at, which is now clock_timestamp()
--- in the publisher's transaction (below) rather than its start, so that a host
--- transaction that waited for another one's lock on the same entity queues its event
--- after it (and two events published one after the other in one transaction keep
--- their order); ties (one multi-row INSERT) by sequence number. A keyed delivery is
--- claimable only when
---   * no delivery of the same key to the same webhook queued earlier is still
---     pending or retrying: the earlier one must be final (success, failed or dlq);
---   * no outbox row queued before it is still waiting for fan-out (an earlier event
---     of its key may be in another replica's fan-out that has not committed yet):
---     rows backing off as unreadable (retry_at set) do not count.
--- Enforced in claim_due and in fan_out's lease-at-once (which never leases a keyed
--- row), so replicas cannot break it and it survives restarts. Sequence numbers are
--- the order of fan-out, not this order: two replicas fanning out at once may number
--- a later event first. Receivers check order with the body's timestamp per
--- aggregate_id and gaps with the sequence (docs/receivers.md).
+-- webhook was marked ordered have no key). "Earlier" is the lower sequence number.
+-- A keyed delivery is claimable only when no delivery of the same key to the same
+-- webhook with a lower number is still pending or retrying: the earlier one must be
+-- final (success, failed or dlq). Enforced in claim_due and in fan_out's
+-- lease-at-once (which never leases a keyed row), so replicas cannot break it and it
+-- survives restarts. A lower number is always visible to whoever sees a higher one:
+-- numbers are taken under the webhook's counter row lock, held to commit.
+--
+-- Commit order. The outbox holds committed events only, and fan-out takes them oldest
+-- first by the outbox row's created_at, now clock_timestamp() in the publisher's
+-- transaction (below) instead of its start: a host transaction that waited for another
+-- one's lock on the same entity queues its event after it, and two events published one
+-- after the other in one transaction keep their order. Within one fan-out, numbers
+-- follow that order. Across replicas, fan_out keeps the numbers in the order the rows
+-- were taken: a fan-out that finds older outbox rows taken by another one still in
+-- progress leaves its events that go to an ordered webhook with a key in the outbox for
+-- the next round, rather than number them first (queries.sql, fan_out, `contended`).
 
 -- Outbox rows carry the time they were written (see above); the outbox is still
 -- taken oldest first by it.
@@ -54,35 +54,28 @@ CREATE TABLE dispatcher.delivery_sequence (
         REFERENCES public.webhook_deliveries (id) ON DELETE CASCADE,
     webhook_id uuid NOT NULL,
     sequence bigint NOT NULL,
-    order_key uuid,
-    queued_at timestamptz  -- when its event was written into the outbox
+    order_key uuid
 );
 -- deliveries_since, replay_from_sequence (a replay shares its original's number)
 CREATE INDEX dispatcher_delivery_sequence_hook ON dispatcher.delivery_sequence
     (webhook_id, sequence);
 -- the claim's "is an earlier delivery of this key still open?"
 CREATE INDEX dispatcher_delivery_sequence_key ON dispatcher.delivery_sequence
-    (webhook_id, order_key, queued_at, sequence) WHERE order_key IS NOT NULL;
+    (webhook_id, order_key, sequence) WHERE order_key IS NOT NULL;
 
 -- Is this keyed delivery free to go: no delivery of the same key to the same webhook
--- queued before it still pending or retrying, and nothing queued before it still in
--- the outbox (p_outbox_oldest: the oldest outbox row not backing off, or null). One
--- definition for the claim and the tests.
-CREATE FUNCTION dispatcher.order_free_v1(p_webhook_id uuid, p_order_key uuid,
-                                         p_queued_at timestamptz, p_sequence bigint,
-                                         p_outbox_oldest timestamptz)
+-- with a lower number still pending or retrying. One definition for the claim and tests.
+CREATE FUNCTION dispatcher.order_free_v1(p_webhook_id uuid, p_order_key uuid, p_sequence bigint)
 RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
-    SELECT p_order_key IS NULL OR (
-        (p_outbox_oldest IS NULL OR p_queued_at IS NULL OR p_queued_at <= p_outbox_oldest)
-        AND NOT EXISTS (
-            SELECT 1
-            FROM dispatcher.delivery_sequence p
-            JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
-            WHERE p.webhook_id = p_webhook_id AND p.order_key = p_order_key
-              AND (p.queued_at, p.sequence) < (p_queued_at, p_sequence)
-              AND pd.status IN ('pending', 'retrying')))
+    SELECT p_order_key IS NULL OR NOT EXISTS (
+        SELECT 1
+        FROM dispatcher.delivery_sequence p
+        JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
+        WHERE p.webhook_id = p_webhook_id AND p.order_key = p_order_key
+          AND p.sequence < p_sequence
+          AND pd.status IN ('pending', 'retrying'))
 $$;
 
 -- Mark a webhook ordered (true) or not (false), refusing other orgs' webhooks.
@@ -162,7 +155,6 @@ BEGIN
     RETURN QUERY
     WITH numbers AS (
         SELECT s.sequence, min(s.order_key::text)::uuid AS order_key,
-               min(s.queued_at) AS queued_at,
                bool_or(d.status IN ('pending', 'retrying')) AS open,
                (array_agg(d.id ORDER BY d.created_at, d.id))[1] AS first_id
         FROM dispatcher.delivery_sequence s
@@ -172,7 +164,7 @@ BEGIN
         ORDER BY s.sequence
         LIMIT p_limit
     ), copies AS (
-        SELECT gen_random_uuid() AS id, n.sequence, n.order_key, n.queued_at, d.org_id,
+        SELECT gen_random_uuid() AS id, n.sequence, n.order_key, d.org_id,
                d.webhook_id, d.event_type, d.event_id, d.payload, d.request_body
         FROM numbers n
         JOIN public.webhook_deliveries d ON d.id = n.first_id
@@ -188,9 +180,8 @@ BEGIN
         FROM copies c
         RETURNING id
     ), numbered AS (
-        INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
-                                                  queued_at)
-        SELECT c.id, c.webhook_id, c.sequence, c.order_key, c.queued_at
+        INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
+        SELECT c.id, c.webhook_id, c.sequence, c.order_key
         FROM copies c JOIN ins ON ins.id = c.id
         RETURNING sequence
     )
@@ -227,9 +218,8 @@ BEGIN
         d.request_body, 1, dispatcher.max_attempts_v1(d.org_id), 'pending'
     )
     RETURNING id INTO v_id;
-    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
-                                              queued_at)
-    SELECT v_id, s.webhook_id, s.sequence, s.order_key, s.queued_at
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
+    SELECT v_id, s.webhook_id, s.sequence, s.order_key
     FROM dispatcher.delivery_sequence s WHERE s.delivery_id = p_delivery_id;
     RETURN v_id;
 END
