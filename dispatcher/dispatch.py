@@ -269,10 +269,12 @@ class Dispatcher:
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
-        # events left in the outbox behind another replica's fan-out (ordered keys, 0032):
-        # taken again at once, as more work
+        # Events left in the outbox behind another replica's fan-out still in progress
+        # (ordered keys, 0032): more work at once when this pass also made progress; a
+        # pass that only deferred waits for the next doorbell or poll rather than spin
+        # while the other one holds its rows (that one goes on to take them itself).
         deferred = int(rows[-1]["events_deferred"] or 0) if rows else 0
-        return events + deferred, claimed
+        return events + (deferred if events else 0), claimed
 
     async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""

@@ -15,9 +15,9 @@
 -- Ordering. An ordered webhook's deliveries carry their event's aggregate_id as
 -- order_key (events without one are unordered; deliveries fanned out before the
 -- webhook was marked ordered have no key). "Earlier" is the lower sequence number.
--- A keyed delivery is claimable only when no delivery of the same key to the same
--- webhook with a lower number is still pending or retrying: the earlier one must be
--- final (success, failed or dlq). Enforced in claim_due and in fan_out's
+-- A keyed delivery is claimable only when the previous delivery of its key to the same
+-- webhook (the highest lower number) is not pending or retrying: it must be final
+-- (success, failed or dlq). Enforced in claim_due and in fan_out's
 -- lease-at-once (which never leases a keyed row), so replicas cannot break it and it
 -- survives restarts. A lower number is always visible to whoever sees a higher one:
 -- numbers are taken under the webhook's counter row lock, held to commit.
@@ -63,8 +63,12 @@ CREATE INDEX dispatcher_delivery_sequence_hook ON dispatcher.delivery_sequence
 CREATE INDEX dispatcher_delivery_sequence_key ON dispatcher.delivery_sequence
     (webhook_id, order_key, sequence) WHERE order_key IS NOT NULL;
 
--- Is this keyed delivery free to go: no delivery of the same key to the same webhook
--- with a lower number still pending or retrying. One definition for the claim and tests.
+-- Is this keyed delivery free to go: the previous delivery of its key to this webhook
+-- (the highest lower number; a replay shares its original's number) is not pending or
+-- retrying. Only the previous one is read, whatever the key's history: each delivery
+-- went only once its own previous one was final, so that covers every earlier one
+-- (an operator's DLQ retry or replay of an older number reopens only that one). One
+-- definition for the claim and the tests.
 CREATE FUNCTION dispatcher.order_free_v1(p_webhook_id uuid, p_order_key uuid, p_sequence bigint)
 RETURNS boolean
 LANGUAGE sql STABLE
@@ -74,7 +78,9 @@ AS $$
         FROM dispatcher.delivery_sequence p
         JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
         WHERE p.webhook_id = p_webhook_id AND p.order_key = p_order_key
-          AND p.sequence < p_sequence
+          AND p.sequence = (SELECT max(q.sequence) FROM dispatcher.delivery_sequence q
+                             WHERE q.webhook_id = p_webhook_id AND q.order_key = p_order_key
+                               AND q.sequence < p_sequence)
           AND pd.status IN ('pending', 'retrying'))
 $$;
 
