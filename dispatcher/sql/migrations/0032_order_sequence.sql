@@ -3,7 +3,7 @@
 --
 -- Sequence numbers. Every delivery fan-out creates gets the next number of its
 -- webhook, contiguous from 1 in the order the events were matched to it (the order
--- fan-out took them from the outbox; within one batch by (created_at, event id)).
+-- fan-out took them from the outbox, oldest outbox row first; see "Commit order").
 -- The counter is one dispatcher row per webhook, bumped once per webhook per fan-out
 -- statement: fan-outs to different webhooks never wait on each other, and the host's
 -- webhooks rows are never locked. The number lives beside the delivery, in
