@@ -88,9 +88,35 @@ WITH picked AS MATERIALIZED (
     WHERE ctid = ANY (ARRAY(SELECT row_id FROM claimed_events
                             WHERE id NOT IN (SELECT event_id FROM deferred)))
     RETURNING event_id
+), open_prev AS (
+    -- Ordered keys (0032): the previous delivery of each key of this batch, when still
+    -- open, locked FOR SHARE: record_outcomes (SKIP LOCKED) then cannot finish it unseen
+    -- while this statement parks behind it; one it finished first fails the re-check.
+    SELECT p.webhook_id, p.order_key
+    FROM (SELECT DISTINCT m.webhook_id, m.order_key FROM matched m
+          WHERE m.order_key IS NOT NULL AND m.webhook_status = 'active') kk
+    CROSS JOIN LATERAL (
+        SELECT max(q.sequence) AS sequence FROM dispatcher.delivery_sequence q
+        WHERE q.webhook_id = kk.webhook_id AND q.order_key = kk.order_key) mx
+    JOIN dispatcher.delivery_sequence p
+      ON p.webhook_id = kk.webhook_id AND p.order_key = kk.order_key AND p.sequence = mx.sequence
+    JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
+    WHERE pd.status IN ('pending', 'retrying')
+    FOR SHARE OF pd
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
-                                   ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
+                                   ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn,
+           -- Parked (0032): a keyed delivery behind an open one of its key, in this batch
+           -- or before, is not due until record_outcomes releases it, or 30 s pass (a
+           -- recorder whose snapshot predates this commit cannot see it to release it),
+           -- so claim_due does not walk a blocked key's rows. The claim still checks.
+           CASE WHEN m.order_key IS NOT NULL
+                 AND (row_number() OVER (PARTITION BY m.webhook_id, m.order_key
+                                         ORDER BY m.queued_at, m.event_created_at, m.event_id) > 1
+                      OR EXISTS (SELECT 1 FROM open_prev op
+                                 WHERE op.webhook_id = m.webhook_id
+                                   AND op.order_key = m.order_key))
+                THEN now() + interval '30 seconds' END AS parked_until
     FROM matched m
     WHERE m.webhook_status = 'active' AND m.event_id NOT IN (SELECT event_id FROM deferred)
 ), held AS (
@@ -112,7 +138,7 @@ WITH picked AS MATERIALIZED (
                 ELSE jsonb_build_object('traceparent', traceparent) END,
            body_text, 1, max_attempts, 'pending',
            CASE WHEN eligible AND rn <= %(claim)s
-                THEN now() + make_interval(secs => %(lease)s) END
+                THEN now() + make_interval(secs => %(lease)s) ELSE parked_until END
     FROM ranked
     RETURNING id, next_retry_at
 ), seq_counts AS (
@@ -125,11 +151,12 @@ WITH picked AS MATERIALIZED (
     ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
     RETURNING s.webhook_id, s.last
 ), sequenced AS (
-    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key)
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
+                                              parked_until)
     SELECT r.id, r.webhook_id,
            l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
                                              ORDER BY r.queued_at, r.event_created_at, r.event_id),
-           r.order_key
+           r.order_key, r.parked_until
     FROM ranked r
     JOIN seq_counts c ON c.webhook_id = r.webhook_id
     JOIN seq_last l ON l.webhook_id = r.webhook_id
@@ -147,7 +174,7 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence,
        (SELECT count(*) FROM deferred) AS events_deferred
 FROM matched m
-JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
+JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL AND m.eligible
 LEFT JOIN sequenced sq ON sq.delivery_id = m.id
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
@@ -186,14 +213,15 @@ WITH candidates AS (
       AND dispatcher.webhook_claimable_v1(w.status, w.deleted_at, w.consecutive_failures,
                                           w.last_failure_at, rc.base_delay_seconds,
                                           rc.max_delay_seconds, %(failing_after)s)
-      -- an ordered webhook's keyed delivery waits until every earlier one of its key is
-      -- final (0032); before the LIMIT, so a blocked key never fills the scan
+      -- an ordered webhook's keyed delivery waits until the previous one of its key is
+      -- final (0032); before the LIMIT, so a blocked key never fills the scan. A scalar
+      -- subquery, evaluated per row through the primary key: as NOT EXISTS the planner
+      -- hashes it over the whole table.
       AND (NOT EXISTS (SELECT 1 FROM dispatcher.webhook_settings wset
                        WHERE wset.webhook_id = d.webhook_id AND wset.ordered)
-           OR NOT EXISTS (
-               SELECT 1 FROM dispatcher.delivery_sequence k
-               WHERE k.delivery_id = d.id AND k.order_key IS NOT NULL
-                 AND NOT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)))
+           OR coalesce((SELECT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)
+                        FROM dispatcher.delivery_sequence k
+                        WHERE k.delivery_id = d.id), true))
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s
@@ -290,6 +318,23 @@ WITH o AS (
                                               'ended', ended_at) ORDER BY seq) AS outs
           FROM done WHERE counts OR success OR gone
           GROUP BY webhook_id ORDER BY webhook_id) per_hook
+), released AS (
+    -- Ordered keys (0032): the next delivery of a key whose delivery just became final,
+    -- if fan_out parked it (its next_retry_at is still the parking token), is due now.
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM done o
+    JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
+        WHERE s.webhook_id = k.webhook_id AND s.order_key = k.order_key
+          AND s.sequence > k.sequence
+        ORDER BY s.sequence LIMIT 1) nx
+    WHERE o.final AND n.id = nx.delivery_id AND n.status = 'pending'
+      AND n.next_retry_at = nx.parked_until
+    RETURNING n.id
+), rang AS (
+    -- released rows are due now: ring the doorbell (delivered at commit)
+    SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
 ), lost AS (
     -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
     -- the row as it was before this statement (every part of a WITH sees the same
@@ -310,6 +355,8 @@ WITH o AS (
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
+       (SELECT count(*) FROM released) AS released,
+       (SELECT count(*) FROM rang) AS rang,
        -- still our claim, but the row is locked by another transaction: try again
        ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
              WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')

@@ -54,7 +54,10 @@ CREATE TABLE dispatcher.delivery_sequence (
         REFERENCES public.webhook_deliveries (id) ON DELETE CASCADE,
     webhook_id uuid NOT NULL,
     sequence bigint NOT NULL,
-    order_key uuid
+    order_key uuid,
+    -- fan_out parks a keyed delivery behind an open one of its key (next_retry_at = this,
+    -- the token); record_outcomes makes it due when that one becomes final
+    parked_until timestamptz
 );
 -- deliveries_since, replay_from_sequence (a replay shares its original's number)
 CREATE INDEX dispatcher_delivery_sequence_hook ON dispatcher.delivery_sequence
