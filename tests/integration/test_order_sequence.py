@@ -116,9 +116,18 @@ async def test_a_failing_key_blocks_only_itself_until_its_delivery_is_final(conn
         first = await hostdb.deliveries(conn, "payload->'data'->>'n' = '0'")
         assert first[0]["status"] in ("pending", "retrying")
         assert not [s for s in receiver.seen if s.n == 1]
+        # A's second is parked (not due: claim_due does not scan it) until A's first is final
+        [waiting] = await hostdb.deliveries(conn, "payload->'data'->>'n' = '1'")
+        row = await one(
+            conn,
+            "SELECT %s::timestamptz > now() + interval '5 seconds' AS parked",
+            (waiting["next_retry_at"],),
+        )
+        assert waiting["status"] == "pending" and row["parked"]
 
-        # once A's first is dead-lettered (final), A's second goes out, numbered after it
-        await receiver.wait_delivered(11, timeout=30)
+        # once A's first is dead-lettered (final), A's second is released and goes out at
+        # once (well before its 30 s parking ends), numbered after it
+        await receiver.wait_delivered(11, timeout=20)
         [dlq] = await hostdb.deliveries(conn, "payload->'data'->>'n' = '0'")
         assert dlq["status"] == "dlq"
         attempts_of_0 = [s for s in receiver.seen if s.n == 0]
