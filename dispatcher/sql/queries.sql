@@ -318,20 +318,26 @@ WITH o AS (
                                               'ended', ended_at) ORDER BY seq) AS outs
           FROM done WHERE counts OR success OR gone
           GROUP BY webhook_id ORDER BY webhook_id) per_hook
-), released AS (
-    -- Ordered keys (0032): the next delivery of a key whose delivery just became final,
-    -- if fan_out parked it (its next_retry_at is still the parking token), is due now.
-    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+), finals AS MATERIALIZED (
+    -- Ordered keys (0032): deliveries of a key that just became final.
+    SELECT o.id, k.webhook_id, k.order_key, k.sequence
     FROM done o
     JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
+    WHERE o.final
+), released AS (
+    -- The next delivery of each such key, if fan_out parked it (its next_retry_at is
+    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
+    -- that committed while this statement ran) is left to release_parked, which the
+    -- recorder runs next for the ids returned in release_later.
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM finals f
     CROSS JOIN LATERAL (
         SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
-        WHERE s.webhook_id = k.webhook_id AND s.order_key = k.order_key
-          AND s.sequence > k.sequence
+        WHERE s.webhook_id = f.webhook_id AND s.order_key = f.order_key
+          AND s.sequence > f.sequence
         ORDER BY s.sequence LIMIT 1) nx
-    WHERE o.final AND n.id = nx.delivery_id AND n.status = 'pending'
-      AND n.next_retry_at = nx.parked_until
-    RETURNING n.id
+    WHERE n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
+    RETURNING n.id, f.id AS after_id
 ), rang AS (
     -- released rows are due now: ring the doorbell (delivered at commit)
     SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
@@ -357,12 +363,36 @@ SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
        (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM rang) AS rang,
+       ARRAY(SELECT f.id FROM finals f
+             WHERE f.id NOT IN (SELECT after_id FROM released)) AS release_later,
        -- still our claim, but the row is locked by another transaction: try again
        ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
              WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
                AND o.id NOT IN (SELECT id FROM mine)) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
+
+-- name: release_parked
+-- Ordered keys (0032): record_outcomes' release again, in a new snapshot, for final
+-- deliveries (%(ids)s) whose next one it could not see; rings the doorbell.
+WITH released AS (
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM dispatcher.delivery_sequence k
+    JOIN public.webhook_deliveries pd ON pd.id = k.delivery_id
+    CROSS JOIN LATERAL (
+        SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
+        WHERE s.webhook_id = k.webhook_id AND s.order_key = k.order_key
+          AND s.sequence > k.sequence
+        ORDER BY s.sequence LIMIT 1) nx
+    WHERE k.delivery_id = ANY (%(ids)s::uuid[]) AND k.order_key IS NOT NULL
+      AND pd.status NOT IN ('pending', 'retrying')
+      AND n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
+    RETURNING n.id
+)
+SELECT count(*) AS released,
+       (SELECT count(*) FROM (SELECT pg_notify('dispatcher_v1', 'd')
+                              FROM (SELECT 1 FROM released LIMIT 1) x) y) AS rang
+FROM released;
 
 -- name: apply_webhook_counters
 -- Write the streak rows' pending changes (record_outcomes) to public.webhooks:
