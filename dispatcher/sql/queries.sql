@@ -107,9 +107,9 @@ WITH picked AS MATERIALIZED (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn,
            -- Parked (0032): a keyed delivery behind an open one of its key, in this batch
-           -- or before, is not due until record_outcomes releases it, or 30 s pass (a
-           -- recorder whose snapshot predates this commit cannot see it to release it),
-           -- so claim_due does not walk a blocked key's rows. The claim still checks.
+           -- or before, is not due until record_outcomes (or release_parked after it)
+           -- releases it, or 30 s pass (made final outside the recorder), so claim_due
+           -- does not walk a blocked key's rows. The claim still checks.
            CASE WHEN m.order_key IS NOT NULL
                  AND (row_number() OVER (PARTITION BY m.webhook_id, m.order_key
                                          ORDER BY m.queued_at, m.event_created_at, m.event_id) > 1
