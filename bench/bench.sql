@@ -93,3 +93,19 @@ WITH claimed AS (
     RETURNING q.id, q.body
 )
 INSERT INTO ceiling_out (queue_id, body) SELECT id, body FROM updated;
+
+-- name: publish_backlog_keyed
+-- publish_backlog with an aggregate_id: each org's events cycle through %(keys)s keys
+-- (the ordered scenario: ordering is per webhook and key).
+SELECT count(publish_event(
+    %(event_type)s,
+    md5('key-' || ((g / cardinality(%(orgs)s::uuid[])) %% %(keys)s))::uuid,
+    %(payload)s::jsonb || jsonb_build_object('seq', g),
+    NULL, '{}'::jsonb, (%(orgs)s::uuid[])[1 + g %% cardinality(%(orgs)s::uuid[])]
+)) AS published
+FROM generate_series(%(lo)s::int, %(hi)s::int) AS g;
+
+-- name: order_all_webhooks
+-- Mark every webhook ordered through the SQL admin API (0032).
+SELECT count(dispatcher.set_webhook_ordered(w.org_id, w.id, true)) AS ordered
+FROM public.webhooks w;

@@ -44,6 +44,9 @@ def ratios(s: Results) -> dict[str, Any]:
         if p_drain and p_fanout:
             # each rate divided by the ceiling measured just before it: noise cancels
             out["fanout_to_drain_paired"] = round(p_fanout / p_drain, 3)
+    if "ordered" in s:
+        out["ordered_to_unordered"] = s["ordered"]["ratio_ordered_to_unordered"]
+        out["ordered_to_unordered_paired"] = s["ordered"].get("ratio_ordered_to_unordered_paired")
     if "slow" in s:
         out["slow_to_cap_over_latency"] = s["slow"]["ratio_to_cap_over_latency"]
     if "hotquiet" in s:
@@ -117,6 +120,21 @@ def markdown(res: Results) -> str:
                 f"{_num(d['deliveries_per_s'])} /s",
                 f"{_num(r.get('drain_to_ceiling'), 2)}x ceiling, "
                 f"{_num(r.get('drain_to_paired_ceiling'), 2)}x paired (>= 0.5)",
+                _met(ratio >= 0.5 if ratio else None),
+            )
+        )
+    if "ordered" in s:
+        o = s["ordered"]
+        ratio = r.get("ordered_to_unordered_paired") or r.get("ordered_to_unordered")
+        rows.append(
+            (
+                "ordered",
+                f"{o['ordered']['events']:,} events, {o['ordered']['keys_per_webhook']} keys per "
+                "webhook, ordered vs unordered",
+                f"{_num(o['ordered']['deliveries_per_s'])} /s vs "
+                f"{_num(o['unordered']['deliveries_per_s'])} /s",
+                f"{_num(r.get('ordered_to_unordered'), 2)}x, "
+                f"{_num(r.get('ordered_to_unordered_paired'), 2)}x paired (>= 0.5)",
                 _met(ratio >= 0.5 if ratio else None),
             )
         )

@@ -34,6 +34,7 @@ ORDER = (
     "intake",
     "drain1",
     "drain",
+    "ordered",
     "fanout",
     "slow",
     "hotquiet",
@@ -41,7 +42,7 @@ ORDER = (
     "replicas",
     "cost",
 )
-NEEDS_CEILING = {"drain1", "drain", "fanout", "hotquiet", "replicas", "cost"}
+NEEDS_CEILING = {"drain1", "drain", "ordered", "fanout", "hotquiet", "replicas", "cost"}
 RESULTS = Path(__file__).parent / "results"
 # The figure that picks the median run when a scenario is repeated.
 PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
@@ -52,6 +53,7 @@ PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
     "slow": lambda r: r["deliveries_per_s"],
     "hotquiet": lambda r: r["quiet_p99_ms"] or 0.0,
     "fanout": lambda r: r["deliveries_per_s"],
+    "ordered": lambda r: r["ratio_ordered_to_unordered"],
     "latency": lambda r: r["p50_ms"] or 0.0,
     "replicas": lambda r: r["ratio_2_to_1"],
     "cost": lambda r: r["deliveries_per_s"],

@@ -47,6 +47,7 @@ class Config:
     quiet_rate: float = 100.0
     fanout_events: int = 2_000
     fanout_webhooks: int = 10
+    ordered_keys: int = 100  # ordered: aggregate_ids per webhook
     latency_rate: float = 200.0
     latency_seconds: float = 20.0
     latency_warmup_seconds: float = 2.0
@@ -258,6 +259,38 @@ class Scenarios:
             result["hot_ratio_to_paired_ceiling"] = round(hot_rate / paired, 3)
         result["all_success"] = result["all_success"] and len(quiet_ms) == len(commits)
         return result
+
+    async def ordered(self) -> dict[str, Any]:
+        """The drain's backlog, every event with an aggregate_id among `ordered_keys` per
+        webhook, drained twice in this run: webhooks unordered, then marked ordered (issue
+        13: the ordered drain >= 0.5x the unordered one)."""
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        for mode in ("unordered", "ordered"):
+            db = await self._fresh(f"ord{mode[0]}")
+            try:
+                async with await self.d.connect(db) as conn:
+                    hooks = await create_webhooks(
+                        conn, self.receiver.url(f"/ord{mode[0]}"), orgs=cfg.orgs, per_org=1
+                    )
+                    await publish_backlog(conn, hooks.orgs, cfg.drain_events, keys=cfg.ordered_keys)
+                    if mode == "ordered":
+                        await conn.execute(q("order_all_webhooks"))
+                result = await self.d.run(db, cfg.drain_events, track_sql=True)
+            finally:
+                await asyncio.to_thread(self.cluster.drop_database, db)
+            result["events"] = cfg.drain_events
+            result["webhooks"] = cfg.orgs
+            result["keys_per_webhook"] = cfg.ordered_keys
+            out[mode] = result
+        out["ratio_ordered_to_unordered"] = round(
+            out["ordered"]["deliveries_per_s"] / out["unordered"]["deliveries_per_s"], 3
+        )
+        p_un, p_ord = (out[m].get("ratio_to_paired_ceiling") for m in ("unordered", "ordered"))
+        if p_un and p_ord:
+            out["ratio_ordered_to_unordered_paired"] = round(p_ord / p_un, 3)
+        out["all_success"] = out["unordered"]["all_success"] and out["ordered"]["all_success"]
+        return out
 
     async def fanout(self) -> dict[str, Any]:
         return await self._drain_scenario(

@@ -105,19 +105,26 @@ async def create_webhooks(
 
 
 async def publish_backlog(
-    conn: psycopg.AsyncConnection[Any], orgs: list[uuid.UUID], count: int, chunk: int = 1000
+    conn: psycopg.AsyncConnection[Any],
+    orgs: list[uuid.UUID],
+    count: int,
+    chunk: int = 1000,
+    *,
+    keys: int = 0,
 ) -> None:
-    """`count` events through publish_event(), round-robin over `orgs`, in chunks."""
+    """`count` events through publish_event(), round-robin over `orgs`, in chunks; with
+    `keys`, each org's events carry an aggregate_id cycling through that many keys."""
     for lo in range(1, count + 1, chunk):
         hi = min(lo + chunk - 1, count)
         await conn.execute(
-            q("publish_backlog"),
+            q("publish_backlog_keyed" if keys else "publish_backlog"),
             {
                 "event_type": EVENT_TYPE,
                 "payload": Jsonb(PAYLOAD),
                 "orgs": orgs,
                 "lo": lo,
                 "hi": hi,
+                **({"keys": keys} if keys else {}),
             },
         )
 

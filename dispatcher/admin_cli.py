@@ -151,6 +151,11 @@ def register(sub: Sub) -> None:
     _filters(q, "deliveries")
     q.add_argument("--status", help="pending, retrying, success, failed or dlq")
     q.add_argument("--limit", default="50", help="at most this many rows (default 50)")
+    q.add_argument(
+        "--after-seq",
+        metavar="N",
+        help="with --webhook: its deliveries numbered after N, lowest first (X-InTime-Sequence)",
+    )
     q = _leaf(g, "show", "deliveries show", "one delivery: attempts, request headers, response")
     q.add_argument("id", metavar="ID")
     q = _leaf(g, "replay", "deliveries replay", "send a finished delivery again (new delivery)")
@@ -214,6 +219,10 @@ cli.extend(register)
 
 @cli.command("deliveries list")
 def _deliveries_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.after_seq is not None:
+        from dispatcher.sequences_cli import list_after
+
+        return list_after(args, settings)
     w = window(args)
     status = choice(args.status, admin.DELIVERY_STATUSES, "--status")
     limit = int_arg(args.limit, "--limit")

@@ -1,4 +1,5 @@
-"""`dispatcher webhooks list|show|health|add|enable|disable|discard-hold|rotate-secret|test`.
+"""`dispatcher webhooks list|show|health|add|enable|disable|discard-hold|rotate-secret|test`
+(`set` and `replay`: dispatcher/sequences_cli.py).
 
 Secrets and custom header values are hidden unless --show-secret; `add` and
 `rotate-secret` print the new secret once, because the receiver needs it.
@@ -101,6 +102,10 @@ def register(sub: Sub) -> None:
     q.add_argument("id", metavar="ID")
     q.add_argument("--timeout", default="60", help="seconds to wait for the attempt (default 60)")
     q.add_argument("--no-wait", action="store_true", help="queue the ping and exit")
+    # set --ordered|--unordered, replay --from-seq (issue 13: dispatcher/sequences_cli.py)
+    from dispatcher.sequences_cli import register_webhooks
+
+    register_webhooks(g)
 
 
 LIST_COLUMNS = (

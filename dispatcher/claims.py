@@ -58,6 +58,7 @@ class Claimed:
     # When the delivery row was created (fan-out); for /metrics' delivery latency.
     created_at: datetime | None = None
     traceparent: str | None = None  # the publisher's W3C trace context, validated
+    sequence: int | None = None  # per-webhook sequence number (0032); None: not numbered
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -87,6 +88,7 @@ class Claimed:
             failing=bool(row.get("failing")),
             created_at=row.get("created_at") or now,
             traceparent=valid_traceparent(row.get("traceparent")),
+            sequence=row.get("sequence"),
         )
 
 

@@ -77,6 +77,7 @@ class Target:
     msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
     org_id: str | None = None  # whose DNS lookup budget the attempt uses
     traceparent: str | None = None  # sent as the W3C traceparent header when set
+    sequence: int | None = None  # the webhook's sequence number: X-InTime-Sequence
 
 
 @dataclass(slots=True)
@@ -189,6 +190,7 @@ class Sender:
                 signer=signer,
                 msg_id=target.msg_id,
                 traceparent=target.traceparent,
+                sequence=target.sequence,
             )
         except InvalidTarget as exc:
             return AttemptResult(

@@ -302,7 +302,10 @@ class Dispatcher:
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
-        return taken, claimed
+        # A pass that only deferred (every event behind a held webhook row, or ordered keys
+        # behind another replica's fan-out still in progress) is not "full": it waits for the
+        # next doorbell, DEFER_SECONDS or the poll rather than spin while the rows are held.
+        return events + (deferred if events else 0), claimed
 
     async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
@@ -419,6 +422,7 @@ class Dispatcher:
                     message_id(d.event_id, d.webhook_id, d.id),
                     org_id=str(d.org_id),
                     traceparent=traceparent,
+                    sequence=d.sequence,
                 )
             )
         except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends

@@ -291,6 +291,9 @@ class Recorder:
             recorded = int(got["recorded"]) if got else 0
             busy = set(got["busy"] or ()) if got else set()
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
+            later = list(got["release_later"] or ()) if got else []
+            if later:  # ordered keys (0032): a next delivery that snapshot could not see
+                await conn.execute(query("release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
         self._counters_due = True

@@ -41,6 +41,7 @@ RESERVED = frozenset(
         "x-intime-delivery",
         "x-intime-timestamp",
         "x-intime-signature",
+        "x-intime-sequence",
         # hop-by-hop (RFC 9110 7.6.1) and framing
         "connection",
         "keep-alive",
@@ -231,12 +232,15 @@ def build_request(
     now: datetime | None = None,
     msg_id: str | None = None,
     traceparent: str | None = None,
+    sequence: int | None = None,
 ) -> BuiltRequest:
     """Headers of one attempt; `secrets[0]` is current, later ones are rotating out.
     A `signer` (make_signer / cached_signer) stands for secrets and headers. `msg_id`
     is the `webhook-id` (message_id(); the delivery id when not given). A
     `traceparent` (already validated: tracing.valid_traceparent) is sent as is and wins
-    over a custom header of that name."""
+    over a custom header of that name. A `sequence` (the webhook's number of this
+    message) is sent as X-InTime-Sequence; it is not signed (the body is), but a
+    receiver that verified the body can trust it no more than any header."""
     if signer is None:
         signer = make_signer(secrets or (), headers)
     if now is None:
@@ -257,6 +261,8 @@ def build_request(
     }
     if traceparent is not None:
         own["traceparent"] = traceparent
+    if sequence is not None:
+        own["X-InTime-Sequence"] = str(sequence)
     if not event_type.isprintable() and (_CONTROL.search(event_type) or not _encodable(event_type)):
         own["X-InTime-Event"] = _header_safe(event_type)
     if not signer.extra:

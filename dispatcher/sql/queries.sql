@@ -23,7 +23,7 @@
 -- does not conflict.
 WITH picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
-    SELECT o.ctid AS row_id, o.event_id
+    SELECT o.ctid AS row_id, o.event_id, o.created_at AS queued_at
     FROM dispatcher.outbox o
     WHERE (o.retry_at IS NULL OR o.retry_at <= now())
       AND (%(only)s::uuid IS NULL OR o.event_id = %(only)s::uuid)
@@ -35,7 +35,7 @@ WITH picked AS MATERIALIZED (
     -- The body once per event, whatever the number of webhooks it goes to; one
     -- definition, shared with recover_webhook (0005_admin_api.sql).
     SELECT b.*, b.body::text AS body_text
-    FROM (SELECT p.row_id, e.id, e.org_id, e.event_type, e.created_at,
+    FROM (SELECT p.row_id, p.queued_at, e.id, e.org_id, e.event_type, e.created_at, e.aggregate_id,
                  -- a lifecycle event: the webhook it is about (0026_lifecycle_events.sql)
                  e.metadata #>> '{dispatcher,webhook_id}' AS about_webhook,
                  dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
@@ -66,9 +66,12 @@ WITH picked AS MATERIALIZED (
            least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
+             -- an ordered key waits for claim_due, which checks earlier deliveries (0032)
+             AND NOT (coalesce(wset.ordered, false) AND e.aggregate_id IS NOT NULL)
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
-           e.created_at AS event_created_at
+           e.created_at AS event_created_at,
+           CASE WHEN wset.ordered THEN e.aggregate_id END AS order_key, e.queued_at
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
@@ -81,6 +84,7 @@ WITH picked AS MATERIALIZED (
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
+    LEFT JOIN dispatcher.webhook_settings wset ON wset.webhook_id = w.id
 ), locked AS MATERIALIZED (
     -- What the foreign keys of webhook_deliveries and held need, taken without waiting.
     SELECT w.id FROM public.webhooks w
@@ -95,18 +99,61 @@ WITH picked AS MATERIALIZED (
     SET retry_at = now() + interval '1 second', misses = NULL  -- read: not unreadable
     WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM waiting))
     RETURNING o.event_id
+), contended AS MATERIALIZED (
+    -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row
+    -- older than this batch that is still there and due was taken by another fan-out
+    -- still in progress (this one takes the oldest it can lock): this batch's events to
+    -- an ordered webhook with a key stay in the outbox for the next round instead of
+    -- being numbered before that one's. One probe of outbox_oldest.
+    SELECT %(only)s::uuid IS NULL AND EXISTS (
+        SELECT 1 FROM dispatcher.outbox o
+        WHERE o.created_at < (SELECT min(p.queued_at) FROM picked p)
+          AND (o.retry_at IS NULL OR o.retry_at <= now())) AS yes
+    WHERE EXISTS (SELECT 1 FROM matched m WHERE m.order_key IS NOT NULL)
+), ordered_wait AS MATERIALIZED (
+    -- Ordered keys (0032) of a contended batch: left in the outbox for the next round.
+    SELECT DISTINCT m.event_id FROM matched m
+    WHERE m.order_key IS NOT NULL AND coalesce((SELECT yes FROM contended), false)
 ), claimed AS (
     DELETE FROM dispatcher.outbox
     WHERE ctid = ANY (ARRAY(
         SELECT c.row_id FROM claimed_events c
-        WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)))
+        WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
+          AND c.id NOT IN (SELECT event_id FROM ordered_wait)))
     RETURNING event_id
+), open_prev AS (
+    -- Ordered keys (0032): the previous delivery of each key of this batch, when still
+    -- open, locked FOR SHARE: record_outcomes (SKIP LOCKED) then cannot finish it unseen
+    -- while this statement parks behind it; one it finished first fails the re-check.
+    SELECT p.webhook_id, p.order_key
+    FROM (SELECT DISTINCT m.webhook_id, m.order_key FROM matched m
+          WHERE m.order_key IS NOT NULL AND m.webhook_status = 'active') kk
+    CROSS JOIN LATERAL (
+        SELECT max(q.sequence) AS sequence FROM dispatcher.delivery_sequence q
+        WHERE q.webhook_id = kk.webhook_id AND q.order_key = kk.order_key) mx
+    JOIN dispatcher.delivery_sequence p
+      ON p.webhook_id = kk.webhook_id AND p.order_key = kk.order_key AND p.sequence = mx.sequence
+    JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
+    WHERE pd.status IN ('pending', 'retrying')
+    FOR SHARE OF pd
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
-                                   ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn
+                                   ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn,
+           -- Parked (0032): a keyed delivery behind an open one of its key, in this batch
+           -- or before, is not due until record_outcomes (or release_parked after it)
+           -- releases it, or 30 s pass (made final outside the recorder), so claim_due
+           -- does not walk a blocked key's rows. The claim still checks.
+           CASE WHEN m.order_key IS NOT NULL
+                 AND (row_number() OVER (PARTITION BY m.webhook_id, m.order_key
+                                         ORDER BY m.queued_at, m.event_created_at, m.event_id) > 1
+                      OR EXISTS (SELECT 1 FROM open_prev op
+                                 WHERE op.webhook_id = m.webhook_id
+                                   AND op.order_key = m.order_key))
+                THEN now() + interval '30 seconds' END AS parked_until
     FROM matched m
     WHERE m.webhook_status = 'active'
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
+      AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
     -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
@@ -116,6 +163,7 @@ WITH picked AS MATERIALIZED (
     FROM matched m
     WHERE m.webhook_status = 'disabled'
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
+      AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
     ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
@@ -127,9 +175,29 @@ WITH picked AS MATERIALIZED (
                 ELSE jsonb_build_object('traceparent', traceparent) END,
            body_text, 1, max_attempts, 'pending',
            CASE WHEN eligible AND rn <= %(claim)s
-                THEN now() + make_interval(secs => %(lease)s) END
+                THEN now() + make_interval(secs => %(lease)s) ELSE parked_until END
     FROM ranked
     RETURNING id, next_retry_at
+), seq_counts AS (
+    -- Sequence numbers (0032): one counter row per webhook, bumped once per statement
+    -- (in webhook order, so two fan-outs never wait on each other in a cycle).
+    SELECT webhook_id, count(*) AS n FROM ranked GROUP BY webhook_id
+), seq_last AS (
+    INSERT INTO dispatcher.webhook_sequences AS s (webhook_id, last)
+    SELECT webhook_id, n FROM seq_counts ORDER BY webhook_id
+    ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
+    RETURNING s.webhook_id, s.last
+), sequenced AS (
+    INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
+                                              parked_until)
+    SELECT r.id, r.webhook_id,
+           l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
+                                             ORDER BY r.queued_at, r.event_created_at, r.event_id),
+           r.order_key, r.parked_until
+    FROM ranked r
+    JOIN seq_counts c ON c.webhook_id = r.webhook_id
+    JOIN seq_last l ON l.webhook_id = r.webhook_id
+    RETURNING delivery_id, sequence
 )
 SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
        m.body_text AS request_body, 1 AS attempt_number, m.max_attempts,
@@ -140,9 +208,11 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent, 0::bigint AS events_deferred
+       NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence,
+       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait) AS events_deferred
 FROM matched m
-JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL
+JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL AND m.eligible
+LEFT JOIN sequenced sq ON sq.delivery_id = m.id
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
@@ -151,8 +221,8 @@ UNION ALL
 -- events left in the outbox for a webhook row held by someone else.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL,
-       (SELECT count(*) FROM deferred);
+       (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL,
+       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait);
 
 -- name: claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -181,6 +251,15 @@ WITH candidates AS (
       AND dispatcher.webhook_claimable_v1(w.status, w.deleted_at, w.consecutive_failures,
                                           w.last_failure_at, rc.base_delay_seconds,
                                           rc.max_delay_seconds, %(failing_after)s)
+      -- an ordered webhook's keyed delivery waits until the previous one of its key is
+      -- final (0032); before the LIMIT, so a blocked key never fills the scan. A scalar
+      -- subquery, evaluated per row through the primary key: as NOT EXISTS the planner
+      -- hashes it over the whole table.
+      AND (NOT EXISTS (SELECT 1 FROM dispatcher.webhook_settings wset
+                       WHERE wset.webhook_id = d.webhook_id AND wset.ordered)
+           OR coalesce((SELECT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)
+                        FROM dispatcher.delivery_sequence k
+                        WHERE k.delivery_id = d.id), true))
     -- in the order it became due (index dispatcher_deliveries_due_since)
     ORDER BY coalesce(d.next_retry_at, d.created_at)
     LIMIT %(scan)s
@@ -215,7 +294,9 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
           0::bigint AS deliveries_created, d.created_at,
-          d.request_headers ->> 'traceparent' AS traceparent;
+          d.request_headers ->> 'traceparent' AS traceparent,
+          (SELECT s.sequence FROM dispatcher.delivery_sequence s
+            WHERE s.delivery_id = d.id) AS sequence;
 
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
@@ -281,6 +362,29 @@ WITH o AS (
     SELECT dispatcher.dead_lettered_v1(id, webhook_id, attempt, response_status,
                                        error_code, error_message) AS event_id
     FROM (SELECT * FROM done WHERE status = 'dlq' ORDER BY webhook_id, id OFFSET 0) dlq
+), finals AS MATERIALIZED (
+    -- Ordered keys (0032): deliveries of a key that just became final.
+    SELECT o.id, k.webhook_id, k.order_key, k.sequence
+    FROM done o
+    JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
+    WHERE o.final
+), released AS (
+    -- The next delivery of each such key, if fan_out parked it (its next_retry_at is
+    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
+    -- that committed while this statement ran) is left to release_parked, which the
+    -- recorder runs next for the ids returned in release_later.
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM finals f
+    CROSS JOIN LATERAL (
+        SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
+        WHERE s.webhook_id = f.webhook_id AND s.order_key = f.order_key
+          AND s.sequence > f.sequence
+        ORDER BY s.sequence LIMIT 1) nx
+    WHERE n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
+    RETURNING n.id, f.id AS after_id
+), rang AS (
+    -- released rows are due now: ring the doorbell (delivered at commit)
+    SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
 ), lost AS (
     -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
     -- the row as it was before this statement (every part of a WITH sees the same
@@ -302,12 +406,38 @@ WITH o AS (
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
        (SELECT count(event_id) FROM dead) AS dead_lettered_published,
+       (SELECT count(*) FROM released) AS released,
+       (SELECT count(*) FROM rang) AS rang,
+       ARRAY(SELECT f.id FROM finals f
+             WHERE f.id NOT IN (SELECT after_id FROM released)) AS release_later,
        -- still our claim, but the row is locked by another transaction: try again
        ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
              WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
                AND o.id NOT IN (SELECT id FROM mine)) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
+
+-- name: release_parked
+-- Ordered keys (0032): record_outcomes' release again, in a new snapshot, for final
+-- deliveries (%(ids)s) whose next one it could not see; rings the doorbell.
+WITH released AS (
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM dispatcher.delivery_sequence k
+    JOIN public.webhook_deliveries pd ON pd.id = k.delivery_id
+    CROSS JOIN LATERAL (
+        SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
+        WHERE s.webhook_id = k.webhook_id AND s.order_key = k.order_key
+          AND s.sequence > k.sequence
+        ORDER BY s.sequence LIMIT 1) nx
+    WHERE k.delivery_id = ANY (%(ids)s::uuid[]) AND k.order_key IS NOT NULL
+      AND pd.status NOT IN ('pending', 'retrying')
+      AND n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
+    RETURNING n.id
+)
+SELECT count(*) AS released,
+       (SELECT count(*) FROM (SELECT pg_notify('dispatcher_v1', 'd')
+                              FROM (SELECT 1 FROM released LIMIT 1) x) y) AS rang
+FROM released;
 
 -- name: apply_webhook_counters
 -- Write the streak rows' pending changes (record_outcomes) to public.webhooks:

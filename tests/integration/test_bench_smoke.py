@@ -20,6 +20,7 @@ SCENARIOS = {
     "intake",
     "drain1",
     "drain",
+    "ordered",
     "fanout",
     "slow",
     "hotquiet",
