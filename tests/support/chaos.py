@@ -417,8 +417,12 @@ class Chaos:
         receiver's duplicates."""
         expected = self.expected_pairs(self.published)
         async with await self._connect() as conn:
+            # The dispatcher's own lifecycle events (0026: webhook.recovered after a flap)
+            # reach the webhooks subscribed to them; they are not the load's events.
             cur = await conn.execute(
-                "SELECT event_id, webhook_id, status, id FROM webhook_deliveries WHERE org_id = %s",
+                "SELECT event_id, webhook_id, status, id FROM webhook_deliveries"
+                " WHERE org_id = %s AND event_type NOT IN"
+                " ('webhook.disabled', 'webhook.recovered', 'delivery.dead_lettered')",
                 (self.org,),
             )
             rows = await cur.fetchall()
