@@ -58,8 +58,10 @@ def _read_name(packet: bytes, offset: int) -> tuple[str, int]:
 
 def build_query(name: str, qtype: int = TYPE_A, qid: int = 0x1234) -> bytes:
     """A standard recursive query for ``name`` (tests' own socket-level client)."""
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + _encode_name(name) + struct.pack(
-        "!HH", qtype, CLASS_IN
+    return (
+        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+        + _encode_name(name)
+        + struct.pack("!HH", qtype, CLASS_IN)
     )
 
 

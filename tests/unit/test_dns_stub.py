@@ -71,7 +71,7 @@ async def test_c_ares_resolves_through_the_stub_and_times_out_on_a_hang() -> Non
 
         stub.hang("b-*.fuzz.test", seconds=1.5)
         started = time.monotonic()
-        with pytest.raises(OSError, match="(?i)time"):  # no answer at all
+        with pytest.raises(OSError, match=r"(?i)time"):  # no answer at all
             await hosts("b-all.fuzz.test")
         assert stub.swallowed["b-all.fuzz.test"] >= 1
         # another name is answered while b-* hangs
