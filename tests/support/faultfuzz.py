@@ -132,6 +132,7 @@ class FuzzRun:
         self.dns = DnsStub(zone=DNS_ZONE)
         self.dns_generation = 0  # B's host names are b-<generation>.fuzz.test
         self.dns_hangs: list[tuple[float, float]] = []  # (from, until) of each dns_hang
+        self.dns_attempts: dict[str, int] = {}  # org -> attempts that failed on DNS
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._no_daemon_since: float | None = None
@@ -239,6 +240,8 @@ class FuzzRun:
             drained = await self._drain()
             for slot in self.slots:
                 await self._stop_slot(slot, "sigterm")
+            with contextlib.suppress(psycopg.OperationalError):
+                await self._count_dns_attempts()
         finally:
             self._stop.set()
             sampler.cancel()
@@ -251,6 +254,20 @@ class FuzzRun:
         report = await self.oracle(drained)
         report.figures["wall_seconds"] = round(time.monotonic() - started, 1)
         return report
+
+    async def _count_dns_attempts(self) -> None:
+        """Per org, the attempts recorded as failed lookups (timed out or over the org's
+        cap): proof that dns_hang reached the daemons, and that A's never failed."""
+        async with await self._connect() as conn:
+            for org, org_id in self.orgs.items():
+                cur = await conn.execute(
+                    "SELECT count(*) AS n FROM dispatcher.attempts WHERE org_id = %s "
+                    "AND (error_message LIKE 'cannot resolve%%' "
+                    "     OR error_message LIKE '%%DISPATCHER_DNS_MAX_PER_ORG%%')",
+                    (org_id,),
+                )
+                row = await cur.fetchone()
+                self.dns_attempts[org] = int(row["n"]) if row else 0
 
     def close(self) -> None:
         for daemon in self.all_daemons:
