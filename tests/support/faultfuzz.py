@@ -51,10 +51,13 @@ from psycopg.types.json import Jsonb
 from dispatcher.patterns import matches
 
 from .daemon import DaemonProcess
+from .dns_stub import DnsStub
 from .fuzz_oracle import Report, judge
 from .fuzz_receiver import FlappingReceiver, Receipt
 from .fuzz_schedule import (
     DAEMONS,
+    DNS_TIMEOUT,
+    DNS_ZONE,
     DRAIN_TIMEOUT,
     EVENT_TYPES,
     FLAPPING,
@@ -126,6 +129,10 @@ class FuzzRun:
         self.harness_errors: list[str] = []  # a fault that could not be carried out
         self.due_seen: dict[tuple[str, str], float] = {}
         self.receiver = FlappingReceiver(self._pids, hang_for=HTTP_TIMEOUT + 1.5)
+        self.dns = DnsStub(zone=DNS_ZONE)
+        self.dns_generation = 0  # B's host names are b-<generation>.fuzz.test
+        self.dns_hangs: list[tuple[float, float]] = []  # (from, until) of each dns_hang
+        self.dns_attempts: dict[str, int] = {}  # org -> attempts that failed on DNS
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._no_daemon_since: float | None = None
@@ -140,8 +147,15 @@ class FuzzRun:
         )
 
     # -- setup ---------------------------------------------------------------------------
+    def hook_url(self, org: str, path: str) -> str:
+        """A webhook's URL: a host name the stub DNS server resolves to the receiver's
+        loopback address (org A's never hangs; org B's hang in a dns_hang fault)."""
+        host = "a" if org == "A" else f"b-{self.dns_generation}"
+        return f"http://{host}.{DNS_ZONE}:{self.receiver.port}{path}"
+
     async def setup(self) -> None:
         await self.receiver.start()
+        await self.dns.start()
         async with await self._connect() as conn:
             for org, org_id in self.orgs.items():
                 await conn.execute(
@@ -158,7 +172,7 @@ class FuzzRun:
                 cur = await conn.execute(
                     "INSERT INTO webhooks (org_id, name, url, events, status) "
                     "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                    (self.orgs[org], path, self.receiver.url(path), patterns, status),
+                    (self.orgs[org], path, self.hook_url(org, path), patterns, status),
                 )
                 row = await cur.fetchone()
                 assert row is not None
@@ -176,6 +190,8 @@ class FuzzRun:
             "DISPATCHER_CONCURRENCY": "32",
             "DISPATCHER_INTEGRATIONS_ENABLED": "false",
             "DISPATCHER_INSTANCE_NAME": f"fuzz-{slot}-{len(self.all_daemons)}",
+            "DISPATCHER_DNS_SERVERS": self.dns.address,
+            "DISPATCHER_DNS_TIMEOUT": str(DNS_TIMEOUT),
             **extra,
         }
 
@@ -224,6 +240,8 @@ class FuzzRun:
             drained = await self._drain()
             for slot in self.slots:
                 await self._stop_slot(slot, "sigterm")
+            with contextlib.suppress(psycopg.OperationalError):
+                await self._count_dns_attempts()
         finally:
             self._stop.set()
             sampler.cancel()
@@ -232,9 +250,24 @@ class FuzzRun:
                 task.cancel()
             await asyncio.gather(sampler, publisher, *self._tasks, return_exceptions=True)
             await self.receiver.close()
+            self.dns.close()
         report = await self.oracle(drained)
         report.figures["wall_seconds"] = round(time.monotonic() - started, 1)
         return report
+
+    async def _count_dns_attempts(self) -> None:
+        """Per org, the attempts recorded as failed lookups (timed out or over the org's
+        cap): proof that dns_hang reached the daemons, and that A's never failed."""
+        async with await self._connect() as conn:
+            for org, org_id in self.orgs.items():
+                cur = await conn.execute(
+                    "SELECT count(*) AS n FROM dispatcher.attempts WHERE org_id = %s "
+                    "AND (error_message LIKE 'cannot resolve%%' "
+                    "     OR error_message LIKE '%%DISPATCHER_DNS_MAX_PER_ORG%%')",
+                    (org_id,),
+                )
+                row = await cur.fetchone()
+                self.dns_attempts[org] = int(row["n"]) if row else 0
 
     def close(self) -> None:
         for daemon in self.all_daemons:
@@ -301,8 +334,36 @@ class FuzzRun:
             self._background(self._term_later(slot, a["seconds"] - 1.0))
         elif fault.kind == "flap":
             self._background(self._flap(a["path"], a["steps"]))
-        elif fault.kind == "dns_hang":  # pragma: no cover - scheduled only once wired
-            raise NotImplementedError("dns_hang: point the daemons at a stub DNS server")
+        elif fault.kind == "dns_hang":
+            await self._dns_hang(a["seconds"])
+
+    async def _dns_hang(self, seconds: float) -> None:
+        """B's host names stop answering for ``seconds``. Every process caches a name it
+        resolved (aiohttp, 60 s) and keeps connections open, so a hang of a name already
+        looked up would touch only processes started during it: B's webhooks are moved to
+        a fresh name as well (an admin's URL edit to a host whose DNS hangs), which every
+        process must look up while it hangs. A webhook row held by the host keeps its
+        name (the edit waits at most 1 s for the lock)."""
+        start = time.monotonic()
+        self.dns.hang(f"b-*.{DNS_ZONE}", seconds)
+        self.dns_hangs.append((start, start + seconds))
+        self.dns_generation += 1
+        try:
+            async with await self._connect() as conn:
+                for (org, path), _ in WEBHOOKS.items():
+                    if org != "B":
+                        continue
+                    try:
+                        async with conn.transaction():
+                            await conn.execute("SET LOCAL lock_timeout = '1s'")
+                            await conn.execute(
+                                "UPDATE webhooks SET url = %s WHERE id = %s",
+                                (self.hook_url(org, path), self.hooks[path]),
+                            )
+                    except psycopg.errors.LockNotAvailable:
+                        print(f"dns_hang: {path} held, its name not changed", flush=True)
+        except psycopg.OperationalError as exc:
+            print(f"dns_hang: names not changed: {exc}", flush=True)
 
     async def _stop_and_restart(self, slot: Slot, sig: str, after: float) -> None:
         await self._stop_slot(slot, sig)

@@ -179,7 +179,13 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         "longest_due_seconds": round(run.longest_due, 1),  # unexcused, see "no stuck row"
         "auto_disabled": len(run.disabled),
         "dns_hang": dns_hang_state(),
+        # B's lookups the stub DNS server left unanswered during dns_hang faults
+        "dns_swallowed": sum(run.dns.swallowed.values()),
+        # attempts recorded as failed lookups, of B (during dns_hang) and of A (none expected)
+        "dns_failed_attempts": "B {}, A {}".format(*(run.dns_attempts.get(o, 0) for o in "BA")),
     }
+    if run.counts["dns_hang"] and not figures["dns_swallowed"]:
+        notes.append("dns_hang was drawn but no lookup hung: the fault tested nothing")
     return Report(run.seed, run.seconds, run.faults, run.counts, broken, figures, notes)
 
 

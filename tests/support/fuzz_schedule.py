@@ -27,11 +27,14 @@ FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
 GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}  # and term_in_slow_claim
 
 
-# Settings that point the daemon at a DNS server (the `edges` work adds resolver settings in
-# parallel; their names were not known when this was written). The dns_hang fault needs one of
-# these AND a stub DNS server wired to it here; until both exist it is never scheduled.
-DNS_SERVER_SETTINGS = ("dns_servers", "dns_nameservers", "resolver_nameservers", "nameservers")
-DNS_HANG_WIRED = False
+# The dns_hang fault: the daemons resolve webhook hosts through a stub DNS server
+# (tests/support/dns_stub.py, DISPATCHER_DNS_SERVERS) with a short DISPATCHER_DNS_TIMEOUT; every
+# webhook URL names a host in DNS_ZONE (the healthy org's too, so its lookups share the
+# resolver with the hanging ones).
+DNS_ZONE = "fuzz.test"
+DNS_TIMEOUT = 1.0
+DNS_SERVER_SETTINGS = ("dns_servers",)
+DNS_HANG_WIRED = True
 
 
 def dns_setting() -> str | None:
@@ -116,7 +119,7 @@ def schedule(seed: int, seconds: float, kinds: list[str]) -> list[Fault]:
                 steps.append((mode, round(rng.uniform(0.3, 2.5), 1)))
             args = {"path": rng.choice(FLAPPING), "steps": steps}
         elif kind == "dns_hang":
-            args = {"seconds": round(rng.uniform(2, 6), 1)}
+            args = {"seconds": round(rng.uniform(2, 8), 1)}
         faults.append(Fault(round(t, 2), kind, args))
         t += rng.uniform(1.0, 4.0)
     return faults
