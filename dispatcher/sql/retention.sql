@@ -47,6 +47,9 @@ WITH doomed AS (
     ORDER BY d.created_at
     LIMIT %(batch)s
     FOR UPDATE OF d SKIP LOCKED
+), numbers AS (
+    -- their sequence numbers (0032), where no foreign key cascades (a partitioned host table)
+    DELETE FROM dispatcher.delivery_sequence s USING doomed WHERE s.delivery_id = doomed.id
 )
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 

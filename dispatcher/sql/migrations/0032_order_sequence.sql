@@ -50,8 +50,7 @@ CREATE TABLE dispatcher.webhook_sequences (
 );
 
 CREATE TABLE dispatcher.delivery_sequence (
-    delivery_id uuid PRIMARY KEY
-        REFERENCES public.webhook_deliveries (id) ON DELETE CASCADE,
+    delivery_id uuid PRIMARY KEY,  -- the delivery; the foreign key is added below when it can be
     webhook_id uuid NOT NULL,
     sequence bigint NOT NULL,
     order_key uuid,
@@ -59,6 +58,28 @@ CREATE TABLE dispatcher.delivery_sequence (
     -- the token); record_outcomes makes it due when that one becomes final
     parked_until timestamptz
 );
+-- A delivery's number goes with it (ON DELETE CASCADE) when webhook_deliveries.id is unique
+-- on its own. A host that partitions webhook_deliveries by time has a primary key that
+-- includes the partition key, which a foreign key cannot reference: there, retention
+-- deletes the numbers of the deliveries it purges (purge_finished), and numbers of rows the
+-- host deletes itself stay behind (a few bytes each, never read: docs/host-contract.md).
+DO $fk$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_index i
+        WHERE i.indrelid = 'public.webhook_deliveries'::regclass AND i.indisunique
+          AND i.indnkeyatts = 1
+          AND i.indkey[0] = (SELECT a.attnum FROM pg_attribute a
+                             WHERE a.attrelid = 'public.webhook_deliveries'::regclass
+                               AND a.attname = 'id')
+    ) THEN
+        ALTER TABLE dispatcher.delivery_sequence
+            ADD CONSTRAINT delivery_sequence_delivery_id_fkey FOREIGN KEY (delivery_id)
+            REFERENCES public.webhook_deliveries (id) ON DELETE CASCADE;
+    END IF;
+END
+$fk$;
+
 -- deliveries_since, replay_from_sequence (a replay shares its original's number)
 CREATE INDEX dispatcher_delivery_sequence_hook ON dispatcher.delivery_sequence
     (webhook_id, sequence);
