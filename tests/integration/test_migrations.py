@@ -91,10 +91,12 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
             "SELECT tgname FROM pg_trigger"
             " WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
         ).fetchall()
-    # The host's triggers kept, no twin of them; ours release holds and note when the
-    # status changed (0028, for webhook_health's disabled_since).
+    # The host's triggers kept, no twin of them; ours release holds, publish the webhook's
+    # lifecycle events (0026: webhook.disabled, webhook.recovered) and note when the status
+    # changed (0028, for webhook_health's disabled_since).
     assert sorted(t[0] for t in triggers) == [
         "dispatcher_webhook_hold",
+        "dispatcher_webhook_lifecycle",
         "dispatcher_webhook_status_since",
         "trigger_webhook_auto_disable",
         "trigger_webhooks_updated_at",
