@@ -91,8 +91,9 @@ async def test_host_database_is_left_as_the_host_made_it(empty_db_dsn: str, rece
             "SELECT tgname FROM pg_trigger"
             " WHERE tgrelid = 'webhooks'::regclass AND NOT tgisinternal"
         ).fetchall()
-    # The host's triggers kept, no twin of them; ours release holds, publish lifecycle events
-    # (0026) and note when the status changed (0028, for webhook_health's disabled_since).
+    # The host's triggers kept, no twin of them; ours release holds, publish the webhook's
+    # lifecycle events (0026: webhook.disabled, webhook.recovered) and note when the status
+    # changed (0028, for webhook_health's disabled_since).
     assert sorted(t[0] for t in triggers) == [
         "dispatcher_webhook_hold",
         "dispatcher_webhook_lifecycle",

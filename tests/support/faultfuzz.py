@@ -120,6 +120,8 @@ class FuzzRun:
         self.held: list[tuple[str, float, float]] = []  # (webhook id, from, until)
         self.failing_seen: dict[str, list[float]] = defaultdict(list)
         self.disabled: set[str] = set()
+        # the dispatcher's own lifecycle events (migration 0026): event id -> (org, type)
+        self.lifecycle: dict[str, tuple[str, str]] = {}
         self.stuck: dict[str, str] = {}
         # the latest a row was seen still due past its due time, unexcused (s; the sampler
         # sees rows due for more than 1 s, every 0.5 s)
@@ -655,4 +657,20 @@ class FuzzRun:
     # -- oracle ----------------------------------------------------------------------------
 
     async def oracle(self, drained: bool) -> Report:
+        await self._read_lifecycle()
         return judge(self, drained)
+
+    async def _read_lifecycle(self) -> None:
+        """The lifecycle events the dispatcher published itself during the run (a flapping
+        webhook's webhook.recovered, ...): owed to the webhooks of their org they match."""
+        org_of = {org_id: org for org, org_id in self.orgs.items()}
+        with contextlib.suppress(psycopg.OperationalError):
+            async with await self._connect() as conn:
+                cur = await conn.execute(
+                    "SELECT id::text, org_id::text, event_type FROM events"
+                    " WHERE org_id = ANY(%s::uuid[])"
+                    " AND metadata #> '{dispatcher,lifecycle}' = 'true'::jsonb",
+                    (list(self.orgs.values()),),
+                )
+                for row in await cur.fetchall():
+                    self.lifecycle[row["id"]] = (org_of[row["org_id"]], row["event_type"])

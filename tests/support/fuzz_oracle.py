@@ -6,12 +6,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.patterns import matches
+
 from .fuzz_receiver import Receipt
 from .fuzz_schedule import (
     DRAIN_TIMEOUT,
     LEASE,
     TENANT_BOUND,
     TENANT_MIN_CHECKED,
+    WEBHOOKS,
     Fault,
     dns_hang_state,
 )
@@ -57,9 +60,6 @@ class Report:
         return "\n".join(lines)
 
 
-# Events the dispatcher publishes itself (docs/receivers.md, "The dispatcher's own events").
-LIFECYCLE_EVENTS = frozenset({"webhook.disabled", "webhook.recovered", "delivery.dead_lettered"})
-
 
 def judge(run: FuzzRun, drained: bool) -> Report:
     """The invariants of a finished run (module docstring of faultfuzz.py)."""
@@ -84,9 +84,12 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         elif r.event_id in committed and (r.event_id, r.path) not in owed:
             if run.hooks[r.path] not in run.disabled:
                 wrong.append(f"event {r.event_id} sent to non-subscribed {r.path}")
-        elif r.event_id not in committed and r.event_type not in LIFECYCLE_EVENTS:
-            # The dispatcher's own lifecycle events (0026) reach webhooks subscribed to
-            # them (`*` here); anything else it sends must have been published.
+        elif r.event_id in run.lifecycle:
+            org, event_type = run.lifecycle[r.event_id]
+            patterns, _ = WEBHOOKS.get((org, r.path), ([], ""))
+            if not any(matches(p, event_type) for p in patterns):
+                wrong.append(f"lifecycle event {r.event_id} sent to non-subscribed {r.path}")
+        elif r.event_id not in committed:
             wrong.append(f"unknown event {r.event_id} sent to {r.path}")
     broken["nothing unowed"] = wrong
 

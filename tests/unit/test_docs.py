@@ -14,14 +14,15 @@ from dispatcher.request import build_request
 from dispatcher.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-OWN_DOCS = [
-    "README.md",
-    "docs/architecture.md",
-    "docs/operations.md",
-    "docs/receivers.md",
-    "systemd/README.md",
-    "CHANGELOG.md",
-]
+OWN_DOCS = sorted(
+    {
+        "README.md",
+        "systemd/README.md",
+        "CHANGELOG.md",
+        *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+    }
+)
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 SETTINGS = sorted(ENV_PREFIX + name.upper() for name in Settings.model_fields)
 
 
@@ -43,13 +44,57 @@ def test_the_example_env_file_names_no_unknown_setting() -> None:
     assert named <= set(SETTINGS), f"not settings: {sorted(named - set(SETTINGS))}"
 
 
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes of a Markdown file's headings (lowercase, punctuation but `-`
+    and `_` dropped, spaces to `-`, `-1`, `-2`... for repeats), plus explicit <a id/name>."""
+    text = FENCED.sub("", path.read_text())
+    found: set[str] = set(re.findall(r'<a (?:name|id)="([^"]+)"', text))
+    repeats: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen = repeats.get(slug, 0)
+        repeats[slug] = seen + 1
+        found.add(slug if seen == 0 else f"{slug}-{seen}")
+    return found
+
+
+def _broken_links(path: Path) -> list[str]:
+    """Relative links of ``path`` (outside code blocks) to a missing file or a missing heading
+    anchor of a Markdown file (``other.md#anchor``, ``#anchor``)."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", FENCED.sub("", path.read_text())):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = path.parent / file if file else path
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target} (no such heading)")
+    return broken
+
+
 @pytest.mark.parametrize("doc", OWN_DOCS)
 def test_relative_links_resolve(doc: str) -> None:
-    path = ROOT / doc
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
-    local = [t for t in targets if "://" not in t and not t.startswith("mailto:")]
-    missing = [t for t in local if not (path.parent / t).exists()]
-    assert missing == [], f"{doc} links to missing files: {missing}"
+    broken = _broken_links(ROOT / doc)
+    assert broken == [], f"{doc} has broken links: {broken}"
+
+
+def test_broken_links_are_found(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text(
+        "# Other page\n\n## Webhook states (v2)\n\n## Webhook states (v2)\n"
+    )
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# Title\n\n```md\n[in code](nowhere.md)\n```\n"
+        "[ok](other.md#webhook-states-v2) [ok](other.md#webhook-states-v2-1) [ok](#title)\n"
+        "[bad](missing.md) [bad](other.md#webhook-states) [bad](#nothing) [web](https://x.test/y)\n"
+    )
+    assert _broken_links(doc) == [
+        "missing.md (no such file)",
+        "other.md#webhook-states (no such heading)",
+        "#nothing (no such heading)",
+    ]
 
 
 def _receiver_sample() -> Any:
