@@ -60,7 +60,6 @@ class Report:
         return "\n".join(lines)
 
 
-
 def judge(run: FuzzRun, drained: bool) -> Report:
     """The invariants of a finished run (module docstring of faultfuzz.py)."""
     broken: dict[str, list[str]] = {}
