@@ -104,11 +104,15 @@ WITH picked AS MATERIALIZED (
     -- older than this batch that is still there and due was taken by another fan-out
     -- still in progress (this one takes the oldest it can lock): this batch's events to
     -- an ordered webhook with a key stay in the outbox for the next round instead of
-    -- being numbered before that one's. One probe of outbox_oldest.
+    -- being numbered before that one's. Rows left for a second because a webhook row
+    -- they need was held (`deferred` below: retry_at ahead, misses cleared) count too: they
+    -- come back before anything newer may be numbered; rows of events this role cannot read
+    -- (misses) do not, or one unreadable event would hold every tenant's ordered keys.
+    -- One probe of outbox_oldest.
     SELECT %(only)s::uuid IS NULL AND EXISTS (
         SELECT 1 FROM dispatcher.outbox o
         WHERE o.created_at < (SELECT min(p.queued_at) FROM picked p)
-          AND (o.retry_at IS NULL OR o.retry_at <= now())) AS yes
+          AND (o.retry_at IS NULL OR o.retry_at <= now() OR coalesce(o.misses, 0) = 0)) AS yes
     WHERE EXISTS (SELECT 1 FROM matched m WHERE m.order_key IS NOT NULL)
 ), ordered_wait AS MATERIALIZED (
     -- Ordered keys (0032) of a contended batch: left in the outbox for the next round.
@@ -463,7 +467,10 @@ WITH p AS (
 ), locked AS (
     SELECT w.id FROM public.webhooks w JOIN p ON p.webhook_id = w.id AND p.write
     ORDER BY w.id
-    FOR UPDATE OF w SKIP LOCKED
+    -- NO KEY UPDATE, what the UPDATE below takes anyway: a plain FOR UPDATE would conflict
+    -- with the FOR KEY SHARE a concurrent fan-out takes on the rows it references, and make
+    -- it leave the webhook's events in the outbox for a second (fan_out, `waiting`)
+    FOR NO KEY UPDATE OF w SKIP LOCKED
 ), hooks AS (
     UPDATE public.webhooks w SET
         consecutive_failures = CASE WHEN p.reset THEN 0

@@ -68,6 +68,44 @@ async def interleaved(conn: Conn, org: uuid.UUID, keys: list[uuid.UUID], per_key
     return expected
 
 
+async def test_events_left_behind_a_held_webhook_row_are_numbered_before_newer_ones(
+    conn, db_dsn, start_daemon
+):
+    """A fan-out that finds the webhook row held (the host, or our own counters write) leaves
+    the key's events in the outbox for a second; events of that key published meanwhile must
+    not be numbered, and so sent, before them."""
+    org = await hostdb.create_org(conn)
+    key = uuid.uuid4()
+    async with OrderReceiver() as receiver:
+        hook = await hostdb.create_webhook(conn, org, receiver.url(), ["candidate.*"])
+        await set_ordered(conn, org, hook["id"], True)
+        await start_daemon()
+        holder = await psycopg.AsyncConnection.connect(db_dsn)
+        try:
+            await holder.execute("SELECT 1 FROM webhooks WHERE id = %s FOR UPDATE", (hook["id"],))
+            for n in range(3):
+                await publish(conn, org, key, n)
+            # the fan-out left them in the outbox, due again in a second
+            for _ in range(100):
+                cur = await conn.execute(
+                    "SELECT count(*) AS n FROM dispatcher.outbox WHERE retry_at > now()"
+                )
+                row = await cur.fetchone()
+                if row is not None and row["n"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("premise: the fan-out did not leave the events behind")
+        finally:
+            await holder.rollback()
+            await holder.close()
+        for n in range(3, 6):  # fanned out at once (NOTIFY) while the first three still wait
+            await publish(conn, org, key, n)
+        await receiver.wait_delivered(6)
+        assert receiver.order_by_key() == {str(key): [0, 1, 2, 3, 4, 5]}
+        assert_numbers_rise_per_key(receiver)
+
+
 async def test_ordered_webhook_keeps_each_key_in_order_across_two_replicas(conn, start_daemon):
     org = await hostdb.create_org(conn)
     async with OrderReceiver() as receiver:
