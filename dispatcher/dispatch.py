@@ -106,6 +106,9 @@ class Dispatcher:
             ahead=settings.claim_ahead,
         )
         self._releases: set[asyncio.Task[None]] = set()  # queued rows being given back
+        # webhook -> (when read, (url, secret, headers) or None when not active): queued rows
+        # behind a slow endpoint re-read their webhook at most once per QUEUE_RECHECK
+        self._webhooks_seen: dict[Any, tuple[float, tuple[str, str, Any] | None]] = {}
         self.released_unsent = 0  # leased rows given back unsent while running
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
@@ -458,18 +461,31 @@ class Dispatcher:
     async def _recheck(self, d: Claimed) -> bool:
         """Refresh a queued row's webhook status before sending; False (and released, not
         sent) when its URL, secret or headers changed or the webhook cannot be read."""
-        try:
-            async with self._pool.connection(timeout=5) as conn:
-                cur = await conn.execute(query("webhook_now"), {"id": d.webhook_id})
-                row = await cur.fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
-            self._release_soon([d])
-            return False
-        if row is None or row["deleted_at"] is not None or row["status"] != "active":
+        now = time.monotonic()
+        seen = self._webhooks_seen.get(d.webhook_id)
+        if seen is not None and now - seen[0] <= QUEUE_RECHECK:
+            current = seen[1]  # read for another of its rows just now: one read per webhook
+        else:
+            try:
+                async with self._pool.connection(timeout=5) as conn:
+                    cur = await conn.execute(query("webhook_now"), {"id": d.webhook_id})
+                    row = await cur.fetchone()
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
+                self._release_soon([d])
+                return False
+            current = (
+                None
+                if row is None or row["deleted_at"] is not None or row["status"] != "active"
+                else (row["url"], row["secret"] or "", row["headers"])
+            )
+            if len(self._webhooks_seen) > 10_000:
+                self._webhooks_seen.clear()
+            self._webhooks_seen[d.webhook_id] = (now, current)
+        if current is None:
             d.active = False
             return True
-        if (row["url"], row["secret"] or "", row["headers"]) != (d.url, d.secrets[0], d.headers):
+        if current != (d.url, d.secrets[0], d.headers):
             self._release_soon([d])
             return False
         return True
