@@ -206,8 +206,11 @@ async def _wait_outbox_empty(conn, timeout: float) -> None:
 BURST_ENV = {"DISPATCHER_HTTP_TIMEOUT": "30"}
 
 
-async def test_a_burst_of_20000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
-    await _burst(conn, receiver, db_dsn, daemon_factory, 20_000, timeout=120, **BURST_ENV)
+async def test_a_burst_of_5000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
+    """Every event of one transaction sent once, in the runs that leave out `slow`; the
+    100,000-event test below sends 20,000 from one transaction (this one sent 20,000 too
+    before that test was cut to one in five subscribed: twice the same minute of CI)."""
+    await _burst(conn, receiver, db_dsn, daemon_factory, 5_000, timeout=120, **BURST_ENV)
 
 
 @pytest.mark.slow
@@ -215,8 +218,8 @@ async def test_a_burst_of_20000_events_in_one_transaction(conn, receiver, db_dsn
 async def test_a_burst_of_100000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
     """The size of one host transaction: 100,000 events through intake (one statement's
     transition table) and fan-out (a 100,000-row outbox drained in batches). One in five is
-    subscribed: sending is the same per delivery whatever the burst (the 20,000-event test
-    sends 20,000 from one transaction too), and 100,000 sends cost a minute of CI."""
+    subscribed and sent: 20,000 sends from one transaction (100,000 cost a minute of CI and
+    prove nothing more: sending is the same per delivery whatever the burst)."""
     await _burst(
         conn, receiver, db_dsn, daemon_factory, 100_000, 800, subscribed_every=5, **BURST_ENV
     )
