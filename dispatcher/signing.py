@@ -101,4 +101,4 @@ def sign_intime(timestamp: str, body: bytes, secret: str) -> str:
 def sign_intime_with_key(timestamp: str, body: bytes, key: bytes) -> str:
     """sign_intime with the key already encoded (the secret's UTF-8 bytes)."""
     message = timestamp.encode("utf-8") + b"." + body
-    return "sha256=" + hmac.new(key, message, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.digest(key, message, hashlib.sha256).hex()
