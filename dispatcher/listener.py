@@ -16,7 +16,7 @@ import structlog
 
 from dispatcher.db import connect_kwargs
 from dispatcher.metrics import Metrics
-from dispatcher.retrying import LISTENER, Backoff
+from dispatcher.retrying import LISTENER, Backoff, Policy
 from dispatcher.settings import Settings
 
 log = structlog.get_logger("dispatcher.listener")
@@ -33,19 +33,21 @@ class Listener:
         *,
         check_interval: float = 5.0,
         check_timeout: float = 5.0,
+        backoff: Policy = LISTENER,
     ) -> None:
         self._s = settings
         self._on_wake = on_wake
         self._metrics = metrics
         self._check_interval = check_interval
         self._check_timeout = check_timeout
+        self._backoff = backoff
         self.connected = asyncio.Event()
         self.notifications = 0
         self.progress = 0
 
     async def run(self) -> None:
         """Listen for ever, reconnecting as needed; returns only when cancelled."""
-        backoff = Backoff(LISTENER)
+        backoff = Backoff(self._backoff)
         first = True
         while True:
             try:
