@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +39,7 @@ from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder, outcome_row
 from dispatcher.request import message_id
+from dispatcher.retrying import DISPATCH, Backoff
 from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
@@ -150,7 +150,7 @@ class Dispatcher:
     # -- loop ---------------------------------------------------------------------
     async def run(self) -> None:
         """Claim and start attempts until stop() is called."""
-        backoff = 0.2
+        backoff = Backoff(DISPATCH)
         outbox = True  # look at the outbox in this pass
         while not self._stopping:
             self.progress += 1
@@ -168,20 +168,16 @@ class Dispatcher:
                 async with asyncio.timeout(self._deadline):
                     more = await self._claim_and_start(free, outbox)
                 outbox = False
-                backoff = 0.2
+                backoff.recovered(log, "claim_recovered")
             except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
                 # Connection trouble, or a row changed under the statement (a webhook
                 # hard-deleted mid-fan-out violates the delivery's foreign key): nothing
                 # was committed; log and try again after a pause. Never take the loop down.
-                log.warning(
-                    "claim_failed",
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                    retry_in=round(backoff, 2),
+                delay = backoff.failed(
+                    log, "claim_failed", error=type(exc).__name__, detail=str(exc)[:200]
                 )
                 self._metrics.db_errors.inc()
-                await self._wait([], backoff * (0.8 + random.random() * 0.4))
-                backoff = min(backoff * 2, 5.0)
+                await self._wait([], delay)
                 outbox = True
                 continue
             finally:

@@ -16,7 +16,6 @@ pending in dispatcher.webhook_streaks until the lock goes.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from psycopg_pool import PoolTimeout
 from dispatcher.db import Pool
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
+from dispatcher.retrying import RECORDER, TRANSIENT_DB_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from dispatcher.claims import Claimed
@@ -225,27 +225,17 @@ class Recorder:
         self._counters_waiting = self._counters_due = waiting > 0
 
     async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
-        delay = 0.2
+        backoff = Backoff(RECORDER)
         while True:
             try:
                 await self._write(batch)
+                backoff.recovered(log, "outcome_write_recovered", outcomes=len(batch))
                 return
-            except (
-                psycopg.OperationalError,
-                psycopg.errors.DeadlockDetected,
-                psycopg.errors.SerializationFailure,
-                psycopg.errors.QueryCanceled,
-                PoolTimeout,
-                TimeoutError,  # no answer at all: a half-open connection
-            ) as exc:
-                log.warning(
-                    "outcome_write_failed",
-                    outcomes=len(batch),
-                    error=type(exc).__name__,
-                    retry_in=round(delay, 2),
+            except TRANSIENT_DB_ERRORS as exc:
+                delay = backoff.failed(
+                    log, "outcome_write_failed", outcomes=len(batch), error=type(exc).__name__
                 )
-                await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
             except (psycopg.Error, ValueError, TypeError) as exc:
                 # Not transient: something in the batch the database (or JSON) refuses.
                 # Write the outcomes one by one, the last resort without the receiver's data.
