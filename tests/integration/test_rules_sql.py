@@ -2,13 +2,15 @@
 
 The organization's retry policy: dispatcher.retry_policy_v1 (0037) and backoff.RetryPolicy,
 over the whole range of the host's integer columns, NULLs and unknown strategies included,
-and the SQL helpers built on it. The statements that call the SQL home still plan as before: the
+and the SQL helpers built on it. The "not active" text: dispatcher.not_active_v1 (0038) and
+transitions.NOT_ACTIVE. The statements that call the SQL home still plan as before: the
 call is inlined, never evaluated per row."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from dispatcher.admission import FAILING_AFTER, probe_delay
 from dispatcher.backoff import RANGES, STRATEGIES, RetryPolicy
 from dispatcher.queries import query
+from dispatcher.transitions import NOT_ACTIVE
 
 INT4 = (-(2**31), 2**31 - 1)
 INT_FIELDS = tuple(RANGES)
@@ -173,3 +176,26 @@ async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) 
         for function in ("retry_policy_v1", "probe_delay_v1", "webhook_claimable_v1"):
             assert function not in plan, (name, function, plan)
         assert "LEAST(GREATEST(COALESCE(rc." in plan, (name, plan)
+
+
+async def test_the_not_active_text_is_one_in_sql_and_python(conn: hostdb.Conn) -> None:
+    cur = await conn.execute("SELECT dispatcher.not_active_v1() AS text")
+    assert (await cur.fetchone())["text"] == NOT_ACTIVE
+    # The partial index of a disable's streak (0020) spells it out: the same text.
+    cur = await conn.execute(
+        "SELECT pg_get_expr(i.indpred, i.indrelid) AS pred FROM pg_index i"
+        " WHERE i.indexrelid = 'dispatcher_deliveries_streak'::regclass"
+    )
+    pred = (await cur.fetchone())["pred"]
+    assert f"error_message = '{NOT_ACTIVE}'::text" in pred.replace("(", "").replace(")", ""), pred
+    # ... and the streak's condition, calling the function, is the index's: no Filter left.
+    async with conn.transaction(force_rollback=True):
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        cur = await conn.execute(
+            "EXPLAIN (COSTS OFF) SELECT d.id FROM webhook_deliveries d"
+            " WHERE d.webhook_id = %s AND (d.status = 'dlq'"
+            " OR (d.status = 'failed' AND d.error_message = dispatcher.not_active_v1()))",
+            (uuid.uuid4(),),
+        )
+        plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
+    assert "dispatcher_deliveries_streak" in plan and "Filter" not in plan, plan
