@@ -151,16 +151,19 @@ FROM public.integration_retry_config
 WHERE org_id = %(org)s;
 
 -- name: admin_retry_config_set
--- Insert with the host's defaults, or change only the values given (NULL = keep).
+-- Insert with the host's defaults (dispatcher.retry_policy_v1 with no arguments, 0037), or
+-- change only the values given (NULL = keep).
 INSERT INTO public.integration_retry_config AS rc (
     org_id, max_retries, retry_strategy, base_delay_seconds, max_delay_seconds,
     enable_jitter, enable_dlq, dlq_retention_days
-) VALUES (
-    %(org)s, coalesce(%(max_retries)s, 3), coalesce(%(retry_strategy)s, 'exponential'),
-    coalesce(%(base_delay_seconds)s, 5), coalesce(%(max_delay_seconds)s, 300),
-    coalesce(%(enable_jitter)s, true), coalesce(%(enable_dlq)s, true),
-    coalesce(%(dlq_retention_days)s, 30)
 )
+SELECT %(org)s, coalesce(%(max_retries)s, d.max_retries),
+       coalesce(%(retry_strategy)s, d.retry_strategy),
+       coalesce(%(base_delay_seconds)s, d.base_delay_seconds),
+       coalesce(%(max_delay_seconds)s, d.max_delay_seconds),
+       coalesce(%(enable_jitter)s, d.enable_jitter), coalesce(%(enable_dlq)s, d.enable_dlq),
+       coalesce(%(dlq_retention_days)s, d.dlq_retention_days)
+FROM dispatcher.retry_policy_v1() d
 ON CONFLICT (org_id) DO UPDATE SET
     max_retries = coalesce(%(max_retries)s, rc.max_retries),
     retry_strategy = coalesce(%(retry_strategy)s, rc.retry_strategy),

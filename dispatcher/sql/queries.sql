@@ -63,7 +63,9 @@ WITH picked AS MATERIALIZED (
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
            rc.enable_jitter, rc.enable_dlq,
-           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
+           -- the org's policy clamped to the host UI's ranges (0037)
+           (dispatcher.retry_policy_v1(max_retries => rc.max_retries)).max_retries + 1
+               AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
              -- an ordered key waits for claim_due, which checks earlier deliveries (0032)
