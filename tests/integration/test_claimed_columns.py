@@ -40,7 +40,7 @@ class Reading(dict[str, Any]):
         self.required.add(key)
         return super().__getitem__(key)
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]  # dict.get's overloads, one signature is enough here
+    def get(self, key: str, default: Any = None) -> Any:
         self.optional.add(key)
         return super().get(key, default)
 

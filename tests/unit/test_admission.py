@@ -25,7 +25,7 @@ class Clock:
         return self.now
 
 
-def make(cap: int = 4, ahead: int = 0) -> tuple[Admission, Clock]:
+def make(cap: int = 4, ahead: int = 0) -> tuple[Admission[Any], Clock]:
     """Without claim-ahead unless asked: the rules of what may start now."""
     clock = Clock()
     return Admission(cap, RateLimits(clock=clock), clock=clock, ahead=ahead), clock
@@ -143,7 +143,7 @@ def test_a_claim_that_gave_a_webhook_less_than_its_room_holds_nothing_back() -> 
 # -- claim-ahead -------------------------------------------------------------------------
 
 
-def _at_cap(adm: Admission, hook, n: int) -> None:
+def _at_cap(adm: Admission[Any], hook: UUID, n: int) -> None:
     for _ in range(n):
         adm.started(hook, active=True, failing=False)
 
