@@ -111,22 +111,6 @@ SELECT org_id FROM public.webhooks WHERE id = %(id)s AND deleted_at IS NULL;
 -- name: admin_replay
 SELECT dispatcher.replay_delivery(%(org)s, %(id)s) AS id;
 
--- name: admin_dlq_retry_org
-SELECT retried, skipped_inactive
-FROM dispatcher.retry_dlq(%(org)s, %(webhook)s, %(since)s, %(until)s);
-
--- name: admin_dlq_retry_all
--- Every organization holding matching DLQ items, in one statement.
-SELECT coalesce(sum(r.retried), 0)::integer AS retried,
-       coalesce(sum(r.skipped_inactive), 0)::integer AS skipped_inactive
-FROM (
-    SELECT DISTINCT d.org_id FROM public.webhook_deliveries d
-    WHERE d.status = 'dlq'
-      AND (%(since)s::timestamptz IS NULL OR d.created_at >= %(since)s)
-      AND (%(until)s::timestamptz IS NULL OR d.created_at < %(until)s)
-) o
-CROSS JOIN LATERAL dispatcher.retry_dlq(o.org_id, NULL, %(since)s, %(until)s) r;
-
 -- name: admin_dlq_clear_org
 SELECT dispatcher.clear_dlq(%(org)s, %(webhook)s, %(since)s, %(until)s) AS cleared;
 

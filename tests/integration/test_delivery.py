@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import hostdb
 import pytest
@@ -288,7 +289,7 @@ async def test_success_timestamps_of_a_healthy_webhook_are_written_at_most_once_
     hook = await hostdb.create_webhook(conn, org, receiver.url("/h"), ["*"])
     await start_daemon()
 
-    async def deliver(n: int) -> dict:
+    async def deliver(n: int) -> dict[str, Any]:
         await hostdb.publish(conn, "job.created", {"n": n}, org)
         await hostdb.wait_deliveries(conn, "status = 'success'", n)
         cur = await conn.execute(

@@ -295,7 +295,7 @@ async def test_metrics_count_held_events(conn, receiver, start_daemon):
     await eventually(three_held, "dispatcher_held_events == 3", 30)
 
 
-async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_daemon, run):  # noqa: F811
+async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_daemon, run):  # noqa: F811  # `run` is the fixture imported above
     org = await hostdb.create_org(conn)
     hook = await disabled_hook(conn, org, receiver.url("/cli"))
     other = await disabled_hook(conn, org, receiver.url("/cli-other"))
