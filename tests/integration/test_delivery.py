@@ -151,8 +151,8 @@ async def test_client_error_fails_at_once(conn, receiver, start_daemon):
     assert row["response_status"] == 400 and row["attempt_number"] == 1
     assert row["delivered_at"] is not None and row["next_retry_at"] is None
     assert len(receiver.requests) == 1
-    w = await hostdb.webhook(conn, hook["id"])
-    assert w["consecutive_failures"] == 1 and w["last_failure_at"] is not None
+    w = await hostdb.wait_webhook(conn, hook["id"], lambda w: w["consecutive_failures"] == 1)
+    assert w["last_failure_at"] is not None
 
 
 async def test_exhausted_delivery_goes_to_dlq(conn, receiver, start_daemon):

@@ -193,7 +193,7 @@ async def test_a_webhook_disabled_by_its_failures_holds_then_delivers(conn, rece
     await start_daemon()
     first = await hostdb.publish(conn, "job.created", {"n": 0}, org)
     await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
-    assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"
+    await hostdb.wait_webhook(conn, hook["id"], lambda w: w["status"] == "disabled")
     held = [await hostdb.publish(conn, "job.updated", {"n": n}, org) for n in (1, 2)]
     await wait_held(conn, hook["id"], 2)
     await wait_outbox_empty(conn)

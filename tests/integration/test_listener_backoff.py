@@ -4,6 +4,7 @@ logged at warning, then at error; the reconnect logs one recovery line and rings
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -36,7 +37,7 @@ async def test_a_database_that_stays_away_escalates_then_recovers_once(
             task = asyncio.create_task(listener.run())
             try:
 
-                def failed() -> list[dict[str, Any]]:
+                def failed() -> list[MutableMapping[str, Any]]:
                     return [x for x in logs if x["event"] == "listener_connect_failed"]
 
                 await until(lambda: len(failed()) >= 4)

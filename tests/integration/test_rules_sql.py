@@ -149,7 +149,9 @@ async def test_the_org_helpers_read_the_policy_as_python_does(conn: hostdb.Conn)
                 "SELECT dispatcher.probe_delay_v1(%s, %s, %s, %s) AS delay",
                 (streak, base, top, FAILING_AFTER),
             )
-            assert (await cur.fetchone())["delay"] == probe_delay(policy, streak), (base, top)
+            row = await cur.fetchone()
+            assert row is not None
+            assert row["delay"] == probe_delay(policy, streak), (base, top)
 
 
 async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) -> None:
@@ -180,13 +182,17 @@ async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) 
 
 async def test_the_not_active_text_is_one_in_sql_and_python(conn: hostdb.Conn) -> None:
     cur = await conn.execute("SELECT dispatcher.not_active_v1() AS text")
-    assert (await cur.fetchone())["text"] == NOT_ACTIVE
+    row = await cur.fetchone()
+    assert row is not None
+    assert row["text"] == NOT_ACTIVE
     # The partial index of a disable's streak (0020) spells it out: the same text.
     cur = await conn.execute(
         "SELECT pg_get_expr(i.indpred, i.indrelid) AS pred FROM pg_index i"
         " WHERE i.indexrelid = 'dispatcher_deliveries_streak'::regclass"
     )
-    pred = (await cur.fetchone())["pred"]
+    row = await cur.fetchone()
+    assert row is not None
+    pred = row["pred"]
     assert f"error_message = '{NOT_ACTIVE}'::text" in pred.replace("(", "").replace(")", ""), pred
     # ... and the streak's condition, calling the function, is the index's: no Filter left.
     async with conn.transaction(force_rollback=True):

@@ -3,6 +3,8 @@ reset, the escalation from warning to error, the one recovery line)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -94,7 +96,7 @@ def test_the_four_loops_keep_their_bounds() -> None:
 # --- escalation and recovery, as logged ----------------------------------------------------
 
 
-def levels(logs: list[dict[str, object]]) -> list[object]:
+def levels(logs: Sequence[Mapping[str, object]]) -> list[object]:
     return [line["log_level"] for line in logs]
 
 
