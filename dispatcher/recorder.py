@@ -279,6 +279,7 @@ class Recorder:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
+            noted = int(got["webhooks"]) if got else 1
             busy = set(got["busy"] or ()) if got else set()
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
             later = list(got["release_later"] or ()) if got else []
@@ -286,7 +287,8 @@ class Recorder:
                 await conn.execute(query("release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
-        self._counters_due = True
+        if noted:  # streak rows changed: their counters are written next
+            self._counters_due = True
         if busy:
             # Locked by another transaction: nobody can retake them meanwhile; try again.
             self._busy.extend(r for r in batch if r.id in busy)
