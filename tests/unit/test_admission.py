@@ -356,3 +356,20 @@ def test_the_next_probe_is_the_earliest_of_the_failing_webhooks_not_probing() ->
     assert adm.next_probe_in() == 17.0
     clock.now += 30.0
     assert adm.next_probe_in() == 0.0  # overdue: at once, never negative
+def test_two_claims_at_once_each_judge_held_back_webhooks_by_the_room_they_were_given() -> None:
+    """A due scan and a doorbell's fan-out may run at once (dispatch.py): each statement's
+    answer is read against its own room, and while the other still runs, the webhooks
+    already held back stay held (an attempt of theirs that ends still asks for a refill)."""
+    adm, _ = make(cap=4)
+    hot, quiet = uuid4(), uuid4()
+    _at_cap(adm, hot, 2)
+    scan = adm.claim_params()  # the due scan: hot may take 2 more
+    asked_scan = dict(zip(scan["room_ids"], scan["room_left"], strict=True))
+    adm.claim_params()  # the fan-out's, sent while the scan runs (overwrites the last one)
+    adm.note_held([quiet], {quiet: 4, hot: 2}, keep=True)  # the fan-out: 1 of quiet's 4
+    adm.note_held([hot, hot], asked_scan)  # the scan got all it was given for hot
+    assert adm.ended(hot), "hot got its whole room: more of it may be due"
+    adm.note_held([], asked_scan, keep=True)
+    assert adm.ended(hot), "kept while another statement still runs"
+    adm.note_held([], asked_scan)
+    assert not adm.ended(hot) and not adm.ended(quiet)
