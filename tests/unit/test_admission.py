@@ -356,6 +356,8 @@ def test_the_next_probe_is_the_earliest_of_the_failing_webhooks_not_probing() ->
     assert adm.next_probe_in() == 17.0
     clock.now += 30.0
     assert adm.next_probe_in() == 0.0  # overdue: at once, never negative
+
+
 def test_two_claims_at_once_each_judge_held_back_webhooks_by_the_room_they_were_given() -> None:
     """A due scan and a doorbell's fan-out may run at once (dispatch.py): each statement's
     answer is read against its own room, and while the other still runs, the webhooks
