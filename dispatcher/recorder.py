@@ -16,7 +16,6 @@ pending in dispatcher.webhook_streaks until the lock goes.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from psycopg_pool import PoolTimeout
 from dispatcher.db import Pool
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
+from dispatcher.retrying import RECORDER, TRANSIENT_DB_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from dispatcher.claims import Claimed
@@ -212,27 +212,17 @@ class Recorder:
         self._counters_waiting = self._counters_due = waiting > 0
 
     async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
-        delay = 0.2
+        backoff = Backoff(RECORDER)
         while True:
             try:
                 await self._write(batch)
+                backoff.recovered(log, "outcome_write_recovered", outcomes=len(batch))
                 return
-            except (
-                psycopg.OperationalError,
-                psycopg.errors.DeadlockDetected,
-                psycopg.errors.SerializationFailure,
-                psycopg.errors.QueryCanceled,
-                PoolTimeout,
-                TimeoutError,  # no answer at all: a half-open connection
-            ) as exc:
-                log.warning(
-                    "outcome_write_failed",
-                    outcomes=len(batch),
-                    error=type(exc).__name__,
-                    retry_in=round(delay, 2),
+            except TRANSIENT_DB_ERRORS as exc:
+                delay = backoff.failed(
+                    log, "outcome_write_failed", outcomes=len(batch), error=type(exc).__name__
                 )
-                await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
             except (psycopg.Error, ValueError, TypeError) as exc:
                 # Not transient: something in the batch the database (or JSON) refuses.
                 # Write the outcomes one by one, the last resort without the receiver's data.
@@ -275,6 +265,7 @@ class Recorder:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
+            noted = int(got["webhooks"]) if got else 1
             busy = set(got["busy"] or ()) if got else set()
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
             later = list(got["release_later"] or ()) if got else []
@@ -282,7 +273,8 @@ class Recorder:
                 await conn.execute(query("release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
-        self._counters_due = True
+        if noted:  # streak rows changed: their counters are written next
+            self._counters_due = True
         if busy:
             # Locked by another transaction: nobody can retake them meanwhile; try again.
             self._busy.extend(r for r in batch if r.id in busy)
