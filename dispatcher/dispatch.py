@@ -38,7 +38,7 @@ from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder, outcome_row
-from dispatcher.request import message_id
+from dispatcher.request import message_id, repeated_id_text
 from dispatcher.retrying import DISPATCH, Backoff
 from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
@@ -489,7 +489,7 @@ class Dispatcher:
                     d.secrets,
                     d.headers,
                     message_id(d.event_id, d.webhook_id, d.id),
-                    org_id=str(d.org_id),
+                    org_id=repeated_id_text(d.org_id),
                     traceparent=traceparent,
                     sequence=d.sequence,
                 )

@@ -19,7 +19,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import orjson
@@ -43,8 +43,17 @@ MAX_BATCH = 500
 BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
 
 
+# Longest error texts written (the delivery row's error_message, the attempt's error_code).
+MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_CODE = 50
+
+
 @dataclass(slots=True)
 class OutcomeRow:
+    """One outcome as record_outcomes reads it: orjson writes the dataclass itself, one
+    JSON object per row with a key per field (UUIDs and datetimes as their str() and
+    isoformat() text), with no dict built in between."""
+
     id: UUID
     webhook_id: UUID
     org_id: UUID
@@ -64,39 +73,17 @@ class OutcomeRow:
     response_headers: dict[str, str] | None = None
     response_body: str | None = None
     duration_ms: int | None = None
-    error_message: str | None = None
-    error_code: str | None = None
+    error_message: str | None = None  # at most MAX_ERROR_MESSAGE characters
+    error_code: str | None = None  # at most MAX_ERROR_CODE characters
     # when the attempt was sent and when it ended (streak steps: 0011_webhook_streaks.sql)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    seq: int = 0  # set when written: orders the outcomes of one webhook in a batch
 
-    def as_json(self, seq: int) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "webhook_id": str(self.webhook_id),
-            "org_id": str(self.org_id),
-            "claim": self.claim.isoformat(),
-            "seq": seq,
-            "status": self.status,
-            "outcome": self.outcome,
-            "attempt": self.attempt,
-            "attempt_number": self.attempt_number,
-            "retry_in": self.retry_in,
-            "final": self.final,
-            "counts": self.counts,
-            "success": self.success,
-            "gone": self.gone,
-            "request_url": self.request_url,
-            "request_headers": self.request_headers,
-            "response_status": self.response_status,
-            "response_headers": self.response_headers,
-            "response_body": self.response_body,
-            "duration_ms": self.duration_ms,
-            "error_message": self.error_message[:2000] if self.error_message else None,
-            "error_code": self.error_code[:50] if self.error_code else None,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-        }
+
+def outcomes_json(rows: list[OutcomeRow]) -> str:
+    """The `rows` parameter of record_outcomes."""
+    return orjson.dumps(rows).decode()
 
 
 # What an operator should know about each reason an outcome lost its claim.
@@ -141,12 +128,12 @@ def outcome_row(
         row.response_headers = r.response_headers
         row.response_body = r.response_body
         row.duration_ms = r.duration_ms
-        row.error_code = r.error_code
+        row.error_code = r.error_code[:MAX_ERROR_CODE] if r.error_code else None
         if r.outcome is Outcome.GONE:
             error = (error or "HTTP 410") + "; the endpoint is gone: webhook disabled"
         elif r.outcome is Outcome.RETRYABLE and t.status in ("dlq", "failed"):
             error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
-    row.error_message = error
+    row.error_message = error[:MAX_ERROR_MESSAGE] if error else None
     return row
 
 
@@ -270,11 +257,10 @@ class Recorder:
                 )
 
     async def _write(self, batch: list[OutcomeRow]) -> None:
-        rows = []
         for row in batch:
             self._seq += 1
-            rows.append(row.as_json(self._seq))
-        payload = orjson.dumps(rows).decode()
+            row.seq = self._seq
+        payload = outcomes_json(batch)
         async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
