@@ -1,8 +1,8 @@
 # Shortcuts for the scripts in scripts/, which are the real commands (a machine without make
 # runs them directly). Each creates .venv if missing and installs what it needs.
 #   make demo    see the dispatcher work end to end (throwaway PostgreSQL, local receiver)
-#   make test    ruff, mypy and the whole test suite
-#   make lint    ruff and mypy only
+#   make test    ruff (lint, format check), mypy and the whole test suite
+#   make lint    ruff (lint, format check) and mypy only
 #   make bench   the benchmark (python -m bench; ARGS=--small for a short run)
 # Extra arguments: make test ARGS='-k demo -x'
 

@@ -31,8 +31,8 @@ from dispatcher.queries import parse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.daemon import DaemonProcess  # noqa: E402
-from support.pg import PgCluster  # noqa: E402
+from support.daemon import DaemonProcess  # noqa: E402  (needs tests/ on sys.path, above)
+from support.pg import PgCluster  # noqa: E402  (likewise)
 
 BENCH_ROLE = "bench"
 DAEMON_ROLE = "postgres"

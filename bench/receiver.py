@@ -82,7 +82,7 @@ async def serve() -> None:
 
 def event_loop_name() -> str:
     try:
-        import uvloop  # noqa: F401
+        import uvloop  # noqa: F401  (only whether it imports)
     except ImportError:
         return "asyncio"
     return "uvloop"

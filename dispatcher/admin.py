@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import secrets as secrets_module
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from dispatcher import backoff
 from dispatcher.errors import (
     DatabaseUnavailable,
     DispatcherError,
@@ -37,23 +39,10 @@ Row = dict[str, Any]
 
 WEBHOOK_STATUSES = ("active", "inactive", "disabled")
 DELIVERY_STATUSES = ("pending", "retrying", "success", "failed", "dlq")
-RETRY_STRATEGIES = ("exponential", "linear", "fixed")
-# The host admin UI's ranges for integration_retry_config.
-RETRY_RANGES: dict[str, tuple[int, int]] = {
-    "max_retries": (1, 10),
-    "base_delay_seconds": (1, 60),
-    "max_delay_seconds": (1, 3600),
-    "dlq_retention_days": (1, 90),
-}
-RETRY_DEFAULTS: Row = {
-    "max_retries": 3,
-    "retry_strategy": "exponential",
-    "base_delay_seconds": 5,
-    "max_delay_seconds": 300,
-    "enable_jitter": True,
-    "enable_dlq": True,
-    "dlq_retention_days": 30,
-}
+# integration_retry_config's strategies, ranges and defaults: backoff.py's, the one Python home.
+RETRY_STRATEGIES = backoff.STRATEGIES
+RETRY_RANGES = backoff.RANGES
+RETRY_DEFAULTS: Row = dataclasses.asdict(backoff.RetryPolicy())
 
 
 class NoOutcome(DispatcherError):

@@ -194,10 +194,14 @@ def register(sub: Sub) -> None:
     q.add_argument("--org", metavar="ID", required=True)
     q = _leaf(g, "set", "retry-config set", "change an organization's retry settings")
     q.add_argument("--org", metavar="ID", required=True)
-    q.add_argument("--max-retries", metavar="N", help="retries after the first attempt, 1-10")
-    q.add_argument("--strategy", help="exponential, linear or fixed")
-    q.add_argument("--base-delay", metavar="SECONDS", help="1-60")
-    q.add_argument("--max-delay", metavar="SECONDS", help="1-3600")
+    span = {name: f"{low}-{high}" for name, (low, high) in admin.RETRY_RANGES.items()}
+    q.add_argument(
+        "--max-retries", metavar="N", help=f"retries after the first attempt, {span['max_retries']}"
+    )
+    *others, last = admin.RETRY_STRATEGIES
+    q.add_argument("--strategy", help=f"{', '.join(others)} or {last}")
+    q.add_argument("--base-delay", metavar="SECONDS", help=span["base_delay_seconds"])
+    q.add_argument("--max-delay", metavar="SECONDS", help=span["max_delay_seconds"])
     q.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None)
     q.add_argument(
         "--dlq",
@@ -205,7 +209,9 @@ def register(sub: Sub) -> None:
         default=None,
         help="keep exhausted deliveries in the dead-letter queue",
     )
-    q.add_argument("--retention-days", metavar="DAYS", help="DLQ retention, 1-90")
+    q.add_argument(
+        "--retention-days", metavar="DAYS", help=f"DLQ retention, {span['dlq_retention_days']}"
+    )
 
     p = _leaf(sub, "stats", "stats", "webhooks, deliveries by status, DLQ, due work, outbox")
     p.add_argument("--org", metavar="ID", help="only this organization")

@@ -151,16 +151,25 @@ class Admission(Generic[T]):
             "failing_after": FAILING_AFTER,
         }
 
-    def note_held(self, claimed: Iterable[UUID]) -> None:
+    def note_held(
+        self,
+        claimed: Iterable[UUID],
+        asked: dict[UUID, int] | None = None,
+        *,
+        keep: bool = False,
+    ) -> None:
         """After a claim statement started its attempts (`claimed`: one webhook id per
         attempt): remember the webhooks it held back, so that `ended` reports when an
         attempt of one of them ends. Held back: a webhook that got all the room the
-        statement was given (attempts that ended while it ran freed more, and its further
-        rows are still due), or that has no room now."""
+        statement was given (`asked`, default the last claim_params()'s: attempts that
+        ended while it ran freed more, and its further rows are still due), or that has
+        no room now. `keep`: another claim statement is still running, so the webhooks
+        already held stay held (its answer may still hold them back)."""
         got = collections.Counter(claimed)
-        self._held = {k for k, n in self._asked.items() if got[k] >= n}
-        self._held.update(k for k, n in got.items() if n >= self.cap)
-        self._held.update(k for k, n in self.room().items() if n <= 0)
+        held = {k for k, n in (self._asked if asked is None else asked).items() if got[k] >= n}
+        held.update(k for k, n in got.items() if n >= self.cap)
+        held.update(k for k, n in self.room().items() if n <= 0)
+        self._held = self._held | held if keep else held
 
     # -- claim-ahead queue ----------------------------------------------------------------
     def can_start(self, hook: UUID) -> bool:

@@ -1,7 +1,10 @@
 """Retry policy and retry delays (docs/host-contract.md, "Retry policy").
 
 ``RetryPolicy.from_row`` turns an ``integration_retry_config`` row (or None: defaults) into a
-policy, clamping every value to the host UI's range and reporting what it changed.
+policy, clamping every value to the host UI's range and reporting what it changed. The ranges
+(``RANGES``), the strategies (``STRATEGIES``) and the defaults (``RetryPolicy()``) are written
+here once for Python; their SQL twin is ``dispatcher.retry_policy_v1``
+(sql/migrations/0037_retry_policy.sql), held to this one by tests/integration/test_rules_sql.py.
 ``retry_delay`` computes the wait before the next attempt; ``parse_retry_after`` reads a
 ``Retry-After`` header.
 
@@ -18,22 +21,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
-__all__ = ["RetryPolicy", "RetryStrategy", "parse_retry_after", "retry_delay"]
+__all__ = [
+    "RANGES",
+    "STRATEGIES",
+    "RetryPolicy",
+    "RetryStrategy",
+    "parse_retry_after",
+    "retry_delay",
+]
 
 RetryStrategy = Literal["exponential", "linear", "fixed"]
-_STRATEGIES: tuple[RetryStrategy, ...] = ("exponential", "linear", "fixed")
+STRATEGIES: tuple[RetryStrategy, ...] = ("exponential", "linear", "fixed")
 
 JITTER_LOW = 0.8
 JITTER_HIGH = 1.2
 
-# (column, low, high) — the host admin UI's ranges.
-_INT_RANGES: tuple[tuple[str, int, int], ...] = (
-    ("max_retries", 1, 10),
-    ("base_delay_seconds", 1, 60),
-    ("max_delay_seconds", 1, 3600),
-    ("dlq_retention_days", 1, 90),
+# column -> (low, high): the host admin UI's ranges for integration_retry_config.
+RANGES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {
+        "max_retries": (1, 10),
+        "base_delay_seconds": (1, 60),
+        "max_delay_seconds": (1, 3600),
+        "dlq_retention_days": (1, 90),
+    }
 )
 _BOOL_FIELDS = ("enable_jitter", "enable_dlq")
 
@@ -69,7 +82,7 @@ class RetryPolicy:
             return default, []
         warnings: list[str] = []
         ints: dict[str, int] = {}
-        for name, low, high in _INT_RANGES:
+        for name, (low, high) in RANGES.items():
             fallback: int = getattr(default, name)
             ints[name] = _int_field(row, name, low, high, fallback, warnings)
         bools: dict[str, bool] = {}
@@ -79,11 +92,11 @@ class RetryPolicy:
         strategy = default.retry_strategy
         if "retry_strategy" in row:
             raw = row["retry_strategy"]
-            if raw in _STRATEGIES:
+            if raw in STRATEGIES:
                 strategy = cast(RetryStrategy, raw)
             else:
                 warnings.append(
-                    f"retry_strategy={raw!r} is not one of exponential, linear, fixed, "
+                    f"retry_strategy={raw!r} is not one of {', '.join(STRATEGIES)}, "
                     f"using {default.retry_strategy}"
                 )
         policy = cls(

@@ -7,6 +7,7 @@ log line when an org's retry configuration had to be clamped.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,7 @@ _POLICY_KEYS = (
     "enable_jitter",
     "enable_dlq",
 )
+_policy_values = operator.itemgetter(*_POLICY_KEYS)  # row -> tuple of the policy's columns
 
 
 @dataclass(slots=True)
@@ -62,14 +64,11 @@ class Claimed:
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
-        policy = _policy(row["org_id"], tuple(row[k] for k in _POLICY_KEYS))
+        policy = _policy(row["org_id"], _policy_values(row))
         secrets = [row["secret"] or ""]
-        if (
-            row["previous_secret"]
-            and row["previous_expires_at"]
-            and row["previous_expires_at"] > now
-        ):
-            secrets.append(row["previous_secret"])
+        previous = row["previous_secret"]
+        if previous and (expires := row["previous_expires_at"]) and expires > now:
+            secrets.append(previous)
         return cls(
             id=row["id"],
             org_id=row["org_id"],

@@ -123,7 +123,7 @@ def _run(_: argparse.Namespace, settings: Settings) -> int:
 def _run_loop(coro: Coroutine[Any, Any, ExitCode]) -> int:
     """Run on uvloop when it is installed (faster I/O), else asyncio's own loop."""
     try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # absent on Windows
     except ImportError:
         return int(asyncio.run(coro))
     return int(uvloop.run(coro))

@@ -7,7 +7,6 @@ transaction) and carry statement and idle-in-transaction timeouts.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any
 
 import psycopg
@@ -17,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.errors import ConfigError, DatabaseUnavailable, PermissionDenied
 from dispatcher.queries import query
+from dispatcher.retrying import STARTUP, Backoff
 from dispatcher.settings import Settings, dsn_secrets, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
@@ -97,7 +97,7 @@ async def open_pool(settings: Settings, *, startup_timeout: float | None = None)
     if startup_timeout is None:
         startup_timeout = settings.database_startup_timeout
     deadline = asyncio.get_running_loop().time() + startup_timeout
-    delay = 0.5
+    backoff = Backoff(STARTUP)
     while True:
         try:
             conn = await psycopg.AsyncConnection.connect(settings.dsn(), **connect_kwargs(settings))
@@ -120,15 +120,16 @@ async def open_pool(settings: Settings, *, startup_timeout: float | None = None)
                 raise ConfigError(
                     f"invalid setting DISPATCHER_DATABASE_URL: {_first_line(exc)}"
                 ) from None
+            delay = backoff.next_delay()
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise DatabaseUnavailable(describe_connect_error(settings, exc)) from None
-            log.warning(
+            backoff.failed(
+                log,
                 "database_unreachable",
-                retry_in=round(delay, 2),
+                delay=delay,
                 error=describe_connect_error(settings, exc),
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0) * (0.8 + random.random() * 0.4)
     pool = make_pool(settings, lz4=lz4)
     await pool.open(wait=True, timeout=startup_timeout)
     log.info("toast_compression", compression="lz4" if lz4 else "server default")

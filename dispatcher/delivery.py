@@ -101,6 +101,8 @@ class AttemptResult:
 def _clean(text: str) -> str:
     """Text PostgreSQL and JSON can hold: no NUL, no lone surrogates (aiohttp decodes
     undecodable header bytes to surrogate escapes)."""
+    if text.isascii():  # the usual case: no surrogate possible
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
     text = text.replace("\x00", "\ufffd")
     try:
         text.encode("utf-8")

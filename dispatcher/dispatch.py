@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +38,8 @@ from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder, outcome_row
-from dispatcher.request import message_id
+from dispatcher.request import message_id, repeated_id_text
+from dispatcher.retrying import DISPATCH, Backoff
 from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
 from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
@@ -118,6 +118,8 @@ class Dispatcher:
         # events, so that what it creates can start at once instead of waiting as pending rows.
         self.fanout_factor = 1.0
         self._due_scanned = 0.0  # monotonic time of the last claim_due
+        self._due_full = False  # the last pass's due scan filled its limit: more is due
+        self._passes = 0  # claim passes running (a refill and a doorbell's fan-out at most)
         # per attempt: a line only when it is emitted, a metric child looked up once
         self._log_attempts = settings.log_level in ("debug", "info")
         self._attempts_counter: dict[str, Any] = {}
@@ -150,39 +152,42 @@ class Dispatcher:
     # -- loop ---------------------------------------------------------------------
     async def run(self) -> None:
         """Claim and start attempts until stop() is called."""
-        backoff = 0.2
+        backoff = Backoff(DISPATCH)
         outbox = True  # look at the outbox in this pass
+        due = True  # scan due work in this pass, whatever CLAIM_DUE_EVERY says
         while not self._stopping:
             self.progress += 1
             free = self._s.concurrency - len(self._inflight)
             if free < min(self._min_batch, self._s.concurrency):
                 self._slot_freed.clear()
                 await self._wait([self._slot_freed], self._s.poll_interval)
+                due = True  # rows may have waited for these slots
                 continue
             outbox = outbox or self._wake.is_set() or self._outbox_busy
+            # A refill (an attempt of a held-back webhook ended) needs the due scan; a bare
+            # doorbell does not: its pass is the fan-out alone, so the next fresh event
+            # does not wait behind a due scan that finds nothing (issue 12, latency tail).
+            due = due or self._hook_room.is_set()
             self._wake.clear()
             self._slot_freed.clear()
             self._hook_room.clear()
             self._pass_done.clear()
             try:
                 async with asyncio.timeout(self._deadline):
-                    more = await self._claim_and_start(free, outbox)
+                    more = await self._claim_and_start(free, outbox, due)
                 outbox = False
-                backoff = 0.2
+                due = self._due_full
+                backoff.recovered(log, "claim_recovered")
             except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
                 # Connection trouble, or a row changed under the statement (a webhook
                 # hard-deleted mid-fan-out violates the delivery's foreign key): nothing
                 # was committed; log and try again after a pause. Never take the loop down.
-                log.warning(
-                    "claim_failed",
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                    retry_in=round(backoff, 2),
+                delay = backoff.failed(
+                    log, "claim_failed", error=type(exc).__name__, detail=str(exc)[:200]
                 )
                 self._metrics.db_errors.inc()
-                await self._wait([], backoff * (0.8 + random.random() * 0.4))
-                backoff = min(backoff * 2, 5.0)
-                outbox = True
+                await self._wait([], delay)
+                outbox = due = True
                 continue
             finally:
                 self._pass_done.set()
@@ -198,7 +203,8 @@ class Dispatcher:
             if self._deferred:  # events left for a held webhook row: back in DEFER_SECONDS
                 timeout = min(timeout, DEFER_SECONDS)
             if not await self._wait([self._wake, self._hook_room], timeout):
-                outbox = True  # a poll: the doorbell may have been missed
+                # a poll (the doorbell may have been missed), a probe or deferred events
+                outbox = due = True
 
     async def _wait(self, events: list[asyncio.Event], timeout: float) -> bool:
         """Until one of `events` (True), stop, or `timeout` seconds (False)."""
@@ -214,26 +220,38 @@ class Dispatcher:
                 w.cancel()
         return bool(done)
 
-    async def _claim_and_start(self, free: int, outbox: bool = True) -> bool:
+    async def _claim_and_start(self, free: int, outbox: bool = True, scan: bool = True) -> bool:
         """One pass; True when there may be more work right now.
 
         Usually the fan-out first: the deliveries it creates start before the second
         query runs, so a fresh event costs one round trip between NOTIFY and the POST.
         The scan for other due work (retries, rows held back by a per-webhook limit,
-        rows the host inserted) follows when the fan-out left slots free; while the
-        outbox keeps every pass full, a pass at least every CLAIM_DUE_EVERY seconds
-        scans due work first, so a backlog of new events never starves retries.
-        Without `outbox` (a refill: no doorbell since the outbox was last found
-        drained) only due work is claimed.
+        rows the host inserted) follows when the fan-out left slots free and the pass
+        has a reason to scan (`scan`: a refill, a poll, a probe, slots freed after the
+        loop was full, the last scan was full) or CLAIM_DUE_EVERY has passed; a bare
+        doorbell's pass is the fan-out alone. While the outbox keeps every pass full, a
+        pass at least every CLAIM_DUE_EVERY seconds scans due work first, so a backlog
+        of new events never starves retries. Without `outbox` (a refill: no doorbell
+        since the outbox was last found drained) only due work is claimed.
         """
+        self._passes += 1
+        try:
+            return await self._one_pass(free, outbox, scan)
+        finally:
+            self._passes -= 1
+
+    async def _one_pass(self, free: int, outbox: bool, scan: bool) -> bool:
         batch = min(free, self._s.batch_size)
         params: dict[str, Any] = {"lease": self._s.lease_seconds}
+        self._due_full = False
         if not outbox:
             async with self._pool.connection() as conn:
-                due = await self._claim_due(conn, params, batch)
-            return len(due) >= batch
+                due, fanned = await self._claim_due_hearing_doorbell(conn, params, batch)
+            self._due_full = len(due) >= batch
+            return self._due_full or fanned
         async with self._pool.connection() as conn:
-            due_first = time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            due_first = scan_due and self._outbox_busy
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
             events_wanted = max(1, round(room_for_new / self.fanout_factor))
@@ -246,9 +264,13 @@ class Dispatcher:
             self._outbox_busy = room_for_new > 0 and events >= events_wanted
             self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
-            if not due_first and left > 0 and not outbox_busy:
-                due = await self._claim_due(conn, params, left)
+            fanned = False
+            if scan_due and not due_first and left > 0 and not outbox_busy:
+                due, fanned = await self._claim_due_hearing_doorbell(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
+        self._due_full = due_full
+        if fanned:
+            return True
         if self._retry_now:  # a narrowed fan-out: the outbox again at once, smaller
             self._retry_now = False
             self._outbox_busy = True
@@ -268,12 +290,13 @@ class Dispatcher:
         if events_wanted == 0:
             return 0, []
         sent = time.monotonic()
+        room = self.admission.claim_params()
         try:
             cur = await conn.execute(
                 query("fan_out"),
                 {
                     **params,
-                    **self.admission.claim_params(),
+                    **room,
                     "batch": events_wanted,
                     "claim": claim,
                     "only": only,
@@ -304,27 +327,66 @@ class Dispatcher:
             per_event = min(max(created / events, MIN_FACTOR), MAX_FACTOR)
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
-        claimed = self._start_rows([r for r in rows if r["id"] is not None], sent)
+        claimed = self._start_rows([r for r in rows if r["id"] is not None], sent, room)
         # A pass that only deferred (every event behind a held webhook row, or ordered keys
         # behind another replica's fan-out still in progress) is not "full": it waits for the
         # next doorbell, DEFER_SECONDS or the poll rather than spin while the rows are held.
         return events + (deferred if events else 0), claimed
+
+    async def _claim_due_hearing_doorbell(
+        self, conn: Any, params: dict[str, Any], limit: int
+    ) -> tuple[list[Claimed], bool]:
+        """`_claim_due`, and a doorbell that rings while it runs (or rang during this pass's
+        fan-out) answered at once by a fan-out on a second connection, with the slots
+        neither takes, rather than after the scan: a fresh event does not queue behind a
+        due scan, such as the refills of a hot webhook at its cap (issue 12). Returns
+        (rows started by the scan, whether such a fan-out says more may be waiting).
+
+        The two statements may lease rows of one webhook beyond its cap: the extra ones
+        wait in its claim-ahead queue or are released unsent, as for any claim."""
+        spare = self._s.concurrency - len(self._inflight) - limit
+        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
+        if spare < min(self._min_batch, self._s.concurrency) or self._stopping:
+            return await scan, False
+        doorbell = asyncio.ensure_future(self._wake.wait())
+        fan_out: asyncio.Future[bool] | None = None
+        try:
+            await asyncio.wait([scan, doorbell], return_when=asyncio.FIRST_COMPLETED)
+            if scan.done() or self._stopping:
+                return await scan, False  # the doorbell's pass follows at once
+            self._wake.clear()
+            fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
+            got = await asyncio.gather(scan, fan_out, return_exceptions=True)
+        except BaseException:
+            scan.cancel()
+            if fan_out is not None:
+                fan_out.cancel()
+            raise
+        finally:
+            doorbell.cancel()
+        rows, fanned = got
+        if isinstance(rows, BaseException):
+            raise rows
+        if isinstance(fanned, BaseException):
+            raise fanned
+        return rows, fanned
 
     async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
         self._due_scanned = time.monotonic()
         # Webhooks with no room left in this process are not even scanned (full_ids).
         sent = time.monotonic()
+        room = self.admission.claim_params()
         cur = await conn.execute(
-            query("claim_due"),
-            {**self.admission.claim_params(), **params, "limit": limit, "scan": limit * 4},
+            query("claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
         )
-        return self._start_rows(await cur.fetchall(), sent)
+        return self._start_rows(await cur.fetchall(), sent, room)
 
-    def _start_rows(self, rows: list[Any], sent: float) -> list[Claimed]:
+    def _start_rows(self, rows: list[Any], sent: float, room: dict[str, Any]) -> list[Claimed]:
         """Start an attempt for each leased row; returns what was started. `sent` is when
         the claim statement was sent (monotonic): its leases end no earlier than `sent`
-        plus the lease, however long the statement waited on a lock."""
+        plus the lease, however long the statement waited on a lock; `room` is what
+        admission gave the statement (its claim_params())."""
         now = datetime.now(UTC)
         started = [Claimed.from_row(r, now) for r in rows]
         admission = self.admission
@@ -348,7 +410,11 @@ class Dispatcher:
             self._release_soon(spare)
         # Webhooks now at their limit may have more due work: claim again when one of
         # their attempts ends. Decided right after starting (before any await lets one end).
-        self.admission.note_held(d.webhook_id for d in started)
+        self.admission.note_held(
+            (d.webhook_id for d in started),
+            dict(zip(room["room_ids"], room["room_left"], strict=True)),
+            keep=self._passes > 1,
+        )
         return started
 
     def _start(self, d: Claimed) -> None:
@@ -423,7 +489,7 @@ class Dispatcher:
                     d.secrets,
                     d.headers,
                     message_id(d.event_id, d.webhook_id, d.id),
-                    org_id=str(d.org_id),
+                    org_id=repeated_id_text(d.org_id),
                     traceparent=traceparent,
                     sequence=d.sequence,
                 )

@@ -9,7 +9,6 @@ away is waiting in the tables.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 
 import psycopg
@@ -17,6 +16,7 @@ import structlog
 
 from dispatcher.db import connect_kwargs
 from dispatcher.metrics import Metrics
+from dispatcher.retrying import LISTENER, Backoff, Policy
 from dispatcher.settings import Settings
 
 log = structlog.get_logger("dispatcher.listener")
@@ -33,19 +33,21 @@ class Listener:
         *,
         check_interval: float = 5.0,
         check_timeout: float = 5.0,
+        backoff: Policy = LISTENER,
     ) -> None:
         self._s = settings
         self._on_wake = on_wake
         self._metrics = metrics
         self._check_interval = check_interval
         self._check_timeout = check_timeout
+        self._backoff = backoff
         self.connected = asyncio.Event()
         self.notifications = 0
         self.progress = 0
 
     async def run(self) -> None:
         """Listen for ever, reconnecting as needed; returns only when cancelled."""
-        delay = 0.1
+        backoff = Backoff(self._backoff)
         first = True
         while True:
             try:
@@ -53,17 +55,16 @@ class Listener:
                     self._s.dsn(), **{**connect_kwargs(self._s), "row_factory": None}
                 )
             except psycopg.OperationalError as exc:
-                log.warning(
+                delay = backoff.failed(
+                    log,
                     "listener_connect_failed",
                     error=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-                    retry_in=round(delay, 2),
                 )
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(delay)
                 continue
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
-                delay = 0.1
+                backoff.recovered(log, "listener_recovered")
                 if not first:
                     self._metrics.listener_reconnects.inc()
                 log.info("listener_connected", channel=CHANNEL, reconnect=not first)

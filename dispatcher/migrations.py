@@ -137,7 +137,7 @@ async def _in_turns(
     for attempt in range(1, max(attempts, 1) + 1):
         try:
             async with conn.transaction():
-                await conn.execute(sql.SQL(text))  # type: ignore[arg-type,unused-ignore]
+                await conn.execute(sql.SQL(text))  # type: ignore[arg-type,unused-ignore]  # our own file's text, not a LiteralString
                 if mig is not None:
                     await conn.execute(
                         "INSERT INTO dispatcher.schema_migrations (version, name) VALUES (%s, %s)",

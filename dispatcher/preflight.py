@@ -3,34 +3,27 @@
 ``check_privileges(conn)`` raises PermissionDenied with one line naming each
 missing privilege (and tables whose row-level security would hide rows from
 the role), so a daemon started under a role that lacks a grant stops at once
-with ExitCode.PERMISSION instead of failing later, query by query. The grants
-it expects are those of ``sql/least_privilege.sql``.
+with ExitCode.PERMISSION instead of failing later, query by query.
 
-The privileges, and why the daemon needs them:
-
-- USAGE on schemas ``public`` and ``dispatcher``.
-- ``public.events``: SELECT (fan-out reads the event).
-- ``public.webhooks``: SELECT; UPDATE of the counter columns and ``status``
-  (failure counts, last_* timestamps, 410 Gone disables).
-- ``public.webhook_deliveries``: SELECT, INSERT (fan-out), UPDATE (claims and
-  outcomes), DELETE (retention).
-- ``public.integration_retry_config``: SELECT.
-- every table of schema ``dispatcher``: SELECT, INSERT, UPDATE, DELETE (only
-  SELECT on ``schema_migrations``: ``migrate`` runs as the owner).
-- with integrations enabled and their tables present: SELECT on the four
-  integration tables, UPDATE of the columns the worker writes, INSERT and
-  DELETE on ``integration_health_logs`` (and UPDATE of its ``id``: the purge
-  locks rows FOR UPDATE, which needs UPDATE on some column), EXECUTE on
-  ``publish_event``, and whatever the host's ``publish_event`` needs to insert its event
-  row (it runs with the caller's rights): checked by calling it for real, with all six
-  arguments, in a transaction that is rolled back (``publish_event_refused``), not by
-  comparing column lists, so a host function that writes more columns than ours is caught.
+What it checks is read from ``sql/least_privilege.sql``, the script that grants it (its
+header says why the daemon needs each grant): one list, never two to keep in step.
+``needs_from_script`` reads the script's GRANT statements: those at top level are the core's
+(``CORE``), those inside its ``DO`` blocks (granted when the host has the object) are the
+integrations worker's (``INTEGRATIONS``). Not compared privilege by privilege: what the
+host's ``publish_event`` needs to insert its event row (it runs with the caller's rights),
+checked by calling it for real, with all six arguments, in a transaction that is rolled back
+(``publish_event_refused``), so a host function that writes more columns than the script
+grants is caught; EXECUTE on the dispatcher's own functions and the default privileges of
+objects a later migration adds. The tables the daemon reads rows of (``READ_TABLES``, checked
+for row-level security) are the host's tables it is granted SELECT on.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from importlib import resources
 from typing import Any, Literal
 
 import orjson
@@ -43,9 +36,11 @@ from dispatcher.queries import query
 __all__ = [
     "CORE",
     "INTEGRATIONS",
+    "READ_TABLES",
     "Need",
     "check_privileges",
     "missing_privileges",
+    "needs_from_script",
     "publish_event_refused",
 ]
 
@@ -54,12 +49,16 @@ SCRIPT = "dispatcher/sql/least_privilege.sql"
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    kind: Literal["schema", "table", "column", "function"]
+    """One privilege: on a schema, a table, a column, a function, or on every table of a
+    schema (kind "tables", name "*") but those ``excluded``."""
+
+    kind: Literal["schema", "table", "column", "function", "tables"]
     schema: str
     name: str
     priv: str
     col: str | None = None
     args: tuple[str, ...] | None = None
+    excluded: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "schema":
@@ -71,89 +70,93 @@ class Need:
         return f"{self.priv} on {self.schema}.{self.name}"
 
 
-def _columns(table: str, priv: str, *cols: str, schema: str = "public") -> tuple[Need, ...]:
-    return tuple(Need("column", schema, table, priv, col) for col in cols)
-
-
-WEBHOOK_COLUMNS = (
-    "consecutive_failures",
-    "last_triggered_at",
-    "last_success_at",
-    "last_failure_at",
-    "status",
+# GRANT <privileges> [(<columns>)] ON <object> TO dispatcher; and the same REVOKE ... FROM.
+# Statements built at run time (EXECUTE format('... %I TO dispatcher', ...)) do not match:
+# they end in a quote, not a semicolon.
+_STATEMENT = re.compile(
+    r"\b(?P<verb>GRANT|REVOKE)\s+(?P<privs>[A-Z]+(?:\s*,\s*[A-Z]+)*)\s*"
+    r"(?:\((?P<cols>[^)]*)\))?\s+ON\s+(?P<target>[^;']+?)\s+(?:TO|FROM)\s+dispatcher\s*;"
 )
+_NAME = r"([a-z_][a-z0-9_]*)"
+_SCHEMA = re.compile(rf"SCHEMA\s+{_NAME}")
+_ALL_TABLES = re.compile(rf"ALL\s+TABLES\s+IN\s+SCHEMA\s+{_NAME}")
+_FUNCTION = re.compile(rf"FUNCTION\s+{_NAME}\.{_NAME}\(([^)]*)\)")
+_TABLE = re.compile(rf"{_NAME}\.{_NAME}")
+# Granted, not compared (see the module's docstring): EXECUTE on every function of a schema,
+# and ALTER DEFAULT PRIVILEGES (objects a later migration adds).
+_NOT_COMPARED = re.compile(r"ALL\s+FUNCTIONS\s+IN\s+SCHEMA\s+\w+|TABLES|FUNCTIONS")
+# What publish_event writes: the call checks it (publish_event_refused).
+_CALLED = ("public", "events", "INSERT")
 
-CORE: tuple[Need, ...] = (
-    Need("schema", "public", "public", "USAGE"),
-    Need("schema", "dispatcher", "dispatcher", "USAGE"),
-    Need("table", "public", "events", "SELECT"),
-    Need("table", "public", "webhooks", "SELECT"),
-    *_columns("webhooks", "UPDATE", *WEBHOOK_COLUMNS),
-    *(
-        Need("table", "public", "webhook_deliveries", p)
-        for p in ("SELECT", "INSERT", "UPDATE", "DELETE")
-    ),
-    Need("table", "public", "integration_retry_config", "SELECT"),
-)
+
+def needs_from_script(text: str) -> tuple[tuple[Need, ...], tuple[Need, ...]]:
+    """(core, integrations): the privileges a least_privilege.sql script grants `dispatcher`.
+
+    A ``REVOKE ALL`` starts from nothing and is skipped; another REVOKE of a table's
+    privileges takes that table out of an ``ALL TABLES IN SCHEMA`` grant of the same ones.
+    A GRANT in a form this function does not know is a ValueError, never skipped."""
+    text = re.sub(r"--[^\n]*", "", text)
+    core: list[Need] = []
+    integrations: list[Need] = []
+    revoked: set[tuple[str, str, str]] = set()  # (schema, table, priv)
+    for block, part in enumerate(text.split("$$")):
+        into = integrations if block % 2 else core  # odd: the body of a DO block
+        for m in _STATEMENT.finditer(part):
+            privs = [p.strip() for p in m["privs"].split(",")]
+            target = " ".join(m["target"].split())
+            if m["verb"] == "REVOKE":
+                if privs != ["ALL"] and (table := _TABLE.fullmatch(target)):
+                    revoked.update((table[1], table[2], p) for p in privs)
+                continue
+            into.extend(_needs(privs, m["cols"], target, m[0]))
+    return _apply_revokes(core, revoked), _apply_revokes(integrations, revoked)
+
+
+def _needs(privs: list[str], cols: str | None, target: str, statement: str) -> list[Need]:
+    if _NOT_COMPARED.fullmatch(target):
+        return []
+    if m := _SCHEMA.fullmatch(target):
+        return [Need("schema", m[1], m[1], p) for p in privs]
+    if m := _ALL_TABLES.fullmatch(target):
+        return [Need("tables", m[1], "*", p) for p in privs]
+    if m := _FUNCTION.fullmatch(target):
+        args = tuple(a.strip() for a in m[3].split(","))
+        return [Need("function", m[1], m[2], p, args=args) for p in privs]
+    if m := _TABLE.fullmatch(target):
+        if cols is None:
+            return [Need("table", m[1], m[2], p) for p in privs]
+        if (m[1], m[2], *privs) == _CALLED:
+            return []
+        names = [c.strip() for c in cols.split(",")]
+        return [Need("column", m[1], m[2], p, c) for p in privs for c in names]
+    raise ValueError(f"{SCRIPT}: a grant the start-up check cannot read: {statement}")
+
+
+def _apply_revokes(needs: list[Need], revoked: set[tuple[str, str, str]]) -> tuple[Need, ...]:
+    out: list[Need] = []
+    for need in needs:
+        if need.kind == "tables":
+            gone = sorted(t for s, t, p in revoked if s == need.schema and p == need.priv)
+            need = Need("tables", need.schema, "*", need.priv, excluded=tuple(gone))
+        out.append(need)
+    return tuple(out)
+
 
 PUBLISH_EVENT_ARGS = ("text", "uuid", "jsonb", "uuid", "jsonb", "uuid")
 
-INTEGRATIONS: tuple[Need, ...] = (
-    Need("table", "public", "integrations", "SELECT"),
-    *_columns(
-        "integrations",
-        "UPDATE",
-        "status",
-        "error_message",
-        "error_count",
-        "health_status",
-        "last_health_check",
-    ),
-    Need("table", "public", "integration_oauth_tokens", "SELECT"),
-    *_columns(
-        "integration_oauth_tokens",
-        "UPDATE",
-        "access_token",
-        "refresh_token",
-        "token_type",
-        "scope",
-        "expires_at",
-        "refresh_expires_at",
-        "raw_token_response",
-        "last_refreshed_at",
-        "last_used_at",
-        "status",
-    ),
-    *(
-        Need("table", "public", "integration_health_logs", p)
-        for p in ("SELECT", "INSERT", "DELETE")
-    ),
-    # the purge's FOR UPDATE SKIP LOCKED needs UPDATE on at least one column
-    *_columns("integration_health_logs", "UPDATE", "id"),
-    Need("table", "public", "integration_failover_config", "SELECT"),
-    *_columns(
-        "integration_failover_config",
-        "UPDATE",
-        "current_active",
-        "last_failover_at",
-        "last_recovery_at",
-        "failover_count",
-    ),
-    Need("function", "public", "publish_event", "EXECUTE", args=PUBLISH_EVENT_ARGS),
-    # What publish_event itself needs (INSERT on the columns the host's function writes) is
-    # not listed: publish_event_refused() calls it for real and rolls back.
+CORE, INTEGRATIONS = needs_from_script(
+    resources.files("dispatcher").joinpath("sql/least_privilege.sql").read_text("utf-8")
 )
 
 # Tables the daemon reads rows of: row-level security must not hide any from it.
-READ_TABLES = (
-    "public.events",
-    "public.webhooks",
-    "public.webhook_deliveries",
-    "public.integration_retry_config",
-    "public.integrations",
-    "public.integration_oauth_tokens",
-    "public.integration_health_logs",
-    "public.integration_failover_config",
+READ_TABLES = tuple(
+    sorted(
+        {
+            f"{n.schema}.{n.name}"
+            for n in CORE + INTEGRATIONS
+            if n.kind == "table" and n.priv == "SELECT" and n.schema != "dispatcher"
+        }
+    )
 )
 
 

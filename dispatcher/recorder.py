@@ -16,11 +16,10 @@ pending in dispatcher.webhook_streaks until the lock goes.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import orjson
@@ -31,6 +30,7 @@ from psycopg_pool import PoolTimeout
 from dispatcher.db import Pool
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
+from dispatcher.retrying import RECORDER, TRANSIENT_DB_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from dispatcher.claims import Claimed
@@ -43,8 +43,17 @@ MAX_BATCH = 500
 BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
 
 
+# Longest error texts written (the delivery row's error_message, the attempt's error_code).
+MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_CODE = 50
+
+
 @dataclass(slots=True)
 class OutcomeRow:
+    """One outcome as record_outcomes reads it: orjson writes the dataclass itself, one
+    JSON object per row with a key per field (UUIDs and datetimes as their str() and
+    isoformat() text), with no dict built in between."""
+
     id: UUID
     webhook_id: UUID
     org_id: UUID
@@ -64,39 +73,17 @@ class OutcomeRow:
     response_headers: dict[str, str] | None = None
     response_body: str | None = None
     duration_ms: int | None = None
-    error_message: str | None = None
-    error_code: str | None = None
+    error_message: str | None = None  # at most MAX_ERROR_MESSAGE characters
+    error_code: str | None = None  # at most MAX_ERROR_CODE characters
     # when the attempt was sent and when it ended (streak steps: 0011_webhook_streaks.sql)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    seq: int = 0  # set when written: orders the outcomes of one webhook in a batch
 
-    def as_json(self, seq: int) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "webhook_id": str(self.webhook_id),
-            "org_id": str(self.org_id),
-            "claim": self.claim.isoformat(),
-            "seq": seq,
-            "status": self.status,
-            "outcome": self.outcome,
-            "attempt": self.attempt,
-            "attempt_number": self.attempt_number,
-            "retry_in": self.retry_in,
-            "final": self.final,
-            "counts": self.counts,
-            "success": self.success,
-            "gone": self.gone,
-            "request_url": self.request_url,
-            "request_headers": self.request_headers,
-            "response_status": self.response_status,
-            "response_headers": self.response_headers,
-            "response_body": self.response_body,
-            "duration_ms": self.duration_ms,
-            "error_message": self.error_message[:2000] if self.error_message else None,
-            "error_code": self.error_code[:50] if self.error_code else None,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-        }
+
+def outcomes_json(rows: list[OutcomeRow]) -> str:
+    """The `rows` parameter of record_outcomes."""
+    return orjson.dumps(rows).decode()
 
 
 # What an operator should know about each reason an outcome lost its claim.
@@ -141,12 +128,12 @@ def outcome_row(
         row.response_headers = r.response_headers
         row.response_body = r.response_body
         row.duration_ms = r.duration_ms
-        row.error_code = r.error_code
+        row.error_code = r.error_code[:MAX_ERROR_CODE] if r.error_code else None
         if r.outcome is Outcome.GONE:
             error = (error or "HTTP 410") + "; the endpoint is gone: webhook disabled"
         elif r.outcome is Outcome.RETRYABLE and t.status in ("dlq", "failed"):
             error = f"{error} (attempt {d.attempt} of {d.max_attempts}, no attempts left)"
-    row.error_message = error
+    row.error_message = error[:MAX_ERROR_MESSAGE] if error else None
     return row
 
 
@@ -225,27 +212,17 @@ class Recorder:
         self._counters_waiting = self._counters_due = waiting > 0
 
     async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
-        delay = 0.2
+        backoff = Backoff(RECORDER)
         while True:
             try:
                 await self._write(batch)
+                backoff.recovered(log, "outcome_write_recovered", outcomes=len(batch))
                 return
-            except (
-                psycopg.OperationalError,
-                psycopg.errors.DeadlockDetected,
-                psycopg.errors.SerializationFailure,
-                psycopg.errors.QueryCanceled,
-                PoolTimeout,
-                TimeoutError,  # no answer at all: a half-open connection
-            ) as exc:
-                log.warning(
-                    "outcome_write_failed",
-                    outcomes=len(batch),
-                    error=type(exc).__name__,
-                    retry_in=round(delay, 2),
+            except TRANSIENT_DB_ERRORS as exc:
+                delay = backoff.failed(
+                    log, "outcome_write_failed", outcomes=len(batch), error=type(exc).__name__
                 )
-                await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
             except (psycopg.Error, ValueError, TypeError) as exc:
                 # Not transient: something in the batch the database (or JSON) refuses.
                 # Write the outcomes one by one, the last resort without the receiver's data.
@@ -280,15 +257,15 @@ class Recorder:
                 )
 
     async def _write(self, batch: list[OutcomeRow]) -> None:
-        rows = []
         for row in batch:
             self._seq += 1
-            rows.append(row.as_json(self._seq))
-        payload = orjson.dumps(rows).decode()
+            row.seq = self._seq
+        payload = outcomes_json(batch)
         async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
             cur = await conn.execute(query("record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
+            noted = int(got["webhooks"]) if got else 1
             busy = set(got["busy"] or ()) if got else set()
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
             later = list(got["release_later"] or ()) if got else []
@@ -296,7 +273,8 @@ class Recorder:
                 await conn.execute(query("release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
-        self._counters_due = True
+        if noted:  # streak rows changed: their counters are written next
+            self._counters_due = True
         if busy:
             # Locked by another transaction: nobody can retake them meanwhile; try again.
             self._busy.extend(r for r in batch if r.id in busy)

@@ -9,7 +9,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +160,22 @@ async def webhook(conn: Conn, webhook_id: uuid.UUID) -> dict[str, Any]:
     row = await cur.fetchone()
     assert row is not None
     return dict(row)
+
+
+async def wait_webhook(
+    conn: Conn,
+    webhook_id: uuid.UUID,
+    check: Callable[[dict[str, Any]], bool],
+    timeout: float = 15.0,
+) -> dict[str, Any]:
+    """The webhook row once `check` holds. The host's counters (status, consecutive_failures,
+    last_*_at) are written by a statement after the delivery row's outcome, so a test that has
+    seen the outcome must wait for them rather than read them at once."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        row = await webhook(conn, webhook_id)
+        if check(row):
+            return row
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"waited {timeout}s for webhook {webhook_id}; it is {row}")
+        await asyncio.sleep(0.05)

@@ -111,22 +111,6 @@ SELECT org_id FROM public.webhooks WHERE id = %(id)s AND deleted_at IS NULL;
 -- name: admin_replay
 SELECT dispatcher.replay_delivery(%(org)s, %(id)s) AS id;
 
--- name: admin_dlq_retry_org
-SELECT retried, skipped_inactive
-FROM dispatcher.retry_dlq(%(org)s, %(webhook)s, %(since)s, %(until)s);
-
--- name: admin_dlq_retry_all
--- Every organization holding matching DLQ items, in one statement.
-SELECT coalesce(sum(r.retried), 0)::integer AS retried,
-       coalesce(sum(r.skipped_inactive), 0)::integer AS skipped_inactive
-FROM (
-    SELECT DISTINCT d.org_id FROM public.webhook_deliveries d
-    WHERE d.status = 'dlq'
-      AND (%(since)s::timestamptz IS NULL OR d.created_at >= %(since)s)
-      AND (%(until)s::timestamptz IS NULL OR d.created_at < %(until)s)
-) o
-CROSS JOIN LATERAL dispatcher.retry_dlq(o.org_id, NULL, %(since)s, %(until)s) r;
-
 -- name: admin_dlq_clear_org
 SELECT dispatcher.clear_dlq(%(org)s, %(webhook)s, %(since)s, %(until)s) AS cleared;
 
@@ -151,16 +135,19 @@ FROM public.integration_retry_config
 WHERE org_id = %(org)s;
 
 -- name: admin_retry_config_set
--- Insert with the host's defaults, or change only the values given (NULL = keep).
+-- Insert with the host's defaults (dispatcher.retry_policy_v1 with no arguments, 0037), or
+-- change only the values given (NULL = keep).
 INSERT INTO public.integration_retry_config AS rc (
     org_id, max_retries, retry_strategy, base_delay_seconds, max_delay_seconds,
     enable_jitter, enable_dlq, dlq_retention_days
-) VALUES (
-    %(org)s, coalesce(%(max_retries)s, 3), coalesce(%(retry_strategy)s, 'exponential'),
-    coalesce(%(base_delay_seconds)s, 5), coalesce(%(max_delay_seconds)s, 300),
-    coalesce(%(enable_jitter)s, true), coalesce(%(enable_dlq)s, true),
-    coalesce(%(dlq_retention_days)s, 30)
 )
+SELECT %(org)s, coalesce(%(max_retries)s, d.max_retries),
+       coalesce(%(retry_strategy)s, d.retry_strategy),
+       coalesce(%(base_delay_seconds)s, d.base_delay_seconds),
+       coalesce(%(max_delay_seconds)s, d.max_delay_seconds),
+       coalesce(%(enable_jitter)s, d.enable_jitter), coalesce(%(enable_dlq)s, d.enable_dlq),
+       coalesce(%(dlq_retention_days)s, d.dlq_retention_days)
+FROM dispatcher.retry_policy_v1() d
 ON CONFLICT (org_id) DO UPDATE SET
     max_retries = coalesce(%(max_retries)s, rc.max_retries),
     retry_strategy = coalesce(%(retry_strategy)s, rc.retry_strategy),

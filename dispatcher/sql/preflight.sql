@@ -4,20 +4,21 @@
 -- schema check reports a database that is behind).
 
 -- name: preflight_missing_privileges
--- %(needs)s: [{kind: schema|table|column|function, schema, name, priv, col, args}]
--- plus, generated here, every privilege on every table of schema `dispatcher`
--- (SELECT only on schema_migrations, which only `migrate` writes).
-WITH needs AS (
-    SELECT n.kind, n.schema, n.name, n.priv, n.col, n.args
-    FROM jsonb_to_recordset(%(needs)s::jsonb)
-        AS n(kind text, schema text, name text, priv text, col text, args text[])
+-- %(needs)s: [{kind: schema|table|column|function|tables, schema, name, priv, col, args,
+-- excluded}], read from sql/least_privilege.sql (dispatcher/preflight.py); a `tables` need
+-- (ALL TABLES IN SCHEMA) stands for every table of its schema but those `excluded`.
+WITH given AS (
+    SELECT n.kind, n.schema, n.name, n.priv, n.col, n.args, n.excluded
+    FROM jsonb_to_recordset(%(needs)s::jsonb) AS n(
+        kind text, schema text, name text, priv text, col text, args text[], excluded text[])
+), needs AS (
+    SELECT g.kind, g.schema, g.name, g.priv, g.col, g.args FROM given g WHERE g.kind <> 'tables'
     UNION ALL
-    SELECT 'table', 'dispatcher', c.relname::text, p.priv, NULL, NULL
-    FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
-    CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p (priv)
-    WHERE ns.nspname = 'dispatcher' AND c.relkind IN ('r', 'p')
-      AND (c.relname <> 'schema_migrations' OR p.priv = 'SELECT')
+    SELECT 'table', g.schema, c.relname::text, g.priv, NULL, NULL
+    FROM given g
+    JOIN pg_catalog.pg_namespace ns ON ns.nspname = g.schema
+    JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relkind IN ('r', 'p')
+    WHERE g.kind = 'tables' AND c.relname::text <> ALL (coalesce(g.excluded, '{}'))
 ), resolved AS (
     SELECT nd.*, ns.oid AS ns_oid, c.oid AS rel_oid, a.attnum, f.oid AS fn_oid
     FROM needs nd

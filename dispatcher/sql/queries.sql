@@ -63,7 +63,9 @@ WITH picked AS MATERIALIZED (
            w.deleted_at AS webhook_deleted_at,
            rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
            rc.enable_jitter, rc.enable_dlq,
-           least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1 AS max_attempts,
+           -- the org's policy clamped to the host UI's ranges (0037)
+           (dispatcher.retry_policy_v1(max_retries => rc.max_retries)).max_retries + 1
+               AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
              -- an ordered key waits for claim_due, which checks earlier deliveries (0032)
@@ -305,7 +307,8 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
 -- name: record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
 -- where the claim is still ours), the attempt history, and each webhook's streak
--- row in dispatcher.webhook_streaks (dispatcher.note_outcomes_v1, 0011). Nothing
+-- row in dispatcher.webhook_streaks (dispatcher.note_outcomes_v1, 0011) when the
+-- outcomes change it (`webhooks`: how many were noted; none: no counters to apply). Nothing
 -- here waits on a lock the host may hold: public.webhooks is not touched (its
 -- counters follow in apply_webhook_counters) and delivery rows locked by someone
 -- else are skipped and returned in `busy`, for the recorder to try again. `seq`
@@ -353,13 +356,27 @@ WITH o AS (
     FROM done WHERE counts OR (success AND attempt > 1)
 ), noted AS (
     -- In webhook order, so two recorders never wait on each other's streak rows in a cycle.
+    -- Successes to a healthy webhook change nothing: its streak row is clean (nothing
+    -- pending, no failure counted) and its counters were written less than a second ago,
+    -- so apply_webhook_counters would write nothing. Such a webhook is not noted (no
+    -- streak row write, and the recorder skips apply_webhook_counters): a healthy
+    -- webhook's streak stays 0 without a write per batch. Read without a lock: a failure
+    -- another recorder notes meanwhile is then ordered after these successes.
     SELECT dispatcher.note_outcomes_v1(webhook_id, outs) AS ok
-    FROM (SELECT webhook_id,
+    FROM (SELECT d.webhook_id,
                  jsonb_agg(jsonb_build_object('success', success, 'counts', counts,
                                               'gone', gone, 'started', started_at,
                                               'ended', ended_at) ORDER BY seq) AS outs
-          FROM done WHERE counts OR success OR gone
-          GROUP BY webhook_id ORDER BY webhook_id) per_hook
+          FROM done d WHERE counts OR success OR gone
+          GROUP BY d.webhook_id
+          HAVING NOT (bool_and(d.success AND NOT d.counts AND NOT d.gone) AND EXISTS (
+              SELECT 1 FROM dispatcher.webhook_streaks s
+              JOIN public.webhooks w ON w.id = s.webhook_id
+              WHERE s.webhook_id = d.webhook_id AND NOT s.pending AND s.counted_until IS NULL
+                AND coalesce(w.consecutive_failures, 0) = 0
+                AND w.last_success_at >= now() - interval '1 second'
+                AND w.last_triggered_at >= now() - interval '1 second'))
+          ORDER BY d.webhook_id) per_hook
 ), dead AS MATERIALIZED (
     -- delivery.dead_lettered (0026): only the rows that turn 'dlq' pay anything here;
     -- in webhook order, as above (the rate limit locks a row per webhook).

@@ -2,14 +2,15 @@
 -- waits on rows another transaction is writing.
 
 -- name: purge_dlq
--- DLQ rows older than their org's dlq_retention_days (1-90, default 30).
+-- DLQ rows older than their org's dlq_retention_days (dispatcher.retry_policy_v1, 0037).
 WITH doomed AS (
     SELECT d.id
     FROM public.webhook_deliveries d
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
     WHERE d.status = 'dlq'
-      AND coalesce(d.delivered_at, d.created_at) < now() - make_interval(
-              days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90))
+      AND coalesce(d.delivered_at, d.created_at) < now() - make_interval(days => (
+              dispatcher.retry_policy_v1(dlq_retention_days => rc.dlq_retention_days)
+          ).dlq_retention_days)
     LIMIT %(batch)s
     FOR UPDATE OF d SKIP LOCKED
 )
@@ -22,8 +23,9 @@ WITH doomed AS (
     SELECT h.webhook_id, h.event_id
     FROM dispatcher.held h
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = h.org_id
-    WHERE h.event_created_at < now() - make_interval(
-              days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90))
+    WHERE h.event_created_at < now() - make_interval(days => (
+              dispatcher.retry_policy_v1(dlq_retention_days => rc.dlq_retention_days)
+          ).dlq_retention_days)
     LIMIT %(batch)s
     FOR UPDATE OF h SKIP LOCKED
 )
@@ -34,7 +36,8 @@ WHERE h.webhook_id = doomed.webhook_id AND h.event_id = doomed.event_id;
 -- success and failed deliveries older than the configured retention. `failed` rows also
 -- include the host's cleared DLQ items (its UI turns a DLQ row to `failed` "instead of
 -- deleting, for audit"): they are kept at least as long as their org's dlq_retention_days
--- (1-90, default 30), counted like DLQ rows from their final failure (delivered_at).
+-- (dispatcher.retry_policy_v1, 0037), counted like DLQ rows from their final failure
+-- (delivered_at).
 WITH doomed AS (
     SELECT d.id
     FROM public.webhook_deliveries d
@@ -42,8 +45,9 @@ WITH doomed AS (
     WHERE d.status IN ('success', 'failed')
       AND d.created_at < now() - make_interval(days => %(days)s)
       AND (d.status = 'success'
-           OR coalesce(d.delivered_at, d.created_at) < now() - make_interval(
-                  days => least(greatest(coalesce(rc.dlq_retention_days, 30), 1), 90)))
+           OR coalesce(d.delivered_at, d.created_at) < now() - make_interval(days => (
+                  dispatcher.retry_policy_v1(dlq_retention_days => rc.dlq_retention_days)
+              ).dlq_retention_days))
     ORDER BY d.created_at
     LIMIT %(batch)s
     FOR UPDATE OF d SKIP LOCKED

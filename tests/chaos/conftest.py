@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -62,7 +62,9 @@ async def chaos_receiver() -> AsyncIterator[ChaosReceiver]:
 
 
 @pytest_asyncio.fixture
-async def make_chaos(chaos_cluster, chaos_db, chaos_receiver) -> AsyncIterator:
+async def make_chaos(
+    chaos_cluster, chaos_db, chaos_receiver
+) -> AsyncIterator[Callable[..., Awaitable[Chaos]]]:
     made: list[Chaos] = []
 
     async def make(**kwargs) -> Chaos:

@@ -82,7 +82,9 @@ async def test_terminate_listen_and_pool_backends(make_chaos, report):
                 "FROM pg_stat_activity WHERE application_name LIKE 'webhook-dispatcher/%%' "
                 "AND datname = current_database()"
             )
-            listen, killed = await cur.fetchone()
+            counts = await cur.fetchone()
+            assert counts is not None
+            listen, killed = counts
             assert listen == 1 and killed >= 2, (listen, killed)
             at = time.monotonic()
             recover.append(await harness.recovered(at))

@@ -106,7 +106,7 @@ class _NoCluster:
 async def test_oracle_judges_a_made_up_run() -> None:
     """The oracle without processes: each kind of breakage it must name, and the one
     duplicate it must excuse (a SIGKILLed sender's unrecorded 2xx)."""
-    run = FuzzRun(_NoCluster(), "none", seed=1, seconds=1)  # type: ignore[arg-type]
+    run = FuzzRun(_NoCluster(), "none", seed=1, seconds=1)  # type: ignore[arg-type]  # a stand-in cluster: only dsn() is called
     run.hooks = {path: f"hook{path}" for _, path in WEBHOOKS}
     run.t0 = 100.0
     run.published = [

@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher.demo_receiver import verify_intime, verify_standard_webhooks
-from dispatcher.embedded import EmbeddedPostgres, pgserver_available, system_bindir
+from dispatcher.embedded import EmbeddedPostgres, Source, pgserver_available, system_bindir
 from dispatcher.errors import ExitCode
 
 NO_DATABASE = {"DISPATCHER_DATABASE_URL": "", "DATABASE_URL": "", "CREDENTIALS_DIRECTORY": ""}
@@ -170,12 +170,12 @@ def test_receiver_rejects_tampered_or_stale_requests(tamper: str) -> None:
 
 
 @pytest.mark.parametrize("source", ["system", "pgserver"])
-def test_embedded_postgres_starts_and_is_gone_after_stop(source: str) -> None:
+def test_embedded_postgres_starts_and_is_gone_after_stop(source: Source) -> None:
     if source == "system" and system_bindir() is None:
         pytest.skip("no system PostgreSQL on this machine")
     if source == "pgserver" and not pgserver_available():
         pytest.skip("the pgserver wheel is not installed")
-    pg = EmbeddedPostgres(source)  # type: ignore[arg-type]
+    pg = EmbeddedPostgres(source)
     with pg:
         root = pg.root
         assert root is not None and root.exists()

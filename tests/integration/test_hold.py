@@ -193,7 +193,7 @@ async def test_a_webhook_disabled_by_its_failures_holds_then_delivers(conn, rece
     await start_daemon()
     first = await hostdb.publish(conn, "job.created", {"n": 0}, org)
     await hostdb.wait_deliveries(conn, "status = 'failed'", 1)
-    assert (await hostdb.webhook(conn, hook["id"]))["status"] == "disabled"
+    await hostdb.wait_webhook(conn, hook["id"], lambda w: w["status"] == "disabled")
     held = [await hostdb.publish(conn, "job.updated", {"n": n}, org) for n in (1, 2)]
     await wait_held(conn, hook["id"], 2)
     await wait_outbox_empty(conn)
@@ -295,7 +295,7 @@ async def test_metrics_count_held_events(conn, receiver, start_daemon):
     await eventually(three_held, "dispatcher_held_events == 3", 30)
 
 
-async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_daemon, run):  # noqa: F811
+async def test_cli_shows_enables_and_discards_the_hold(conn, receiver, start_daemon, run):  # noqa: F811  # `run` is the fixture imported above
     org = await hostdb.create_org(conn)
     hook = await disabled_hook(conn, org, receiver.url("/cli"))
     other = await disabled_hook(conn, org, receiver.url("/cli-other"))

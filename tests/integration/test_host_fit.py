@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import hostdb
 import pytest
@@ -90,7 +91,7 @@ async def test_health_check_is_recorded_when_its_event_cannot_be_published(
 # --- item 3: re-enabling resets consecutive_failures -------------------------------------
 
 
-async def _auto_disabled_webhook(conn, url: str) -> dict:
+async def _auto_disabled_webhook(conn, url: str) -> dict[str, Any]:
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, url, ["job.*"])
     # Ten failures in a row: the host's own trigger disables it (and resets nothing).

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import hostdb
 import pytest
@@ -141,7 +143,7 @@ CASES = {
 }
 
 
-async def _setup(conn, receiver, url: str) -> tuple[object, dict, dict]:
+async def _setup(conn, receiver, url: str) -> tuple[UUID, dict[str, Any], dict[str, Any]]:
     org = await hostdb.create_org(conn)
     # Retries far away: the first attempt's row is what is checked.
     await hostdb.set_retry_config(
@@ -152,7 +154,7 @@ async def _setup(conn, receiver, url: str) -> tuple[object, dict, dict]:
     return org, bad, good
 
 
-async def _check_attempt(conn, receiver, hook: dict, case: Case) -> dict:
+async def _check_attempt(conn, receiver, hook: dict[str, Any], case: Case) -> dict[str, Any]:
     [row] = await hostdb.wait_deliveries(
         conn, "webhook_id = %s AND status <> 'pending'", 1, (hook["id"],), timeout=20
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from uuid import UUID
 
 import hostdb
 from support.integrations import (
@@ -23,7 +24,7 @@ pytest_plugins = ("support.integration_fixtures",)
 DAEMON = {k: v for k, v in FAST.items() if k not in ("pool_min_size", "pool_max_size")}
 
 
-async def due_tokens(conn, oauth: OAuthServer, n: int) -> list[tuple]:
+async def due_tokens(conn, oauth: OAuthServer, n: int) -> list[tuple[UUID, UUID, str]]:
     """n integrations with a token expiring within the lead time, created in one transaction."""
     org = await hostdb.create_org(conn)
     oauth.add_client("shared", "shared-client-secret")
@@ -48,7 +49,7 @@ async def due_tokens(conn, oauth: OAuthServer, n: int) -> list[tuple]:
     return made
 
 
-def assert_one_request_per_token(oauth: OAuthServer, made: list[tuple]) -> None:
+def assert_one_request_per_token(oauth: OAuthServer, made: list[tuple[UUID, UUID, str]]) -> None:
     per_token = {refresh: len(oauth.requests_for(refresh)) for _, _, refresh in made}
     assert sorted(set(per_token.values())) == [1], per_token
     assert oauth.reuse_detected == 0

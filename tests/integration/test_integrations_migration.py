@@ -4,6 +4,8 @@ as it was and works."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import hostdb
 import psycopg
 from support.integrations import (
@@ -82,7 +84,7 @@ async def test_standalone_tables_follow_the_host_schema(conn) -> None:
     )
     cols = {(r["table_name"], r["column_name"]): r for r in await cur.fetchall()}
 
-    def col(table: str, name: str) -> dict:
+    def col(table: str, name: str) -> dict[str, Any]:
         return cols[(table, name)]
 
     assert col("integrations", "type")["len"] == 50

@@ -259,6 +259,50 @@ async def test_check_privileges_names_what_is_missing(dispatcher_role, conn, rev
     assert caught.value.exit_code == ExitCode.PERMISSION
 
 
+def _revoke(need: preflight.Need) -> str:
+    """The statement that takes `need` away (from PUBLIC too: some are PUBLIC's by default)."""
+    on = {
+        "schema": f"SCHEMA {need.schema}",
+        "tables": f"ALL TABLES IN SCHEMA {need.schema}",
+        "function": f"FUNCTION {need.schema}.{need.name}({', '.join(need.args or ())})",
+    }.get(need.kind, f"{need.schema}.{need.name}")
+    columns = f" ({need.col})" if need.kind == "column" else ""
+    return f"REVOKE {need.priv}{columns} ON {on} FROM dispatcher, PUBLIC"
+
+
+async def test_every_grant_of_the_script_is_checked_at_start(dispatcher_role, conn):
+    """The start-up check reads its list from least_privilege.sql: the script grants all it
+    checks (nothing missing), and each grant, taken away alone, is named."""
+
+    async def missing_as_role() -> list[str]:
+        await conn.execute(
+            sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(dispatcher_role.name))
+        )
+        return await preflight.missing_privileges(conn)
+
+    async with conn.transaction(force_rollback=True):
+        assert await missing_as_role() == []
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'dispatcher' AND c.relkind IN ('r', 'p')"
+    )
+    own_tables = {row["relname"] for row in await cur.fetchall()}
+    assert len(preflight.CORE) > 10 and len(preflight.INTEGRATIONS) > 10
+    for need in preflight.CORE + preflight.INTEGRATIONS:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute(_revoke(need))
+            missing = await missing_as_role()
+        if need.kind == "tables":
+            expected = [
+                f"{need.priv} on {need.schema}.{t}" for t in sorted(own_tables - {*need.excluded})
+            ]
+        elif need.kind == "column":
+            expected = [f"{need.priv} ({need.col}) on {need.schema}.{need.name}"]
+        else:
+            expected = [need.describe()]
+        assert missing == expected, need
+
+
 async def test_integration_needs_are_skipped_when_integrations_are_off(dispatcher_role, conn):
     await conn.execute("REVOKE SELECT ON public.integrations FROM dispatcher")
     async with await _as_role(dispatcher_role) as c:

@@ -77,7 +77,7 @@ async def test_disabled_reaches_other_webhooks_once_and_not_the_failing_one(
     # One failure from the host's limit: the next failed attempt makes it 10 and the host's
     # trigger disables it; the attempt records the last error.
     await conn.execute("UPDATE webhooks SET consecutive_failures = 9 WHERE id = %s", (bad["id"],))
-    receiver.respond("/bad", Reply(503, body="overloaded"))
+    receiver.respond("/bad", Reply(503, body=b"overloaded"))
     await start_daemon()
     await hostdb.publish(conn, "job.created", {"password": "not-in-lifecycle"}, org)
 

@@ -151,9 +151,11 @@ async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
     id into the outbox, and nothing else."""
     await apply_migrations(empty_db_dsn)
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
-        (config,) = conn.execute(
+        row = conn.execute(
             "SELECT proconfig FROM pg_proc WHERE oid = 'dispatcher.intake_events_v1'::regproc"
         ).fetchone()
+        assert row is not None
+        (config,) = row
         assert config is None, "no function-level SET: it cost every publisher ~3 %"
         conn.execute("CREATE SCHEMA evil")
         conn.execute("CREATE TABLE evil.outbox (event_id uuid)")
@@ -164,10 +166,12 @@ async def test_intake_trigger_cannot_be_diverted_by_the_callers_search_path(
         conn.execute("INSERT INTO new_events VALUES ('00000000-0000-0000-0000-0000000000aa')")
         conn.execute("SET search_path = pg_temp, evil, public")
         conn.execute("LISTEN dispatcher_v1")
-        (event_id,) = conn.execute(
+        row = conn.execute(
             "SELECT public.publish_event('job.created', gen_random_uuid(), '{}'::jsonb, NULL,"
             " '{}'::jsonb, NULL)"
         ).fetchone()
+        assert row is not None
+        (event_id,) = row
         outbox = [r[0] for r in conn.execute("SELECT event_id FROM dispatcher.outbox")]
         assert outbox == [event_id]
         assert conn.execute("SELECT count(*) FROM evil.outbox").fetchone() == (0,)
@@ -199,7 +203,8 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
         await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
         await hostdb.insert_events_directly(conn, org, "job.created", 30)
         cur = await conn.execute("SELECT count(id) AS n FROM dispatcher.outbox")
-        assert (await cur.fetchone())["n"] == 30, "premise: old outbox rows carry ids"
+        row = await cur.fetchone()
+        assert row is not None and row["n"] == 30, "premise: old outbox rows carry ids"
 
         applied = await apply_migrations(empty_db_dsn)
         # Every later migration too (0013, 0014 change the outbox): the backlog survives them.
@@ -214,6 +219,7 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
             await hostdb.wait_deliveries(conn, "status = 'success'", 31)
             await receiver.wait_for(31)
             cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.outbox")
-            assert (await cur.fetchone())["n"] == 0
+            row = await cur.fetchone()
+            assert row is not None and row["n"] == 0
             ids = [r.headers["webhook-id"] for r in receiver.requests]
             assert len(ids) == len(set(ids)) == 31

@@ -64,7 +64,8 @@ class CtrlC(Progress):
 
     def __init__(self, *args: Any, after: int, **kwargs: Any) -> None:
         self.after = after
-        super().__init__(*args, stream=io.StringIO(), tty=False, **kwargs)
+        self.output = io.StringIO()
+        super().__init__(*args, stream=self.output, tty=False, **kwargs)
 
     def add(self, n: int) -> None:
         super().add(n)
@@ -121,7 +122,7 @@ async def test_dlq_retry_resumes_after_ctrl_c_without_redoing_work(db_dsn, conn)
     # Two batches were committed before Ctrl-C; the display says it was interrupted.
     assert await count(conn, "status = 'pending'") == 20
     assert await count(conn, "status = 'dlq'") == 5
-    last = json.loads(meters[0]._stream.getvalue().splitlines()[-1])  # type: ignore[attr-defined]
+    last = json.loads(meters[0].output.getvalue().splitlines()[-1])
     assert (last["state"], last["done"], last["total"]) == ("interrupted", 20, 25)
 
     # Running it again handles only what is left.

@@ -201,6 +201,7 @@ async def test_no_secret_in_any_log_line_or_column(
             (tok,),
         )
         row = await cur.fetchone()
+        assert row is not None
         for value in issued[2:]:
             assert value not in (row["access_token"] or "")
             assert value not in (row["refresh_token"] or "")

@@ -61,7 +61,7 @@ async def test_wait_for_log_times_out_with_log_tail() -> None:
             await daemon.wait_for_log("never", timeout=0.3)
 
 
-async def test_daemon_factory_fixture(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_daemon_factory_fixture(daemon_factory) -> None:
     daemon = daemon_factory({"FLAVOUR": "x"})
     assert daemon.argv[1:] == ["-m", "dispatcher", "run"]
     daemon.kill()

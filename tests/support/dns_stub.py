@@ -136,7 +136,7 @@ class DnsStub(asyncio.DatagramProtocol):
     def in_zone(self, name: str) -> bool:
         return name == self.zone or name.endswith("." + self.zone)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = self.answer(data)
         if reply is not None and self._transport is not None:
             self._transport.sendto(reply, addr)

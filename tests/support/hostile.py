@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiohttp.abc import AbstractResolver, ResolveResult
+
 from .net import LOOPBACK, set_linger_zero
 
 HEAD_LIMIT = 1 << 20
@@ -384,7 +386,7 @@ def rss_bytes(pid: int) -> int:
 # --- hostile DNS ---------------------------------------------------------------------------------
 
 
-class ScriptedResolver:
+class ScriptedResolver(AbstractResolver):
     """An aiohttp resolver whose answers are scripted per name: each lookup takes the next
     answer, the last one repeats. Wrap it in dispatcher.ssrf.GuardedResolver (Sender does).
 
@@ -397,7 +399,7 @@ class ScriptedResolver:
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[dict[str, object]]:
+    ) -> list[ResolveResult]:
         import ipaddress
 
         self.calls.append(host)
@@ -405,7 +407,7 @@ class ScriptedResolver:
         if not script:
             raise OSError(socket.EAI_NONAME, f"scripted resolver: no answer for {host!r}")
         answer = script.pop(0) if len(script) > 1 else script[0]
-        results: list[dict[str, object]] = []
+        results: list[ResolveResult] = []
         for address in answer:
             version = ipaddress.ip_address(address).version
             results.append(

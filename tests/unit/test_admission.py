@@ -3,7 +3,12 @@ webhooks a claim held back (the refill signal of the dispatch loop)."""
 
 from __future__ import annotations
 
-from uuid import uuid4
+import itertools
+from typing import Any
+from uuid import UUID, uuid4
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatcher.admission import FAILING_AFTER, Admission, probe_delay
 from dispatcher.backoff import RetryPolicy
@@ -20,7 +25,7 @@ class Clock:
         return self.now
 
 
-def make(cap: int = 4, ahead: int = 0) -> tuple[Admission, Clock]:
+def make(cap: int = 4, ahead: int = 0) -> tuple[Admission[Any], Clock]:
     """Without claim-ahead unless asked: the rules of what may start now."""
     clock = Clock()
     return Admission(cap, RateLimits(clock=clock), clock=clock, ahead=ahead), clock
@@ -138,7 +143,7 @@ def test_a_claim_that_gave_a_webhook_less_than_its_room_holds_nothing_back() -> 
 # -- claim-ahead -------------------------------------------------------------------------
 
 
-def _at_cap(adm: Admission, hook, n: int) -> None:
+def _at_cap(adm: Admission[Any], hook: UUID, n: int) -> None:
     for _ in range(n):
         adm.started(hook, active=True, failing=False)
 
@@ -255,3 +260,118 @@ def test_no_rows_leased_ahead_for_a_webhook_the_database_calls_failing_until_a_s
     adm.outcome(hook, POLICY, success=True, counts=False)
     adm.started(hook, active=True, failing=False)
     assert adm.ahead_room(hook) == 2
+
+
+# -- the rules hold together, whatever happens --------------------------------------------
+
+HOOKS = [UUID(int=1), UUID(int=2), UUID(int=3)]
+_hook = st.sampled_from(HOOKS)
+_op = st.one_of(
+    st.tuples(st.just("claim"), _hook, st.booleans()),  # start a claimed row (failing?)
+    st.tuples(st.just("end"), _hook, st.booleans()),  # an attempt ends (succeeded?)
+    st.tuples(st.just("fail"), _hook, st.booleans()),  # an outcome: failure (counted?)
+    st.tuples(st.just("limit"), _hook, st.sampled_from([0.0, 1.0, 3.0])),  # 0: no limit
+    st.tuples(st.just("tick"), _hook, st.sampled_from([0.1, 1.0, 5.0])),
+    st.tuples(st.just("params"), _hook, st.integers(0, 4)),  # a claim, then note_held
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cap=st.integers(1, 4), ahead=st.integers(0, 3), ops=st.lists(_op, max_size=60))
+def test_the_rules_agree_with_each_other_after_any_sequence(
+    cap: int, ahead: int, ops: list[tuple[str, UUID, Any]]
+) -> None:
+    """Driven as the dispatch loop drives it (a row starts only when can_start, else it
+    is queued or released; an ended attempt starts the next queued row): room_of() is
+    room() for one webhook, the cap is never exceeded, a claim never asks for more than
+    the cap, and nothing is leased ahead for a rate-limited or failing webhook."""
+    adm, clock = make(cap=cap, ahead=ahead)
+    limits: dict[str, float] = {}
+    rows = itertools.count()
+
+    def start(hook: UUID, failing: bool) -> None:
+        assert adm.can_start(hook)
+        adm.started(hook, active=True, failing=failing)
+
+    for op, hook, arg in ops:
+        if op == "claim":
+            if adm.can_start(hook):
+                start(hook, arg)
+            elif not arg:
+                adm.enqueue(hook, next(rows))
+        elif op == "end" and adm.inflight(hook):
+            adm.ended(hook)
+            adm.outcome(hook, POLICY, success=arg, counts=not arg)
+            row, released = adm.next_queued(hook)
+            if row is not None:
+                start(hook, False)
+            assert row is None or not released
+        elif op == "fail":
+            adm.outcome(hook, POLICY, success=False, counts=arg)
+        elif op == "limit":
+            limits[str(hook)] = arg
+            adm.limits.update({k: v for k, v in limits.items() if v}, replicas=1)
+        elif op == "tick":
+            clock.now += arg
+        elif op == "params":
+            params = adm.claim_params()
+            assert all(0 <= n <= cap for n in params["room_left"])
+            adm.note_held([hook] * arg)
+
+        room, claim_room = adm.room(), adm.claim_room()
+        for h in HOOKS:
+            assert adm.room_of(h) == room.get(h, cap), (h, room)
+            assert room.get(h, cap) <= claim_room.get(h, cap) <= cap
+            assert adm.inflight(h) <= cap
+            assert adm.queued(h) <= adm.ahead
+            if adm.limits.room(h) is not None or adm._streak.get(h, (0, 0.0))[0] >= FAILING_AFTER:
+                assert adm.ahead_room(h) == 0
+            if adm._streak.get(h, (0, 0.0))[0] >= FAILING_AFTER:
+                assert room[h] <= 1  # one probe at a time
+
+
+def test_queued_rows_are_handed_back_when_a_rate_limit_appears() -> None:
+    """A row leased ahead must not wait for an end that will not let it start: once a
+    limit holds the webhook back below its cap, its queue is released."""
+    adm, _ = make(cap=2, ahead=2)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    assert adm.enqueue(hook, "a") and adm.enqueue(hook, "b")
+    adm.limits.update({str(hook): 1.0}, replicas=1)
+    adm.limits.take(hook)  # the bucket is empty: nothing may start now
+    adm.ended(hook)
+    assert adm.next_queued(hook) == (None, ["a", "b"]) and adm.queued() == 0
+
+
+def test_the_next_probe_is_the_earliest_of_the_failing_webhooks_not_probing() -> None:
+    adm, clock = make(cap=4)
+    slow, fast = uuid4(), uuid4()
+    slow_policy = RetryPolicy(base_delay_seconds=20, max_delay_seconds=60)
+    for _ in range(FAILING_AFTER):
+        adm.outcome(slow, slow_policy, success=False, counts=True)
+        adm.outcome(fast, POLICY, success=False, counts=True)
+    assert adm.next_probe_in() == 2.0  # fast's backoff, not slow's 20 s
+    clock.now += 3.0
+    adm.started(fast, active=True, failing=False)  # fast's probe is out: slow is next
+    assert adm.next_probe_in() == 17.0
+    clock.now += 30.0
+    assert adm.next_probe_in() == 0.0  # overdue: at once, never negative
+
+
+def test_two_claims_at_once_each_judge_held_back_webhooks_by_the_room_they_were_given() -> None:
+    """A due scan and a doorbell's fan-out may run at once (dispatch.py): each statement's
+    answer is read against its own room, and while the other still runs, the webhooks
+    already held back stay held (an attempt of theirs that ends still asks for a refill)."""
+    adm, _ = make(cap=4)
+    hot, quiet = uuid4(), uuid4()
+    _at_cap(adm, hot, 2)
+    scan = adm.claim_params()  # the due scan: hot may take 2 more
+    asked_scan = dict(zip(scan["room_ids"], scan["room_left"], strict=True))
+    adm.claim_params()  # the fan-out's, sent while the scan runs (overwrites the last one)
+    adm.note_held([quiet], {quiet: 4, hot: 2}, keep=True)  # the fan-out: 1 of quiet's 4
+    adm.note_held([hot, hot], asked_scan)  # the scan got all it was given for hot
+    assert adm.ended(hot), "hot got its whole room: more of it may be due"
+    adm.note_held([], asked_scan, keep=True)
+    assert adm.ended(hot), "kept while another statement still runs"
+    adm.note_held([], asked_scan)
+    assert not adm.ended(hot) and not adm.ended(quiet)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.backoff import RetryPolicy, parse_retry_after, retry_delay
+from dispatcher.backoff import RetryPolicy, RetryStrategy, parse_retry_after, retry_delay
 
 NO_JITTER = dict(enable_jitter=False)
 
@@ -37,7 +37,7 @@ def test_defaults() -> None:
 
 def test_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        RetryPolicy().max_retries = 5  # type: ignore[misc]
+        RetryPolicy().max_retries = 5  # type: ignore[misc]  # the point: it is frozen
 
 
 def test_from_row_none_is_default_without_warnings() -> None:
@@ -107,9 +107,9 @@ def test_from_row_unknown_strategy(value: object) -> None:
 
 
 @pytest.mark.parametrize("value", ["exponential", "linear", "fixed"])
-def test_from_row_known_strategy(value: str) -> None:
+def test_from_row_known_strategy(value: RetryStrategy) -> None:
     assert RetryPolicy.from_row({"retry_strategy": value}) == (
-        RetryPolicy(retry_strategy=value),  # type: ignore[arg-type]
+        RetryPolicy(retry_strategy=value),
         [],
     )
 
@@ -227,7 +227,7 @@ def test_retry_after_nan_is_ignored() -> None:
 )
 def test_delay_bounds_property(
     max_retries: int,
-    strategy: str,
+    strategy: RetryStrategy,
     base: int,
     cap: int,
     jitter: bool,
@@ -235,7 +235,7 @@ def test_delay_bounds_property(
     r: float,
     retry_after: float | None,
 ) -> None:
-    p = RetryPolicy(max_retries, strategy, base, cap, jitter)  # type: ignore[arg-type]
+    p = RetryPolicy(max_retries, strategy, base, cap, jitter)
     d = retry_delay(p, attempt, rng=lambda: r, retry_after=retry_after)
     assert 0 <= d <= cap
     if retry_after is None and not jitter:

@@ -136,7 +136,7 @@ def test_first_key_encrypts_all_decrypt() -> None:
     ],
     ids=["unknown-key", "tampered", "version", "not-base64", "short"],
 )
-def test_undecryptable_values_raise_clear_errors(mangle, message) -> None:  # type: ignore[no-untyped-def]
+def test_undecryptable_values_raise_clear_errors(mangle, message) -> None:
     k = ring("k1")
     with pytest.raises(DecryptError, match=re.escape(message)):
         k.decrypt(mangle(k.encrypt("secret")))

@@ -93,7 +93,7 @@ def test_missing_client_id() -> None:
         refresh_request("google", {"client_secret": "x"}, "rt", None)
 
 
-def answer(status: int, body: object, retry_after: float | None = None):  # type: ignore[no-untyped-def]
+def answer(status: int, body: object, retry_after: float | None = None):
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return classify_response(status, raw, NOW, ("rt-secret", "client-secret"), retry_after)
 

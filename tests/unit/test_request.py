@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from dispatcher.request import InvalidWebhook, build_request, cached_signer
+from dispatcher.request import (
+    MESSAGE_ID_NAMESPACE,
+    InvalidWebhook,
+    build_request,
+    cached_signer,
+    message_id,
+    repeated_id_text,
+)
 
 AT = datetime(2025, 12, 5, 14, 8, 26, 123000, tzinfo=UTC)
 BODY = b'{"event": "job.created", "data": {}}'
@@ -79,3 +89,33 @@ def test_invalid_custom_headers_never_repeat_their_values(headers_json: str) -> 
     with pytest.raises(InvalidWebhook) as caught:
         cached_signer(("s" * 64,), headers_json)
     assert "SEKRIT" not in str(caught.value)
+
+
+EVENT = uuid.UUID("0b7e6a52-3c1f-4d8e-9a47-5f2c1e8d9b30")
+WEBHOOK = uuid.UUID("6f1d2c3b-4a5e-4f60-8b71-92a3b4c5d6e7")
+
+
+def test_webhook_id_of_an_event_to_a_webhook_is_pinned() -> None:
+    # Receivers deduplicate on it: the value of one pair never changes between releases.
+    assert message_id(EVENT, WEBHOOK, uuid.uuid4()) == "ac2cd2ba-b997-5702-92d5-c57cf02e766e"
+
+
+@given(st.uuids(), st.uuids(), st.uuids())
+def test_webhook_id_is_uuid5_of_event_and_webhook(
+    event: uuid.UUID, webhook: uuid.UUID, delivery: uuid.UUID
+) -> None:
+    expected = str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{event}/{webhook}"))
+    assert message_id(event, webhook, delivery) == expected
+    assert message_id(str(event), str(webhook), delivery) == expected  # type: ignore[arg-type]
+    assert uuid.UUID(expected).version == 5
+
+
+def test_webhook_id_of_a_row_without_event_is_the_row_id() -> None:
+    delivery = uuid.uuid4()
+    assert message_id(None, WEBHOOK, delivery) == str(delivery)
+
+
+@given(st.uuids())
+def test_remembered_id_text_is_the_uuid_text(value: uuid.UUID) -> None:
+    assert repeated_id_text(value) == str(value)
+    assert repeated_id_text(uuid.UUID(str(value))) == str(value)  # equal, not the same object

@@ -1,0 +1,116 @@
+"""What record_outcomes writes beside the delivery rows: a webhook's streak row only when
+the outcomes change something (issue 12: PostgreSQL cost per delivery)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import hostdb
+import orjson
+import pytest
+
+from dispatcher.queries import query
+
+
+async def _webhook_with_clean_streak(conn: hostdb.Conn, success_ago: float) -> dict[str, Any]:
+    """A healthy webhook whose counters were last written `success_ago` seconds ago, with a
+    streak row that has nothing pending (what apply_webhook_counters leaves behind)."""
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+    await conn.execute(
+        "UPDATE webhooks SET consecutive_failures = 0,"
+        " last_success_at = now() - make_interval(secs => %(ago)s),"
+        " last_triggered_at = now() - make_interval(secs => %(ago)s) WHERE id = %(id)s",
+        {"ago": success_ago, "id": hook["id"]},
+    )
+    await conn.execute(
+        "INSERT INTO dispatcher.webhook_streaks (webhook_id) VALUES (%s)", (hook["id"],)
+    )
+    return {**hook, "org_id": org}
+
+
+async def _record(conn: hostdb.Conn, hook: dict[str, Any], **outcome: Any) -> dict[str, Any]:
+    """Lease a fresh delivery row of `hook` and record one outcome for it."""
+    cur = await conn.execute(
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+        " request_headers, request_body, status, next_retry_at)"
+        " VALUES (%s, %s, 'job.created', '{}', 'https://example.com/hook', '{}', '{}',"
+        " 'pending', now() + interval '30 seconds') RETURNING id, next_retry_at",
+        (hook["org_id"], hook["id"]),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    now = datetime.now(UTC).isoformat()
+    success = outcome.get("success", True)
+    out = {
+        "id": str(row["id"]),
+        "webhook_id": str(hook["id"]),
+        "org_id": str(hook["org_id"]),
+        "claim": row["next_retry_at"].isoformat(),
+        "seq": 1,
+        "status": "success" if success else "retrying",
+        "outcome": "delivered" if success else "retryable",
+        "attempt": 1,
+        "attempt_number": 1 if success else 2,
+        "retry_in": None if success else 60.0,
+        "final": success,
+        "counts": not success,
+        "success": success,
+        "gone": False,
+        "response_status": 204 if success else 503,
+        "duration_ms": 3,
+        "started_at": now,
+        "ended_at": now,
+    }
+    cur = await conn.execute(query("record_outcomes"), {"rows": orjson.dumps([out]).decode()})
+    got = await cur.fetchone()
+    assert got is not None and got["recorded"] == 1
+    return got
+
+
+async def _streak_version(conn: hostdb.Conn, hook: dict[str, Any]) -> tuple[str, bool]:
+    cur = await conn.execute(
+        "SELECT xmin::text AS v, pending FROM dispatcher.webhook_streaks WHERE webhook_id = %s",
+        (hook["id"],),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row["v"], row["pending"]
+
+
+async def test_successes_to_a_healthy_webhook_write_no_streak_row(conn):
+    hook = await _webhook_with_clean_streak(conn, success_ago=0)
+    before = await _streak_version(conn, hook)
+    got = await _record(conn, hook)
+    assert got["webhooks"] == 0, "nothing changes: no webhook noted, no counters to apply"
+    assert await _streak_version(conn, hook) == before
+
+
+@pytest.mark.parametrize(
+    ("success_ago", "success"),
+    [
+        (5, True),  # counters older than a second: the timestamps are due again
+        (0, False),  # a failure always counts
+    ],
+)
+async def test_outcomes_that_change_something_are_noted(conn, success_ago, success):
+    hook = await _webhook_with_clean_streak(conn, success_ago=success_ago)
+    before = await _streak_version(conn, hook)
+    got = await _record(conn, hook, success=success)
+    assert got["webhooks"] == 1
+    version, pending = await _streak_version(conn, hook)
+    assert version != before[0] and pending, "the change waits for apply_webhook_counters"
+
+
+async def test_a_success_after_a_counted_failure_is_noted(conn):
+    hook = await _webhook_with_clean_streak(conn, success_ago=0)
+    await _record(conn, hook, success=False)
+    await conn.execute(query("apply_webhook_counters"))
+    w = await hostdb.webhook(conn, hook["id"])
+    assert w["consecutive_failures"] == 1
+    got = await _record(conn, hook)
+    assert got["webhooks"] == 1, "the streak ends: the count goes back to 0"
+    await conn.execute(query("apply_webhook_counters"))
+    w = await hostdb.webhook(conn, hook["id"])
+    assert w["consecutive_failures"] == 0
