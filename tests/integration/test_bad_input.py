@@ -150,16 +150,11 @@ async def test_an_org_with_no_webhooks(conn, receiver, start_daemon):
     assert await count(conn, "org_id = %s", (lonely,)) == 0
 
 
+BURST_ENV = {"DISPATCHER_HTTP_TIMEOUT": "30"}
+
+
 async def _burst(
-    conn,
-    receiver,
-    db_dsn,
-    daemon_factory,
-    events: int,
-    timeout: float,
-    *,
-    subscribed_every: int = 1,
-    **env: str,
+    conn, receiver, db_dsn, daemon_factory, events: int, timeout: float, subscribed_every: int = 1
 ) -> float:
     """``events`` inserted in one transaction; every ``subscribed_every``-th is a `job.*` event
     the webhook subscribes to, the others `ledger.imported`, which nobody does. All of them go
@@ -167,7 +162,7 @@ async def _burst(
     org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
     receiver.respond("/hook", Reply(204))
-    daemon = daemon_factory(daemon_env(db_dsn, **env))
+    daemon = daemon_factory(daemon_env(db_dsn, **BURST_ENV))
     await daemon.wait_for_log("ready", timeout=20)
     started = time.monotonic()
     # One transaction, one statement: what a host migration or import does.
@@ -203,14 +198,11 @@ async def _wait_outbox_empty(conn, timeout: float) -> None:
     raise AssertionError(f"{left} events still in the outbox after {timeout}s")
 
 
-BURST_ENV = {"DISPATCHER_HTTP_TIMEOUT": "30"}
-
-
 async def test_a_burst_of_5000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
     """Every event of one transaction sent once, in the runs that leave out `slow`; the
     100,000-event test below sends 20,000 from one transaction (this one sent 20,000 too
     before that test was cut to one in five subscribed: twice the same minute of CI)."""
-    await _burst(conn, receiver, db_dsn, daemon_factory, 5_000, timeout=120, **BURST_ENV)
+    await _burst(conn, receiver, db_dsn, daemon_factory, 5_000, timeout=120)
 
 
 @pytest.mark.slow
@@ -220,9 +212,7 @@ async def test_a_burst_of_100000_events_in_one_transaction(conn, receiver, db_ds
     transition table) and fan-out (a 100,000-row outbox drained in batches). One in five is
     subscribed and sent: 20,000 sends from one transaction (100,000 cost a minute of CI and
     prove nothing more: sending is the same per delivery whatever the burst)."""
-    await _burst(
-        conn, receiver, db_dsn, daemon_factory, 100_000, 800, subscribed_every=5, **BURST_ENV
-    )
+    await _burst(conn, receiver, db_dsn, daemon_factory, 100_000, 800, subscribed_every=5)
 
 
 async def test_a_capped_webhook_does_not_wait_for_the_poll_interval(conn, receiver, start_daemon):
