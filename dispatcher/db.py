@@ -87,12 +87,15 @@ def make_pool(settings: Settings, *, lz4: bool = False) -> Pool:
     )
 
 
-async def open_pool(settings: Settings, *, startup_timeout: float = 30.0) -> Pool:
-    """Open the pool, waiting up to startup_timeout for the database.
+async def open_pool(settings: Settings, *, startup_timeout: float | None = None) -> Pool:
+    """Open the pool, waiting up to startup_timeout (default: the setting
+    DISPATCHER_DATABASE_STARTUP_TIMEOUT, 30 s) for the database.
 
     DatabaseUnavailable (one clear line) when it never answers; PermissionDenied
     when it answers but refuses us.
     """
+    if startup_timeout is None:
+        startup_timeout = settings.database_startup_timeout
     deadline = asyncio.get_running_loop().time() + startup_timeout
     backoff = Backoff(STARTUP)
     while True:

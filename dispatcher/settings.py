@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     migrate_lock_attempts: int = Field(
         default=5, ge=1, le=100, description="`migrate`: tries of a migration whose locks are busy"
     )
+    database_startup_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds the start-up waits for PostgreSQL to answer before exit 4",
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=8, ge=1, le=200)
     statement_timeout_ms: int = Field(default=30_000, ge=0)

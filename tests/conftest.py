@@ -45,6 +45,7 @@ PGMATRIX_MODULES = frozenset(
         "tests/integration/test_least_privilege.py",
         "tests/integration/test_migrations.py",
         "tests/integration/test_patterns_sql.py",
+        "tests/integration/test_schema_sql.py",
         "tests/integration/test_support_pg.py",
     }
 )

@@ -150,43 +150,69 @@ async def test_an_org_with_no_webhooks(conn, receiver, start_daemon):
     assert await count(conn, "org_id = %s", (lonely,)) == 0
 
 
+BURST_ENV = {"DISPATCHER_HTTP_TIMEOUT": "30"}
+
+
 async def _burst(
-    conn, receiver, db_dsn, daemon_factory, events: int, timeout: float, **env: str
+    conn, receiver, db_dsn, daemon_factory, events: int, timeout: float, subscribed_every: int = 1
 ) -> float:
+    """``events`` inserted in one transaction; every ``subscribed_every``-th is a `job.*` event
+    the webhook subscribes to, the others `ledger.imported`, which nobody does. All of them go
+    through intake and fan-out (the outbox ends empty); each subscribed one is sent once."""
     org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, org, receiver.url(), ["job.*"])
     receiver.respond("/hook", Reply(204))
-    daemon = daemon_factory(daemon_env(db_dsn, **env))
+    daemon = daemon_factory(daemon_env(db_dsn, **BURST_ENV))
     await daemon.wait_for_log("ready", timeout=20)
     started = time.monotonic()
     # One transaction, one statement: what a host migration or import does.
     await conn.execute(
         "INSERT INTO events (event_type, event_category, payload, org_id) "
-        "SELECT 'job.imported', 'job', jsonb_build_object('n', g), %s "
+        "SELECT CASE WHEN g %% %s = 0 THEN 'job.imported' ELSE 'ledger.imported' END, "
+        "CASE WHEN g %% %s = 0 THEN 'job' ELSE 'ledger' END, jsonb_build_object('n', g), %s "
         "FROM generate_series(1, %s) g",
-        (org, events),
+        (subscribed_every, subscribed_every, org, events),
     )
-    await wait_count(conn, "status = 'success'", events, timeout=timeout)
+    deliveries = events // subscribed_every
+    await wait_count(conn, "status = 'success'", deliveries, timeout=timeout)
     elapsed = time.monotonic() - started
     ids = {r.headers["webhook-id"] for r in receiver.requests}
-    assert len(ids) == events
+    assert len(ids) == deliveries
+    assert await count(conn, "true") == deliveries
     assert await count(conn, "status <> 'success'") == 0
+    await _wait_outbox_empty(conn, timeout=60)
     assert daemon.is_running()
-    print(f"burst of {events} events delivered in {elapsed:.1f} s ({events / elapsed:.0f}/s)")
+    print(f"burst of {events} events delivered in {elapsed:.1f} s ({deliveries / elapsed:.0f}/s)")
     return elapsed
 
 
-BURST_ENV = {"DISPATCHER_HTTP_TIMEOUT": "30"}
+async def _wait_outbox_empty(conn, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    left = -1
+    while time.monotonic() < deadline:
+        cur = await conn.execute("SELECT count(*) AS n FROM dispatcher.outbox")
+        left = int((await cur.fetchone())["n"])
+        if left == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{left} events still in the outbox after {timeout}s")
 
 
-async def test_a_burst_of_20000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
-    await _burst(conn, receiver, db_dsn, daemon_factory, 20_000, timeout=120, **BURST_ENV)
+async def test_a_burst_of_5000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
+    """Every event of one transaction sent once, in the runs that leave out `slow`; the
+    100,000-event test below sends 20,000 from one transaction (this one sent 20,000 too
+    before that test was cut to one in five subscribed: twice the same minute of CI)."""
+    await _burst(conn, receiver, db_dsn, daemon_factory, 5_000, timeout=120)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_a_burst_of_100000_events_in_one_transaction(conn, receiver, db_dsn, daemon_factory):
-    await _burst(conn, receiver, db_dsn, daemon_factory, 100_000, timeout=800, **BURST_ENV)
+    """The size of one host transaction: 100,000 events through intake (one statement's
+    transition table) and fan-out (a 100,000-row outbox drained in batches). One in five is
+    subscribed and sent: 20,000 sends from one transaction (100,000 cost a minute of CI and
+    prove nothing more: sending is the same per delivery whatever the burst)."""
+    await _burst(conn, receiver, db_dsn, daemon_factory, 100_000, 800, subscribed_every=5)
 
 
 async def test_a_capped_webhook_does_not_wait_for_the_poll_interval(conn, receiver, start_daemon):

@@ -73,7 +73,10 @@ async def test_an_invalid_dsn_option_is_a_config_error_at_once(daemon_factory, p
 @pytest.mark.slow
 async def test_an_unreachable_database_is_retried_then_reported(daemon_factory):
     port = reserved_port()  # nothing listens there
-    daemon = daemon_factory(env(f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/app"))
+    # 6 s instead of the default 30: room for three warnings at the longest jittered backoff
+    # (dispatcher.retrying.STARTUP: 0.5, 1, 2 s, each +-20 %: the third by 1.8 s + 2.4 s).
+    settings = {"DISPATCHER_DATABASE_STARTUP_TIMEOUT": "6"}
+    daemon = daemon_factory(env(f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/app", **settings))
     await daemon.wait_for_log("database_unreachable", timeout=10)
     code, line = await _one_error_line(daemon, 60)
     assert code == ExitCode.DATABASE_UNAVAILABLE
