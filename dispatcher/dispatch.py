@@ -10,7 +10,8 @@ webhook may start is `admission.py`'s answer; heartbeats and shared limits are
 
 Claim-ahead: rows leased for a webhook already at its cap wait in admission's bounded
 queue; when one of its attempts ends, the next one starts in the done callback, with no
-round trip, and the loop refills the queue meanwhile. Queued rows were never sent: stop()
+round trip, and the loop refills the queue once it has run down to half, in one statement
+for many rows. Queued rows were never sent: stop()
 releases them, and so does a webhook that may no longer start them (it began failing).
 """
 
@@ -434,7 +435,7 @@ class Dispatcher:
                 self._start(queued)  # the slot is taken again at once: no claim between
             if give_back:
                 self._release_soon(give_back)
-        if held:
+        if held and self.admission.refill_wanted(d.webhook_id):
             self._hook_room.set()  # claim for it again now (refills its queue)
         self._slot_freed.set()
 
