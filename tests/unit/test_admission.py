@@ -287,7 +287,8 @@ def test_the_rules_agree_with_each_other_after_any_sequence(
     """Driven as the dispatch loop drives it (a row starts only when can_start, else it
     is queued or released; an ended attempt starts the next queued row): room_of() is
     room() for one webhook, the cap is never exceeded, a claim never asks for more than
-    the room plus what the queue may still take, and nothing is leased ahead for a rate-limited or failing webhook."""
+    the room plus what the queue may still take, and nothing is leased ahead for a
+    rate-limited or failing webhook."""
     adm, clock = make(cap=cap, ahead=ahead)
     limits: dict[str, float] = {}
     rows = itertools.count()
@@ -344,12 +345,12 @@ def test_a_held_back_webhook_asks_for_a_refill_only_once_its_queue_ran_down_to_h
     for row in "abcd":
         assert adm.enqueue(hook, row)
     adm.note_held([hook, hook])
-    seen = []
+    seen: list[tuple[Any, bool]] = []
     for _ in range(4):
         assert adm.ended(hook)  # held back: rows of it may be due
-        row, _released = adm.next_queued(hook)
+        started, _released = adm.next_queued(hook)
         adm.started(hook, active=True, failing=False)
-        seen.append((row, adm.refill_wanted(hook)))
+        seen.append((started, adm.refill_wanted(hook)))
     assert seen == [("a", False), ("b", True), ("c", True), ("d", True)]
     assert adm.claim_room() == {hook: 4}  # the refill: the whole queue in one statement
 
