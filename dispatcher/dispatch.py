@@ -262,8 +262,12 @@ class Dispatcher:
             if room_for_new > 0:
                 events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
-            self._outbox_busy = room_for_new > 0 and events >= events_wanted
-            self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
+            if room_for_new > 0:
+                # Only a fan-out that ran says whether the outbox holds more: a due scan
+                # that filled the pass (rows it leased ahead count) leaves it as it was, or
+                # a backlog still in the outbox would wait for the next doorbell or poll.
+                self._outbox_busy = events >= events_wanted
+                self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             fanned = False
             if scan_due and not due_first and left > 0 and not outbox_busy:
