@@ -17,11 +17,13 @@ The database-side half of the same rule, for failures other processes saw, is
 Claim-ahead: a webhook held back by its cap also gets up to `ahead` rows leased beyond
 it, kept here in a small FIFO queue; when one of its attempts ends, the next queued row
 starts at once (no claim round trip between an attempt's end and the next one), and the
-loop refills the queue in the background. The queue never raises what is in flight (the
-cap still bounds it), is bounded (a replica never hoards a webhook's backlog: others claim
-the rest), and is offered only to webhooks free of rate limits and failures; a queued row
-that may no longer start (the webhook began failing, a limit appeared) is handed back for
-release, never sent early.
+loop refills the queue in the background once it has run down to half (`refill_wanted`):
+one claim statement then leases many rows (up to `cap + ahead` of one webhook per
+statement, `hook_cap`), instead of one statement per few attempts ended. The queue never
+raises what is in flight (the cap still bounds it), is bounded (a replica never hoards a
+webhook's backlog: others claim the rest), and is offered only to webhooks free of rate
+limits and failures; a queued row that may no longer start (the webhook began failing, a
+limit appeared) is handed back for release, never sent early.
 
 Pure apart from the clock (injectable).
 """
@@ -63,8 +65,10 @@ class Admission(Generic[T]):
         ahead: int | None = None,
     ) -> None:
         self.cap = cap
-        # rows leased ahead per capped webhook (default half the cap; 0: off)
-        self.ahead = max(0, cap // 2 if ahead is None else ahead)
+        # rows leased ahead per capped webhook (default twice the cap, none for a cap of
+        # one; 0: off); the queue is refilled when it has run down to `refill_at`
+        self.ahead = max(0, (2 * cap if cap > 1 else 0) if ahead is None else ahead)
+        self.refill_at = self.ahead // 2
         self._queued: dict[UUID, collections.deque[T]] = {}
         self.dequeued = 0  # rows started from the queue (each saved a claim round trip)
         # failing per the database (its probe came while we were at the cap): nothing
@@ -128,26 +132,35 @@ class Admission(Generic[T]):
         return max(self.ahead - len(self._queued.get(hook, ())), 0)
 
     def claim_room(self) -> dict[UUID, int]:
-        """room() plus what may be leased ahead, at most the cap per statement."""
+        """room() plus what may be leased ahead (at most cap + ahead per statement)."""
         room = self.room()
         for hook in {*room, *self._queued}:
             extra = self.ahead_room(hook)
             if extra:
-                room[hook] = min(room.get(hook, self.cap) + extra, self.cap)
+                room[hook] = room.get(hook, self.cap) + extra
         return room
+
+    def refill_wanted(self, hook: UUID) -> bool:
+        """After an attempt of a held-back webhook ended (and its next queued row, if any,
+        started): claim for it now only once its queue has run down to `refill_at`, so
+        that one statement leases many rows rather than one per attempt ended."""
+        return len(self._queued.get(hook, ())) <= self.refill_at
 
     def claim_params(self) -> dict[str, Any]:
         """The room as the claim statements' parameters (with claim-ahead).
 
         room_ids/room_left: how many more rows each listed webhook may be leased;
-        full_ids: those with none (not even scanned); hook_cap for the others;
-        failing_after for the database's own count of consecutive failures."""
+        full_ids: those with none (not even scanned); hook_cap: the most one statement
+        leases of one webhook, and the room of the others (cap + ahead: an unlisted
+        webhook with more due than its cap starts the cap and queues the rest, as a
+        webhook at its cap would); failing_after for the database's own count of
+        consecutive failures."""
         room = self._asked = self.claim_room()
         return {
             "room_ids": list(room),
             "room_left": list(room.values()),
             "full_ids": [k for k, n in room.items() if n <= 0],
-            "hook_cap": self.cap,
+            "hook_cap": self.cap + self.ahead,
             "failing_after": FAILING_AFTER,
         }
 

@@ -10,7 +10,8 @@ webhook may start is `admission.py`'s answer; heartbeats and shared limits are
 
 Claim-ahead: rows leased for a webhook already at its cap wait in admission's bounded
 queue; when one of its attempts ends, the next one starts in the done callback, with no
-round trip, and the loop refills the queue meanwhile. Queued rows were never sent: stop()
+round trip, and the loop refills the queue once it has run down to half, in one statement
+for many rows. Queued rows were never sent: stop()
 releases them, and so does a webhook that may no longer start them (it began failing).
 """
 
@@ -261,8 +262,12 @@ class Dispatcher:
             if room_for_new > 0:
                 events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
-            self._outbox_busy = room_for_new > 0 and events >= events_wanted
-            self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
+            if room_for_new > 0:
+                # Only a fan-out that ran says whether the outbox holds more: a due scan
+                # that filled the pass (rows it leased ahead count) leaves it as it was, or
+                # a backlog still in the outbox would wait for the next doorbell or poll.
+                self._outbox_busy = events >= events_wanted
+                self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             fanned = False
             if scan_due and not due_first and left > 0 and not outbox_busy:
@@ -434,7 +439,7 @@ class Dispatcher:
                 self._start(queued)  # the slot is taken again at once: no claim between
             if give_back:
                 self._release_soon(give_back)
-        if held:
+        if held and self.admission.refill_wanted(d.webhook_id):
             self._hook_room.set()  # claim for it again now (refills its queue)
         self._slot_freed.set()
 

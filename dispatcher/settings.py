@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         ge=0,
         le=4096,
         description="rows leased ahead per webhook held back by its cap, started as its "
-        "attempts end (default: half of per_webhook_concurrency; 0: off)",
+        "attempts end (default: twice per_webhook_concurrency, none for a cap of 1; 0: off)",
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(

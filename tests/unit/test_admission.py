@@ -148,9 +148,10 @@ def _at_cap(adm: Admission[Any], hook: UUID, n: int) -> None:
         adm.started(hook, active=True, failing=False)
 
 
-def test_claim_ahead_defaults_to_half_the_cap_and_zero_turns_it_off() -> None:
+def test_claim_ahead_defaults_to_twice_the_cap_and_zero_turns_it_off() -> None:
     limits = RateLimits()
-    assert Admission(32, limits).ahead == 16
+    assert Admission(32, limits).ahead == 64
+    assert Admission(32, limits).refill_at == 32  # refilled once half of it is used
     assert Admission(1, limits).ahead == 0  # one at a time: nothing leased ahead
     assert Admission(32, limits, ahead=0).ahead == 0
     adm, _ = make(cap=4, ahead=0)
@@ -174,6 +175,8 @@ def test_rows_are_leased_ahead_only_for_a_webhook_at_its_cap_and_at_most_ahead()
     params = adm.claim_params()
     assert params["room_left"] == [0] and params["full_ids"] == [hook]
     assert not adm.enqueue(hook, "c") and adm.queued(hook) == 2  # bounded
+    # one statement leases at most cap + ahead of one webhook, also of one not listed
+    assert params["hook_cap"] == 6
 
 
 def test_a_webhook_given_all_it_asked_for_is_held_back_and_may_lease_ahead() -> None:
@@ -186,8 +189,8 @@ def test_a_webhook_given_all_it_asked_for_is_held_back_and_may_lease_ahead() -> 
     adm.claim_params()
     adm.note_held([hook, hook])  # got both: more may be due
     _at_cap(adm, hook, 0)
-    assert adm.claim_room() == {hook: 6}  # 2 to start, 4 ahead
-    assert adm.claim_room()[hook] <= adm.cap  # never more than the cap per statement
+    assert adm.claim_room() == {hook: 6}  # 2 to start, 4 ahead: one statement for all
+    assert adm.claim_params()["hook_cap"] == 12  # the statement's bound per webhook
 
 
 def test_an_ended_attempt_starts_the_oldest_queued_row_and_never_exceeds_the_cap() -> None:
@@ -245,8 +248,8 @@ def test_stop_takes_every_queued_row() -> None:
         adm.enqueue(one, row)
     adm.enqueue(two, "c")
     assert sorted(adm.take_queued()) == ["a", "b", "c"]
-    # queues empty again: up to 3 ahead each, at most the cap (1) per statement
-    assert adm.queued() == 0 and adm.claim_room() == {one: 1, two: 1}
+    # queues empty again: each at its cap, up to 3 ahead each
+    assert adm.queued() == 0 and adm.claim_room() == {one: 3, two: 3}
 
 
 def test_no_rows_leased_ahead_for_a_webhook_the_database_calls_failing_until_a_success() -> None:
@@ -284,7 +287,8 @@ def test_the_rules_agree_with_each_other_after_any_sequence(
     """Driven as the dispatch loop drives it (a row starts only when can_start, else it
     is queued or released; an ended attempt starts the next queued row): room_of() is
     room() for one webhook, the cap is never exceeded, a claim never asks for more than
-    the cap, and nothing is leased ahead for a rate-limited or failing webhook."""
+    the room plus what the queue may still take, and nothing is leased ahead for a
+    rate-limited or failing webhook."""
     adm, clock = make(cap=cap, ahead=ahead)
     limits: dict[str, float] = {}
     rows = itertools.count()
@@ -315,19 +319,40 @@ def test_the_rules_agree_with_each_other_after_any_sequence(
             clock.now += arg
         elif op == "params":
             params = adm.claim_params()
-            assert all(0 <= n <= cap for n in params["room_left"])
+            assert params["hook_cap"] == cap + adm.ahead
+            assert all(0 <= n <= params["hook_cap"] for n in params["room_left"])
             adm.note_held([hook] * arg)
 
         room, claim_room = adm.room(), adm.claim_room()
         for h in HOOKS:
             assert adm.room_of(h) == room.get(h, cap), (h, room)
-            assert room.get(h, cap) <= claim_room.get(h, cap) <= cap
+            assert room.get(h, cap) <= claim_room.get(h, cap) <= cap + adm.ahead
+            assert claim_room.get(h, cap) - room.get(h, cap) <= adm.ahead - adm.queued(h)
             assert adm.inflight(h) <= cap
             assert adm.queued(h) <= adm.ahead
             if adm.limits.room(h) is not None or adm._streak.get(h, (0, 0.0))[0] >= FAILING_AFTER:
                 assert adm.ahead_room(h) == 0
             if adm._streak.get(h, (0, 0.0))[0] >= FAILING_AFTER:
                 assert room[h] <= 1  # one probe at a time
+
+
+def test_a_held_back_webhook_asks_for_a_refill_only_once_its_queue_ran_down_to_half() -> None:
+    """One claim statement per half a queue, not one per attempt ended: while enough rows
+    wait, an attempt that ends starts the next queued one and no claim is needed."""
+    adm, _ = make(cap=2, ahead=4)
+    hook = uuid4()
+    _at_cap(adm, hook, 2)
+    for row in "abcd":
+        assert adm.enqueue(hook, row)
+    adm.note_held([hook, hook])
+    seen: list[tuple[Any, bool]] = []
+    for _ in range(4):
+        assert adm.ended(hook)  # held back: rows of it may be due
+        started, _released = adm.next_queued(hook)
+        adm.started(hook, active=True, failing=False)
+        seen.append((started, adm.refill_wanted(hook)))
+    assert seen == [("a", False), ("b", True), ("c", True), ("d", True)]
+    assert adm.claim_room() == {hook: 4}  # the refill: the whole queue in one statement
 
 
 def test_queued_rows_are_handed_back_when_a_rate_limit_appears() -> None:
