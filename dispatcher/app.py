@@ -28,7 +28,8 @@ from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
 from dispatcher.health import HealthServer
 from dispatcher.intake import check_intake
-from dispatcher.integrations import IntegrationsWorker
+from dispatcher.integrations import stats as integration_stats
+from dispatcher.integrations.worker import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.preflight import check_privileges
@@ -56,7 +57,10 @@ class App:
         self.settings = settings
         self.tracing = tracing  # None: from the OTEL_* variables when the daemon starts
         self._install_signal_handlers = install_signals
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            collectors=[integration_stats.Counters()],
+            integration_events_not_published=integration_stats.events_not_published,
+        )
         self.notifier = notifier or Notifier()
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()

@@ -24,7 +24,7 @@ from support.integrations import create_integration, create_token
 from support.net import reserved_port
 from support.oauth_server import InvalidGrant, OAuthServer
 
-from dispatcher import integration_stats
+from dispatcher.integrations import stats as integration_stats
 from dispatcher.queries import query
 
 pytest_plugins = ("support.integration_fixtures",)

@@ -21,8 +21,8 @@ from support.receiver import Reply
 
 from dispatcher.delivery import Sender, Target
 from dispatcher.errors import MigrationBlocked
+from dispatcher.integrations.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.migrations import apply_migrations
-from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.outcomes import Outcome
 from dispatcher.settings import Settings
 from dispatcher.ssrf import TargetRefused, parse_networks, validate_url

@@ -20,8 +20,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.delivery import AttemptResult, Sender, Target
+from dispatcher.demo.patterns import matches, matches_any
 from dispatcher.outcomes import Outcome
-from dispatcher.patterns import matches, matches_any
 from dispatcher.request import RESERVED, BuiltRequest, InvalidWebhook, build_request
 from dispatcher.settings import load_settings
 

@@ -120,7 +120,7 @@ def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 
 
 # helper name -> its parameters (position after self/cls, name) that hold a block name; by
-# bare name across modules (sequences.py calls admin.py's helpers)
+# bare name across modules (admin/sequences.py calls admin/api.py's helpers)
 Forwarders = dict[str, set[tuple[int, str]]]
 
 

@@ -35,11 +35,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from dispatcher import integration_events as events
 from dispatcher.crypto import DecryptError, Keyring, decrypt_config
 from dispatcher.db import Pool
-from dispatcher.integration_stats import TOKEN_REFRESHES
-from dispatcher.oauth import (
+from dispatcher.integrations import events
+from dispatcher.integrations.oauth import (
     ConfigProblem,
     Grant,
     OAuthClient,
@@ -50,10 +49,11 @@ from dispatcher.oauth import (
     Transient,
     refresh_request,
 )
+from dispatcher.integrations.stats import TOKEN_REFRESHES
 from dispatcher.queries import query
 from dispatcher.settings import Settings
 
-log = structlog.get_logger("dispatcher.token_refresh")
+log = structlog.get_logger("dispatcher.integrations.token_refresh")
 
 STORE_RETRY_SECONDS = 30.0  # how long a granted token's write is retried on database errors
 
