@@ -23,10 +23,8 @@ from psycopg_pool import PoolTimeout
 from dispatcher import __version__, migrations, webhook_health
 from dispatcher.coordination import Coordinator
 from dispatcher.db import Pool, open_pool
-from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
-from dispatcher.health import HealthServer
 from dispatcher.intake import check_intake
 from dispatcher.integrations import IntegrationsWorker
 from dispatcher.listener import Listener
@@ -37,7 +35,9 @@ from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder
 from dispatcher.retention import Retention
 from dispatcher.sdnotify import Notifier
+from dispatcher.sender import Sender
 from dispatcher.settings import Settings, split_address
+from dispatcher.status_server import StatusServer
 from dispatcher.tracing import Tracing
 from dispatcher.tracing import from_env as tracing_from_env
 
@@ -65,7 +65,7 @@ class App:
         self.coordinator: Coordinator | None = None
         self.listener: Listener | None = None
         self.recorder: Recorder | None = None
-        self.health: HealthServer | None = None
+        self.health: StatusServer | None = None
         self._signals = 0
         self._db_ok = False
         self._lifecycle_refused: dict[str, int] = {}  # by event type, last gauges read
@@ -109,7 +109,7 @@ class App:
         try:
             if s.metrics_address:
                 host, port = split_address(s.metrics_address)
-                self.health = HealthServer(host, port, self.metrics, self._alive, self._ready)
+                self.health = StatusServer(host, port, self.metrics, self._alive, self._ready)
                 await self.health.start()
                 log.info("health_listening", address=f"{host}:{self.health.port}")
             async with asyncio.TaskGroup() as tg:

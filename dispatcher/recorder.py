@@ -34,7 +34,7 @@ from dispatcher.retrying import RECORDER, TRANSIENT_DB_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from dispatcher.claims import Claimed
-    from dispatcher.delivery import AttemptResult
+    from dispatcher.sender import AttemptResult
     from dispatcher.transitions import Transition
 
 log = structlog.get_logger("dispatcher.recorder")
@@ -110,7 +110,7 @@ def outcome_row(
         org_id=d.org_id,
         claim=d.claim,
         status=t.status,
-        outcome=r.outcome.value if r else "not_active",
+        outcome=r.outcome.value if r else Outcome.NOT_ACTIVE.value,
         attempt=d.attempt,
         attempt_number=t.attempt_number,
         retry_in=t.retry_in,

@@ -1,6 +1,6 @@
-"""One HTTP attempt: validate the target, sign, POST, read a bounded answer.
+"""The HTTP sender of one attempt: validate the target, sign, POST, read a bounded answer.
 
-Every failure becomes an AttemptResult (never an exception): the caller records
+Every failure becomes an AttemptResult (never an exception): delivery.py records
 it. One long-lived aiohttp session with explicit limits: total timeout,
 redirects off (a 3xx is a failure, never followed), a cap on response bytes
 read, on header count and line length, and an SSRF-guarding resolver.
@@ -23,21 +23,22 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.backoff import parse_retry_after
+from dispatcher.bounded_read import read_bounded
 from dispatcher.dns import LookupsBusy, bounded_resolver, lookup_owner
 from dispatcher.outcomes import Outcome, classify_status
 from dispatcher.request import (
+    NO_CUSTOM_HEADERS,
     BuiltRequest,
+    CustomHeaders,
     InvalidWebhook,
     build_request,
-    cached_signer,
-    make_signer,
+    signer_for,
 )
 from dispatcher.settings import Settings
 from dispatcher.ssrf import (
@@ -48,7 +49,7 @@ from dispatcher.ssrf import (
     validate_url,
 )
 
-log = structlog.get_logger("dispatcher.delivery")
+log = structlog.get_logger("dispatcher.sender")
 
 # What is kept of a response's headers.
 MAX_RESPONSE_HEADERS = 64
@@ -64,7 +65,7 @@ READ_BUFSIZE = 16 * 1024
 MAX_ERROR_CHARS = 300
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """What is needed to send one attempt."""
 
@@ -72,8 +73,8 @@ class Target:
     event_type: str
     url: str
     body: str
-    secrets: list[str]
-    headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
+    secrets: tuple[str, ...]  # current first, then one rotating out
+    headers: CustomHeaders = NO_CUSTOM_HEADERS  # the webhook's custom headers, as read
     msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
     org_id: str | None = None  # whose DNS lookup budget the attempt uses
     traceparent: str | None = None  # sent as the W3C traceparent header when set
@@ -96,6 +97,15 @@ class AttemptResult:
     # refused by our own validation, an unexpected error here): it never counts toward
     # the webhook's consecutive_failures, so it cannot disable a healthy endpoint.
     charged: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A target that passed every check made before a byte is sent."""
+
+    url: str  # the target's URL, validated (validate_url's form)
+    body: bytes  # the target's body, encoded
+    request: BuiltRequest
 
 
 def _clean(text: str) -> str:
@@ -166,9 +176,9 @@ class Sender:
             self._session = None
         await self._resolver.close()  # lookups still waiting end here: stop never hangs
 
-    def prepare(self, target: Target, body: bytes) -> BuiltRequest | AttemptResult:
-        """Checks done before any byte is sent; an AttemptResult means refused.
-        ``body`` is ``target.body`` encoded."""
+    def prepare(self, target: Target) -> Prepared | AttemptResult:
+        """Checks done before any byte is sent; an AttemptResult means refused."""
+        body = target.body.encode("utf-8")
         if len(body) > self._settings.max_body_bytes:
             return AttemptResult(
                 Outcome.REFUSED,
@@ -180,20 +190,17 @@ class Sender:
                 ),
             )
         try:
-            target.url = self._validated(target.url)
-            if target.headers is None or isinstance(target.headers, str):
-                signer = cached_signer(tuple(target.secrets), target.headers)
-            else:
-                signer = make_signer(target.secrets, target.headers)
-            return build_request(
+            url = self._validated(target.url)
+            request = build_request(
                 delivery_id=target.delivery_id,
                 event_type=target.event_type,
                 body=body,
-                signer=signer,
+                signer=signer_for(target.secrets, target.headers),
                 msg_id=target.msg_id,
                 traceparent=target.traceparent,
                 sequence=target.sequence,
             )
+            return Prepared(url, body, request)
         except InvalidTarget as exc:
             return AttemptResult(
                 Outcome.REFUSED,
@@ -252,29 +259,29 @@ class Sender:
             lookup_owner.reset(owner)
 
     async def _attempt(self, target: Target) -> AttemptResult:
-        body = target.body.encode("utf-8")
-        prepared = self.prepare(target, body)
+        prepared = self.prepare(target)
         if isinstance(prepared, AttemptResult):
             return prepared
         assert self._session is not None, "Sender.start() was not called"
         started = time.perf_counter()
-        result = await self._post(target, prepared, body)
+        result = await self._post(prepared)
         result.duration_ms = int((time.perf_counter() - started) * 1000)
-        result.request_headers = prepared.recorded_headers
-        if prepared.ignored_headers:
+        req = prepared.request
+        result.request_headers = req.recorded_headers
+        if req.ignored_headers:
             result.notes.append(
                 "custom headers ignored (owned by the dispatcher): "
-                + ", ".join(prepared.ignored_headers)
+                + ", ".join(req.ignored_headers)
             )
         return result
 
-    async def _post(self, target: Target, req: BuiltRequest, body: bytes) -> AttemptResult:
+    async def _post(self, prepared: Prepared) -> AttemptResult:
         assert self._session is not None
         try:
             async with self._session.post(
-                target.url,
-                data=body,
-                headers=req.headers,
+                prepared.url,
+                data=prepared.body,
+                headers=prepared.request.headers,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
@@ -342,22 +349,13 @@ class Sender:
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[str, str | None]:
         """At most response_body_chars characters, reading at most a bounded number of bytes
         and never past the attempt's deadline. Returns (text, why it is incomplete or None)."""
-        limit = self._read_bytes
-        chunks: list[bytes] = []
-        got = 0
+        data, broken = await read_bounded(resp, self._read_bytes, keep_partial=True)
         incomplete: str | None = None
-        try:
-            while got < limit:
-                chunk = await resp.content.read(limit - got)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
+        if isinstance(broken, TimeoutError):
             incomplete = f"not finished within {self._settings.http_timeout:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            incomplete = describe_network_error(exc)[1]
-        text = b"".join(chunks).decode("utf-8", errors="replace")
+        elif broken is not None:
+            incomplete = describe_network_error(broken)[1]
+        text = data.decode("utf-8", errors="replace")
         return _clean(text[: self._settings.response_body_chars]), incomplete
 
     @staticmethod

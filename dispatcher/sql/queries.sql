@@ -620,6 +620,6 @@ WHERE c.oid = 'public.events'::regclass;
 
 -- name: webhook_now
 -- A delivery that waited in the claim-ahead queue behind a slow endpoint re-reads its
--- webhook before it is sent (dispatch._recheck): switched off, deleted or edited since?
+-- webhook before it is sent (delivery.py, _recheck): switched off, deleted or edited since?
 SELECT w.status, w.deleted_at, w.url, w.secret, w.headers::text AS headers
 FROM public.webhooks w WHERE w.id = %(id)s;

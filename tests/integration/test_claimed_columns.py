@@ -62,8 +62,8 @@ def _check(claimed: Claimed, hook: dict[str, Any], org: UUID, event: UUID) -> No
     assert claimed.org_id == org and claimed.webhook_id == hook["id"]
     assert claimed.event_id == event and claimed.event_type == "job.created"
     assert '"job.created"' in claimed.request_body
-    assert claimed.url == hook["url"] and claimed.secrets == [hook["secret"]]
-    assert claimed.headers is not None and "X-Team" in claimed.headers
+    assert claimed.url == hook["url"] and claimed.secrets == (hook["secret"],)
+    assert claimed.headers.as_dict() == {"X-Team": "a"}
     assert claimed.active and not claimed.failing
     assert claimed.attempt == 1 and claimed.max_attempts == 3  # max_retries 2, plus one
     assert claimed.policy == RetryPolicy(max_retries=2, base_delay_seconds=7)
