@@ -21,7 +21,9 @@ from dispatcher.settings import Settings, dsn_secrets, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
 
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+# A pool connection: rows come back as dicts (dict_row).
+Conn = psycopg.AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[Conn]
 
 
 def connect_kwargs(settings: Settings, *, lz4: bool = False) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from psycopg_pool import PoolTimeout
 
 from dispatcher.admission import Admission
 from dispatcher.claims import Claimed
-from dispatcher.db import Pool
+from dispatcher.db import Conn, Pool
 from dispatcher.delivery import Attempts
 from dispatcher.intake import Intake
 from dispatcher.metrics import Metrics
@@ -273,7 +273,7 @@ class Dispatcher:
         return events >= events_wanted or due_full or len(claimed) >= room_for_new > 0
 
     async def _fan_out(
-        self, conn: Any, params: dict[str, Any], events_wanted: int, claim: int
+        self, conn: Conn, params: dict[str, Any], events_wanted: int, claim: int
     ) -> tuple[int, list[Claimed]]:
         """Take up to `events_wanted` events from the outbox; start the up to `claim`
         deliveries created leased to us. Returns (events taken, deliveries started).
@@ -329,7 +329,7 @@ class Dispatcher:
         return events + (deferred if events else 0), claimed
 
     async def _claim_due_hearing_doorbell(
-        self, conn: Any, params: dict[str, Any], limit: int
+        self, conn: Conn, params: dict[str, Any], limit: int
     ) -> tuple[list[Claimed], bool]:
         """`_claim_due`, and a doorbell that rings while it runs (or rang during this pass's
         fan-out) answered at once by a fan-out on a second connection, with the slots
@@ -366,7 +366,7 @@ class Dispatcher:
             raise fanned
         return rows, fanned
 
-    async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
+    async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
         self._due_scanned = time.monotonic()
         # Webhooks with no room left in this process are not even scanned (full_ids).
