@@ -126,6 +126,13 @@ def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _refused(code: str, exc: Exception, *, charged: bool) -> AttemptResult:
+    """A request refused before any byte was sent."""
+    return AttemptResult(
+        Outcome.REFUSED, charged=charged, error_code=code, error_message=_one_line(str(exc))
+    )
+
+
 class Sender:
     """Owns the aiohttp session; `attempt()` never raises for a receiver's behaviour.
 
@@ -201,24 +208,12 @@ class Sender:
                 sequence=target.sequence,
             )
             return Prepared(url, body, request)
-        except InvalidTarget as exc:
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="invalid_url",
-                error_message=_one_line(str(exc)),
-            )
+        except InvalidTarget as exc:  # our own validation: not the endpoint's failure
+            return _refused("invalid_url", exc, charged=False)
         except TargetRefused as exc:
-            return AttemptResult(
-                Outcome.REFUSED, error_code="target_refused", error_message=_one_line(str(exc))
-            )
+            return _refused("target_refused", exc, charged=True)
         except InvalidWebhook as exc:
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="invalid_webhook",
-                error_message=_one_line(str(exc)),
-            )
+            return _refused("invalid_webhook", exc, charged=False)
 
     def _validated(self, url: str) -> str:
         """validate_url, remembered per URL (webhook URLs repeat; the rules do not change)."""
