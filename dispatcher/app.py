@@ -219,7 +219,7 @@ class App:
         while True:
             try:
                 async with self.pool.connection(timeout=5) as conn:
-                    cur = await conn.execute(query("gauges"))
+                    cur = await conn.execute(query("gauges_queue"))
                     row = await cur.fetchone()
                 self._db_ok = True
                 if row:
@@ -255,13 +255,13 @@ class App:
     async def _more_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Outbox age and, when integrations run, their health (dispatcher/sql/gauges.sql)."""
         m = self.metrics
-        cur = await conn.execute(query("outbox_age"))
+        cur = await conn.execute(query("gauges_outbox_age"))
         row = await cur.fetchone()
         m.outbox_oldest_seconds.set(float(row["oldest_seconds"]) if row else 0.0)
         await self._lifecycle_gauges(conn)
         if not self.settings.integrations_enabled:
             return
-        cur = await conn.execute(query("integration_gauges"))
+        cur = await conn.execute(query("gauges_integrations"))
         row = await cur.fetchone()
         if row is None:
             return
@@ -285,7 +285,7 @@ class App:
 
     async def _lifecycle_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Lifecycle events refused or rate-limited (0026); a warning when refusals grew."""
-        cur = await conn.execute(query("lifecycle_gauges"))
+        cur = await conn.execute(query("gauges_lifecycle"))
         for row in await cur.fetchall():
             event_type = str(row["event_type"])
             refused = int(row["not_published"])
@@ -306,7 +306,7 @@ class App:
         """Queue events held for webhooks that are active again (a fan-out raced the enable)."""
         assert self.pool is not None
         async with self.pool.connection(timeout=5) as conn:
-            cur = await conn.execute(query("release_orphan_holds"))
+            cur = await conn.execute(query("delivery_release_orphan_holds"))
             rows = await cur.fetchall()
         for row in rows:
             self.metrics.holds_released.inc(row["released"])

@@ -1,6 +1,6 @@
 """A claimed delivery: what one row leased to this process carries, and its retry policy.
 
-Built from the rows the fan_out and claim_due queries return. Pure apart from a
+Built from the rows the delivery_fan_out and delivery_claim_due queries return. Pure apart from a
 log line when an org's retry configuration had to be clamped.
 """
 

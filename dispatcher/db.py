@@ -139,7 +139,7 @@ async def _server_has_lz4(conn: psycopg.AsyncConnection[DictRow]) -> bool:
     """Whether the server was built with lz4 (PostgreSQL 14+ with --with-lz4): wide values the
     daemon writes (request bodies, payloads, headers) then compress with lz4, which costs
     less CPU than pglz. Any reader of the table decompresses either transparently."""
-    cur = await conn.execute(query("server_has_lz4"))
+    cur = await conn.execute(query("db_server_has_lz4"))
     row = await cur.fetchone()
     return bool(row and row["lz4"])
 

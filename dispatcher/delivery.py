@@ -183,7 +183,7 @@ class Attempts:
         else:
             try:
                 async with self._pool.connection(timeout=5) as conn:
-                    cur = await conn.execute(query("webhook_now"), {"id": d.webhook_id})
+                    cur = await conn.execute(query("delivery_webhook_now"), {"id": d.webhook_id})
                     row = await cur.fetchone()
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
@@ -211,7 +211,7 @@ class Attempts:
         try:
             async with self._pool.connection(timeout=5) as conn:
                 cur = await conn.execute(
-                    query("extend_claim"),
+                    query("delivery_extend_claim"),
                     {"id": d.id, "claim": d.claim, "lease": self._s.lease_seconds},
                 )
                 row = await cur.fetchone()

@@ -53,7 +53,7 @@ CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work fir
 # should not wait for that backlog to pass through in slot-sized batches.
 HELD_BACK_EVENTS = 1000
 # Events a fan-out left in the outbox (a webhook row they need is held by another
-# transaction) are due again this many seconds later (sql/queries.sql, fan_out).
+# transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
 DEFER_SECONDS = 1.0
 
 
@@ -288,7 +288,7 @@ class Dispatcher:
         room = self.admission.claim_params()
         try:
             cur = await conn.execute(
-                query("fan_out"),
+                query("delivery_fan_out"),
                 {
                     **params,
                     **room,
@@ -305,7 +305,7 @@ class Dispatcher:
             return 0, []
         events = int(rows[-1]["events_claimed"]) if rows else 0
         # Events left in the outbox because a webhook row they need is held by another
-        # transaction (sql/queries.sql, fan_out): they were taken too, so the pass may
+        # transaction (sql/delivery.sql, delivery_fan_out): they were taken too, so the pass may
         # have been full and more may be waiting behind them.
         deferred = int(rows[-1]["events_deferred"]) if rows else 0
         taken = events + deferred
@@ -373,7 +373,7 @@ class Dispatcher:
         sent = time.monotonic()
         room = self.admission.claim_params()
         cur = await conn.execute(
-            query("claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
+            query("delivery_claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
         )
         return self._start_rows(await cur.fetchall(), sent, room)
 
@@ -480,7 +480,9 @@ class Dispatcher:
         rows = [{"id": str(c.id), "claim": c.claim.isoformat()} for c in claims]
         try:
             async with self._pool.connection(timeout=5) as conn:
-                await conn.execute(query("release_claims"), {"rows": orjson.dumps(rows).decode()})
+                await conn.execute(
+                    query("delivery_release_claims"), {"rows": orjson.dumps(rows).decode()}
+                )
             log.info("claims_released", deliveries=len(rows))
         except Exception as exc:  # the lease covers it
             log.warning(

@@ -1,6 +1,6 @@
 """Fan-out safety: batches that exceed statement_timeout shrink down to one event, an
 event that still cannot be fanned out alone is quarantined, and outbox events this
-role cannot read are reported (they stay in the outbox: sql/queries.sql, fan_out), and
+role cannot read are reported (they stay in the outbox: delivery.sql, delivery_fan_out), and
 so are events left in the outbox because a webhook row they need is held elsewhere.
 
 Used by the dispatch loop (dispatch.py `_fan_out`); the state is this process's own.
@@ -78,7 +78,7 @@ class Intake:
         wanted = min(wanted, self.cap)
         if wanted > 1:
             return wanted, None
-        cur = await conn.execute(query("outbox_next"))
+        cur = await conn.execute(query("intake_outbox_next"))
         row = await cur.fetchone()
         if row is None:
             return 0, None
@@ -134,7 +134,7 @@ class Intake:
     ) -> None:
         error = f"fan-out exceeded statement_timeout alone ({QUARANTINE_AFTER} times)"
         cur = await conn.execute(
-            query("quarantine_event"),
+            query("intake_quarantine_event"),
             {"event_id": event_id, "reason": "statement_timeout", "error": error},
         )
         row = await cur.fetchone()

@@ -1,4 +1,4 @@
-"""The outcomes handed to record_outcomes: orjson writes the OutcomeRow dataclass itself,
+"""The outcomes handed to delivery_record_outcomes: orjson writes the OutcomeRow dataclass itself,
 and each object must carry what the former hand-built dict did, value for value (UUIDs as
 their text, datetimes as isoformat(), long error texts cut)."""
 
