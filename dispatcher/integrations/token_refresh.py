@@ -42,8 +42,8 @@ from dispatcher.integrations.oauth import (
     ConfigProblem,
     Grant,
     OAuthClient,
-    Outcome,
     RefreshRequest,
+    RefreshResult,
     Refusal,
     Rejected,
     Transient,
@@ -196,7 +196,7 @@ class TokenRefresher:
             raise DecryptError(f"cannot decrypt integration_oauth_tokens.{column}: {exc}") from None
 
     async def _settle(
-        self, row: dict[str, Any], outcome: Outcome, provider: str, refresh_token: str
+        self, row: dict[str, Any], outcome: RefreshResult, provider: str, refresh_token: str
     ) -> None:
         ids = {
             "token_id": str(row["id"]),
