@@ -103,24 +103,33 @@ WITH picked AS MATERIALIZED (
     WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM waiting))
     RETURNING o.event_id
 ), contended AS MATERIALIZED (
-    -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row
-    -- older than this batch that is still there and due was taken by another fan-out
-    -- still in progress (this one takes the oldest it can lock): this batch's events to
-    -- an ordered webhook with a key stay in the outbox for the next round instead of
-    -- being numbered before that one's. Rows left for a second because a webhook row
-    -- they need was held (`deferred` below: retry_at ahead, misses cleared) count too: they
-    -- come back before anything newer may be numbered; rows of events this role cannot read
-    -- (misses) do not, or one unreadable event would hold every tenant's ordered keys.
-    -- One probe of outbox_oldest.
-    SELECT %(only)s::uuid IS NULL AND EXISTS (
-        SELECT 1 FROM dispatcher.outbox o
-        WHERE o.created_at < (SELECT min(p.queued_at) FROM picked p)
-          AND (o.retry_at IS NULL OR o.retry_at <= now() OR coalesce(o.misses, 0) = 0)) AS yes
-    WHERE EXISTS (SELECT 1 FROM matched m WHERE m.order_key IS NOT NULL)
+    -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row of
+    -- an ordered key of this batch, older than the batch's newest row and still there but
+    -- not numbered by this statement, holds that key's newer events of the batch in the
+    -- outbox for the next round: a row another fan-out in progress took (this one takes
+    -- the oldest it can lock); one left for a second because a webhook row it needs was
+    -- held (retry_at ahead, misses cleared: fan-outs that left a key's events at different
+    -- times bring them back at different times), by an earlier fan-out or by this one
+    -- (`waiting`, for another webhook of the event). Rows of events this role cannot read
+    -- (misses) do not count, nor does another key's row: one unreadable event, or one
+    -- held webhook row, never holds every tenant's ordered keys. One probe of outbox_oldest.
+    SELECT e.aggregate_id AS order_key, o.created_at
+    FROM dispatcher.outbox o
+    JOIN public.events e ON e.id = o.event_id
+    WHERE %(only)s::uuid IS NULL
+      AND o.created_at < (SELECT max(m.queued_at) FROM matched m WHERE m.order_key IS NOT NULL)
+      AND (o.retry_at IS NULL OR o.retry_at <= now() OR coalesce(o.misses, 0) = 0)
+      AND (NOT EXISTS (SELECT 1 FROM picked p WHERE p.row_id = o.ctid)
+           OR EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = o.ctid))
+      AND e.aggregate_id IN (SELECT m.order_key FROM matched m WHERE m.order_key IS NOT NULL)
 ), ordered_wait AS MATERIALIZED (
-    -- Ordered keys (0032) of a contended batch: left in the outbox for the next round.
+    -- Events of a contended key newer than a row of it left behind (counted once: not
+    -- those left whole in `waiting` anyway): left in the outbox for the next round.
     SELECT DISTINCT m.event_id FROM matched m
-    WHERE m.order_key IS NOT NULL AND coalesce((SELECT yes FROM contended), false)
+    WHERE m.order_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
+      AND EXISTS (SELECT 1 FROM contended c
+                  WHERE c.order_key = m.order_key AND c.created_at < m.queued_at)
 ), claimed AS (
     DELETE FROM dispatcher.outbox
     WHERE ctid = ANY (ARRAY(

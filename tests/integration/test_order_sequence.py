@@ -20,16 +20,22 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from support.order_receiver import OrderReceiver, Seen
 
 from dispatcher import cli
+from dispatcher.admission import Admission
+from dispatcher.claims import Claimed
 from dispatcher.errors import ExitCode
+from dispatcher.queries import query
+from dispatcher.ratelimit import RateLimits
 from dispatcher.request import message_id
 
 Conn = hostdb.Conn
 
 
-async def publish(conn: Conn, org: uuid.UUID, key: uuid.UUID | None, n: int) -> uuid.UUID:
+async def publish(
+    conn: Conn, org: uuid.UUID, key: uuid.UUID | None, n: int, kind: str = "candidate.updated"
+) -> uuid.UUID:
     cur = await conn.execute(
-        "SELECT publish_event('candidate.updated', %s, %s, NULL, '{}'::jsonb, %s) AS id",
-        (key, Jsonb({"n": n}), org),
+        "SELECT publish_event(%s, %s, %s, NULL, '{}'::jsonb, %s) AS id",
+        (kind, key, Jsonb({"n": n}), org),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -112,6 +118,102 @@ async def test_events_left_behind_a_held_webhook_row_are_numbered_before_newer_o
         await receiver.wait_delivered(6)
         assert receiver.order_by_key() == {str(key): [0, 1, 2, 3, 4, 5]}
         assert_numbers_rise_per_key(receiver)
+
+
+async def fan_out(conn: Conn) -> None:
+    """One fan_out statement, as a daemon runs it, leasing nothing (every delivery due)."""
+    room = Admission[Claimed](4, RateLimits()).claim_params()
+    await conn.execute(
+        query("fan_out"), {**room, "lease": 60.0, "batch": 10, "claim": 0, "only": None}
+    )
+
+
+async def numbers_by_event(conn: Conn, hook: uuid.UUID) -> dict[uuid.UUID, int]:
+    cur = await conn.execute(
+        "SELECT d.event_id, s.sequence FROM dispatcher.delivery_sequence s"
+        " JOIN webhook_deliveries d ON d.id = s.delivery_id WHERE s.webhook_id = %s",
+        (hook,),
+    )
+    return {r["event_id"]: r["sequence"] for r in await cur.fetchall()}
+
+
+async def in_outbox(conn: Conn) -> set[uuid.UUID]:
+    cur = await conn.execute("SELECT event_id FROM dispatcher.outbox")
+    return {r["event_id"] for r in await cur.fetchall()}
+
+
+async def due_in(conn: Conn, events: list[uuid.UUID], interval: str) -> None:
+    """When events left in the outbox come back (each batch left behind gets its own second)."""
+    await conn.execute(
+        "UPDATE dispatcher.outbox SET retry_at = now() + %s::interval WHERE event_id = ANY(%s)",
+        (interval, events),
+    )
+
+
+async def test_newer_events_of_a_key_wait_for_one_left_behind_that_is_not_due_yet(conn, db_dsn):
+    """Events left behind a held webhook row each come back one second after the fan-out that
+    left them. Under load those fan-outs are spread out: the key's first events can be due
+    again while a later one is not. Newer events of the key taken with the first ones must
+    wait for it (the arrival order 0,3,4,5,1,2 seen under load: 3 numbered before 1 and 2)."""
+    org = await hostdb.create_org(conn)
+    hook = await hostdb.create_webhook(conn, org, "https://93.184.216.34/hook", ["candidate.*"])
+    await set_ordered(conn, org, hook["id"], True)
+    key = uuid.uuid4()
+    holder = await psycopg.AsyncConnection.connect(db_dsn)
+    try:
+        await holder.execute("SELECT 1 FROM webhooks WHERE id = %s FOR UPDATE", (hook["id"],))
+        first = [await publish(conn, org, key, n) for n in range(3)]
+        await fan_out(conn)
+        assert await in_outbox(conn) == set(first)  # left behind, whole
+        assert await numbers_by_event(conn, hook["id"]) == {}
+    finally:
+        await holder.rollback()
+        await holder.close()
+    # 0 and 1 were left by an earlier fan-out than 2: due again while 2 still waits
+    await due_in(conn, first[:2], "-1 second")
+    await due_in(conn, first[2:], "1 hour")
+    newer = [await publish(conn, org, key, n) for n in range(3, 6)]
+
+    await fan_out(conn)  # takes 0, 1, 3, 4, 5
+    assert await numbers_by_event(conn, hook["id"]) == {first[0]: 1, first[1]: 2}
+    assert await in_outbox(conn) == {first[2], *newer}
+
+    await due_in(conn, first[2:], "-1 second")
+    await fan_out(conn)
+    numbers = await numbers_by_event(conn, hook["id"])
+    assert [numbers[e] for e in first + newer] == [1, 2, 3, 4, 5, 6]
+    assert await in_outbox(conn) == set()
+
+
+async def test_a_keys_event_left_for_another_webhooks_held_row_is_numbered_first(conn, db_dsn):
+    """An event goes to the ordered webhook and to another one whose row the host holds: it is
+    left in the outbox whole. A newer event of its key that goes to the ordered webhook only,
+    taken in the same batch, must wait for it."""
+    org = await hostdb.create_org(conn)
+    ordered = await hostdb.create_webhook(conn, org, "https://93.184.216.34/o", ["candidate.*"])
+    await set_ordered(conn, org, ordered["id"], True)
+    other = await hostdb.create_webhook(
+        conn, org, "https://93.184.216.34/h", ["candidate.created"], name="other"
+    )
+    key = uuid.uuid4()
+    holder = await psycopg.AsyncConnection.connect(db_dsn)
+    try:
+        await holder.execute("SELECT 1 FROM webhooks WHERE id = %s FOR UPDATE", (other["id"],))
+        created = await publish(conn, org, key, 0, "candidate.created")  # both webhooks
+        updated = await publish(conn, org, key, 1)  # the ordered webhook only
+        await fan_out(conn)
+        assert await numbers_by_event(conn, ordered["id"]) == {}
+        assert await in_outbox(conn) == {created, updated}
+    finally:
+        await holder.rollback()
+        await holder.close()
+    await fan_out(conn)  # `created` is not due yet: `updated` still waits
+    assert await numbers_by_event(conn, ordered["id"]) == {}
+
+    await due_in(conn, [created], "-1 second")
+    await fan_out(conn)
+    assert await numbers_by_event(conn, ordered["id"]) == {created: 1, updated: 2}
+    assert await numbers_by_event(conn, other["id"]) == {created: 1}
 
 
 async def test_ordered_webhook_keeps_each_key_in_order_across_two_replicas(conn, start_daemon):
