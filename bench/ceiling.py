@@ -48,7 +48,6 @@ async def http_ceiling(url: str, requests: int, warmup: int, concurrency: int) -
                 event_type=EVENT_TYPE,
                 body=body,
                 secrets=[SECRET],
-                headers={},
             )
             async with session.post(url, data=body, headers=req.headers) as resp:
                 await resp.read()

@@ -41,7 +41,7 @@ _BASE: dict[str, Any] = {
 
 
 def envelope(payload: Any, event_id: str | None = None) -> dict[str, Any]:
-    """The body the daemon sends for an event (same keys as the fan_out query builds)."""
+    """The body the daemon sends for an event (same keys as the delivery_fan_out query builds)."""
     return {
         "id": event_id or str(uuid.uuid4()),
         "data": payload,

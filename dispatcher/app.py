@@ -23,12 +23,11 @@ from psycopg_pool import PoolTimeout
 from dispatcher import __version__, migrations, webhook_health
 from dispatcher.coordination import Coordinator
 from dispatcher.db import Pool, open_pool
-from dispatcher.delivery import Sender
 from dispatcher.dispatch import Dispatcher
 from dispatcher.errors import ExitCode
-from dispatcher.health import HealthServer
 from dispatcher.intake import check_intake
-from dispatcher.integrations import IntegrationsWorker
+from dispatcher.integrations import stats as integration_stats
+from dispatcher.integrations.worker import IntegrationsWorker
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.preflight import check_privileges
@@ -37,7 +36,9 @@ from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import Recorder
 from dispatcher.retention import Retention
 from dispatcher.sdnotify import Notifier
+from dispatcher.sender import Sender
 from dispatcher.settings import Settings, split_address
+from dispatcher.status_server import StatusServer
 from dispatcher.tracing import Tracing
 from dispatcher.tracing import from_env as tracing_from_env
 
@@ -56,7 +57,10 @@ class App:
         self.settings = settings
         self.tracing = tracing  # None: from the OTEL_* variables when the daemon starts
         self._install_signal_handlers = install_signals
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            collectors=[integration_stats.Counters()],
+            integration_events_not_published=integration_stats.events_not_published,
+        )
         self.notifier = notifier or Notifier()
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
@@ -65,7 +69,7 @@ class App:
         self.coordinator: Coordinator | None = None
         self.listener: Listener | None = None
         self.recorder: Recorder | None = None
-        self.health: HealthServer | None = None
+        self.health: StatusServer | None = None
         self._signals = 0
         self._db_ok = False
         self._lifecycle_refused: dict[str, int] = {}  # by event type, last gauges read
@@ -109,7 +113,7 @@ class App:
         try:
             if s.metrics_address:
                 host, port = split_address(s.metrics_address)
-                self.health = HealthServer(host, port, self.metrics, self._alive, self._ready)
+                self.health = StatusServer(host, port, self.metrics, self._alive, self._ready)
                 await self.health.start()
                 log.info("health_listening", address=f"{host}:{self.health.port}")
             async with asyncio.TaskGroup() as tg:
@@ -219,7 +223,7 @@ class App:
         while True:
             try:
                 async with self.pool.connection(timeout=5) as conn:
-                    cur = await conn.execute(query("gauges"))
+                    cur = await conn.execute(query("gauges_queue"))
                     row = await cur.fetchone()
                 self._db_ok = True
                 if row:
@@ -255,13 +259,13 @@ class App:
     async def _more_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Outbox age and, when integrations run, their health (dispatcher/sql/gauges.sql)."""
         m = self.metrics
-        cur = await conn.execute(query("outbox_age"))
+        cur = await conn.execute(query("gauges_outbox_age"))
         row = await cur.fetchone()
         m.outbox_oldest_seconds.set(float(row["oldest_seconds"]) if row else 0.0)
         await self._lifecycle_gauges(conn)
         if not self.settings.integrations_enabled:
             return
-        cur = await conn.execute(query("integration_gauges"))
+        cur = await conn.execute(query("gauges_integrations"))
         row = await cur.fetchone()
         if row is None:
             return
@@ -285,7 +289,7 @@ class App:
 
     async def _lifecycle_gauges(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Lifecycle events refused or rate-limited (0026); a warning when refusals grew."""
-        cur = await conn.execute(query("lifecycle_gauges"))
+        cur = await conn.execute(query("gauges_lifecycle"))
         for row in await cur.fetchall():
             event_type = str(row["event_type"])
             refused = int(row["not_published"])
@@ -306,7 +310,7 @@ class App:
         """Queue events held for webhooks that are active again (a fan-out raced the enable)."""
         assert self.pool is not None
         async with self.pool.connection(timeout=5) as conn:
-            cur = await conn.execute(query("release_orphan_holds"))
+            cur = await conn.execute(query("delivery_release_orphan_holds"))
             rows = await cur.fetchall()
         for row in rows:
             self.metrics.holds_released.inc(row["released"])

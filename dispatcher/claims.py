@@ -1,6 +1,6 @@
 """A claimed delivery: what one row leased to this process carries, and its retry policy.
 
-Built from the rows the fan_out and claim_due queries return. Pure apart from a
+Built from the rows the delivery_fan_out and delivery_claim_due queries return. Pure apart from a
 log line when an org's retry configuration had to be clamped.
 """
 
@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from dispatcher.backoff import RetryPolicy
+from dispatcher.request import CustomHeaders, parse_custom_headers
 from dispatcher.tracing import valid_traceparent
 
 log = structlog.get_logger("dispatcher.claims")
@@ -46,8 +47,8 @@ class Claimed:
     max_attempts: int
     claim: datetime
     url: str
-    secrets: list[str]
-    headers: Any
+    secrets: tuple[str, ...]  # current first, then one rotating out
+    headers: CustomHeaders
     active: bool
     policy: RetryPolicy
     failing: bool = False
@@ -65,10 +66,12 @@ class Claimed:
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
         policy = _policy(row["org_id"], _policy_values(row))
-        secrets = [row["secret"] or ""]
+        secret = row["secret"] or ""
         previous = row["previous_secret"]
         if previous and (expires := row["previous_expires_at"]) and expires > now:
-            secrets.append(previous)
+            secrets: tuple[str, ...] = (secret, previous)
+        else:
+            secrets = (secret,)
         return cls(
             id=row["id"],
             org_id=row["org_id"],
@@ -81,7 +84,7 @@ class Claimed:
             claim=row["claim"],
             url=row["url"] or "",
             secrets=secrets,
-            headers=row["headers"],
+            headers=parse_custom_headers(row["headers"]),
             active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
             policy=policy,
             failing=bool(row.get("failing")),

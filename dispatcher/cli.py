@@ -1,5 +1,10 @@
 """The `dispatcher` command: run the daemon, migrate, and operator commands.
 
+The parser is built here by calling each part's `register(sub)`: the core's run, migrate
+and version (below), the operator commands (dispatcher/admin/), the demo
+(dispatcher/demo/). Every command's parser carries its handler, a function
+`(args, settings) -> exit code`, as `set_defaults(handler=fn)`.
+
 Every command has --help. Errors print one line to stderr and exit non-zero
 with the code of their kind (see errors.ExitCode).
 """
@@ -10,30 +15,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from dispatcher import __version__
+from dispatcher.admin import cli as admin_cli
+from dispatcher.admin import integrations_cli, quarantine_cli
+from dispatcher.demo import walkthrough
 from dispatcher.errors import DispatcherError, ExitCode
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-_COMMANDS: dict[str, Handler] = {}
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-
-
-def command(name: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-def extend(fn: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]) -> None:
-    """Modules with more commands register their sub-parsers here."""
-    _EXTENSIONS.append(fn)
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,46 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
         "Configuration comes from DISPATCHER_* environment variables.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(sub)
+    admin_cli.register(sub)  # webhooks, deliveries, dlq, recover, retry-config, stats
+    walkthrough.register(sub)  # demo
+    integrations_cli.register(sub)  # keys, secrets, integrations
+    quarantine_cli.register(sub)
+    return parser
+
+
+def register(sub: Sub) -> None:
+    """The core's commands: run, migrate, version."""
     p = sub.add_parser("run", help="run the daemon (needs DISPATCHER_DATABASE_URL)")
-    p.set_defaults(handler="run")
+    p.set_defaults(handler=_run)
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     p.add_argument(
         "--check",
         action="store_true",
         help="only report pending migrations; exit 5 when there are some",
     )
-    p.set_defaults(handler="migrate")
+    p.set_defaults(handler=_migrate)
     p = sub.add_parser("version", help="print the version")
-    p.set_defaults(handler="version")
-    _load_extensions()
-    for ext in _EXTENSIONS:
-        ext(sub)
-    return parser
+    p.set_defaults(handler=_version)
 
 
-def _load_extensions() -> None:
-    import importlib
-
-    for module in (
-        "dispatcher.admin_cli",
-        "dispatcher.demo",
-        "dispatcher.integrations_cli",
-        "dispatcher.quarantine_cli",
-    ):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-@command("version")
 def _version(_: argparse.Namespace, __: Settings) -> int:
     print(f"webhook-dispatcher {__version__}")
     return ExitCode.OK
 
 
-@command("migrate")
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher import db, migrations
 
@@ -112,7 +93,6 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(go())
 
 
-@command("run")
 def _run(_: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.app import App
 
@@ -134,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        quiet = args.handler != "run" and not getattr(args, "verbose", False)
+        handler: Handler = args.handler
+        quiet = handler is not _run and not getattr(args, "verbose", False)
         configure_logging("warning" if quiet else settings.log_level, settings.log_format)
-        return int(_COMMANDS[args.handler](args, settings))
+        return int(handler(args, settings))
     except DispatcherError as exc:
         print(f"dispatcher: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

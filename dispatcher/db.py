@@ -21,7 +21,9 @@ from dispatcher.settings import Settings, dsn_secrets, redact_dsn
 
 log = structlog.get_logger("dispatcher.db")
 
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+# A pool connection: rows come back as dicts (dict_row).
+Conn = psycopg.AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[Conn]
 
 
 def connect_kwargs(settings: Settings, *, lz4: bool = False) -> dict[str, Any]:
@@ -140,7 +142,7 @@ async def _server_has_lz4(conn: psycopg.AsyncConnection[DictRow]) -> bool:
     """Whether the server was built with lz4 (PostgreSQL 14+ with --with-lz4): wide values the
     daemon writes (request bodies, payloads, headers) then compress with lz4, which costs
     less CPU than pglz. Any reader of the table decompresses either transparently."""
-    cur = await conn.execute(query("server_has_lz4"))
+    cur = await conn.execute(query("db_server_has_lz4"))
     row = await cur.fetchone()
     return bool(row and row["lz4"])
 

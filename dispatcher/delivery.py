@@ -1,439 +1,268 @@
-"""One HTTP attempt: validate the target, sign, POST, read a bounded answer.
+"""One delivery attempt, from a claimed row to the outcome handed to the recorder.
 
-Every failure becomes an AttemptResult (never an exception): the caller records
-it. One long-lived aiohttp session with explicit limits: total timeout,
-redirects off (a 3xx is a failure, never followed), a cap on response bytes
-read, on header count and line length, and an SSRF-guarding resolver.
+claimed row -> (a row that waited in the claim-ahead queue re-reads its webhook; a lease
+eaten into by a lock wait is extended) -> Target -> the sender (request, signature, POST,
+bounded answer, classification: sender.py) -> the transition (transitions.py) -> the
+outcome row for the recorder, the metrics and the attempt's canonical log line.
 
-The status decides the outcome. Once the status line and headers have
-arrived, the body is read until the attempt's deadline, the byte cap or the
-end, whichever comes first: a body that never ends, trickles or breaks off
-keeps the status and what was read (the receiver has already answered).
-Everything that comes from the receiver is cleaned to text PostgreSQL and
-JSON can hold (no NUL, no lone surrogates) before it is recorded.
+When an attempt starts is the loop's decision (dispatch.py); no transaction is open
+across the HTTP call. A row leased while stopping is set aside, never sent: the loop
+releases it.
 """
 
 from __future__ import annotations
 
-import errno
-import re
-import ssl
+import asyncio
 import time
-import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from uuid import UUID
 
-import aiohttp
+import psycopg
 import structlog
-from aiohttp.abc import AbstractResolver
+from prometheus_client import Counter
+from psycopg_pool import PoolTimeout
 
-from dispatcher.backoff import parse_retry_after
-from dispatcher.dns import LookupsBusy, bounded_resolver, lookup_owner
-from dispatcher.outcomes import Outcome, classify_status
-from dispatcher.request import (
-    BuiltRequest,
-    InvalidWebhook,
-    build_request,
-    cached_signer,
-    make_signer,
-)
+from dispatcher.admission import Admission
+from dispatcher.claims import Claimed
+from dispatcher.db import Pool
+from dispatcher.metrics import Metrics
+from dispatcher.outcomes import Outcome
+from dispatcher.queries import query
+from dispatcher.recorder import Recorder, outcome_row
+from dispatcher.request import CustomHeaders, message_id, parse_custom_headers, repeated_id_text
+from dispatcher.sender import AttemptResult, Sender, Target
 from dispatcher.settings import Settings
-from dispatcher.ssrf import (
-    GuardedResolver,
-    InvalidTarget,
-    TargetRefused,
-    refused_cause,
-    validate_url,
-)
+from dispatcher.tracing import Tracing
+from dispatcher.transitions import NOT_ACTIVE, Transition, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.delivery")
 
-# What is kept of a response's headers.
-MAX_RESPONSE_HEADERS = 64
-MAX_RESPONSE_HEADER_VALUE = 1024
-# What aiohttp's parser accepts before giving up on a response: the status line and each
-# header line at most 8 KiB (nginx's default), at most 100 headers. Worst case ~800 KiB of
-# headers per attempt; aiohttp < 3.13.4 defaulted to 32768 headers.
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
-MAX_HEADERS = 100
-# Socket read buffer per connection (aiohttp pauses reading at twice this).
-READ_BUFSIZE = 16 * 1024
-MAX_ERROR_CHARS = 300
+# A row is sent only if its lease surely outlasts the attempt (http_timeout) by this
+# much; otherwise (a claim that waited on a lock) the lease is extended first.
+LEASE_MARGIN = 5.0
+# A row that waited longer than this in the claim-ahead queue (behind a slow endpoint)
+# re-reads its webhook before it is sent; rows behind a fast endpoint wait milliseconds.
+QUEUE_RECHECK = 0.25
+
+# A webhook as a queued row re-reads it: (url, current secret, custom headers).
+WebhookNow = tuple[str, str, CustomHeaders]
 
 
-@dataclass(slots=True)
-class Target:
-    """What is needed to send one attempt."""
+class Attempts:
+    """Runs the attempts the loop starts (`deliver`), one task each.
 
-    delivery_id: str
-    event_type: str
-    url: str
-    body: str
-    secrets: list[str]
-    headers: Any  # the webhook's custom headers: a mapping, or JSON text (remembered signer)
-    msg_id: str | None = None  # the webhook-id (request.message_id); None: the delivery id
-    org_id: str | None = None  # whose DNS lookup budget the attempt uses
-    traceparent: str | None = None  # sent as the W3C traceparent header when set
-    sequence: int | None = None  # the webhook's sequence number: X-InTime-Sequence
-
-
-@dataclass(slots=True)
-class AttemptResult:
-    outcome: Outcome
-    response_status: int = 0
-    duration_ms: int = 0
-    response_headers: dict[str, str] | None = None
-    response_body: str | None = None
-    error_message: str | None = None
-    error_code: str | None = None
-    retry_after: float | None = None
-    request_headers: dict[str, str] | None = None
-    notes: list[str] = field(default_factory=list)
-    # False for a failure that is ours or the event's (body too large, cannot sign, URL
-    # refused by our own validation, an unexpected error here): it never counts toward
-    # the webhook's consecutive_failures, so it cannot disable a healthy endpoint.
-    charged: bool = True
-
-
-def _clean(text: str) -> str:
-    """Text PostgreSQL and JSON can hold: no NUL, no lone surrogates (aiohttp decodes
-    undecodable header bytes to surrogate escapes)."""
-    if text.isascii():  # the usual case: no surrogate possible
-        return text.replace("\x00", "\ufffd") if "\x00" in text else text
-    text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def _one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    text = re.sub(r"\s+", " ", _clean(text)).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class Sender:
-    """Owns the aiohttp session; `attempt()` never raises for a receiver's behaviour.
-
-    ``resolver`` does the DNS lookups (default: the system's getaddrinfo); it is always
-    wrapped in the SSRF guard unless it is a GuardedResolver already.
+    ``release_soon`` gives leased rows back in the background (changed webhook, lost
+    recheck); ``set_aside`` keeps a row leased while stopping for the loop's final
+    release; ``stopping`` says whether the loop is stopping.
     """
 
-    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None) -> None:
-        self._settings = settings
-        self._allowed = settings.allowed_networks
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, str] = {}  # URL -> validated form (only accepted URLs)
-        self._read_bytes = max(settings.response_body_chars * 4, 1024)
-        if resolver is None or not isinstance(resolver, GuardedResolver):
-            bounded = bounded_resolver(
-                settings.dns_servers,
-                settings.dns_timeout,
-                settings.dns_max_per_org,
-                settings.dns_threads,
-                inner=resolver,
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        sender: Sender,
+        recorder: Recorder,
+        metrics: Metrics,
+        admission: Admission[Claimed],
+        tracing: Tracing,
+        *,
+        release_soon: Callable[[list[Claimed]], None],
+        set_aside: Callable[[Claimed], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._s = settings
+        self._pool = pool
+        self._sender = sender
+        self._recorder = recorder
+        self._metrics = metrics
+        self.admission = admission
+        self._tracing = tracing
+        self._release_soon = release_soon
+        self._set_aside = set_aside
+        self._is_stopping = stopping
+        # webhook -> (when read, what it is now or None when not active): queued rows
+        # behind a slow endpoint re-read their webhook at most once per QUEUE_RECHECK
+        self._webhooks_seen: dict[UUID, tuple[float, WebhookNow | None]] = {}
+        # per attempt: a line only when it is emitted, a metric child looked up once
+        self._log_attempts = settings.log_level in ("debug", "info")
+        self._attempts_counter: dict[str, Counter] = {}
+
+    @property
+    def _stopping(self) -> bool:
+        return self._is_stopping()
+
+    async def deliver(self, d: Claimed) -> None:
+        """One attempt of `d`, from its claim to its outcome handed to the recorder; a
+        row that will not be sent here is set aside or released instead."""
+        if self._stopping:
+            self._set_aside(d)  # leased by a pass that ended after the stop signal
+            return
+        if d.queued_at is not None and time.monotonic() - d.queued_at > QUEUE_RECHECK:
+            # It waited behind a slow endpoint: the webhook may have been switched off,
+            # deleted or edited meanwhile. Re-read it; an edited one is claimed afresh.
+            if not await self._recheck(d):
+                return
+        if not d.active:
+            self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
+            return
+        if d.lease_until - time.monotonic() < self._s.http_timeout + LEASE_MARGIN:
+            # The claim waited (on a lock) long enough to eat into the lease: extend it
+            # first, or the row could be retaken and sent again while this attempt runs.
+            if not await self._extend(d):
+                return
+            if self._stopping:
+                self._set_aside(d)
+                return
+        d.sent_at = datetime.now(UTC)
+        span = None
+        if self._tracing.enabled:
+            span = self._tracing.start(
+                delivery_id=str(d.id),
+                webhook_id=str(d.webhook_id),
+                event_id=str(d.event_id) if d.event_id else None,
+                event_type=d.event_type,
+                attempt=d.attempt,
+                max_attempts=d.max_attempts,
+                url=d.url,
+                traceparent=d.traceparent,
             )
-            resolver = GuardedResolver(allowed=self._allowed, inner=bounded)
-        self._resolver: GuardedResolver = resolver
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=self._resolver,
-            limit=max(self._settings.concurrency, 10),
-            limit_per_host=0,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._settings.http_timeout),
-            auto_decompress=True,  # aiohttp >= 3.13 inflates in bounded steps
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept-Encoding",),
-            read_bufsize=READ_BUFSIZE,
-            max_line_size=MAX_LINE_SIZE,
-            max_field_size=MAX_FIELD_SIZE,
-            max_headers=MAX_HEADERS,
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        await self._resolver.close()  # lookups still waiting end here: stop never hangs
-
-    def prepare(self, target: Target, body: bytes) -> BuiltRequest | AttemptResult:
-        """Checks done before any byte is sent; an AttemptResult means refused.
-        ``body`` is ``target.body`` encoded."""
-        if len(body) > self._settings.max_body_bytes:
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="body_too_large",
-                error_message=(
-                    f"request body is {len(body)} bytes, above the limit of "
-                    f"{self._settings.max_body_bytes} (DISPATCHER_MAX_BODY_BYTES)"
-                ),
-            )
+        traceparent = span.traceparent if span is not None else d.traceparent
         try:
-            target.url = self._validated(target.url)
-            if target.headers is None or isinstance(target.headers, str):
-                signer = cached_signer(tuple(target.secrets), target.headers)
-            else:
-                signer = make_signer(target.secrets, target.headers)
-            return build_request(
-                delivery_id=target.delivery_id,
-                event_type=target.event_type,
-                body=body,
-                signer=signer,
-                msg_id=target.msg_id,
-                traceparent=target.traceparent,
-                sequence=target.sequence,
+            result = await self._sender.attempt(
+                Target(
+                    str(d.id),
+                    d.event_type,
+                    d.url,
+                    d.request_body,
+                    d.secrets,
+                    d.headers,
+                    message_id(d.event_id, d.webhook_id, d.id),
+                    org_id=repeated_id_text(d.org_id),
+                    traceparent=traceparent,
+                    sequence=d.sequence,
+                )
             )
-        except InvalidTarget as exc:
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="invalid_url",
-                error_message=_one_line(str(exc)),
+        except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends
+            self._tracing.fail(span, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                log.info(
+                    "attempt_aborted",
+                    delivery_id=d.id,
+                    webhook_id=d.webhook_id,
+                    reason="our own graceful stop: the grace period ended during the attempt",
+                    note="not recorded as a failure; released, sent again with the same webhook-id",
+                )
+            raise
+        t = after_attempt(
+            outcome=result.outcome,
+            attempt=d.attempt,
+            max_attempts=d.max_attempts,
+            policy=d.policy,
+            retry_after=result.retry_after,
+            charged=result.charged,
+        )
+        if span is not None:
+            self._tracing.end(
+                span,
+                outcome=result.outcome.value,
+                status=t.status,
+                response_status=result.response_status,
+                duration_ms=result.duration_ms,
+                error_code=result.error_code,
             )
-        except TargetRefused as exc:
-            return AttemptResult(
-                Outcome.REFUSED, error_code="target_refused", error_message=_one_line(str(exc))
-            )
-        except InvalidWebhook as exc:
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="invalid_webhook",
-                error_message=_one_line(str(exc)),
-            )
+        self._record(d, result, t, result.error_message)
 
-    def _validated(self, url: str) -> str:
-        """validate_url, remembered per URL (webhook URLs repeat; the rules do not change)."""
-        known = self._urls.get(url)
-        if known is None:
-            known = str(validate_url(url, self._allowed))
-            if len(self._urls) >= 4096:
-                self._urls.clear()
-            self._urls[url] = known
-        return known
+    async def _recheck(self, d: Claimed) -> bool:
+        """Refresh a queued row's webhook status before sending; False (and released, not
+        sent) when its URL, secret or headers changed or the webhook cannot be read."""
+        now = time.monotonic()
+        seen = self._webhooks_seen.get(d.webhook_id)
+        if seen is not None and now - seen[0] <= QUEUE_RECHECK:
+            current = seen[1]  # read for another of its rows just now: one read per webhook
+        else:
+            try:
+                async with self._pool.connection(timeout=5) as conn:
+                    cur = await conn.execute(query("delivery_webhook_now"), {"id": d.webhook_id})
+                    row = await cur.fetchone()
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
+                self._release_soon([d])
+                return False
+            current = (
+                None
+                if row is None or row["deleted_at"] is not None or row["status"] != "active"
+                else (row["url"], row["secret"] or "", parse_custom_headers(row["headers"]))
+            )
+            if len(self._webhooks_seen) > 10_000:
+                self._webhooks_seen.clear()
+            self._webhooks_seen[d.webhook_id] = (now, current)
+        if current is None:
+            d.active = False
+            return True
+        if current != (d.url, d.secrets[0], d.headers):
+            self._release_soon([d])
+            return False
+        return True
 
-    async def attempt(self, target: Target) -> AttemptResult:
-        """One attempt; never raises (cancellation aside). An exception nobody expected
-        becomes a retryable failure that is not charged to the endpoint, logged with the
-        delivery id: never an unretrieved task exception and a row retaken forever."""
-        owner = lookup_owner.set(target.org_id)
+    async def _extend(self, d: Claimed) -> bool:
+        """Renew d's lease from now; False (and nothing sent) if the claim is no longer ours."""
+        sent = time.monotonic()
         try:
-            return await self._attempt(target)
-        except Exception as exc:
-            # The exception's text may quote a secret or a header value: only its type and
-            # where it was raised leave this method.
-            frames = traceback.extract_tb(exc.__traceback__)
-            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-            detail = f"{type(exc).__name__}{where}"
-            log.error(
-                "attempt_crashed",
-                delivery_id=target.delivery_id,
+            async with self._pool.connection(timeout=5) as conn:
+                cur = await conn.execute(
+                    query("delivery_extend_claim"),
+                    {"id": d.id, "claim": d.claim, "lease": self._s.lease_seconds},
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning(
+                "claim_not_extended",
+                delivery_id=d.id,
                 error=type(exc).__name__,
-                detail=detail,
+                note="not sent now; due again when its lease ends",
             )
-            return AttemptResult(
-                Outcome.RETRYABLE,
-                charged=False,
-                error_code="internal_error",
-                error_message=f"unexpected error in the dispatcher: {detail}",
-            )
-        finally:
-            lookup_owner.reset(owner)
+            return False
+        if row is None:
+            log.info("claim_lost_before_send", delivery_id=d.id, note="not sent by this process")
+            return False
+        d.claim = row["claim"]
+        d.lease_until = sent + self._s.lease_seconds
+        log.info("claim_extended", delivery_id=d.id, reason="the claim waited on a lock")
+        return True
 
-    async def _attempt(self, target: Target) -> AttemptResult:
-        body = target.body.encode("utf-8")
-        prepared = self.prepare(target, body)
-        if isinstance(prepared, AttemptResult):
-            return prepared
-        assert self._session is not None, "Sender.start() was not called"
-        started = time.perf_counter()
-        result = await self._post(target, prepared, body)
-        result.duration_ms = int((time.perf_counter() - started) * 1000)
-        result.request_headers = prepared.recorded_headers
-        if prepared.ignored_headers:
-            result.notes.append(
-                "custom headers ignored (owned by the dispatcher): "
-                + ", ".join(prepared.ignored_headers)
-            )
-        return result
-
-    async def _post(self, target: Target, req: BuiltRequest, body: bytes) -> AttemptResult:
-        assert self._session is not None
-        try:
-            async with self._session.post(
-                target.url,
-                data=body,
-                headers=req.headers,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                result = AttemptResult(
-                    classify_status(status),
-                    response_status=status,
-                    response_headers=self._headers(resp),
-                )
-                result.response_body, incomplete = await self._read_capped(resp)
-                if 300 <= status < 400:
-                    location = resp.headers.get("Location", "")[:200]
-                    result.error_message = (
-                        f"HTTP {status}: redirect to {_clean(location)!r} not followed "
-                        "(webhook URLs must answer directly)"
-                    )
-                    result.error_code = "redirect"
-                elif result.outcome is not Outcome.DELIVERED:
-                    reason = _one_line(resp.reason or "", 100)
-                    result.error_message = f"HTTP {status} {reason}".strip()
-                    result.error_code = f"http_{status}"
-                if incomplete and result.error_message:
-                    result.error_message += f"; response body incomplete: {incomplete}"
-                if status in (429, 503):
-                    result.retry_after = parse_retry_after(
-                        resp.headers.get("Retry-After"), datetime.now(UTC)
-                    )
-                return result
-        except TimeoutError:
-            return AttemptResult(
-                Outcome.RETRYABLE,
-                error_code="timeout",
-                error_message=(
-                    f"no response within {self._settings.http_timeout:g} s "
-                    "(DISPATCHER_HTTP_TIMEOUT)"
-                ),
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            refused = refused_cause(exc)
-            if refused is not None:
-                return AttemptResult(
-                    Outcome.REFUSED,
-                    error_code="target_refused",
-                    error_message=_one_line(str(refused)),
-                )
-            busy = _find(exc, LookupsBusy)
-            if busy is not None:  # another webhook of the org holds the lookups: not charged
-                return AttemptResult(
-                    Outcome.RETRYABLE,
-                    charged=False,
-                    error_code="dns_busy",
-                    error_message=_one_line(str(busy)),
-                )
-            code, message = describe_network_error(exc)
-            return AttemptResult(Outcome.RETRYABLE, error_code=code, error_message=message)
-        except UnicodeError as exc:
-            # The host name cannot be encoded for the resolver (IDNA): validate_url should
-            # have refused it; the same verdict if a form slipped through.
-            return AttemptResult(
-                Outcome.REFUSED,
-                charged=False,
-                error_code="invalid_url",
-                error_message=_one_line(f"invalid webhook URL: host name rejected ({exc})"),
-            )
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[str, str | None]:
-        """At most response_body_chars characters, reading at most a bounded number of bytes
-        and never past the attempt's deadline. Returns (text, why it is incomplete or None)."""
-        limit = self._read_bytes
-        chunks: list[bytes] = []
-        got = 0
-        incomplete: str | None = None
-        try:
-            while got < limit:
-                chunk = await resp.content.read(limit - got)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
-            incomplete = f"not finished within {self._settings.http_timeout:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            incomplete = describe_network_error(exc)[1]
-        text = b"".join(chunks).decode("utf-8", errors="replace")
-        return _clean(text[: self._settings.response_body_chars]), incomplete
-
-    @staticmethod
-    def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name, value in resp.headers.items():
-            if len(out) >= MAX_RESPONSE_HEADERS:
-                break
-            out[_clean(name)[:100]] = _clean(value)[:MAX_RESPONSE_HEADER_VALUE]
-        return out
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first exception of ``kind`` in exc's chain (cause, context, aiohttp's os_error and
-    certificate_error), aiohttp's wrappers excluded."""
-    stack, seen = [exc], set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, kind) and not isinstance(current, aiohttp.ClientError):
-            return current  # aiohttp's own TLS errors subclass ssl's: look behind them
-        for linked in (
-            current.__cause__,
-            current.__context__,
-            getattr(current, "os_error", None),
-            getattr(current, "certificate_error", None),
-        ):
-            if isinstance(linked, BaseException):
-                stack.append(linked)
-    return None
-
-
-def _where(exc: BaseException) -> str:
-    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
-    return f" {host}:{port}" if host else ""
-
-
-def describe_network_error(exc: BaseException) -> tuple[str, str]:
-    """(error_code, one-line message) for a failure before a complete response arrived."""
-    cert = _find(exc, ssl.SSLCertVerificationError)
-    if cert is not None:
-        reason = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
-        return "tls_error", _one_line(
-            f"TLS failure: the certificate of{_where(exc)} was not accepted: {reason}"
+    def _record(
+        self, d: Claimed, r: AttemptResult | None, t: Transition, error: str | None
+    ) -> None:
+        row = outcome_row(d, r, t, error)
+        self._recorder.put(row)
+        self.admission.outcome(d.webhook_id, d.policy, success=row.success, counts=row.counts)
+        outcome = row.outcome
+        counter = self._attempts_counter.get(outcome)
+        if counter is None:
+            counter = self._attempts_counter[outcome] = self._metrics.attempts.labels(outcome)
+        counter.inc()
+        if r is not None and r.outcome is not Outcome.REFUSED:
+            self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
+        if row.success and d.created_at is not None:
+            waited = (datetime.now(UTC) - d.created_at).total_seconds()
+            self._metrics.delivery_latency.observe(max(waited, 0.0))
+        if not self._log_attempts:
+            return
+        log.info(
+            "delivery_attempt",
+            delivery_id=d.id,
+            webhook_id=d.webhook_id,
+            event_id=d.event_id,
+            org_id=d.org_id,
+            event_type=d.event_type,
+            attempt=d.attempt,
+            max_attempts=d.max_attempts,
+            outcome=outcome,
+            status=t.status,
+            response_status=r.response_status if r else None,
+            duration_ms=r.duration_ms if r else None,
+            retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
+            error=row.error_message,
+            notes=r.notes or None if r else None,
         )
-    tls = _find(exc, ssl.SSLError)
-    if tls is not None:
-        reason = getattr(tls, "reason", None) or str(tls)
-        hint = ""
-        if str(reason).upper() in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
-            hint = " (is the endpoint serving plain HTTP on an https URL?)"
-        return "tls_error", _one_line(
-            f"TLS failure: handshake with{_where(exc)} failed: {reason}{hint}"
-        )
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "dns_error", _one_line(f"cannot resolve{_where(exc)}: {exc.strerror or exc}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect_error", _one_line(f"cannot connect to{_where(exc)}: {exc.strerror or exc}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "disconnected", "the receiver closed the connection before a complete response"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "invalid_response", _one_line(f"invalid response body: {_payload_reason(exc)}")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # Raised by the response parser (aiohttp sets status 400 on it: not the receiver's).
-        return "invalid_response", _one_line(f"invalid HTTP response: {exc.message}")
-    os_error = _find(exc, OSError)
-    if isinstance(os_error, OSError) and os_error.errno in (errno.ECONNRESET, errno.EPIPE):
-        return "connection_reset", "the receiver reset the connection"
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return "network_error", _one_line(f"network error: {os_error.strerror}")
-    text = str(exc).strip()
-    return "network_error", _one_line(f"network error: {type(exc).__name__}: {text}".rstrip(": "))
-
-
-def _payload_reason(exc: aiohttp.ClientPayloadError) -> str:
-    inner = exc.__cause__ or exc.__context__
-    return str(inner or exc) or type(exc).__name__

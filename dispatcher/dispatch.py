@@ -1,4 +1,4 @@
-"""The dispatch loop: claim due work, attempt it, hand outcomes to the recorder.
+"""The dispatch loop: claim due work and start its attempts (delivery.py runs each one).
 
 The loop wakes on a NOTIFY (doorbell), on the poll interval, when attempt slots
 free up, when an attempt of a webhook held back by its limit ends (refill), when a
@@ -31,19 +31,17 @@ from psycopg_pool import PoolTimeout
 
 from dispatcher.admission import Admission
 from dispatcher.claims import Claimed
-from dispatcher.db import Pool
-from dispatcher.delivery import AttemptResult, Sender, Target
+from dispatcher.db import Conn, Pool
+from dispatcher.delivery import Attempts
 from dispatcher.intake import Intake
 from dispatcher.metrics import Metrics
-from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
-from dispatcher.recorder import Recorder, outcome_row
-from dispatcher.request import message_id, repeated_id_text
+from dispatcher.recorder import Recorder
 from dispatcher.retrying import DISPATCH, Backoff
+from dispatcher.sender import Sender
 from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
-from dispatcher.transitions import NOT_ACTIVE, after_attempt, not_active
 
 log = structlog.get_logger("dispatcher.dispatch")
 
@@ -51,18 +49,12 @@ log = structlog.get_logger("dispatcher.dispatch")
 # that match nothing are cheap) and at least one event.
 MIN_FACTOR, MAX_FACTOR = 0.25, 1000.0
 CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work first
-# A row is sent only if its lease surely outlasts the attempt (http_timeout) by this
-# much; otherwise (a claim that waited on a lock) the lease is extended first.
-LEASE_MARGIN = 5.0
 # Events per fan-out while the outbox holds a backlog for webhooks at their limit: what it
 # creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
 # should not wait for that backlog to pass through in slot-sized batches.
 HELD_BACK_EVENTS = 1000
-# A row that waited longer than this in the claim-ahead queue (behind a slow endpoint)
-# re-reads its webhook before it is sent; rows behind a fast endpoint wait milliseconds.
-QUEUE_RECHECK = 0.25
 # Events a fan-out left in the outbox (a webhook row they need is held by another
-# transaction) are due again this many seconds later (sql/queries.sql, fan_out).
+# transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
 DEFER_SECONDS = 1.0
 
 
@@ -78,10 +70,7 @@ class Dispatcher:
         tracing: Tracing | None = None,
     ) -> None:
         self._s = settings
-        self._tracing = tracing or Tracing()
         self._pool = pool
-        self._sender = sender
-        self._recorder = recorder
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -106,10 +95,19 @@ class Dispatcher:
             limits or RateLimits(),
             ahead=settings.claim_ahead,
         )
+        self._attempts = Attempts(
+            settings,
+            pool,
+            sender,
+            recorder,
+            metrics,
+            self.admission,
+            tracing or Tracing(),
+            release_soon=self._release_soon,
+            set_aside=lambda d: self._unsent.append(d),
+            stopping=lambda: self._stopping,
+        )
         self._releases: set[asyncio.Task[None]] = set()  # queued rows being given back
-        # webhook -> (when read, (url, secret, headers) or None when not active): queued rows
-        # behind a slow endpoint re-read their webhook at most once per QUEUE_RECHECK
-        self._webhooks_seen: dict[Any, tuple[float, tuple[str, str, Any] | None]] = {}
         self.released_unsent = 0  # leased rows given back unsent while running
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
@@ -121,9 +119,6 @@ class Dispatcher:
         self._due_scanned = 0.0  # monotonic time of the last claim_due
         self._due_full = False  # the last pass's due scan filled its limit: more is due
         self._passes = 0  # claim passes running (a refill and a doorbell's fan-out at most)
-        # per attempt: a line only when it is emitted, a metric child looked up once
-        self._log_attempts = settings.log_level in ("debug", "info")
-        self._attempts_counter: dict[str, Any] = {}
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
@@ -283,7 +278,7 @@ class Dispatcher:
         return events >= events_wanted or due_full or len(claimed) >= room_for_new > 0
 
     async def _fan_out(
-        self, conn: Any, params: dict[str, Any], events_wanted: int, claim: int
+        self, conn: Conn, params: dict[str, Any], events_wanted: int, claim: int
     ) -> tuple[int, list[Claimed]]:
         """Take up to `events_wanted` events from the outbox; start the up to `claim`
         deliveries created leased to us. Returns (events taken, deliveries started).
@@ -298,7 +293,7 @@ class Dispatcher:
         room = self.admission.claim_params()
         try:
             cur = await conn.execute(
-                query("fan_out"),
+                query("delivery_fan_out"),
                 {
                     **params,
                     **room,
@@ -315,7 +310,7 @@ class Dispatcher:
             return 0, []
         events = int(rows[-1]["events_claimed"]) if rows else 0
         # Events left in the outbox because a webhook row they need is held by another
-        # transaction (sql/queries.sql, fan_out): they were taken too, so the pass may
+        # transaction (sql/delivery.sql, delivery_fan_out): they were taken too, so the pass may
         # have been full and more may be waiting behind them.
         deferred = int(rows[-1]["events_deferred"]) if rows else 0
         taken = events + deferred
@@ -339,7 +334,7 @@ class Dispatcher:
         return events + (deferred if events else 0), claimed
 
     async def _claim_due_hearing_doorbell(
-        self, conn: Any, params: dict[str, Any], limit: int
+        self, conn: Conn, params: dict[str, Any], limit: int
     ) -> tuple[list[Claimed], bool]:
         """`_claim_due`, and a doorbell that rings while it runs (or rang during this pass's
         fan-out) answered at once by a fan-out on a second connection, with the slots
@@ -376,14 +371,14 @@ class Dispatcher:
             raise fanned
         return rows, fanned
 
-    async def _claim_due(self, conn: Any, params: dict[str, Any], limit: int) -> list[Claimed]:
+    async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
         self._due_scanned = time.monotonic()
         # Webhooks with no room left in this process are not even scanned (full_ids).
         sent = time.monotonic()
         room = self.admission.claim_params()
         cur = await conn.execute(
-            query("claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
+            query("delivery_claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
         )
         return self._start_rows(await cur.fetchall(), sent, room)
 
@@ -423,7 +418,7 @@ class Dispatcher:
         return started
 
     def _start(self, d: Claimed) -> None:
-        task = asyncio.create_task(self._deliver(d))
+        task = asyncio.create_task(self._attempts.deliver(d))
         self._starts += 1
         key = self._starts
         self._inflight[key] = (task, d)
@@ -449,177 +444,6 @@ class Dispatcher:
         task = asyncio.create_task(self.release(claims))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
-
-    async def _deliver(self, d: Claimed) -> None:
-        if self._stopping:
-            self._unsent.append(d)  # leased by a pass that ended after the stop signal
-            return
-        if d.queued_at is not None and time.monotonic() - d.queued_at > QUEUE_RECHECK:
-            # It waited behind a slow endpoint: the webhook may have been switched off,
-            # deleted or edited meanwhile. Re-read it; an edited one is claimed afresh.
-            if not await self._recheck(d):
-                return
-        if not d.active:
-            self._record(d, None, not_active(d.attempt), NOT_ACTIVE)
-            return
-        if d.lease_until - time.monotonic() < self._s.http_timeout + LEASE_MARGIN:
-            # The claim waited (on a lock) long enough to eat into the lease: extend it
-            # first, or the row could be retaken and sent again while this attempt runs.
-            if not await self._extend(d):
-                return
-            if self._stopping:
-                self._unsent.append(d)
-                return
-        d.sent_at = datetime.now(UTC)
-        span = None
-        if self._tracing.enabled:
-            span = self._tracing.start(
-                delivery_id=str(d.id),
-                webhook_id=str(d.webhook_id),
-                event_id=str(d.event_id) if d.event_id else None,
-                event_type=d.event_type,
-                attempt=d.attempt,
-                max_attempts=d.max_attempts,
-                url=d.url,
-                traceparent=d.traceparent,
-            )
-        traceparent = span.traceparent if span is not None else d.traceparent
-        try:
-            result = await self._sender.attempt(
-                Target(
-                    str(d.id),
-                    d.event_type,
-                    d.url,
-                    d.request_body,
-                    d.secrets,
-                    d.headers,
-                    message_id(d.event_id, d.webhook_id, d.id),
-                    org_id=repeated_id_text(d.org_id),
-                    traceparent=traceparent,
-                    sequence=d.sequence,
-                )
-            )
-        except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends
-            self._tracing.fail(span, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                log.info(
-                    "attempt_aborted",
-                    delivery_id=d.id,
-                    webhook_id=d.webhook_id,
-                    reason="our own graceful stop: the grace period ended during the attempt",
-                    note="not recorded as a failure; released, sent again with the same webhook-id",
-                )
-            raise
-        t = after_attempt(
-            outcome=result.outcome,
-            attempt=d.attempt,
-            max_attempts=d.max_attempts,
-            policy=d.policy,
-            retry_after=result.retry_after,
-            charged=result.charged,
-        )
-        if span is not None:
-            self._tracing.end(
-                span,
-                outcome=result.outcome.value,
-                status=t.status,
-                response_status=result.response_status,
-                duration_ms=result.duration_ms,
-                error_code=result.error_code,
-            )
-        self._record(d, result, t, result.error_message)
-
-    async def _recheck(self, d: Claimed) -> bool:
-        """Refresh a queued row's webhook status before sending; False (and released, not
-        sent) when its URL, secret or headers changed or the webhook cannot be read."""
-        now = time.monotonic()
-        seen = self._webhooks_seen.get(d.webhook_id)
-        if seen is not None and now - seen[0] <= QUEUE_RECHECK:
-            current = seen[1]  # read for another of its rows just now: one read per webhook
-        else:
-            try:
-                async with self._pool.connection(timeout=5) as conn:
-                    cur = await conn.execute(query("webhook_now"), {"id": d.webhook_id})
-                    row = await cur.fetchone()
-            except (psycopg.Error, PoolTimeout) as exc:
-                log.warning("webhook_recheck_failed", delivery_id=d.id, error=type(exc).__name__)
-                self._release_soon([d])
-                return False
-            current = (
-                None
-                if row is None or row["deleted_at"] is not None or row["status"] != "active"
-                else (row["url"], row["secret"] or "", row["headers"])
-            )
-            if len(self._webhooks_seen) > 10_000:
-                self._webhooks_seen.clear()
-            self._webhooks_seen[d.webhook_id] = (now, current)
-        if current is None:
-            d.active = False
-            return True
-        if current != (d.url, d.secrets[0], d.headers):
-            self._release_soon([d])
-            return False
-        return True
-
-    async def _extend(self, d: Claimed) -> bool:
-        """Renew d's lease from now; False (and nothing sent) if the claim is no longer ours."""
-        sent = time.monotonic()
-        try:
-            async with self._pool.connection(timeout=5) as conn:
-                cur = await conn.execute(
-                    query("extend_claim"),
-                    {"id": d.id, "claim": d.claim, "lease": self._s.lease_seconds},
-                )
-                row = await cur.fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning(
-                "claim_not_extended",
-                delivery_id=d.id,
-                error=type(exc).__name__,
-                note="not sent now; due again when its lease ends",
-            )
-            return False
-        if row is None:
-            log.info("claim_lost_before_send", delivery_id=d.id, note="not sent by this process")
-            return False
-        d.claim = row["claim"]
-        d.lease_until = sent + self._s.lease_seconds
-        log.info("claim_extended", delivery_id=d.id, reason="the claim waited on a lock")
-        return True
-
-    def _record(self, d: Claimed, r: AttemptResult | None, t: Any, error: str | None) -> None:
-        row = outcome_row(d, r, t, error)
-        self._recorder.put(row)
-        self.admission.outcome(d.webhook_id, d.policy, success=row.success, counts=row.counts)
-        outcome = row.outcome
-        counter = self._attempts_counter.get(outcome)
-        if counter is None:
-            counter = self._attempts_counter[outcome] = self._metrics.attempts.labels(outcome)
-        counter.inc()
-        if r is not None and r.outcome is not Outcome.REFUSED:
-            self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
-        if row.success and d.created_at is not None:
-            waited = (datetime.now(UTC) - d.created_at).total_seconds()
-            self._metrics.delivery_latency.observe(max(waited, 0.0))
-        if not self._log_attempts:
-            return
-        log.info(
-            "delivery_attempt",
-            delivery_id=d.id,
-            webhook_id=d.webhook_id,
-            event_id=d.event_id,
-            org_id=d.org_id,
-            event_type=d.event_type,
-            attempt=d.attempt,
-            max_attempts=d.max_attempts,
-            outcome=outcome,
-            status=t.status,
-            response_status=r.response_status if r else None,
-            duration_ms=r.duration_ms if r else None,
-            retry_in=round(t.retry_in, 3) if t.retry_in is not None else None,
-            error=row.error_message,
-            notes=r.notes or None if r else None,
-        )
 
     # -- shutdown -----------------------------------------------------------------
     async def stop(self, grace: float) -> None:
@@ -661,7 +485,9 @@ class Dispatcher:
         rows = [{"id": str(c.id), "claim": c.claim.isoformat()} for c in claims]
         try:
             async with self._pool.connection(timeout=5) as conn:
-                await conn.execute(query("release_claims"), {"rows": orjson.dumps(rows).decode()})
+                await conn.execute(
+                    query("delivery_release_claims"), {"rows": orjson.dumps(rows).decode()}
+                )
             log.info("claims_released", deliveries=len(rows))
         except Exception as exc:  # the lease covers it
             log.warning(

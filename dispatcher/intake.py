@@ -1,6 +1,6 @@
 """Fan-out safety: batches that exceed statement_timeout shrink down to one event, an
 event that still cannot be fanned out alone is quarantined, and outbox events this
-role cannot read are reported (they stay in the outbox: sql/queries.sql, fan_out), and
+role cannot read are reported (they stay in the outbox: delivery.sql, delivery_fan_out), and
 so are events left in the outbox because a webhook row they need is held elsewhere.
 
 Used by the dispatch loop (dispatch.py `_fan_out`); the state is this process's own.
@@ -8,12 +8,12 @@ Used by the dispatch loop (dispatch.py `_fan_out`); the state is this process's 
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 import psycopg
 import structlog
 
+from dispatcher.db import Conn
 from dispatcher.errors import ExitCode, SchemaBehind
 from dispatcher.metrics import Metrics
 from dispatcher.queries import query
@@ -36,7 +36,7 @@ class IntakeNotInstalled(SchemaBehind):
 _FIX = "as the owner of public.events, run: SELECT dispatcher.install_intake();"
 
 
-async def check_intake(conn: Any) -> None:
+async def check_intake(conn: Conn) -> None:
     """At start: refuse (IntakeNotInstalled) when events would not reach the outbox, e.g.
     the host replaced `events` by a partitioned table after migrate (the statement trigger
     on a partitioned parent never sees rows inserted directly into a partition)."""
@@ -70,7 +70,7 @@ class Intake:
         self._full_passes = 0  # full passes at the current cap
         self.unreadable_count = 0
 
-    async def narrow(self, conn: Any, wanted: int) -> tuple[int, UUID | None]:
+    async def narrow(self, conn: Conn, wanted: int) -> tuple[int, UUID | None]:
         """(events to take, the one event to take or None). While shrunk to one event,
         that event is named, so that a timeout is charged to the right one."""
         if self.cap is None:
@@ -78,7 +78,7 @@ class Intake:
         wanted = min(wanted, self.cap)
         if wanted > 1:
             return wanted, None
-        cur = await conn.execute(query("outbox_next"))
+        cur = await conn.execute(query("intake_outbox_next"))
         row = await cur.fetchone()
         if row is None:
             return 0, None
@@ -98,7 +98,7 @@ class Intake:
             self.cap = None if self.cap * 2 >= self._full else self.cap * 2
 
     async def timed_out(
-        self, conn: Any, exc: psycopg.errors.QueryCanceled, batch: int, only: UUID | None
+        self, conn: Conn, exc: psycopg.errors.QueryCanceled, batch: int, only: UUID | None
     ) -> bool:
         """Handle a fan-out cancelled by statement_timeout; False when it was another
         kind of cancel (the caller re-raises). Nothing of the batch was written."""
@@ -130,11 +130,11 @@ class Intake:
         return True
 
     async def _quarantine(
-        self, conn: Any, event_id: UUID, exc: psycopg.errors.QueryCanceled
+        self, conn: Conn, event_id: UUID, exc: psycopg.errors.QueryCanceled
     ) -> None:
         error = f"fan-out exceeded statement_timeout alone ({QUARANTINE_AFTER} times)"
         cur = await conn.execute(
-            query("quarantine_event"),
+            query("intake_quarantine_event"),
             {"event_id": event_id, "reason": "statement_timeout", "error": error},
         )
         row = await cur.fetchone()

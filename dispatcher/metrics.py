@@ -1,22 +1,29 @@
-"""Prometheus metrics of one daemon, in a registry of its own."""
+"""Prometheus metrics of one daemon, in a registry of its own.
+
+The wings' own readings come in at wiring time (dispatcher/app.py): `collectors` are
+registered after the core's gauges, `integration_events_not_published` is read when
+scraped (dispatcher/integrations/stats.py provides both), so this module imports no wing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher import integration_stats as stats
-from dispatcher.integration_events import NOT_PUBLISHED
 from dispatcher.webhook_health import WebhookHealthGauges
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        collectors: Sequence[Collector] = (),
+        integration_events_not_published: Callable[[], float] | None = None,
+    ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.attempts = Counter(
             "dispatcher_attempts",
@@ -75,9 +82,8 @@ class Metrics:
             "(the health log, status or failover they announce was still recorded)",
             registry=r,
         )
-        self.integration_events_not_published.set_function(
-            lambda: float(sum(NOT_PUBLISHED.values()))
-        )
+        if integration_events_not_published is not None:
+            self.integration_events_not_published.set_function(integration_events_not_published)
         self.lifecycle_not_published = Gauge(
             "dispatcher_lifecycle_events_not_published",
             "Lifecycle events (webhook.disabled, webhook.recovered, delivery.dead_lettered) the "
@@ -159,31 +165,9 @@ class Metrics:
             "OAuth tokens expired for good (re-authentication needed)",
             registry=r,
         )
-        r.register(_IntegrationCounters())
+        for collector in collectors:
+            r.register(collector)
         self.webhooks = WebhookHealthGauges(r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class _IntegrationCounters(Collector):
-    """dispatcher_token_refreshes_total and dispatcher_integration_checks_total, read from
-    dispatcher.integration_stats when scraped (every label present from the start)."""
-
-    def collect(self) -> Iterator[Metric]:
-        refreshes = CounterMetricFamily(
-            "dispatcher_token_refreshes",
-            "OAuth token refresh attempts by outcome (refreshed, retry, expired, failed, error)",
-            labels=["outcome"],
-        )
-        for outcome in stats.TOKEN_REFRESH_OUTCOMES:
-            refreshes.add_metric([outcome], stats.TOKEN_REFRESHES[outcome])
-        yield refreshes
-        checks = CounterMetricFamily(
-            "dispatcher_integration_checks",
-            "Integration health checks by status (success, failure, timeout)",
-            labels=["status"],
-        )
-        for status in stats.HEALTH_CHECK_STATUSES:
-            checks.add_metric([status], stats.HEALTH_CHECKS[status])
-        yield checks

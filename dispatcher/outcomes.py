@@ -3,8 +3,9 @@
 Success is any 2xx. Retryable: network error or timeout (recorded as status 0), 429 and 5xx.
 410 Gone is its own outcome (the receiver says the endpoint is gone for good). Every other status
 (1xx, 3xx redirects, other 4xx, anything outside 100-599) is final at once. REFUSED is for a request
-the dispatcher never sent (SSRF guard, invalid URL, body too large, invalid webhook config); it is
-decided by the caller, never by ``classify_status``.
+the dispatcher never sent (SSRF guard, invalid URL, body too large, invalid webhook config), and
+NOT_ACTIVE for a delivery whose webhook is switched off or deleted (nothing is sent, the row fails
+with transitions.NOT_ACTIVE's text); both are decided by the caller, never by ``classify_status``.
 
 Pure functions, no I/O.
 """
@@ -24,6 +25,7 @@ class Outcome(enum.StrEnum):
     PERMANENT = "permanent"
     GONE = "gone"
     REFUSED = "refused"
+    NOT_ACTIVE = "not_active"
 
 
 def classify_status(status: int) -> Outcome:

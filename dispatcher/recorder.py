@@ -9,7 +9,7 @@ another replica (lease ran out) is dropped by the statement itself.
 No outcome waits on a row lock someone else holds: delivery rows locked by another
 transaction are skipped and tried again shortly (the row cannot be retaken while
 it is locked), and the webhooks' counters are written by a second statement
-(apply_webhook_counters) that skips locked webhook rows and keeps their changes
+(delivery_apply_webhook_counters) that skips locked webhook rows and keeps their changes
 pending in dispatcher.webhook_streaks until the lock goes.
 """
 
@@ -34,7 +34,7 @@ from dispatcher.retrying import RECORDER, TRANSIENT_DB_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from dispatcher.claims import Claimed
-    from dispatcher.delivery import AttemptResult
+    from dispatcher.sender import AttemptResult
     from dispatcher.transitions import Transition
 
 log = structlog.get_logger("dispatcher.recorder")
@@ -50,7 +50,7 @@ MAX_ERROR_CODE = 50
 
 @dataclass(slots=True)
 class OutcomeRow:
-    """One outcome as record_outcomes reads it: orjson writes the dataclass itself, one
+    """One outcome as delivery_record_outcomes reads it: orjson writes the dataclass itself, one
     JSON object per row with a key per field (UUIDs and datetimes as their str() and
     isoformat() text), with no dict built in between."""
 
@@ -82,7 +82,7 @@ class OutcomeRow:
 
 
 def outcomes_json(rows: list[OutcomeRow]) -> str:
-    """The `rows` parameter of record_outcomes."""
+    """The `rows` parameter of delivery_record_outcomes."""
     return orjson.dumps(rows).decode()
 
 
@@ -110,7 +110,7 @@ def outcome_row(
         org_id=d.org_id,
         claim=d.claim,
         status=t.status,
-        outcome=r.outcome.value if r else "not_active",
+        outcome=r.outcome.value if r else Outcome.NOT_ACTIVE.value,
         attempt=d.attempt,
         attempt_number=t.attempt_number,
         retry_in=t.retry_in,
@@ -197,7 +197,7 @@ class Recorder:
         """Write pending streak changes to public.webhooks, skipping locked webhook rows."""
         try:
             async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
-                cur = await conn.execute(query("apply_webhook_counters"))
+                cur = await conn.execute(query("delivery_apply_webhook_counters"))
                 got = await cur.fetchone()
         except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
             log.warning("webhook_counters_not_written", error=type(exc).__name__)
@@ -262,7 +262,7 @@ class Recorder:
             row.seq = self._seq
         payload = outcomes_json(batch)
         async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
-            cur = await conn.execute(query("record_outcomes"), {"rows": payload})
+            cur = await conn.execute(query("delivery_record_outcomes"), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
             noted = int(got["webhooks"]) if got else 1
@@ -270,7 +270,7 @@ class Recorder:
             lost: list[dict[str, str]] = list(got["lost"]) if got else []
             later = list(got["release_later"] or ()) if got else []
             if later:  # ordered keys (0032): a next delivery that snapshot could not see
-                await conn.execute(query("release_parked"), {"ids": later})
+                await conn.execute(query("delivery_release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
         if noted:  # streak rows changed: their counters are written next

@@ -199,28 +199,68 @@ class Signer:
     ignored: tuple[str, ...]
 
 
-def make_signer(secrets: Sequence[str], headers: Any) -> Signer:
-    """InvalidWebhook when the current secret cannot sign or the custom headers are invalid."""
+@dataclass(frozen=True, slots=True)
+class CustomHeaders:
+    """A webhook's custom headers, read once from its `headers` jsonb (custom_headers):
+    the ones sent, in the webhook's order; the names ignored because the dispatcher owns
+    them; or why none can be sent (``problem``: InvalidWebhook's message, raised when a
+    request is signed, after the secret's own checks)."""
+
+    sent: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[str, ...] = ()
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.sent)
+
+
+NO_CUSTOM_HEADERS = CustomHeaders()
+
+
+def read_custom_headers(raw: object) -> CustomHeaders:
+    """CustomHeaders of a webhook's `headers` value (None, a JSON object, or any other JSON
+    value, which is a problem). Never raises."""
+    if raw is None:
+        return NO_CUSTOM_HEADERS
+    try:
+        usable, ignored = custom_headers(raw)
+    except InvalidWebhook as exc:
+        return CustomHeaders(problem=str(exc))
+    return CustomHeaders(tuple(usable.items()), ignored)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_custom_headers(text: str | None) -> CustomHeaders:
+    """read_custom_headers of the `headers` jsonb as text (how the claim queries return it),
+    remembered: webhooks repeat. Never raises."""
+    if text is None:
+        return NO_CUSTOM_HEADERS
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return CustomHeaders(problem=f"custom headers are not valid JSON: {exc}")
+    return read_custom_headers(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def signer_for(secrets: tuple[str, ...], headers: CustomHeaders = NO_CUSTOM_HEADERS) -> Signer:
+    """The one way to a Signer: a webhook's secrets (current first) and its custom headers,
+    remembered (webhooks repeat; a changed secret or header makes a different key).
+    InvalidWebhook when the current secret cannot sign or the custom headers are invalid."""
     if not secrets or not secrets[0]:
         raise InvalidWebhook("the webhook secret is empty")
     usable = _usable_secrets(secrets)
-    extra, ignored = custom_headers(headers)
+    if headers.problem is not None:
+        raise InvalidWebhook(headers.problem)
+    extra = dict(headers.sent)
     recorded = {k: ("[redacted]" if _SENSITIVE.search(k) else v) for k, v in extra.items()}
     return Signer(
         standard_keys=tuple(standard_webhooks_key(s) for s in usable),
         intime_key=usable[0].encode("utf-8"),
         extra=extra,
         recorded_extra=recorded,
-        ignored=ignored,
+        ignored=headers.ignored,
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def cached_signer(secrets: tuple[str, ...], headers_json: str | None) -> Signer:
-    """make_signer for a webhook's secrets and its `headers` as JSON text, remembered:
-    webhooks repeat, and a changed secret or header makes a different key."""
-    headers = None if headers_json is None else _parse_headers(headers_json)
-    return make_signer(secrets, headers)
 
 
 _second: list[Any] = [-1, "", ""]  # the current second: [seconds, unix text, ISO prefix]
@@ -237,20 +277,13 @@ def _now_stamps() -> tuple[str, str]:
     return _second[1], f"{_second[2]}.{ms:03d}Z"
 
 
-def _parse_headers(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidWebhook(f"custom headers are not valid JSON: {exc}") from None
-
-
 def build_request(
     *,
     delivery_id: str,
     event_type: str,
     body: bytes,
     secrets: Sequence[str] | None = None,
-    headers: Any = None,
+    headers: CustomHeaders = NO_CUSTOM_HEADERS,
     signer: Signer | None = None,
     now: datetime | None = None,
     msg_id: str | None = None,
@@ -258,14 +291,14 @@ def build_request(
     sequence: int | None = None,
 ) -> BuiltRequest:
     """Headers of one attempt; `secrets[0]` is current, later ones are rotating out.
-    A `signer` (make_signer / cached_signer) stands for secrets and headers. `msg_id`
+    A `signer` (signer_for) stands for secrets and headers. `msg_id`
     is the `webhook-id` (message_id(); the delivery id when not given). A
     `traceparent` (already validated: tracing.valid_traceparent) is sent as is and wins
     over a custom header of that name. A `sequence` (the webhook's number of this
     message) is sent as X-InTime-Sequence; it is not signed (the body is), but a
     receiver that verified the body can trust it no more than any header."""
     if signer is None:
-        signer = make_signer(secrets or (), headers)
+        signer = signer_for(tuple(secrets or ()), headers)
     if now is None:
         unix, ts = _now_stamps()
     else:

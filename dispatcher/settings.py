@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     encryption_keys: SecretStr | None = Field(
         default=None, description="comma-separated key-id:base64 keys; the first encrypts"
     )
-    # -- integrations (dispatcher/integrations.py; docs/encryption.md) --------------------
+    # -- integrations (dispatcher/integrations/worker.py; docs/encryption.md) --------------------
     encryption_keys_file: str | None = Field(
         default=None, description="file of key-id:base64 keys (one a line), after the env keys"
     )

@@ -1,7 +1,7 @@
 """W3C trace context for attempts, and an OpenTelemetry span per attempt (optional).
 
 The publisher's `traceparent` (the event's ``metadata.traceparent``, else its
-``correlation_id`` when that is one) is copied by the fan_out statement into the
+``correlation_id`` when that is one) is copied by the delivery_fan_out statement into the
 delivery's ``request_headers`` and comes back with every claim: no join with
 ``events`` per attempt. Without OpenTelemetry it is sent to the receiver as is.
 

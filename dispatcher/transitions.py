@@ -16,16 +16,20 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from dispatcher.backoff import RetryPolicy, retry_delay
 from dispatcher.outcomes import Outcome
 
-NOT_ACTIVE = "Webhook is not active"
+NOT_ACTIVE = "Webhook is not active"  # error_message of Outcome.NOT_ACTIVE (0038: not_active_v1)
+
+# The delivery row's status after an attempt (the host's column holds these among others).
+Status = Literal["success", "retrying", "dlq", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    status: str  # success | retrying | dlq | failed
+    status: Status
     attempt_number: int  # stored: the next attempt while retrying, else the one made
     retry_in: float | None  # seconds until next_retry_at, when retrying
     final: bool  # sets delivered_at
@@ -41,6 +45,7 @@ def _delivered(attempt: int) -> Transition:
 
 
 def not_active(attempt: int) -> Transition:
+    """The webhook is not active: nothing was sent, the delivery fails, not counted."""
     return Transition("failed", attempt, None, True, False, False, False)
 
 
@@ -62,10 +67,12 @@ def after_attempt(
     """
     if outcome is Outcome.DELIVERED:
         return _delivered(attempt)
+    if outcome is Outcome.NOT_ACTIVE:
+        return not_active(attempt)
     if outcome is Outcome.RETRYABLE:
         if attempt < max_attempts:
             delay = retry_delay(policy, attempt, rng=rng, retry_after=retry_after)
             return Transition("retrying", attempt + 1, delay, False, charged, False, False)
-        status = "dlq" if policy.enable_dlq else "failed"
+        status: Status = "dlq" if policy.enable_dlq else "failed"
         return Transition(status, attempt, None, True, charged, False, False)
     return Transition("failed", attempt, None, True, charged, False, outcome is Outcome.GONE)

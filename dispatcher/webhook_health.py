@@ -98,7 +98,7 @@ class WebhookHealthGauges:
             gauge.clear()
 
     def update(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Replace every series by those of `rows` (webhook_health_top's)."""
+        """Replace every series by those of `rows` (gauges_webhook_health_top's)."""
         self.clear()
         for row in rows:
             hook = (str(row["webhook_id"]), str(row["org_id"]))
@@ -126,7 +126,7 @@ async def refresh(conn: psycopg.AsyncConnection[Any], gauges: WebhookHealthGauge
     if top <= 0:
         gauges.clear()
         return 0
-    cur = await conn.execute(query("webhook_health_top"), {"top": top})
+    cur = await conn.execute(query("gauges_webhook_health_top"), {"top": top})
     rows = await cur.fetchall()
     gauges.update(rows)
     return len(rows)

@@ -1,4 +1,4 @@
--- Named queries of the operator CLI (dispatcher/admin.py). Writes with rules go
+-- Named queries of the operator CLI (dispatcher/admin/api.py). Writes with rules go
 -- through the SQL admin API of 0005_admin_api.sql; plain reads and writes are
 -- here. Optional filters are NULL when not given.
 

@@ -1,4 +1,4 @@
--- Queries of `dispatcher demo` (dispatcher/demo.py). They write the host's
+-- Queries of `dispatcher demo` (dispatcher/demo/walkthrough.py). They write the host's
 -- tables exactly as the host's admin UI and code do.
 
 -- name: demo_create_org

@@ -1,13 +1,33 @@
--- Figures for /metrics beyond the `gauges` block (queries.sql), read every 10 s by the
--- supervisor's gauges loop (dispatcher/app.py). Cluster-wide: every replica reports the same.
+-- Figures for /metrics, read every 10 s by the supervisor's gauges loop
+-- (dispatcher/app.py). Cluster-wide: every replica reports the same.
 
--- name: outbox_age
+-- name: gauges_queue
+-- Cheap figures for /metrics: every count here is served by a partial index or
+-- a small table.
+SELECT
+    (SELECT count(*) FROM public.webhook_deliveries
+      WHERE status IN ('pending', 'retrying')
+        AND coalesce(next_retry_at, created_at) <= now()) AS due,
+    (SELECT extract(epoch FROM now() - min(coalesce(next_retry_at, created_at)))
+       FROM public.webhook_deliveries
+      WHERE status IN ('pending', 'retrying')
+        AND coalesce(next_retry_at, created_at) <= now()) AS oldest_due_seconds,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'pending') AS pending,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'retrying') AS retrying,
+    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'dlq') AS dlq,
+    (SELECT count(*) FROM dispatcher.outbox) AS outbox,
+    (SELECT count(*) FROM public.webhooks
+      WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled,
+    -- an index-only count of the hold's primary key
+    (SELECT count(*) FROM dispatcher.held) AS held;
+
+-- name: gauges_outbox_age
 -- Age of the oldest event not yet fanned out: the part of the commit-to-delivery latency
 -- spent before a delivery exists (index outbox_oldest).
 SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
 FROM dispatcher.outbox;
 
--- name: integration_gauges
+-- name: gauges_integrations
 -- Integrations by health and OAuth tokens whose refresh is failing. Only read when
 -- integrations are enabled (the role may have no grant on these tables otherwise).
 SELECT
@@ -31,7 +51,7 @@ SELECT
        JOIN public.integrations i ON i.id = t.integration_id
       WHERE t.status = 'expired' AND i.deleted_at IS NULL) AS tokens_expired;
 
--- name: webhook_health_top
+-- name: gauges_webhook_health_top
 -- Per-webhook health for /metrics, bounded: the %(top)s webhooks with the largest
 -- due backlog (then held events, then in flight). The ranking reads the queue (the
 -- pending/retrying rows) and the hold, never the history; the health columns are
@@ -63,7 +83,7 @@ FROM dispatcher.webhook_health h
 WHERE h.webhook_id = ANY (ARRAY(SELECT id FROM top))
 ORDER BY h.due DESC, h.webhook_id;
 
--- name: lifecycle_gauges
+-- name: gauges_lifecycle
 -- Lifecycle events (0026_lifecycle_events.sql) the host's publish_event refused, ever, by
 -- event type (the changes they announce were committed), and those held back by the rate
 -- limit since the last one published. One row per webhook and type: a small table.

@@ -1,4 +1,4 @@
--- Operator queries on events stuck before fan-out (dispatcher/quarantine_cli.py).
+-- Operator queries on events stuck before fan-out (dispatcher/admin/quarantine_cli.py).
 
 -- name: quarantine_list
 -- Quarantined events (fan-out exceeded statement_timeout even alone), and outbox

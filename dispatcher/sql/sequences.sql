@@ -1,5 +1,5 @@
 -- Ordered delivery and sequence numbers (0032_order_sequence.sql), for the CLI:
--- dispatcher/sequences.py. Org scoping is the SQL admin API's (docs/admin-api.md).
+-- dispatcher/admin/sequences.py. Org scoping is the SQL admin API's (docs/admin-api.md).
 
 -- name: seq_set_ordered
 SELECT dispatcher.set_webhook_ordered(%(org)s, %(id)s, %(ordered)s) AS ordered;

@@ -1,7 +1,7 @@
-"""`Claimed.from_row` reads the rows of the real fan_out and claim_due statements.
+"""`Claimed.from_row` reads the rows of the real delivery_fan_out and delivery_claim_due statements.
 
 The row is a dict keyed by column name: a column renamed or dropped in
-dispatcher/sql/queries.sql, or a key misspelt in dispatcher/claims.py, would fail at the
+dispatcher/sql/delivery.sql, or a key misspelt in dispatcher/claims.py, would fail at the
 first claim (a required key) or silently read None (an optional one, `row.get`). Both
 statements run here on a migrated database, and every key from_row reads is checked
 against the columns each returns; then the claimed delivery built from each real row is
@@ -62,8 +62,8 @@ def _check(claimed: Claimed, hook: dict[str, Any], org: UUID, event: UUID) -> No
     assert claimed.org_id == org and claimed.webhook_id == hook["id"]
     assert claimed.event_id == event and claimed.event_type == "job.created"
     assert '"job.created"' in claimed.request_body
-    assert claimed.url == hook["url"] and claimed.secrets == [hook["secret"]]
-    assert claimed.headers is not None and "X-Team" in claimed.headers
+    assert claimed.url == hook["url"] and claimed.secrets == (hook["secret"],)
+    assert claimed.headers.as_dict() == {"X-Team": "a"}
     assert claimed.active and not claimed.failing
     assert claimed.attempt == 1 and claimed.max_attempts == 3  # max_retries 2, plus one
     assert claimed.policy == RetryPolicy(max_retries=2, base_delay_seconds=7)
@@ -79,7 +79,7 @@ async def test_from_row_reads_only_columns_the_claim_statements_return(conn: hos
     [event] = await hostdb.insert_events_directly(conn, org, "job.created", 1)
 
     fan_cols, fanned = await _columns_and_rows(
-        conn, "fan_out", {**_params(), "batch": 10, "claim": 10, "only": None}
+        conn, "delivery_fan_out", {**_params(), "batch": 10, "claim": 10, "only": None}
     )
     assert len(fanned) == 1, fanned
     now = datetime.now(UTC)
@@ -88,13 +88,13 @@ async def test_from_row_reads_only_columns_the_claim_statements_return(conn: hos
     assert row.required <= fan_cols, sorted(row.required - fan_cols)
     assert row.optional - fan_cols == NOT_FROM_FAN_OUT
 
-    # due again at once (as if its lease had run out): claim_due leases the same row
+    # due again at once (as if its lease had run out): delivery_claim_due leases the same row
     await conn.execute(
         "UPDATE webhook_deliveries SET next_retry_at = now() - interval '1 second' WHERE id = %s",
         (fanned[0]["id"],),
     )
     due_cols, due = await _columns_and_rows(
-        conn, "claim_due", {**_params(), "limit": 10, "scan": 40}
+        conn, "delivery_claim_due", {**_params(), "limit": 10, "scan": 40}
     )
     assert [r["id"] for r in due] == [fanned[0]["id"]]
     row = Reading(due[0])

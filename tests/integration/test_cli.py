@@ -30,7 +30,7 @@ from support.net import reserved_port
 from support.receiver import Reply
 
 from dispatcher import cli
-from dispatcher.admin_format import parse_duration, parse_time, table
+from dispatcher.admin.format import parse_duration, parse_time, table
 from dispatcher.errors import InvalidInput
 
 Conn = hostdb.Conn

@@ -24,7 +24,7 @@ from support.integrations import create_integration, create_token
 from support.net import reserved_port
 from support.oauth_server import InvalidGrant, OAuthServer
 
-from dispatcher import integration_stats
+from dispatcher.integrations import stats as integration_stats
 from dispatcher.queries import query
 
 pytest_plugins = ("support.integration_fixtures",)
@@ -257,7 +257,7 @@ async def test_outbox_age_and_integration_gauges_read_the_database(conn, db_dsn)
         (tok,),
     )
 
-    cur = await conn.execute(query("integration_gauges"))
+    cur = await conn.execute(query("gauges_integrations"))
     row = await cur.fetchone()
     assert dict(row) == {
         "healthy": 2,
@@ -269,12 +269,12 @@ async def test_outbox_age_and_integration_gauges_read_the_database(conn, db_dsn)
         "tokens_expired": 1,
     }
 
-    cur = await conn.execute(query("outbox_age"))
+    cur = await conn.execute(query("gauges_outbox_age"))
     assert (await cur.fetchone())["oldest_seconds"] == 0
     await conn.execute("ALTER TABLE dispatcher.outbox DISABLE TRIGGER USER")
     await hostdb.publish(conn, "job.created", {}, org)
     await conn.execute("UPDATE dispatcher.outbox SET created_at = now() - interval '75 seconds'")
-    cur = await conn.execute(query("outbox_age"))
+    cur = await conn.execute(query("gauges_outbox_age"))
     assert 75 <= (await cur.fetchone())["oldest_seconds"] < 120
 
 

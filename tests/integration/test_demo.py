@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from dispatcher.demo_receiver import verify_intime, verify_standard_webhooks
-from dispatcher.embedded import EmbeddedPostgres, Source, pgserver_available, system_bindir
+from dispatcher.demo.embedded import EmbeddedPostgres, Source, pgserver_available, system_bindir
+from dispatcher.demo.receiver import verify_intime, verify_standard_webhooks
 from dispatcher.errors import ExitCode
 
 NO_DATABASE = {"DISPATCHER_DATABASE_URL": "", "DATABASE_URL": "", "CREDENTIALS_DIRECTORY": ""}

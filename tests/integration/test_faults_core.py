@@ -23,6 +23,7 @@ from support.daemon import daemon_env
 from support.receiver import Hang, Reply
 
 from dispatcher.claims import DEFAULT_POLICY, Claimed
+from dispatcher.request import NO_CUSTOM_HEADERS
 
 
 async def _hold_webhook(dsn: str, webhook_id: uuid.UUID) -> psycopg.AsyncConnection[Any]:
@@ -161,8 +162,8 @@ async def test_inflight_counts_a_reclaimed_row_of_this_process_twice(receiver, s
             max_attempts=2,
             claim=claim,
             url=receiver.url("/slow"),
-            secrets=["s"],
-            headers=None,
+            secrets=("s",),
+            headers=NO_CUSTOM_HEADERS,
             active=True,
             policy=DEFAULT_POLICY,
         )

@@ -19,11 +19,11 @@ import structlog
 from aiohttp.abc import AbstractResolver
 from support.receiver import Reply
 
-from dispatcher.delivery import Sender, Target
 from dispatcher.errors import MigrationBlocked
+from dispatcher.integrations.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.migrations import apply_migrations
-from dispatcher.oauth import Grant, OAuthClient, RefreshRequest, Transient
 from dispatcher.outcomes import Outcome
+from dispatcher.sender import Sender, Target
 from dispatcher.settings import Settings
 from dispatcher.ssrf import TargetRefused, parse_networks, validate_url
 
@@ -187,7 +187,7 @@ async def test_an_unexpected_exception_in_an_attempt_is_a_recorded_failure() -> 
     sender = Sender(Settings(), resolver=_BrokenResolver())
     await sender.start()
     try:
-        target = Target("d-123", "job.created", "https://hook.example.com/x", "{}", ["s"], {})
+        target = Target("d-123", "job.created", "https://hook.example.com/x", "{}", ("s",))
         with structlog.testing.capture_logs() as logs:
             result = await sender.attempt(target)
     finally:

@@ -20,7 +20,7 @@ from support.receiver import Reply
 from test_cli import run  # noqa: F401  (the CLI fixture)
 from test_health import eventually, get, sample
 
-from dispatcher import admin
+from dispatcher.admin import api as admin
 from dispatcher.request import message_id
 
 Conn = hostdb.Conn

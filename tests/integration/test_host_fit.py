@@ -28,8 +28,8 @@ from support.integrations import (
 from support.oauth_server import Answer
 from support.receiver import Reply
 
-from dispatcher import integration_events
 from dispatcher.db import make_pool
+from dispatcher.integrations import events as integration_events
 from dispatcher.retention import Retention
 from dispatcher.settings import load_settings
 

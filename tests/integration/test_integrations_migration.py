@@ -53,7 +53,7 @@ async def test_host_integration_tables_are_left_alone_and_work(empty_db_dsn, oau
         )
         tok = await create_token(conn, org, integ, access=access, refresh=refresh, expires_in=5)
         from dispatcher.db import open_pool
-        from dispatcher.integrations import IntegrationsWorker
+        from dispatcher.integrations.worker import IntegrationsWorker
         from dispatcher.settings import load_settings
 
         settings = load_settings(

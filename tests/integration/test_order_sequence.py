@@ -124,7 +124,7 @@ async def fan_out(conn: Conn) -> None:
     """One fan_out statement, as a daemon runs it, leasing nothing (every delivery due)."""
     room = Admission[Claimed](4, RateLimits()).claim_params()
     await conn.execute(
-        query("fan_out"), {**room, "lease": 60.0, "batch": 10, "claim": 0, "only": None}
+        query("delivery_fan_out"), {**room, "lease": 60.0, "batch": 10, "claim": 0, "only": None}
     )
 
 

@@ -1,4 +1,4 @@
-"""What record_outcomes writes beside the delivery rows: a webhook's streak row only when
+"""What delivery_record_outcomes writes beside the delivery rows: a webhook's streak row only when
 the outcomes change something (issue 12: PostgreSQL cost per delivery)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dispatcher.queries import query
 
 async def _webhook_with_clean_streak(conn: hostdb.Conn, success_ago: float) -> dict[str, Any]:
     """A healthy webhook whose counters were last written `success_ago` seconds ago, with a
-    streak row that has nothing pending (what apply_webhook_counters leaves behind)."""
+    streak row that has nothing pending (what delivery_apply_webhook_counters leaves behind)."""
     org = await hostdb.create_org(conn)
     hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
     await conn.execute(
@@ -63,7 +63,9 @@ async def _record(conn: hostdb.Conn, hook: dict[str, Any], **outcome: Any) -> di
         "started_at": now,
         "ended_at": now,
     }
-    cur = await conn.execute(query("record_outcomes"), {"rows": orjson.dumps([out]).decode()})
+    cur = await conn.execute(
+        query("delivery_record_outcomes"), {"rows": orjson.dumps([out]).decode()}
+    )
     got = await cur.fetchone()
     assert got is not None and got["recorded"] == 1
     return got
@@ -100,17 +102,17 @@ async def test_outcomes_that_change_something_are_noted(conn, success_ago, succe
     got = await _record(conn, hook, success=success)
     assert got["webhooks"] == 1
     version, pending = await _streak_version(conn, hook)
-    assert version != before[0] and pending, "the change waits for apply_webhook_counters"
+    assert version != before[0] and pending, "the change waits for delivery_apply_webhook_counters"
 
 
 async def test_a_success_after_a_counted_failure_is_noted(conn):
     hook = await _webhook_with_clean_streak(conn, success_ago=0)
     await _record(conn, hook, success=False)
-    await conn.execute(query("apply_webhook_counters"))
+    await conn.execute(query("delivery_apply_webhook_counters"))
     w = await hostdb.webhook(conn, hook["id"])
     assert w["consecutive_failures"] == 1
     got = await _record(conn, hook)
     assert got["webhooks"] == 1, "the streak ends: the count goes back to 0"
-    await conn.execute(query("apply_webhook_counters"))
+    await conn.execute(query("delivery_apply_webhook_counters"))
     w = await hostdb.webhook(conn, hook["id"])
     assert w["consecutive_failures"] == 0

@@ -1,4 +1,4 @@
-"""The SQL matcher used by fan-out agrees with dispatcher.patterns on any input."""
+"""The SQL matcher used by fan-out agrees with dispatcher.demo.patterns on any input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.patterns import matches
+from dispatcher.demo.patterns import matches
 
 SEGMENT = st.sampled_from(["job", "created", "recruiting", "failed", "a", "", "*", "x*", "sync"])
 NAME = st.lists(SEGMENT, min_size=1, max_size=5).map(".".join)

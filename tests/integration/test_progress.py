@@ -15,7 +15,8 @@ import hostdb
 import pytest
 from support.integrations import KEYS_1, KEYS_2_1, create_integration, run_cli
 
-from dispatcher import admin, db
+from dispatcher import db
+from dispatcher.admin import api as admin
 from dispatcher.progress import Progress
 from dispatcher.settings import load_settings
 

@@ -171,8 +171,14 @@ async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) 
         "scan": 40,
         "days": 30,
     }
-    for name in ("fan_out", "claim_due", "purge_dlq", "purge_held", "purge_finished"):
-        assert "retry_policy_v1" in query(name) or name == "claim_due"
+    for name in (
+        "delivery_fan_out",
+        "delivery_claim_due",
+        "purge_dlq",
+        "purge_held",
+        "purge_finished",
+    ):
+        assert "retry_policy_v1" in query(name) or name == "delivery_claim_due"
         cur = await conn.execute("EXPLAIN (VERBOSE, COSTS OFF) " + query(name), params)
         plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
         for function in ("retry_policy_v1", "probe_delay_v1", "webhook_claimable_v1"):

@@ -19,7 +19,7 @@ from support.hostile import RawServer, ScriptedResolver
 from support.receiver import Receiver
 
 import dispatcher.app
-from dispatcher.delivery import Sender, Target
+from dispatcher.sender import Sender, Target
 from dispatcher.settings import load_settings
 from dispatcher.ssrf import GuardedResolver
 
@@ -169,7 +169,7 @@ async def test_an_answer_that_changes_between_check_and_connect_is_never_used(tm
             await sender.start()
             try:
                 return await sender.attempt(
-                    Target("d-1", "job.created", f"http://{name}:{port}/hook", "{}", ["k"], {})
+                    Target("d-1", "job.created", f"http://{name}:{port}/hook", "{}", ("k",))
                 )
             finally:
                 await sender.close()

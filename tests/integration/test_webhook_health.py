@@ -40,7 +40,7 @@ async def attempt(
     error: str | None = None,
     status: int | None = None,
 ) -> None:
-    """One row of attempt history, as record_outcomes writes it."""
+    """One row of attempt history, as delivery_record_outcomes writes it."""
     await conn.execute(
         "INSERT INTO dispatcher.attempts (delivery_id, org_id, webhook_id, attempt_number,"
         " outcome, response_status, duration_ms, error_message, attempted_at)"
@@ -420,7 +420,7 @@ async def test_the_plans_read_recent_attempts_through_indexes(conn):
             "SELECT * FROM dispatcher.webhook_health WHERE org_id = %s",
             (org,),
         ),
-        "metrics top 20": (query("webhook_health_top"), {"top": 20}),
+        "metrics top 20": (query("gauges_webhook_health_top"), {"top": 20}),
     }
     # dispatcher.attempts is partitioned by day (0024): its partitions' indexes are children
     # of attempts_webhook_recent and are named after the partition.

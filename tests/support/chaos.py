@@ -10,7 +10,7 @@
 
 Accounting is exact: the publisher records an event only once its commit is known (after a
 connection loss it looks the event up by its aggregate id); the expected deliveries are the
-(event, webhook) pairs whose pattern matches (dispatcher.patterns); a pair is delivered when
+(event, webhook) pairs whose pattern matches (dispatcher.demo.patterns); a pair is delivered when
 the receiver answered 2xx to its delivery id; a duplicate is every further 2xx-answered
 receipt of a delivery id already answered 2xx.
 """
@@ -33,7 +33,7 @@ from aiohttp import web
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dispatcher.patterns import matches
+from dispatcher.demo.patterns import matches
 
 from .daemon import DaemonProcess
 from .net import bound_socket

@@ -48,7 +48,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dispatcher.patterns import matches
+from dispatcher.demo.patterns import matches
 
 from .daemon import DaemonProcess
 from .dns_stub import DnsStub

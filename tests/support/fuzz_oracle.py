@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.patterns import matches
+from dispatcher.demo.patterns import matches
 
 from .fuzz_receiver import Receipt
 from .fuzz_schedule import (

@@ -19,7 +19,7 @@ import pytest_asyncio
 import structlog
 
 from dispatcher.db import open_pool
-from dispatcher.integrations import IntegrationsWorker
+from dispatcher.integrations.worker import IntegrationsWorker
 from dispatcher.logs import configure_logging
 from dispatcher.settings import load_settings
 

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 # The package's own embedded server runs PostgreSQL as an unprivileged user the same way.
-from dispatcher.embedded import command_prefix, unprivileged_user
+from dispatcher.demo.embedded import command_prefix, unprivileged_user
 
 from .net import LOOPBACK, reserved_port
 

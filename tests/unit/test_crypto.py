@@ -258,7 +258,7 @@ def test_settings_validate_keys(tmp_path: Path) -> None:
         encryption_keys_file=str(keyfile),
         credentials_directory=str(creds),
     )
-    from dispatcher.integrations import load_keyring
+    from dispatcher.integrations.worker import load_keyring
 
     keyring = load_keyring(settings)
     assert keyring.key_ids == ["k1", "k2", "k3"] and keyring.primary == "k1"

@@ -110,9 +110,7 @@ def test_python_receiver_sample_accepts_what_the_dispatcher_sends() -> None:
     secret, old = secrets.token_hex(32), secrets.token_hex(32)
     body = b'{"id": "e1", "data": {"n": 1}, "type": "order.paid", "event": "order.paid"}'
     for signing in ([secret], [secret, old]):  # plain, and during a rotation
-        sent = build_request(
-            delivery_id="d1", event_type="order.paid", body=body, secrets=signing, headers={}
-        )
+        sent = build_request(delivery_id="d1", event_type="order.paid", body=body, secrets=signing)
         assert verify_request(sent.headers, body, secret)["type"] == "order.paid"
 
 
@@ -121,9 +119,7 @@ def test_python_receiver_sample_rejects_forgeries(tamper: str) -> None:
     verify_request = _receiver_sample()
     secret = secrets.token_hex(32)
     body = b'{"id": "e1"}'
-    headers = build_request(
-        delivery_id="d1", event_type="x.y", body=body, secrets=[secret], headers={}
-    ).headers
+    headers = build_request(delivery_id="d1", event_type="x.y", body=body, secrets=[secret]).headers
     if tamper == "body":
         body = b'{"id": "e2"}'
     elif tamper == "secret":

@@ -19,10 +19,17 @@ from datetime import UTC, datetime
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.delivery import AttemptResult, Sender, Target
+from dispatcher.demo.patterns import matches, matches_any
 from dispatcher.outcomes import Outcome
-from dispatcher.patterns import matches, matches_any
-from dispatcher.request import RESERVED, BuiltRequest, InvalidWebhook, build_request
+from dispatcher.request import (
+    RESERVED,
+    BuiltRequest,
+    InvalidWebhook,
+    build_request,
+    parse_custom_headers,
+    read_custom_headers,
+)
+from dispatcher.sender import AttemptResult, Sender, Target
 from dispatcher.settings import load_settings
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -108,7 +115,7 @@ def test_build_request_is_well_formed_or_refused(event_type, body, secrets, head
             event_type=event_type,
             body=body,
             secrets=secrets,
-            headers=headers,
+            headers=read_custom_headers(headers),
             now=NOW,
         )
     except InvalidWebhook as exc:
@@ -175,16 +182,20 @@ URLS = st.one_of(
 def test_sender_prepare_never_raises(url, event_type, body, headers, secret):
     """Everything checked before a byte is sent: a built request or a REFUSED result."""
     sender = Sender(SETTINGS)
-    target = Target(str(uuid.uuid4()), event_type, url, body, [secret], headers)
-    prepared = sender.prepare(target, body.encode("utf-8"))
+    target = Target(
+        str(uuid.uuid4()), event_type, url, body, (secret,), read_custom_headers(headers)
+    )
+    prepared = sender.prepare(target)
     # the daemon's own path: the headers as the JSON text PostgreSQL gives (remembered signer)
     try:
         as_text = json.dumps(headers, allow_nan=False)  # jsonb holds no NaN
     except (TypeError, ValueError):
         as_text = None
     if as_text is not None:
-        again = Target(target.delivery_id, event_type, url, body, [secret], as_text)
-        same = sender.prepare(again, body.encode("utf-8"))
+        again = Target(
+            target.delivery_id, event_type, url, body, (secret,), parse_custom_headers(as_text)
+        )
+        same = sender.prepare(again)
         assert type(same) is type(prepared)
         if isinstance(same, AttemptResult) and isinstance(prepared, AttemptResult):
             assert same.error_code == prepared.error_code
@@ -199,9 +210,10 @@ def test_sender_prepare_never_raises(url, event_type, body, headers, secret):
         assert prepared.error_message and "\n" not in prepared.error_message
         prepared.error_message.encode("utf-8")
     else:
-        _check_headers(prepared)
-        assert target.url.startswith(("http://", "https://"))
-        assert "\r" not in target.url and "\n" not in target.url
+        _check_headers(prepared.request)
+        assert prepared.url.startswith(("http://", "https://"))
+        assert "\r" not in prepared.url and "\n" not in prepared.url
+        assert target.url == url  # the target is left as it was
 
 
 # --- the pattern matcher ----------------------------------------------------------------------

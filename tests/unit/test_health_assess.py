@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatcher.failover import backup_problem
-from dispatcher.health_checks import (
+from dispatcher.integrations.failover import backup_problem
+from dispatcher.integrations.token_refresh import backoff_seconds
+from dispatcher.integrations.verdict import (
     CheckResult,
     HealthState,
     assess,
     failure_runs,
     transition_event,
 )
-from dispatcher.token_refresh import backoff_seconds
 
 NOW = datetime(2025, 12, 5, 14, 0, tzinfo=UTC)
 OK = CheckResult("success", 120)

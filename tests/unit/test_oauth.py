@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from dispatcher.oauth import (
+from dispatcher.integrations.oauth import (
     ConfigProblem,
     Grant,
     Refusal,

@@ -1,4 +1,4 @@
-"""The outcomes handed to record_outcomes: orjson writes the OutcomeRow dataclass itself,
+"""The outcomes handed to delivery_record_outcomes: orjson writes the OutcomeRow dataclass itself,
 and each object must carry what the former hand-built dict did, value for value (UUIDs as
 their text, datetimes as isoformat(), long error texts cut)."""
 
@@ -14,9 +14,10 @@ import pytest
 
 from dispatcher.backoff import RetryPolicy
 from dispatcher.claims import Claimed
-from dispatcher.delivery import AttemptResult
 from dispatcher.outcomes import Outcome
 from dispatcher.recorder import OutcomeRow, outcome_row, outcomes_json
+from dispatcher.request import NO_CUSTOM_HEADERS
+from dispatcher.sender import AttemptResult
 from dispatcher.transitions import after_attempt
 
 
@@ -62,8 +63,8 @@ def claimed(claim: datetime, attempt: int = 1) -> Claimed:
         max_attempts=3,
         claim=claim,
         url="https://example.com/hook",
-        secrets=["s" * 32],
-        headers=None,
+        secrets=("s" * 32,),
+        headers=NO_CUSTOM_HEADERS,
         active=True,
         policy=RetryPolicy(),
         sent_at=claim - timedelta(microseconds=1),

@@ -51,7 +51,14 @@ def test_classify_status(status: int, expected: Outcome) -> None:
 
 
 def test_outcome_values_are_strings() -> None:
-    assert [str(o) for o in Outcome] == ["delivered", "retryable", "permanent", "gone", "refused"]
+    assert [str(o) for o in Outcome] == [
+        "delivered",
+        "retryable",
+        "permanent",
+        "gone",
+        "refused",
+        "not_active",
+    ]
     assert Outcome("gone") is Outcome.GONE
 
 

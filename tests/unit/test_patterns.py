@@ -1,4 +1,5 @@
-"""Tests for dispatcher.patterns: a case table and a property test against a regex reference."""
+"""Tests for dispatcher.demo.patterns: a case table and a property test against a regex
+reference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.patterns import matches, matches_any
+from dispatcher.demo.patterns import matches, matches_any
 
 CASES: list[tuple[str, str, bool]] = [
     # "*" alone

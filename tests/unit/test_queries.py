@@ -120,7 +120,7 @@ def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 
 
 # helper name -> its parameters (position after self/cls, name) that hold a block name; by
-# bare name across modules (sequences.py calls admin.py's helpers)
+# bare name across modules (admin/sequences.py calls admin/api.py's helpers)
 Forwarders = dict[str, set[tuple[int, str]]]
 
 
@@ -239,7 +239,7 @@ def test_the_scan_finds_the_names_each_way_they_reach_query() -> None:
     called on self (retention._drain) and a helper with two name parameters (reencrypt)."""
     names = {u.name for u in _scan()[0]}
     for name in (
-        "fan_out",
+        "delivery_fan_out",
         "admin_webhook_get",
         "admin_stats_all",
         "admin_dlq_clear_all",

@@ -16,9 +16,11 @@ from dispatcher.request import (
     MESSAGE_ID_NAMESPACE,
     InvalidWebhook,
     build_request,
-    cached_signer,
     message_id,
+    parse_custom_headers,
+    read_custom_headers,
     repeated_id_text,
+    signer_for,
 )
 
 AT = datetime(2025, 12, 5, 14, 8, 26, 123000, tzinfo=UTC)
@@ -31,14 +33,16 @@ def test_remembered_signer_signs_like_the_secrets_and_headers_it_stands_for() ->
         event_type="job.created",
         body=BODY,
         secrets=["s" * 64, "whsec_" + "QUJD"],
-        headers={"X-Team": "blue", "X-Api-Key": "k"},
+        headers=read_custom_headers({"X-Team": "blue", "X-Api-Key": "k"}),
         now=AT,
     )
     cached = build_request(
         delivery_id="d1",
         event_type="job.created",
         body=BODY,
-        signer=cached_signer(("s" * 64, "whsec_QUJD"), '{"X-Team": "blue", "X-Api-Key": "k"}'),
+        signer=signer_for(
+            ("s" * 64, "whsec_QUJD"), parse_custom_headers('{"X-Team": "blue", "X-Api-Key": "k"}')
+        ),
         now=AT,
     )
     assert cached == plain
@@ -47,9 +51,9 @@ def test_remembered_signer_signs_like_the_secrets_and_headers_it_stands_for() ->
 
 
 def test_a_rotated_secret_is_a_different_signer() -> None:
-    old = cached_signer(("a" * 64,), None)
-    new = cached_signer(("b" * 64,), None)
-    assert old is cached_signer(("a" * 64,), None)
+    old = signer_for(("a" * 64,))
+    new = signer_for(("b" * 64,))
+    assert old is signer_for(("a" * 64,))
     req = build_request(delivery_id="d", event_type="t", body=BODY, signer=new, now=AT)
     ts = "2025-12-05T14:08:26.123Z"
     expected = hmac.new(b"b" * 64, ts.encode() + b"." + BODY, hashlib.sha256).hexdigest()
@@ -67,12 +71,12 @@ def test_a_rotated_secret_is_a_different_signer() -> None:
 )
 def test_invalid_custom_headers_text_is_an_invalid_webhook(headers_json: str, message: str) -> None:
     with pytest.raises(InvalidWebhook, match=message):
-        cached_signer(("s" * 64,), headers_json)
+        signer_for(("s" * 64,), parse_custom_headers(headers_json))
 
 
 def test_an_empty_secret_cannot_sign() -> None:
     with pytest.raises(InvalidWebhook, match="secret is empty"):
-        cached_signer(("",), None)
+        signer_for(("",))
 
 
 @pytest.mark.parametrize(
@@ -87,7 +91,7 @@ def test_an_empty_secret_cannot_sign() -> None:
 def test_invalid_custom_headers_never_repeat_their_values(headers_json: str) -> None:
     """The message lands in the delivery row and the log: it names, it does not quote."""
     with pytest.raises(InvalidWebhook) as caught:
-        cached_signer(("s" * 64,), headers_json)
+        signer_for(("s" * 64,), parse_custom_headers(headers_json))
     assert "SEKRIT" not in str(caught.value)
 
 

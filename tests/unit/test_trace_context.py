@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.errors import ConfigError
-from dispatcher.request import build_request, make_signer
+from dispatcher.request import build_request, read_custom_headers, signer_for
 from dispatcher.tracing import from_env, valid_traceparent
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -61,7 +61,7 @@ def test_unsupported_otel_settings_are_config_errors(env):
 
 
 def test_request_carries_the_traceparent_in_place_of_a_custom_one():
-    signer = make_signer(["a" * 64], {"traceparent": "x", "X-Other": "1"})
+    signer = signer_for(("a" * 64,), read_custom_headers({"traceparent": "x", "X-Other": "1"}))
     built = build_request(
         delivery_id="d", event_type="job.created", body=b"{}", signer=signer, traceparent=TP
     )

@@ -43,6 +43,9 @@ CASES: list[tuple[Outcome, int, RetryPolicy, tuple[str, int, bool, bool, bool, b
     # refused before sending (SSRF guard, bad URL): failed at once, not gone
     (Outcome.REFUSED, 1, DLQ, ("failed", 1, True, True, False, False)),
     (Outcome.REFUSED, MAX, DLQ, ("failed", MAX, True, True, False, False)),
+    # the webhook is not active: nothing sent, failed at once, never counted (not_active)
+    (Outcome.NOT_ACTIVE, 1, DLQ, ("failed", 1, True, False, False, False)),
+    (Outcome.NOT_ACTIVE, MAX, NO_DLQ, ("failed", MAX, True, False, False, False)),
 ]
 
 

@@ -1,14 +1,14 @@
 """`dispatcher webhooks set WEBHOOK --ordered|--unordered`, `dispatcher webhooks replay
 WEBHOOK --from-seq N` and `dispatcher deliveries list --webhook W --after-seq N`
-(dispatcher/sequences.py; docs/receivers.md "Order and sequence numbers")."""
+(dispatcher/admin/sequences.py; docs/receivers.md "Order and sequence numbers")."""
 
 from __future__ import annotations
 
 import argparse
 
-from dispatcher import cli, sequences
-from dispatcher.admin_cli import Sub, _leaf, emit, int_arg, run_db
-from dispatcher.admin_format import parse_uuid, table
+from dispatcher.admin import sequences
+from dispatcher.admin.commands import Sub, emit, int_arg, leaf, run_db
+from dispatcher.admin.format import parse_uuid, table
 from dispatcher.errors import ExitCode, InvalidInput
 from dispatcher.settings import Settings
 
@@ -25,7 +25,7 @@ SINCE_COLUMNS = (
 
 def register_webhooks(g: Sub) -> None:
     """The `set` and `replay` actions of `dispatcher webhooks`."""
-    q = _leaf(g, "set", "webhooks set", "change a webhook's delivery settings")
+    q = leaf(g, "set", _set, "change a webhook's delivery settings")
     q.add_argument("id", metavar="ID")
     order = q.add_mutually_exclusive_group(required=True)
     order.add_argument(
@@ -35,10 +35,10 @@ def register_webhooks(g: Sub) -> None:
         "published (from the next events on)",
     )
     order.add_argument("--unordered", action="store_true", help="no order per aggregate_id")
-    q = _leaf(
+    q = leaf(
         g,
         "replay",
-        "webhooks replay",
+        _replay,
         "send the webhook's numbered deliveries again from a sequence number on "
         "(same webhook-id and number as the first time)",
     )
@@ -47,7 +47,6 @@ def register_webhooks(g: Sub) -> None:
     q.add_argument("--limit", default="1000", help="at most this many numbers (default 1000)")
 
 
-@cli.command("webhooks set")
 def _set(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.id, "ID")
     ordered = bool(args.ordered)
@@ -63,7 +62,6 @@ def _set(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
-@cli.command("webhooks replay")
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.id, "ID")
     start = int_arg(args.from_seq, "--from-seq")

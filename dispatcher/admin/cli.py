@@ -1,39 +1,34 @@
-"""Operator commands: webhooks, deliveries, dlq, recover, retry-config, stats.
+"""Operator commands: webhooks (webhooks_cli.py), deliveries, dlq, recover, retry-config,
+stats.
 
-Registered into `dispatcher` (cli.py) through cli.extend and cli.command. Every
-command prints a table or a key/value block, or JSON with --json. Bad input
-raises InvalidInput/NotFound before anything is written; cli.main prints it as
-one line and exits non-zero. Times and durations: see admin_format.
+dispatcher/cli.py calls `register`. Every command prints a table or a key/value block, or
+JSON with --json. Bad input raises InvalidInput/NotFound before anything is written; cli.main
+prints it as one line and exits non-zero. Times and durations: see format.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import sys
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeAlias, TypeVar
-from uuid import UUID
+from typing import Any
 
-from dispatcher import admin, cli, db, migrations
-from dispatcher.admin_format import (
-    TIME_HELP,
-    age,
-    fields,
-    parse_time,
-    parse_uuid,
-    table,
-    to_json,
-    when,
+from dispatcher.admin import api, sequences_cli, webhooks_cli
+from dispatcher.admin.commands import (
+    Sub,
+    choice,
+    emit,
+    int_arg,
+    leaf,
+    opt_time,
+    opt_uuid,
+    positive,
+    resumable,
+    run_db,
 )
+from dispatcher.admin.format import TIME_HELP, age, fields, parse_time, parse_uuid, table, when
 from dispatcher.errors import ExitCode, InvalidInput
 from dispatcher.progress import Progress
 from dispatcher.settings import Settings
-
-T = TypeVar("T")
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DELIVERY_COLUMNS = (
     ("id", "ID"),
@@ -47,71 +42,8 @@ DELIVERY_COLUMNS = (
 )
 
 
-def run_db(settings: Settings, action: Callable[[admin.Conn], Awaitable[T]]) -> T:
-    """Connect, refuse a schema that is behind, run `action` on the connection."""
-
-    async def go() -> T:
-        conn = await db.connect(settings)
-        async with conn:
-            with admin.translated():
-                await migrations.check_current(conn)
-            return await action(conn)
-
-    return asyncio.run(go())
-
-
-def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
-    print(to_json(data) if args.json else human())
-
-
-def warn(message: str) -> None:
-    print(f"dispatcher: warning: {message}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def resumable(command: str) -> Iterator[None]:
-    """Ctrl-C during a long command: say that what was done is kept (exit 130)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        print(
-            f"dispatcher: {command} interrupted: every batch counted above is committed; "
-            "run the same command again to continue with what is left",
-            file=sys.stderr,
-        )
-        raise
-
-
-def opt_uuid(value: str | None, what: str) -> UUID | None:
-    return None if value is None else parse_uuid(value, what)
-
-
-def opt_time(value: str | None, what: str) -> datetime | None:
-    return None if value is None else parse_time(value, what)
-
-
-def int_arg(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{what}: {value!r} is not a whole number") from None
-
-
-def positive(value: str, what: str) -> int:
-    n = int_arg(value, what)
-    if n < 1:
-        raise InvalidInput(f"{what}: {value!r} must be 1 or more")
-    return n
-
-
-def choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
-    if value is not None and value not in allowed:
-        raise InvalidInput(f"{what}: {value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def window(args: argparse.Namespace) -> admin.Window:
-    return admin.Window(
+def window(args: argparse.Namespace) -> api.Window:
+    return api.Window(
         org=opt_uuid(args.org, "--org"),
         webhook=opt_uuid(args.webhook, "--webhook"),
         since=opt_time(args.since, "--since"),
@@ -126,13 +58,6 @@ def with_tries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- parser -------------------------------------------------------------------------
 
 
-def _leaf(group: Sub, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
-    p = group.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(handler=handler)
-    return p
-
-
 def _filters(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--org", metavar="ID", help="only this organization")
     p.add_argument("--webhook", metavar="ID", help="only this webhook")
@@ -141,13 +66,11 @@ def _filters(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def register(sub: Sub) -> None:
-    from dispatcher.admin_cli_webhooks import register as register_webhooks
-
-    register_webhooks(sub)
+    webhooks_cli.register(sub)
 
     p = sub.add_parser("deliveries", help="list and inspect deliveries")
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = _leaf(g, "list", "deliveries list", "list deliveries, newest first")
+    q = leaf(g, "list", _deliveries_list, "list deliveries, newest first")
     _filters(q, "deliveries")
     q.add_argument("--status", help="pending, retrying, success, failed or dlq")
     q.add_argument("--limit", default="50", help="at most this many rows (default 50)")
@@ -156,30 +79,35 @@ def register(sub: Sub) -> None:
         metavar="N",
         help="with --webhook: its deliveries numbered after N, lowest first (X-InTime-Sequence)",
     )
-    q = _leaf(g, "show", "deliveries show", "one delivery: attempts, request headers, response")
+    q = leaf(g, "show", _deliveries_show, "one delivery: attempts, request headers, response")
     q.add_argument("id", metavar="ID")
-    q = _leaf(g, "replay", "deliveries replay", "send a finished delivery again (new delivery)")
+    q = leaf(g, "replay", _deliveries_replay, "send a finished delivery again (new delivery)")
     q.add_argument("id", metavar="ID")
 
     p = sub.add_parser("dlq", help="list, retry or clear the dead-letter queue")
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = _leaf(g, "list", "dlq list", "list dead-letter items, newest first")
+    q = leaf(g, "list", _dlq_list, "list dead-letter items, newest first")
     _filters(q, "items")
     q.add_argument("--limit", default="50", help="at most this many rows (default 50)")
     for name, verb in (
         ("retry", "put matching items back to pending (attempt 1, due now)"),
         ("clear", "set matching items to failed"),
     ):
-        q = _leaf(g, name, f"dlq {name}", verb + "; needs a filter or --all")
+        q = leaf(
+            g,
+            name,
+            _dlq_retry if name == "retry" else _dlq_clear,
+            f"{verb}; needs a filter or --all",
+        )
         _filters(q, "items")
         q.add_argument("--all", action="store_true", help="every item of every organization")
         if name == "retry":
             q.add_argument("--batch", default="1000", help="items per transaction (1000)")
 
-    p = _leaf(
+    p = leaf(
         sub,
         "recover",
-        "recover",
+        _recover,
         "re-deliver every event of a window that a webhook never received",
     )
     p.add_argument("--webhook", metavar="ID", required=True)
@@ -190,15 +118,15 @@ def register(sub: Sub) -> None:
 
     p = sub.add_parser("retry-config", help="show or change an organization's retry settings")
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = _leaf(g, "show", "retry-config show", "an organization's retry settings")
+    q = leaf(g, "show", _retry_config_show, "an organization's retry settings")
     q.add_argument("--org", metavar="ID", required=True)
-    q = _leaf(g, "set", "retry-config set", "change an organization's retry settings")
+    q = leaf(g, "set", _retry_config_set, "change an organization's retry settings")
     q.add_argument("--org", metavar="ID", required=True)
-    span = {name: f"{low}-{high}" for name, (low, high) in admin.RETRY_RANGES.items()}
+    span = {name: f"{low}-{high}" for name, (low, high) in api.RETRY_RANGES.items()}
     q.add_argument(
         "--max-retries", metavar="N", help=f"retries after the first attempt, {span['max_retries']}"
     )
-    *others, last = admin.RETRY_STRATEGIES
+    *others, last = api.RETRY_STRATEGIES
     q.add_argument("--strategy", help=f"{', '.join(others)} or {last}")
     q.add_argument("--base-delay", metavar="SECONDS", help=span["base_delay_seconds"])
     q.add_argument("--max-delay", metavar="SECONDS", help=span["max_delay_seconds"])
@@ -213,26 +141,20 @@ def register(sub: Sub) -> None:
         "--retention-days", metavar="DAYS", help=f"DLQ retention, {span['dlq_retention_days']}"
     )
 
-    p = _leaf(sub, "stats", "stats", "webhooks, deliveries by status, DLQ, due work, outbox")
+    p = leaf(sub, "stats", _stats, "webhooks, deliveries by status, DLQ, due work, outbox")
     p.add_argument("--org", metavar="ID", help="only this organization")
-
-
-cli.extend(register)
 
 
 # -- deliveries --------------------------------------------------------------------
 
 
-@cli.command("deliveries list")
 def _deliveries_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.after_seq is not None:
-        from dispatcher.sequences_cli import list_after
-
-        return list_after(args, settings)
+        return sequences_cli.list_after(args, settings)
     w = window(args)
-    status = choice(args.status, admin.DELIVERY_STATUSES, "--status")
+    status = choice(args.status, api.DELIVERY_STATUSES, "--status")
     limit = int_arg(args.limit, "--limit")
-    rows = run_db(settings, lambda c: admin.list_deliveries(c, w, status=status, limit=limit))
+    rows = run_db(settings, lambda c: api.list_deliveries(c, w, status=status, limit=limit))
     emit(
         args,
         rows,
@@ -286,18 +208,16 @@ def _delivery_text(d: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-@cli.command("deliveries show")
 def _deliveries_show(args: argparse.Namespace, settings: Settings) -> int:
     delivery = parse_uuid(args.id, "ID")
-    row = run_db(settings, lambda c: admin.get_delivery(c, delivery))
+    row = run_db(settings, lambda c: api.get_delivery(c, delivery))
     emit(args, row, lambda: _delivery_text(row))
     return ExitCode.OK
 
 
-@cli.command("deliveries replay")
 def _deliveries_replay(args: argparse.Namespace, settings: Settings) -> int:
     delivery = parse_uuid(args.id, "ID")
-    new = run_db(settings, lambda c: admin.replay_delivery(c, delivery))
+    new = run_db(settings, lambda c: api.replay_delivery(c, delivery))
     emit(
         args,
         {"replayed": delivery, "delivery_id": new},
@@ -309,11 +229,10 @@ def _deliveries_replay(args: argparse.Namespace, settings: Settings) -> int:
 # -- dlq ---------------------------------------------------------------------------
 
 
-@cli.command("dlq list")
 def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     w = window(args)
     limit = int_arg(args.limit, "--limit")
-    rows = run_db(settings, lambda c: admin.dlq_list(c, w, limit=limit))
+    rows = run_db(settings, lambda c: api.dlq_list(c, w, limit=limit))
     emit(
         args,
         rows,
@@ -326,7 +245,6 @@ def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
-@cli.command("dlq retry")
 def _dlq_retry(args: argparse.Namespace, settings: Settings) -> int:
     w = window(args)
     if args.all and w.filtered:
@@ -335,7 +253,7 @@ def _dlq_retry(args: argparse.Namespace, settings: Settings) -> int:
     with resumable("dlq retry"):
         row = run_db(
             settings,
-            lambda c: admin.dlq_retry(
+            lambda c: api.dlq_retry(
                 c,
                 w,
                 everything=args.all,
@@ -357,12 +275,11 @@ def _dlq_retry(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
-@cli.command("dlq clear")
 def _dlq_clear(args: argparse.Namespace, settings: Settings) -> int:
     w = window(args)
     if args.all and w.filtered:
         raise InvalidInput("--all acts on every item: give it alone, or only filters")
-    cleared = run_db(settings, lambda c: admin.dlq_clear(c, w, everything=args.all))
+    cleared = run_db(settings, lambda c: api.dlq_clear(c, w, everything=args.all))
     emit(args, {"cleared": cleared}, lambda: f"cleared {cleared} DLQ item(s): now failed")
     return ExitCode.OK
 
@@ -370,7 +287,6 @@ def _dlq_clear(args: argparse.Namespace, settings: Settings) -> int:
 # -- recover ------------------------------------------------------------------------
 
 
-@cli.command("recover")
 def _recover(args: argparse.Namespace, settings: Settings) -> int:
     webhook = parse_uuid(args.webhook, "--webhook")
     since = parse_time(args.since, "--since")
@@ -379,7 +295,7 @@ def _recover(args: argparse.Namespace, settings: Settings) -> int:
     with resumable("recover"):
         row = run_db(
             settings,
-            lambda c: admin.recover(
+            lambda c: api.recover(
                 c,
                 webhook,
                 since,
@@ -411,22 +327,20 @@ def _recover(args: argparse.Namespace, settings: Settings) -> int:
 
 def _config_text(row: dict[str, Any]) -> str:
     text = fields(
-        [(k.replace("_", " "), row[k]) for k in ("org_id", *admin.RETRY_DEFAULTS, "updated_at")]
+        [(k.replace("_", " "), row[k]) for k in ("org_id", *api.RETRY_DEFAULTS, "updated_at")]
     )
     if not row["configured"]:
         text += "\n(no row for this organization: the host's defaults apply)"
     return text
 
 
-@cli.command("retry-config show")
 def _retry_config_show(args: argparse.Namespace, settings: Settings) -> int:
     org = parse_uuid(args.org, "--org")
-    row = run_db(settings, lambda c: admin.get_retry_config(c, org))
+    row = run_db(settings, lambda c: api.get_retry_config(c, org))
     emit(args, row, lambda: _config_text(row))
     return ExitCode.OK
 
 
-@cli.command("retry-config set")
 def _retry_config_set(args: argparse.Namespace, settings: Settings) -> int:
     org = parse_uuid(args.org, "--org")
     values: dict[str, Any] = {}
@@ -446,8 +360,8 @@ def _retry_config_set(args: argparse.Namespace, settings: Settings) -> int:
         values["enable_dlq"] = args.dlq
     if not values:
         raise InvalidInput("nothing to set: give at least one of the options (see --help)")
-    admin.check_retry_values(values)
-    row = run_db(settings, lambda c: admin.set_retry_config(c, org, **values))
+    api.check_retry_values(values)
+    row = run_db(settings, lambda c: api.set_retry_config(c, org, **values))
     emit(args, row, lambda: _config_text(row))
     return ExitCode.OK
 
@@ -469,7 +383,7 @@ def _stats_text(s: dict[str, Any]) -> str:
             ),
             (
                 "deliveries",
-                ", ".join(f"{s['deliveries_' + k]} {k}" for k in admin.DELIVERY_STATUSES),
+                ", ".join(f"{s['deliveries_' + k]} {k}" for k in api.DELIVERY_STATUSES),
             ),
             ("due now", due),
             ("DLQ size", s["deliveries_dlq"]),
@@ -478,9 +392,8 @@ def _stats_text(s: dict[str, Any]) -> str:
     )
 
 
-@cli.command("stats")
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
     org = opt_uuid(args.org, "--org")
-    row = run_db(settings, lambda c: admin.stats(c, org))
+    row = run_db(settings, lambda c: api.stats(c, org))
     emit(args, {"org_id": org, **row}, lambda: _stats_text(row))
     return ExitCode.OK

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from dispatcher.bounded_read import read_bounded
 from dispatcher.ssrf import TargetRefused, refused_cause, validate_url
 
 AuthMethod = Literal["client_secret_post", "client_secret_basic"]
@@ -102,7 +103,7 @@ class Transient:
     retry_after: float | None = field(default=None)
 
 
-Outcome = Grant | Refusal | Rejected | Transient
+RefreshResult = Grant | Refusal | Rejected | Transient
 
 
 def scrub(text: str, secrets: tuple[str, ...] | list[str]) -> str:
@@ -181,8 +182,8 @@ def _form_quote(value: str) -> str:
 
 def classify_response(
     status: int, body: bytes, now: datetime, secrets: tuple[str, ...], retry_after: float | None
-) -> Outcome:
-    """Turn a token endpoint's answer into an Outcome (RFC 6749 5.1 and 5.2)."""
+) -> RefreshResult:
+    """Turn a token endpoint's answer into a RefreshResult (RFC 6749 5.1 and 5.2)."""
     try:
         data = orjson.loads(body) if body else {}
     except orjson.JSONDecodeError:
@@ -240,7 +241,7 @@ class OAuthClient:
         self._allowed = allowed
         self._timeout = timeout
 
-    async def refresh(self, req: RefreshRequest) -> Outcome:
+    async def refresh(self, req: RefreshRequest) -> RefreshResult:
         try:
             validate_url(req.url, self._allowed)
         except TargetRefused as exc:
@@ -254,7 +255,7 @@ class OAuthClient:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
-                body = await read_bounded(resp, MAX_RESPONSE_BYTES + 1)
+                body, _ = await read_bounded(resp, MAX_RESPONSE_BYTES + 1)
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
                 status = resp.status
         except TimeoutError:
@@ -277,20 +278,6 @@ class OAuthClient:
             ms = int((time.perf_counter() - started) * 1000)
             outcome = dataclasses.replace(outcome, duration_ms=ms)
         return outcome
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or its first ``limit`` bytes: one ``read()`` returns only what has
-    arrived so far, so a body sent in several TCP segments needs a loop until the end."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < limit:
-        chunk = await resp.content.read(limit - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -11,18 +11,18 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatcher import admin, cli
-from dispatcher.admin_cli import Sub, _leaf, emit, opt_uuid, run_db
-from dispatcher.admin_format import age, fields, parse_uuid, table, when
+from dispatcher.admin import api
+from dispatcher.admin.commands import Sub, emit, leaf, opt_uuid, run_db
+from dispatcher.admin.format import age, fields, parse_uuid, table, when
 from dispatcher.errors import ExitCode
 from dispatcher.settings import Settings
 
 
 def add_parser(group: Sub) -> None:
-    q = _leaf(
+    q = leaf(
         group,
         "health",
-        "webhooks health",
+        _health,
         "per webhook: attempts and success rate (last hour, day), p50/p95 response time, "
         "last error, in flight, due backlog, held events, disabled since",
     )
@@ -104,11 +104,10 @@ def health_text(r: dict[str, Any], now: datetime) -> str:
     )
 
 
-@cli.command("webhooks health")
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     org = opt_uuid(args.org, "--org")
     webhook = None if args.id is None else parse_uuid(args.id, "WEBHOOK")
-    rows = run_db(settings, lambda c: admin.webhook_health(c, org=org, webhook=webhook))
+    rows = run_db(settings, lambda c: api.webhook_health(c, org=org, webhook=webhook))
     now = datetime.now(UTC)
     if webhook is not None:
         emit(args, rows[0], lambda: health_text(rows[0], now))

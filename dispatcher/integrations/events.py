@@ -32,7 +32,7 @@ FAILOVER = "integration.failover"
 FAILOVER_SKIPPED = "integration.failover.skipped"
 RECOVERED = "integration.recovered"
 
-log = structlog.get_logger("dispatcher.integration_events")
+log = structlog.get_logger("dispatcher.integrations.events")
 
 # Events the host's publish_event refused, by event type, since the process started.
 NOT_PUBLISHED: Counter[str] = Counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from dispatcher.admin import Conn, Row, _all, _required, org_of_webhook
+from dispatcher.admin.api import Conn, Row, _all, _required, org_of_webhook
 from dispatcher.errors import InvalidInput
 
 MAX_LIST = 1000

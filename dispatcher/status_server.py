@@ -19,7 +19,7 @@ ADDRESS_HINT = {
 }
 
 
-class HealthServer:
+class StatusServer:
     def __init__(
         self,
         host: str,

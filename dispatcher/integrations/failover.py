@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import structlog
 
-from dispatcher import integration_events as events
+from dispatcher.integrations import events
 from dispatcher.queries import query
 
 if TYPE_CHECKING:
-    from dispatcher.health_checks import HealthState
+    from dispatcher.integrations.verdict import HealthState
 
-log = structlog.get_logger("dispatcher.failover")
+log = structlog.get_logger("dispatcher.integrations.failover")
 
 
 def backup_problem(backup: dict[str, Any] | None) -> str | None:

@@ -1,9 +1,9 @@
 """`dispatcher demo`: the dispatcher working end to end on this machine, in plain words.
 
-With no database configured it starts a throwaway PostgreSQL (dispatcher.embedded)
+With no database configured it starts a throwaway PostgreSQL (dispatcher.demo.embedded)
 and migrates it; with DISPATCHER_DATABASE_URL set it uses that database (schema
 must be current) and deletes what it created at the end. It starts a local
-receiver that verifies both signature schemes (dispatcher.demo_receiver), creates
+receiver that verifies both signature schemes (dispatcher.demo.receiver), creates
 an org and three webhooks, publishes events with publish_event(), and runs the
 daemon in-process (the same App as `dispatcher run`) to show: a delivery on the
 first try, a receiver failure retried into success, and one that ends in the
@@ -27,12 +27,12 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from dispatcher import cli, db, migrations
+from dispatcher import db, migrations
 from dispatcher.app import App
-from dispatcher.demo_receiver import DemoReceiver, Endpoint
-from dispatcher.embedded import EmbeddedPostgres
+from dispatcher.demo.embedded import EmbeddedPostgres
+from dispatcher.demo.patterns import matches_any
+from dispatcher.demo.receiver import DemoReceiver, Endpoint
 from dispatcher.errors import DatabaseUnavailable, ExitCode, SchemaBehind
-from dispatcher.patterns import matches_any
 from dispatcher.queries import query
 from dispatcher.settings import Settings, load_settings, redact_dsn
 
@@ -53,8 +53,8 @@ NEXT_STEPS = """\
    README.md lists every setting; docs/operations.md covers systemd, containers and metrics."""
 
 
-@cli.extend
-def _add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`dispatcher demo` (dispatcher/cli.py calls this)."""
     p = sub.add_parser(
         "demo",
         help="show the dispatcher working end to end (starts a throwaway PostgreSQL)",
@@ -81,10 +81,9 @@ def _add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seconds the deliveries may take before the demo gives up (default 40)",
     )
     p.add_argument("--verbose", action="store_true", help="also print the daemon's log")
-    p.set_defaults(handler="demo")
+    p.set_defaults(handler=_demo)
 
 
-@cli.command("demo")
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(Demo(args, settings).main())
 

@@ -2,19 +2,17 @@
 
 Quarantined events are those whose fan-out exceeded statement_timeout even alone
 (dispatcher/intake.py); unreadable ones wait in the outbox because the database role
-cannot read them. Registered into `dispatcher` (cli.py) like admin_cli.
+cannot read them. dispatcher/cli.py calls `register`; the queries are quarantine.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from dispatcher import cli
-from dispatcher.admin_cli import Sub, _leaf, emit, int_arg, run_db
-from dispatcher.admin_format import parse_uuid, table, when
+from dispatcher.admin import quarantine
+from dispatcher.admin.commands import Sub, emit, int_arg, leaf, run_db
+from dispatcher.admin.format import parse_uuid, table, when
 from dispatcher.errors import ExitCode, InvalidInput
-from dispatcher.queries import query
 from dispatcher.settings import Settings
 
 COLUMNS = (
@@ -31,30 +29,22 @@ COLUMNS = (
 def register(sub: Sub) -> None:
     p = sub.add_parser("quarantine", help="events that could not be fanned out")
     g = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = _leaf(
+    q = leaf(
         g,
         "list",
-        "quarantine list",
+        _list,
         "quarantined events, and outbox events the database role cannot read",
     )
     q.add_argument("--limit", default="100", help="at most this many rows (default 100)")
-    q = _leaf(g, "retry", "quarantine retry", "put quarantined events back in the outbox")
+    q = leaf(g, "retry", _retry, "put quarantined events back in the outbox")
     q.add_argument("ids", metavar="EVENT_ID", nargs="*", help="events to retry")
     q.add_argument("--all", action="store_true", help="every quarantined event")
 
 
-cli.extend(register)
-
-
-@cli.command("quarantine list")
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     limit = int_arg(args.limit, "--limit")
 
-    async def fetch(conn: Any) -> list[dict[str, Any]]:
-        cur = await conn.execute(query("quarantine_list"), {"limit": limit})
-        return [dict(r) for r in await cur.fetchall()]
-
-    rows = run_db(settings, fetch)
+    rows = run_db(settings, lambda c: quarantine.list_stuck(c, limit=limit))
     for r in rows:
         r["queued"] = when(r["queued_at"])
 
@@ -65,17 +55,11 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
-@cli.command("quarantine retry")
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.ids) == bool(args.all):
         raise InvalidInput("give the event ids to retry, or --all (not both)")
     ids = None if args.all else [parse_uuid(v, "EVENT_ID") for v in args.ids]
 
-    async def retry(conn: Any) -> int:
-        cur = await conn.execute(query("quarantine_retry"), {"ids": ids})
-        row = await cur.fetchone()
-        return int(row["retried"]) if row else 0
-
-    n = run_db(settings, retry)
+    n = run_db(settings, lambda c: quarantine.retry(c, ids))
     emit(args, {"retried": n}, lambda: f"put {n} event(s) back in the outbox")
     return ExitCode.OK

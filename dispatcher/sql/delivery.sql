@@ -1,8 +1,9 @@
--- Named queries, loaded by dispatcher/queries.py. Each block starts with
+-- The delivery path's statements (dispatcher/dispatch.py, delivery.py, recorder.py,
+-- app.py), loaded by dispatcher/queries.py. Each block starts with
 -- `-- name: <name>` and runs until the next one. Parameters use psycopg's
 -- %(name)s style.
 
--- name: fan_out
+-- name: delivery_fan_out
 -- Claim a batch of %(batch)s outbox rows (events), create one delivery per (event,
 -- matching webhook) and delete the outbox rows, in one statement. The first %(claim)s
 -- deliveries are created already leased to the caller and returned, so they can
@@ -68,7 +69,7 @@ WITH picked AS MATERIALIZED (
                AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
-             -- an ordered key waits for claim_due, which checks earlier deliveries (0032)
+             -- an ordered key waits for delivery_claim_due, which checks earlier deliveries (0032)
              AND NOT (coalesce(wset.ordered, false) AND e.aggregate_id IS NOT NULL)
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
@@ -138,7 +139,7 @@ WITH picked AS MATERIALIZED (
     RETURNING event_id
 ), open_prev AS (
     -- Ordered keys (0032): the previous delivery of each key of this batch, when still
-    -- open, locked FOR SHARE: record_outcomes (SKIP LOCKED) then cannot finish it unseen
+    -- open, locked FOR SHARE: delivery_record_outcomes (SKIP LOCKED) then cannot finish it unseen
     -- while this statement parks behind it; one it finished first fails the re-check.
     SELECT p.webhook_id, p.order_key
     FROM (SELECT DISTINCT m.webhook_id, m.order_key FROM matched m
@@ -155,8 +156,8 @@ WITH picked AS MATERIALIZED (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn,
            -- Parked (0032): a keyed delivery behind an open one of its key, in this batch
-           -- or before, is not due until record_outcomes (or release_parked after it)
-           -- releases it, or 30 s pass (made final outside the recorder), so claim_due
+           -- or before, is not due until delivery_record_outcomes (or delivery_release_parked after it)
+           -- releases it, or 30 s pass (made final outside the recorder), so delivery_claim_due
            -- does not walk a blocked key's rows. The claim still checks.
            CASE WHEN m.order_key IS NOT NULL
                  AND (row_number() OVER (PARTITION BY m.webhook_id, m.order_key
@@ -171,7 +172,7 @@ WITH picked AS MATERIALIZED (
       AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
-    -- event after the release ran: the daemon's hold sweep (release_orphan_holds)
+    -- event after the release ran: the daemon's hold sweep (delivery_release_orphan_holds)
     -- queues it. Ids only: the event is the record.
     INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)
     SELECT m.webhook_id, m.event_id, m.org_id, m.event_created_at
@@ -239,7 +240,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
        (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL,
        (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait);
 
--- name: claim_due
+-- name: delivery_claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
 -- come, whoever wrote them). The lease end is written to next_retry_at and is
 -- the claim token: an outcome is recorded only while it is unchanged.
@@ -313,13 +314,13 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           (SELECT s.sequence FROM dispatcher.delivery_sequence s
             WHERE s.delivery_id = d.id) AS sequence;
 
--- name: record_outcomes
+-- name: delivery_record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
 -- where the claim is still ours), the attempt history, and each webhook's streak
 -- row in dispatcher.webhook_streaks (dispatcher.note_outcomes_v1, 0011) when the
 -- outcomes change it (`webhooks`: how many were noted; none: no counters to apply). Nothing
 -- here waits on a lock the host may hold: public.webhooks is not touched (its
--- counters follow in apply_webhook_counters) and delivery rows locked by someone
+-- counters follow in delivery_apply_webhook_counters) and delivery rows locked by someone
 -- else are skipped and returned in `busy`, for the recorder to try again. `seq`
 -- orders the outcomes of one webhook. Returns how many were recorded.
 WITH o AS (
@@ -367,8 +368,8 @@ WITH o AS (
     -- In webhook order, so two recorders never wait on each other's streak rows in a cycle.
     -- Successes to a healthy webhook change nothing: its streak row is clean (nothing
     -- pending, no failure counted) and its counters were written less than a second ago,
-    -- so apply_webhook_counters would write nothing. Such a webhook is not noted (no
-    -- streak row write, and the recorder skips apply_webhook_counters): a healthy
+    -- so delivery_apply_webhook_counters would write nothing. Such a webhook is not noted (no
+    -- streak row write, and the recorder skips delivery_apply_webhook_counters): a healthy
     -- webhook's streak stays 0 without a write per batch. Read without a lock: a failure
     -- another recorder notes meanwhile is then ordered after these successes.
     SELECT dispatcher.note_outcomes_v1(webhook_id, outs) AS ok
@@ -399,9 +400,9 @@ WITH o AS (
     JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
     WHERE o.final
 ), released AS (
-    -- The next delivery of each such key, if fan_out parked it (its next_retry_at is
+    -- The next delivery of each such key, if delivery_fan_out parked it (its next_retry_at is
     -- still the parking token), is due now. One this snapshot cannot see (a fan-out
-    -- that committed while this statement ran) is left to release_parked, which the
+    -- that committed while this statement ran) is left to delivery_release_parked, which the
     -- recorder runs next for the ids returned in release_later.
     UPDATE public.webhook_deliveries n SET next_retry_at = NULL
     FROM finals f
@@ -447,8 +448,8 @@ SELECT (SELECT count(*) FROM upd) AS recorded,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
 
--- name: release_parked
--- Ordered keys (0032): record_outcomes' release again, in a new snapshot, for final
+-- name: delivery_release_parked
+-- Ordered keys (0032): delivery_record_outcomes' release again, in a new snapshot, for final
 -- deliveries (%(ids)s) whose next one it could not see; rings the doorbell.
 WITH released AS (
     UPDATE public.webhook_deliveries n SET next_retry_at = NULL
@@ -469,8 +470,8 @@ SELECT count(*) AS released,
                               FROM (SELECT 1 FROM released LIMIT 1) x) y) AS rang
 FROM released;
 
--- name: apply_webhook_counters
--- Write the streak rows' pending changes (record_outcomes) to public.webhooks:
+-- name: delivery_apply_webhook_counters
+-- Write the streak rows' pending changes (delivery_record_outcomes) to public.webhooks:
 -- consecutive_failures (reset on a success, then the counted steps added), the
 -- timestamps, and a 410's disable. Webhook rows locked by another transaction are
 -- skipped and stay pending for the next call, so no outcome ever waits on them.
@@ -495,7 +496,7 @@ WITH p AS (
     ORDER BY w.id
     -- NO KEY UPDATE, what the UPDATE below takes anyway: a plain FOR UPDATE would conflict
     -- with the FOR KEY SHARE a concurrent fan-out takes on the rows it references, and make
-    -- it leave the webhook's events in the outbox for a second (fan_out, `waiting`)
+    -- it leave the webhook's events in the outbox for a second (delivery_fan_out, `waiting`)
     FOR NO KEY UPDATE OF w SKIP LOCKED
 ), hooks AS (
     UPDATE public.webhooks w SET
@@ -525,14 +526,14 @@ SELECT (SELECT count(*) FROM hooks) AS written,
        (SELECT count(*) FROM p) - (SELECT count(*) FROM cleared) AS waiting,
        (SELECT count(*) FROM orphans) AS orphans;
 
--- name: release_claims
+-- name: delivery_release_claims
 -- Give back leased deliveries that were never attempted (shutdown): due now.
 UPDATE public.webhook_deliveries d
 SET next_retry_at = CASE WHEN d.status = 'pending' THEN NULL ELSE now() END
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id uuid, claim timestamptz)
 WHERE d.id = r.id AND d.next_retry_at = r.claim AND d.status IN ('pending', 'retrying');
 
--- name: extend_claim
+-- name: delivery_extend_claim
 -- Renew one lease from the moment this runs (clock_timestamp, not the transaction's
 -- start), before sending a row whose claim statement waited on a lock. Returns the
 -- new claim token; no row when the claim is no longer ours.
@@ -541,27 +542,7 @@ SET next_retry_at = clock_timestamp() + make_interval(secs => %(lease)s)
 WHERE id = %(id)s AND next_retry_at = %(claim)s AND status IN ('pending', 'retrying')
 RETURNING next_retry_at AS claim;
 
--- name: gauges
--- Cheap figures for /metrics: every count here is served by a partial index or
--- a small table.
-SELECT
-    (SELECT count(*) FROM public.webhook_deliveries
-      WHERE status IN ('pending', 'retrying')
-        AND coalesce(next_retry_at, created_at) <= now()) AS due,
-    (SELECT extract(epoch FROM now() - min(coalesce(next_retry_at, created_at)))
-       FROM public.webhook_deliveries
-      WHERE status IN ('pending', 'retrying')
-        AND coalesce(next_retry_at, created_at) <= now()) AS oldest_due_seconds,
-    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'pending') AS pending,
-    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'retrying') AS retrying,
-    (SELECT count(*) FROM public.webhook_deliveries WHERE status = 'dlq') AS dlq,
-    (SELECT count(*) FROM dispatcher.outbox) AS outbox,
-    (SELECT count(*) FROM public.webhooks
-      WHERE status = 'disabled' AND deleted_at IS NULL) AS webhooks_disabled,
-    -- an index-only count of the hold's primary key
-    (SELECT count(*) FROM dispatcher.held) AS held;
-
--- name: release_orphan_holds
+-- name: delivery_release_orphan_holds
 -- Held events of webhooks that are active again: the enable's trigger released the
 -- hold, but a fan-out that read the webhook as disabled before the enable committed
 -- held some after it. Queued here (held rows only, not the streak: that was done).
@@ -576,59 +557,8 @@ CROSS JOIN LATERAL dispatcher.release_hold_v1(w.id, false) r
 WHERE w.status = 'active' AND w.deleted_at IS NULL
   AND EXISTS (SELECT 1 FROM dispatcher.held h WHERE h.webhook_id = w.id);
 
--- name: server_has_lz4
--- Whether default_toast_compression accepts lz4 (PostgreSQL 14+ built with lz4).
-SELECT coalesce(bool_or('lz4' = ANY (enumvals)), false) AS lz4
-FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression';
-
--- name: outbox_next
--- The event fan_out would take next (when shrinking a batch down to one event).
-SELECT o.event_id
-FROM dispatcher.outbox o
-WHERE o.retry_at IS NULL OR o.retry_at <= now()
-ORDER BY o.created_at LIMIT 1;
-
--- name: quarantine_event
--- Move one event that cannot be fanned out even alone (it exceeds statement_timeout)
--- from the outbox to dispatcher.quarantine, so that the events behind it flow.
--- Nothing is quarantined when its outbox row is gone (another replica took it).
--- Returns the event's organization and type when it can be read.
-WITH gone AS (
-    DELETE FROM dispatcher.outbox o
-    WHERE o.event_id = %(event_id)s
-    RETURNING o.event_id, o.created_at
-), kept AS (
-    INSERT INTO dispatcher.quarantine AS q (event_id, reason, error, first_queued_at)
-    SELECT event_id, %(reason)s, %(error)s, min(created_at) FROM gone GROUP BY event_id
-    ON CONFLICT (event_id) DO UPDATE
-        SET times = q.times + 1, reason = excluded.reason, error = excluded.error,
-            quarantined_at = now()
-    RETURNING q.event_id
-)
-SELECT k.event_id, e.org_id, e.event_type
-FROM kept k LEFT JOIN public.events e ON e.id = k.event_id;
-
--- name: intake_health
--- Events stuck before fan-out, for /metrics and /readyz: outbox rows whose event
--- this role could not read, and quarantined events.
-SELECT
-    (SELECT count(*) FROM dispatcher.outbox WHERE misses IS NOT NULL) AS unreadable,
-    (SELECT count(*) FROM dispatcher.quarantine) AS quarantined;
-
--- name: intake_trigger
--- Which intake trigger public.events has, and which it needs (install_intake, 0013).
-SELECT c.relkind = 'p' AS partitioned,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
-               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake'
-                 AND t.tgenabled <> 'D') AS statement_trigger,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
-               WHERE t.tgrelid = c.oid AND t.tgname = 'dispatcher_intake_row'
-                 AND t.tgenabled <> 'D') AS row_trigger
-FROM pg_catalog.pg_class c
-WHERE c.oid = 'public.events'::regclass;
-
--- name: webhook_now
+-- name: delivery_webhook_now
 -- A delivery that waited in the claim-ahead queue behind a slow endpoint re-reads its
--- webhook before it is sent (dispatch._recheck): switched off, deleted or edited since?
+-- webhook before it is sent (delivery.py, _recheck): switched off, deleted or edited since?
 SELECT w.status, w.deleted_at, w.url, w.secret, w.headers::text AS headers
 FROM public.webhooks w WHERE w.id = %(id)s;

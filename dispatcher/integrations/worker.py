@@ -30,19 +30,18 @@ import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
-from dispatcher import health_checks
-from dispatcher import integration_events as events
 from dispatcher.crypto import Keyring
 from dispatcher.db import Pool
 from dispatcher.dns import bounded_resolver
-from dispatcher.integration_stats import HEALTH_CHECKS
-from dispatcher.oauth import OAuthClient
+from dispatcher.integrations import events, health_checks, verdict
+from dispatcher.integrations.oauth import OAuthClient
+from dispatcher.integrations.stats import HEALTH_CHECKS
+from dispatcher.integrations.token_refresh import TokenRefresher
 from dispatcher.queries import query
 from dispatcher.settings import Settings
 from dispatcher.ssrf import GuardedResolver
-from dispatcher.token_refresh import TokenRefresher
 
-log = structlog.get_logger("dispatcher.integrations")
+log = structlog.get_logger("dispatcher.integrations.worker")
 
 T = TypeVar("T")
 
@@ -229,7 +228,7 @@ class IntegrationsWorker:
                 )
 
     async def check(
-        self, integration_id: UUID, check_type: health_checks.CheckType = "manual"
+        self, integration_id: UUID, check_type: verdict.CheckType = "manual"
     ) -> health_checks.Recorded | None:
         """Probe one integration now and record it; None when there is nothing to probe."""
         await self.start()
@@ -267,7 +266,7 @@ class IntegrationsWorker:
         return rec
 
     async def _record(
-        self, integration_id: UUID, row: Any, result: health_checks.CheckResult, check_type: Any
+        self, integration_id: UUID, row: Any, result: verdict.CheckResult, check_type: Any
     ) -> health_checks.Recorded | None:
         s = self._s
         async with self._pool.connection() as conn:

@@ -35,25 +35,25 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from dispatcher import integration_events as events
 from dispatcher.crypto import DecryptError, Keyring, decrypt_config
 from dispatcher.db import Pool
-from dispatcher.integration_stats import TOKEN_REFRESHES
-from dispatcher.oauth import (
+from dispatcher.integrations import events
+from dispatcher.integrations.oauth import (
     ConfigProblem,
     Grant,
     OAuthClient,
-    Outcome,
     RefreshRequest,
+    RefreshResult,
     Refusal,
     Rejected,
     Transient,
     refresh_request,
 )
+from dispatcher.integrations.stats import TOKEN_REFRESHES
 from dispatcher.queries import query
 from dispatcher.settings import Settings
 
-log = structlog.get_logger("dispatcher.token_refresh")
+log = structlog.get_logger("dispatcher.integrations.token_refresh")
 
 STORE_RETRY_SECONDS = 30.0  # how long a granted token's write is retried on database errors
 
@@ -196,7 +196,7 @@ class TokenRefresher:
             raise DecryptError(f"cannot decrypt integration_oauth_tokens.{column}: {exc}") from None
 
     async def _settle(
-        self, row: dict[str, Any], outcome: Outcome, provider: str, refresh_token: str
+        self, row: dict[str, Any], outcome: RefreshResult, provider: str, refresh_token: str
     ) -> None:
         ids = {
             "token_id": str(row["id"]),

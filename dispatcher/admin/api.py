@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import re
 import secrets as secrets_module
-from collections.abc import Callable, Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,11 +35,24 @@ from dispatcher.errors import (
 )
 from dispatcher.progress import Progress, finishing
 from dispatcher.queries import query
+from dispatcher.request import _SENSITIVE as SENSITIVE_HEADER
+from dispatcher.request import InvalidWebhook, custom_headers
+from dispatcher.ssrf import (
+    GuardedResolver,
+    InvalidTarget,
+    IPNetwork,
+    TargetRefused,
+    parse_ip_literal,
+    validate_url,
+)
 
 Conn = psycopg.AsyncConnection[DictRow]
 Row = dict[str, Any]
 
 WEBHOOK_STATUSES = ("active", "inactive", "disabled")
+WEBHOOK_SECRET = re.compile(r"^[0-9a-f]{64}$")
+MAX_NAME = 100
+MAX_GRACE_DAYS = 30
 DELIVERY_STATUSES = ("pending", "retrying", "success", "failed", "dlq")
 # integration_retry_config's strategies, ranges and defaults: backoff.py's, the one Python home.
 RETRY_STRATEGIES = backoff.STRATEGIES
@@ -119,6 +134,94 @@ async def org_of_delivery(conn: Conn, delivery: UUID) -> UUID:
     return UUID(str(row["org_id"]))
 
 
+# -- webhook rules (`what` names the value in the message: a CLI flag, say) ----
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """The name without surrounding blanks; 1 to 100 characters."""
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_NAME:
+        raise InvalidInput(f"{what} must be 1 to {MAX_NAME} characters")
+    return name
+
+
+def check_events(events: Sequence[str], what: str = "events") -> list[str]:
+    """At least one event type or pattern, none with whitespace."""
+    if not events:
+        raise InvalidInput(f"{what}: give at least one event type or pattern")
+    bad = [e for e in events if any(c.isspace() for c in e)]
+    if bad:
+        raise InvalidInput(f"{what}: {bad[0]!r} contains whitespace")
+    return list(events)
+
+
+def check_secret(secret: str | None, what: str = "secret") -> None:
+    """A given secret is 64 lowercase hex characters (None: one is generated)."""
+    if secret is not None and not WEBHOOK_SECRET.match(secret):
+        raise InvalidInput(f"{what} must be 64 lowercase hexadecimal characters")
+
+
+def check_headers(
+    raw: Mapping[str, str], what: str = "headers"
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Custom headers as the daemon sends them: (usable, ignored names: set by the daemon)."""
+    try:
+        return custom_headers(raw)
+    except InvalidWebhook as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+
+
+def check_grace(grace: timedelta, what: str = "grace") -> None:
+    """How long a rotated-out secret keeps signing: 0 to 30 days."""
+    if (
+        grace.total_seconds() < 0
+        or grace.days > MAX_GRACE_DAYS
+        or (grace.days == MAX_GRACE_DAYS and grace.seconds)
+    ):
+        raise InvalidInput(f"{what} must be between 0 and {MAX_GRACE_DAYS}d")
+
+
+async def check_url(url: str, allowed: Sequence[IPNetwork]) -> list[str]:
+    """InvalidInput when the SSRF guard refuses the URL; warnings for what may fail later."""
+    try:
+        parsed = validate_url(url, allowed)
+    except InvalidTarget as exc:
+        raise InvalidInput(str(exc)) from None
+    except TargetRefused as exc:
+        raise InvalidInput(f"webhook URL refused by the SSRF guard: {exc}") from None
+    warnings = []
+    if parsed.scheme == "http":
+        warnings.append("the URL is http://: payloads travel unencrypted; prefer https://")
+    host = parsed.host or ""
+    if parse_ip_literal(host) is None:
+        warnings += await _resolve(host, allowed)
+    return warnings
+
+
+async def _resolve(host: str, allowed: Sequence[IPNetwork]) -> list[str]:
+    resolver = GuardedResolver(allowed)
+    try:
+        await resolver.resolve(host, 0, socket.AF_UNSPEC)
+    except TargetRefused as exc:
+        return [f"{exc}; the daemon will refuse to send to it while it resolves there"]
+    except OSError as exc:
+        return [f"cannot resolve {host!r} from here ({exc}); check the name"]
+    finally:
+        await resolver.close()
+    return []
+
+
+def redacted(webhook: Row) -> Row:
+    """The webhook without its secret, and with sensitive header values hidden."""
+    out = dict(webhook)
+    out.pop("secret", None)
+    out["headers"] = {
+        k: "[hidden]" if SENSITIVE_HEADER.search(k) else v
+        for k, v in (webhook.get("headers") or {}).items()
+    }
+    return out
+
+
 # -- webhooks -----------------------------------------------------------------
 
 
@@ -151,7 +254,13 @@ async def add_webhook(
     secret: str | None = None,
     active: bool = True,
 ) -> Row:
-    """Create a webhook; its secret is generated (64 lowercase hex) unless given."""
+    """Create a webhook; its secret is generated (64 lowercase hex) unless given.
+
+    The URL is the caller's to check first (`check_url`: it resolves the host)."""
+    name = check_name(name)
+    events = check_events(events)
+    check_secret(secret)
+    usable, _ = check_headers(headers or {})
     await require_org(conn, org)
     params = {
         "org": org,
@@ -159,8 +268,8 @@ async def add_webhook(
         "description": description,
         "url": url,
         "secret": secret or secrets_module.token_hex(32),
-        "events": list(events),
-        "headers": Jsonb(headers or {}),
+        "events": events,
+        "headers": Jsonb(usable),
         "status": "active" if active else "inactive",
     }
     row = await _required(conn, "admin_webhook_insert", params)
@@ -189,6 +298,7 @@ async def discard_hold(conn: Conn, webhook: UUID) -> int:
 
 async def rotate_secret(conn: Conn, webhook: UUID, grace: timedelta) -> Row:
     """New secret; the old one keeps signing until `previous_expires_at`."""
+    check_grace(grace)
     org = await org_of_webhook(conn, webhook)
     return await _required(conn, "admin_rotate_secret", {"org": org, "id": webhook, "grace": grace})
 

@@ -7,6 +7,7 @@
     dispatcher integrations check ID [--json]   run one health check now (check_type manual)
 
 Secrets are never printed; `keys generate` prints only the new key, which is its purpose.
+dispatcher/cli.py calls `register`; the checks and queries are integrations.py's.
 """
 
 from __future__ import annotations
@@ -19,40 +20,41 @@ import sys
 import uuid
 from typing import Any
 
-from dispatcher import cli
-from dispatcher.crypto import KeyFormatError, generate_key
-from dispatcher.errors import ConfigError, ExitCode, InvalidInput, NotFound
+from dispatcher.admin import integrations
+from dispatcher.admin.commands import Sub
+from dispatcher.errors import ExitCode
+from dispatcher.progress import Progress
 from dispatcher.settings import Settings
 
 
-def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Sub) -> None:
     keys = sub.add_parser("keys", help="encryption keys for integration secrets")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     p = ksub.add_parser("generate", help="print a new key entry (key-id:base64)")
     p.add_argument("--id", dest="key_id", help="key id (default: k<YYYYMMDD>)")
-    p.set_defaults(handler="keys generate")
+    p.set_defaults(handler=_keys_generate)
     p = ksub.add_parser(
         "rotate", help="re-encrypt every secret under the first key of DISPATCHER_ENCRYPTION_KEYS"
     )
     p.add_argument("--batch", type=_batch, default=200, help="rows per transaction (200)")
-    p.set_defaults(handler="keys rotate")
+    p.set_defaults(handler=_keys_rotate)
 
     secrets = sub.add_parser("secrets", help="integration secrets at rest")
     ssub = secrets.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
     p = ssub.add_parser("encrypt", help="encrypt every plaintext secret in place (idempotent)")
     p.add_argument("--batch", type=_batch, default=200, help="rows per transaction (200)")
-    p.set_defaults(handler="secrets encrypt")
+    p.set_defaults(handler=_secrets_encrypt)
 
     integ = sub.add_parser("integrations", help="list integrations, run a health check")
     isub = integ.add_subparsers(dest="integrations_command", metavar="ACTION", required=True)
     p = isub.add_parser("list", help="integrations with their status, health and token")
     p.add_argument("--org", type=_uuid, help="only this organisation")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(handler="integrations list")
+    p.set_defaults(handler=_integrations_list)
     p = isub.add_parser("check", help="run one health check now (recorded as manual)")
     p.add_argument("integration_id", type=_uuid, metavar="ID", help="the integration's id (uuid)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler="integrations check")
+    p.set_defaults(handler=_integrations_check)
 
 
 def _batch(text: str) -> int:
@@ -69,55 +71,30 @@ def _uuid(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
 
 
-cli.extend(_register)
-
-
-@cli.command("keys generate")
 def _keys_generate(args: argparse.Namespace, _: Settings) -> int:
-    key_id = args.key_id or f"k{dt.datetime.now(dt.UTC):%Y%m%d}"
-    try:
-        print(generate_key(key_id))
-    except KeyFormatError as exc:
-        raise InvalidInput(str(exc)) from None
+    print(integrations.new_key(args.key_id))
     return ExitCode.OK
 
 
-@cli.command("keys rotate")
 def _keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_reencrypt(settings, rotate=True, batch=args.batch))
 
 
-@cli.command("secrets encrypt")
 def _secrets_encrypt(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_reencrypt(settings, rotate=False, batch=args.batch))
 
 
 async def _reencrypt(settings: Settings, *, rotate: bool, batch: int) -> int:
-    from dispatcher import db
-    from dispatcher.integrations import load_keyring
-    from dispatcher.progress import Progress
-    from dispatcher.reencrypt import reencrypt
-
-    try:
-        keyring = load_keyring(settings)
-    except KeyFormatError as exc:
-        raise ConfigError(str(exc)) from None
-    if not keyring:
-        raise ConfigError(
-            "no encryption key configured: set DISPATCHER_ENCRYPTION_KEYS "
-            "(create one with `dispatcher keys generate`)"
-        )
-    conn = await db.connect(settings)
-    async with conn:
-        report = await reencrypt(
-            conn,
-            keyring,
-            rotate=rotate,
-            batch=batch,
-            progress=lambda total: Progress(
-                "keys_rotate" if rotate else "secrets_encrypt", total, unit="rows"
-            ),
-        )
+    keyring = integrations.required_keyring(settings)
+    report = await integrations.reencrypt_all(
+        settings,
+        keyring,
+        rotate=rotate,
+        batch=batch,
+        progress=lambda total: Progress(
+            "keys_rotate" if rotate else "secrets_encrypt", total, unit="rows"
+        ),
+    )
     what = f"under key {keyring.primary!r}"
     print(
         f"{'re-encrypted' if rotate else 'encrypted'} {report.values_changed} value(s) in "
@@ -134,19 +111,12 @@ async def _reencrypt(settings: Settings, *, rotate: bool, batch: int) -> int:
     return ExitCode.FAILURE if report.problems or report.raced else ExitCode.OK
 
 
-@cli.command("integrations list")
 def _integrations_list(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_list(settings, args.org, args.json))
 
 
 async def _list(settings: Settings, org: uuid.UUID | None, as_json: bool) -> int:
-    from dispatcher import db
-    from dispatcher.queries import query
-
-    conn = await db.connect(settings)
-    async with conn:
-        cur = await conn.execute(query("integ_list"), {"org_id": org})
-        rows = [dict(r) for r in await cur.fetchall()]
+    rows = await integrations.list_integrations(settings, org)
     if as_json:
         for r in rows:
             print(json.dumps(r, default=str))
@@ -200,33 +170,12 @@ def _failover(r: dict[str, Any]) -> str:
     return f"{r['failover_role']} (active: {r['failover_active']})"
 
 
-@cli.command("integrations check")
 def _integrations_check(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_check(settings, args.integration_id, args.json))
 
 
 async def _check(settings: Settings, integration_id: uuid.UUID, as_json: bool) -> int:
-    from dispatcher import db
-    from dispatcher.integrations import IntegrationsWorker, load_keyring
-    from dispatcher.queries import query
-
-    try:
-        keyring = load_keyring(settings)
-    except KeyFormatError as exc:
-        raise ConfigError(str(exc)) from None
-    pool = await db.open_pool(settings)
-    try:
-        async with pool.connection() as conn:
-            cur = await conn.execute(
-                query("integ_load_integration"), {"integration_id": integration_id}
-            )
-            row = await cur.fetchone()
-        if row is None or row["deleted_at"] is not None:
-            raise NotFound(f"no integration with id {integration_id}")
-        async with IntegrationsWorker(settings, pool, keyring=keyring) as worker:
-            rec = await worker.check(integration_id, "manual")
-    finally:
-        await pool.close()
+    row, rec = await integrations.check_now(settings, integration_id)
     if rec is None:
         print(
             f"integration {integration_id}: nothing to probe (no health_check_url in its config "
