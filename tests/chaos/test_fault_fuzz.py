@@ -143,3 +143,47 @@ async def test_oracle_judges_a_made_up_run() -> None:
     report = await run.oracle(drained=True)
     assert report.broken["delivered"] == ["event e1 never reached /a/all with a 2xx"]
     assert "not written within its lease" in report.broken["no duplicate"][0]
+
+
+async def test_oracle_judges_order_per_key() -> None:
+    """On an ordered webhook, a key's next event may not arrive before the previous one's
+    first 2xx, and its number must be higher; a late copy of the earlier one is allowed,
+    and other keys are not compared."""
+    run = FuzzRun(_NoCluster(), "none", seed=1, seconds=1)  # type: ignore[arg-type]  # a stand-in cluster: only dsn() is called
+    run.hooks = {path: f"hook{path}" for _, path in WEBHOOKS}
+    run.t0 = 100.0
+    run.published = [
+        Published("e1", "B", "candidate.hired", True, 100.0, key="k1"),
+        Published("e2", "B", "candidate.hired", True, 100.1, key="k1"),
+        Published("e3", "B", "candidate.hired", True, 100.2, key="k1"),
+        Published("x1", "B", "candidate.hired", True, 100.3, key="k2"),
+    ]
+    run.receiver.receipts = [
+        Receipt("/b/all", "e1", "w1", "d1", 101.0, 10, 500, sequence=1),
+        Receipt("/b/all", "e1", "w1", "d1", 102.0, 10, 204, sequence=1),
+        Receipt("/b/all", "e1", "w1", "d1", 102.5, 10, 204, sequence=1),  # late copy
+        Receipt("/b/all", "x1", "w4", "d4", 101.5, 10, 204, sequence=2),  # another key
+        Receipt("/b/all", "e2", "w2", "d2", 102.2, 11, 204, sequence=3),
+        Receipt("/b/all", "e3", "w3", "d3", 103.0, 11, 204, sequence=5),
+    ]
+    report = await run.oracle(drained=True)
+    assert report.broken["in order per key"] == [], report.broken
+    assert report.figures["order_checked"] == 2
+    assert report.figures["late_copies"] == 1
+
+    run.receiver.receipts[4].at = 101.5  # e2 sent while e1 was still retrying
+    run.receiver.receipts[5].sequence = 2  # e3 numbered before e2
+    report = await run.oracle(drained=True)
+    problems = report.broken["in order per key"]
+    assert len(problems) == 2, problems
+    assert "event e2 #3 (committed after e1 #1) t+1.50s 204" in problems[0]
+    assert "event e3 #2 (committed after e2 #3)" in problems[1]
+
+    run.receiver.receipts[5].sequence = None  # a request of an ordered webhook unnumbered
+    run.receiver.receipts[4].at = 102.2
+    report = await run.oracle(drained=True)
+    assert report.broken["in order per key"] == [
+        "event e3 to /b/all: X-InTime-Sequence None",
+        "/b/all key k1: event e3 #None (committed after e2 #3) t+3.00s 204 (delivery d3, "
+        "pid 11); e2: t+2.20s 204 (delivery d2, pid 11)",
+    ]

@@ -24,8 +24,14 @@ The oracle (docs/reliability.md, "The randomized fault test", states it for read
 - **no stuck row**: a pending/retrying row seen due for more than ``STUCK_MARGIN`` seconds
   (its lease ended, or its retry time came, and no process took it) while the database was
   up and a daemon was running is stuck, unless its own webhook was failing (3+ consecutive failures:
-  one probe at a time), held by the host, or not active; no row is leased further ahead than
-  the lease.
+  one probe at a time), held by the host, or not active, or waiting for an open delivery of
+  its key on an ordered webhook; a parked row (behind one) is stuck if it stays parked that
+  long once its key is free; no row is leased further ahead than the lease, nor parked
+  further ahead than PARK.
+- **in order per key** (fuzz_oracle.order_per_key): on the ORDERED webhooks, no request of
+  an event arrives before the first 2xx of the previous event of its aggregate_id (in commit
+  order), and the event's X-InTime-Sequence is higher; a late copy of the earlier one is
+  at-least-once, not disorder.
 - **no tenant waits on another**: the healthy org's events published away from global faults
   (process kills and stops, PostgreSQL restarts, backend kills, no daemon running) reach its
   endpoint within ``TENANT_BOUND`` seconds while the other org's endpoints flap and its rows
@@ -63,7 +69,11 @@ from .fuzz_schedule import (
     FLAPPING,
     GLOBAL_KINDS,
     HTTP_TIMEOUT,
+    KEYED,
+    KEYS,
     LEASE,
+    ORDERED,
+    PARK,
     STUCK_MARGIN,
     WEBHOOKS,
     WEIGHTS,
@@ -86,6 +96,7 @@ class Published:
     committed: bool
     at: float  # monotonic, after the commit (or rollback) returned
     ambiguous: bool = False  # the commit's answer was lost; found afterwards
+    key: str = ""  # aggregate_id: the ordering key on ORDERED webhooks
 
 
 @dataclass
@@ -105,6 +116,12 @@ class FuzzRun:
         self.seed = seed
         self.seconds = seconds
         self.pub_rng = random.Random(seed + 1)
+        # per org, the aggregate ids most events carry: a key's events go one at a time to
+        # the ORDERED webhooks
+        self.keys = {
+            org: [str(uuid.UUID(int=self.pub_rng.getrandbits(128))) for _ in range(KEYS)]
+            for org in "AB"
+        }
         self.kinds = [k for k in WEIGHTS if k != "dns_hang" or dns_hang_state() == "on"]
         self.faults = schedule(seed, seconds, self.kinds)
         self.counts: Counter[str] = Counter()
@@ -179,6 +196,11 @@ class FuzzRun:
                 row = await cur.fetchone()
                 assert row is not None
                 self.hooks[path] = str(row["id"])
+                if path in ORDERED:
+                    await conn.execute(
+                        "SELECT dispatcher.set_webhook_ordered(%s, %s, true)",
+                        (self.orgs[org], row["id"]),
+                    )
 
     def daemon_env(self, slot: int, **extra: str) -> dict[str, str]:
         return {
@@ -474,21 +496,24 @@ class FuzzRun:
             event_type = rng.choice(EVENT_TYPES)
             direct = rng.random() < 0.3
             commit = rng.random() < 0.85
-            aggregate = uuid.uuid4()
+            aggregate = rng.choice(self.keys[org]) if rng.random() < KEYED else str(uuid.uuid4())
+            token = uuid.uuid4().hex  # finds the event if the commit's answer is lost
             try:
                 if conn is None or conn.closed:
                     conn = await self._connect(autocommit=False)
-                await self._publish_one(conn, org, event_type, aggregate, direct, commit)
+                await self._publish_one(conn, org, event_type, aggregate, token, direct, commit)
             except psycopg.Error:
                 with contextlib.suppress(Exception):
                     if conn is not None:
                         await conn.close()
                 conn = None
                 if commit:  # the commit may or may not have happened
-                    found = await self._lookup(aggregate)
+                    found = await self._lookup(token)
                     if found is not None:
                         self.published.append(
-                            Published(found, org, event_type, True, time.monotonic(), True)
+                            Published(
+                                found, org, event_type, True, time.monotonic(), True, aggregate
+                            )
                         )
                 await asyncio.sleep(0.2)
             with contextlib.suppress(TimeoutError):
@@ -502,11 +527,12 @@ class FuzzRun:
         conn: psycopg.AsyncConnection[Any],
         org: str,
         event_type: str,
-        aggregate: uuid.UUID,
+        aggregate: str,
+        token: str,
         direct: bool,
         commit: bool,
     ) -> None:
-        payload = Jsonb({"n": len(self.published), "direct": direct})
+        payload = Jsonb({"n": len(self.published), "direct": direct, "token": token})
         if direct:  # host code that inserts without publish_event (no NOTIFY)
             cur = await conn.execute(
                 "INSERT INTO events (event_type, event_category, aggregate_id, payload, org_id) "
@@ -515,7 +541,7 @@ class FuzzRun:
             )
         else:
             cur = await conn.execute(
-                "SELECT publish_event(%s, %s, %s, NULL, '{}'::jsonb, %s) AS id",
+                "SELECT publish_event(%s, %s::uuid, %s, NULL, '{}'::jsonb, %s) AS id",
                 (event_type, aggregate, payload, self.orgs[org]),
             )
         row = await cur.fetchone()
@@ -524,21 +550,25 @@ class FuzzRun:
             await conn.commit()
         else:
             await conn.rollback()
-        self.published.append(Published(str(row["id"]), org, event_type, commit, time.monotonic()))
+        self.published.append(
+            Published(str(row["id"]), org, event_type, commit, time.monotonic(), key=aggregate)
+        )
 
-    async def _lookup(self, aggregate: uuid.UUID) -> str | None:
+    async def _lookup(self, token: str) -> str | None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 async with await self._connect() as conn:
                     cur = await conn.execute(
-                        "SELECT id FROM events WHERE aggregate_id = %s", (aggregate,)
+                        "SELECT id FROM events WHERE org_id = ANY(%s::uuid[]) "
+                        "AND payload->>'token' = %s",
+                        (list(self.orgs.values()), token),
                     )
                     row = await cur.fetchone()
                     return str(row["id"]) if row else None
             except psycopg.OperationalError:
                 await asyncio.sleep(0.2)
-        raise AssertionError(f"could not look up event {aggregate} after a lost commit")
+        raise AssertionError(f"could not look up event {token} after a lost commit")
 
     # -- sampler ---------------------------------------------------------------------------
     async def _sample_forever(self) -> None:
@@ -565,32 +595,46 @@ class FuzzRun:
                 self.failing_seen[w["id"]].append(now)
             if w["status"] == "disabled":
                 self.disabled.add(w["id"])
+        # parked: a keyed delivery fan-out put behind an open one of its key (next_retry_at is
+        # its token); blocked: the previous delivery of its key is open (order_free_v1)
         cur = await conn.execute(
             "SELECT d.id::text, d.webhook_id::text, d.status, "
             "coalesce(d.next_retry_at, d.created_at)::text AS due, "
-            "extract(epoch FROM now() - coalesce(d.next_retry_at, d.created_at))::float AS late "
-            "FROM webhook_deliveries d WHERE d.org_id = ANY(%s::uuid[]) "
-            "AND d.status IN ('pending', 'retrying') "
+            "extract(epoch FROM now() - coalesce(d.next_retry_at, d.created_at))::float AS late, "
+            "coalesce(d.next_retry_at = s.parked_until, false) AS parked, "
+            "coalesce(NOT dispatcher.order_free_v1(s.webhook_id, s.order_key, s.sequence), "
+            "         false) AS blocked "
+            "FROM webhook_deliveries d "
+            "LEFT JOIN dispatcher.delivery_sequence s ON s.delivery_id = d.id "
+            "WHERE d.org_id = ANY(%s::uuid[]) AND d.status IN ('pending', 'retrying') "
             "AND (coalesce(d.next_retry_at, d.created_at) < now() - interval '1 second' "
-            "  OR d.next_retry_at > now() + make_interval(secs => %s))",
+            "  OR d.next_retry_at > now() + make_interval(secs => %s) "
+            "  OR d.next_retry_at = s.parked_until)",
             (list(self.orgs.values()), LEASE + 1.0),
         )
         for r in await cur.fetchall():
-            if r["late"] < 0:
+            if r["parked"]:
+                if -r["late"] > PARK + 1.0:
+                    self.lease_too_long.append(f"{r['id']} parked {-r['late']:.1f} s ahead")
+            elif r["late"] < 0:
                 self.lease_too_long.append(f"{r['id']} leased {-r['late']:.1f} s ahead")
                 continue
+            if r["blocked"]:
+                continue  # waits for its key's open delivery, which is judged itself
             # Due since it became visible (a row created by a statement that waited on a
-            # lock carries that statement's start as its creation time).
+            # lock carries that statement's start as its creation time); a parked row once
+            # its key is free (the recorder should have made it due).
             since = self.due_seen.setdefault((r["id"], r["due"]), now)
             if self._excused(r["webhook_id"], since, now):
                 continue
-            self.longest_due = max(self.longest_due, r["late"])
+            self.longest_due = max(self.longest_due, now - since if r["parked"] else r["late"])
             if now - since < STUCK_MARGIN:
                 continue
+            how = "parked with its key free" if r["parked"] else "seen due and untaken"
             self.stuck.setdefault(
                 r["id"],
-                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, seen due "
-                f"and untaken for {now - since:.1f} s at t+{now - self.t0:.1f}s with the "
+                f"delivery {r['id']} ({self._path(r['webhook_id'])}) {r['status']}, {how} "
+                f"for {now - since:.1f} s at t+{now - self.t0:.1f}s with the "
                 "database up and a daemon running",
             )
 

@@ -12,6 +12,7 @@ from .fuzz_receiver import Receipt
 from .fuzz_schedule import (
     DRAIN_TIMEOUT,
     LEASE,
+    ORDERED,
     TENANT_BOUND,
     TENANT_MIN_CHECKED,
     WEBHOOKS,
@@ -20,7 +21,9 @@ from .fuzz_schedule import (
 )
 
 if TYPE_CHECKING:
-    from .faultfuzz import FuzzRun
+    from .faultfuzz import FuzzRun, Published
+
+ORDER_MIN_CHECKED = 20  # pairs of one key's successive events compared, for a note
 
 
 @dataclass
@@ -132,6 +135,8 @@ def judge(run: FuzzRun, drained: bool) -> Report:
 
     broken["no stuck row"] = sorted(run.stuck.values()) + run.lease_too_long
 
+    broken["in order per key"], order_checked, late_copies = order_per_key(run, owed)
+
     first_ok_at: dict[str, float] = {}
     for r in receipts:
         if r.path == "/a/all" and r.status is not None and r.status < 300:
@@ -177,6 +182,8 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         "sigkills": len(run.kills),
         "holds_taken": run.holds_taken,
         "tenant_checked": checked,
+        "order_checked": order_checked,  # successive events of one key to an ordered webhook
+        "late_copies": late_copies,  # an earlier event's request after the next one's
         "tenant_max_seconds": round(latest, 1),  # the slowest checked healthy-org event
         "longest_due_seconds": round(run.longest_due, 1),  # unexcused, see "no stuck row"
         "auto_disabled": len(run.disabled),
@@ -186,9 +193,74 @@ def judge(run: FuzzRun, drained: bool) -> Report:
         # attempts recorded as failed lookups, of B (during dns_hang) and of A (none expected)
         "dns_failed_attempts": "B {}, A {}".format(*(run.dns_attempts.get(o, 0) for o in "BA")),
     }
+    if order_checked < ORDER_MIN_CHECKED:
+        notes.append(
+            f"premise: only {order_checked} successive events of one key compared on the "
+            f"ordered webhooks (< {ORDER_MIN_CHECKED}): 'in order per key' proved little"
+        )
     if run.counts["dns_hang"] and not figures["dns_swallowed"]:
         notes.append("dns_hang was drawn but no lookup hung: the fault tested nothing")
     return Report(run.seed, run.seconds, run.faults, run.counts, broken, figures, notes)
+
+
+def order_per_key(run: FuzzRun, owed: set[tuple[str, str]]) -> tuple[list[str], int, int]:
+    """**in order per key**, on the ORDERED webhooks (docs/receivers.md, "Ordered webhooks":
+    the next event of an aggregate_id is not sent before the previous one reached a final
+    state for the webhook; within a key the numbers rise in commit order). The run replays
+    nothing, so an event answered 2xx is final only once a 2xx was recorded, which needs that
+    answer: for two events of one key owed to an ordered webhook, e committed before f (one
+    publisher commits one at a time: list order is commit order, and outbox order),
+
+    - no request of f, whatever its answer, arrives before the first 2xx arrival of e;
+    - every request of e and f carries an X-InTime-Sequence, one per event, and f's is higher.
+
+    An event never answered 2xx (given up on; "delivered" names it) is stepped over: its
+    neighbours are compared. A copy of e arriving after f was sent (a request read late, a
+    SIGKILLed sender's duplicate) breaks nothing here: at-least-once allows it, "no
+    duplicate" judges it, and it is counted (``late_copies``). Returns the problems, the
+    pairs compared and the late copies."""
+    of_pair: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
+    for r in run.receiver.receipts:
+        of_pair[(r.event_id, r.path)].append(r)
+    problems: list[str] = []
+    compared = late = 0
+    for path in ORDERED:
+        chains: dict[str, list[Published]] = defaultdict(list)
+        for e in run.published:
+            if e.key and (e.event_id, path) in owed:
+                chains[e.key].append(e)
+        for key, events in chains.items():
+            prev: tuple[Published, Receipt] | None = None
+            for e in events:
+                rs = sorted(of_pair[(e.event_id, path)], key=lambda r: r.at)
+                numbers = {r.sequence for r in rs}
+                if rs and (len(numbers) > 1 or None in numbers):
+                    got = ", ".join(map(str, sorted(numbers, key=lambda n: n or 0)))
+                    problems.append(f"event {e.event_id} to {path}: X-InTime-Sequence {got}")
+                ok = next((r for r in rs if r.status is not None and r.status < 300), None)
+                if ok is None:
+                    continue
+                if prev is not None:
+                    compared += 1
+                    before, before_ok = prev
+                    late += sum(r.at > rs[0].at for r in of_pair[(before.event_id, path)])
+                    if rs[0].at < before_ok.at or (ok.sequence or 0) <= (before_ok.sequence or 0):
+                        problems.append(
+                            f"{path} key {key}: event {e.event_id} #{ok.sequence} (committed "
+                            f"after {before.event_id} #{before_ok.sequence}) "
+                            + _arrivals(run, rs)
+                            + f"; {before.event_id}: "
+                            + _arrivals(run, of_pair[(before.event_id, path)])
+                        )
+                prev = (e, ok)
+    return problems, compared, late
+
+
+def _arrivals(run: FuzzRun, rs: list[Receipt]) -> str:
+    return ", ".join(
+        f"t+{r.at - run.t0:.2f}s {r.status or 'cut'} (delivery {r.delivery_id[:8]}, pid {r.sender})"
+        for r in sorted(rs, key=lambda r: r.at)
+    )
 
 
 def _presumed_sender(run: FuzzRun, at: float) -> int | None:

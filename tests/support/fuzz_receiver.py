@@ -48,6 +48,10 @@ def socket_owner(peer_port: int, server_port: int, pids: list[int]) -> int | Non
     return None
 
 
+def _number(header: str | None) -> int | None:
+    return int(header) if header is not None and header.isdigit() else None
+
+
 # --- receiver -------------------------------------------------------------------------------
 
 
@@ -61,6 +65,7 @@ class Receipt:
     sender: int | None
     status: int | None = None  # None: hung, reset or cut off
     event_type: str = ""  # X-InTime-Event
+    sequence: int | None = None  # X-InTime-Sequence (the webhook's number of the message)
 
 
 class FlappingReceiver:
@@ -123,6 +128,7 @@ class FlappingReceiver:
             time.monotonic(),
             await self._sender(request),
             event_type=request.headers.get("X-InTime-Event", ""),
+            sequence=_number(request.headers.get("X-InTime-Sequence")),
         )
         self.receipts.append(receipt)
         mode = self.modes[request.path]

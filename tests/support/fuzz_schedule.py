@@ -24,6 +24,13 @@ WEBHOOKS: dict[tuple[str, str], tuple[list[str], str]] = {
     ("B", "/b/inactive"): (["*"], "inactive"),
 }
 FLAPPING = ["/b/all", "/b/jobs", "/b/created"]
+# Ordered webhooks (dispatcher.set_webhook_ordered): two of B's flapping ones; /b/created stays
+# unordered beside them, and A's is unordered (a SIGKILLed sender's key would wait a lease,
+# longer than TENANT_BOUND).
+ORDERED = ["/b/all", "/b/jobs"]
+KEYS = 4  # aggregate ids the publisher draws from (per org, from Random(seed + 1))
+KEYED = 0.8  # the share of events with one of them; the others get a fresh aggregate id
+PARK = 30.0  # delivery_fan_out parks a keyed delivery behind an open one of its key this long
 GLOBAL_KINDS = {"sigkill", "sigterm", "pg_restart", "backend_kill"}  # and term_in_slow_claim
 
 
