@@ -1,0 +1,186 @@
+"""Backend CPU per delivery of the drain's hot statements, one connection (issue 12).
+
+The 16-webhook drain's statement mix without the daemon, HTTP or the receiver: the fan-out
+(64 events, all leased) while fewer than 256 deliveries are leased, else the outcomes of the
+oldest 50 (all delivered at the first attempt), then the webhook counters when the outcome
+statement asks for them. CPU is read from ``/proc/<backend pid>/stat`` around each
+statement, so other work on the machine changes it little; one figure per statement, in ms
+per delivery. Run from the root of the tree to measure (its migrations, its SQL), with that
+tree's venv, against a PostgreSQL where the user may create databases::
+
+    .venv/bin/python bench/statement_cpu.py --dsn "host=127.0.0.1 user=postgres"
+    cd /old/tree && .venv/bin/python /new/tree/bench/statement_cpu.py   # another commit
+
+``--sql FILE`` takes the statements found in FILE (named blocks) instead of the tree's: a
+variant measured against its base in alternating runs. Statement names are looked up with
+and without the ``delivery_`` prefix, so trees from before the split of queries.sql work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+sys.path.insert(0, os.getcwd())  # the tree under test, also when run by path from another
+
+from bench.workload import create_webhooks, publish_backlog
+from dispatcher.migrations import apply_migrations
+from dispatcher.queries import parse
+from dispatcher.queries import query as tree_query
+
+TICK = os.sysconf("SC_CLK_TCK")
+IN_FLIGHT = 256
+FAN_OUT_EVENTS = 64
+OUTCOMES = 50
+
+
+def backend_cpu(pid: int) -> float:
+    """utime + stime of a backend, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def statements(sql_file: str | None) -> dict[str, str | None]:
+    override = parse(Path(sql_file).read_text()) if sql_file else {}
+
+    def find(name: str) -> str | None:
+        for candidate in (f"delivery_{name}", name):
+            if candidate in override:
+                return override[candidate]
+        for candidate in (f"delivery_{name}", name):
+            try:
+                return str(tree_query(candidate))
+            except KeyError:
+                pass
+        return None
+
+    return {n: find(n) for n in ("fan_out", "record_outcomes", "apply_webhook_counters")}
+
+
+def outcome(row: dict[str, Any], seq: int, now: str) -> dict[str, Any]:
+    """A first attempt answered 204, as the recorder writes it."""
+    return {
+        "id": str(row["id"]),
+        "webhook_id": str(row["webhook_id"]),
+        "org_id": str(row["org_id"]),
+        "claim": row["claim"].isoformat(),
+        "seq": seq,
+        "status": "success",
+        "outcome": "delivered",
+        "attempt": 1,
+        "attempt_number": 1,
+        "retry_in": None,
+        "final": True,
+        "counts": False,
+        "success": True,
+        "gone": False,
+        "request_url": "http://127.0.0.1:9/h",
+        "request_headers": {
+            "webhook-id": str(row["id"]),
+            "webhook-timestamp": "1764490000",
+            "webhook-signature": "v1,abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG=",
+            "content-type": "application/json",
+        },
+        "response_status": 204,
+        "response_headers": {"Server": "Python/3.11 aiohttp/3.9"},
+        "response_body": "",
+        "duration_ms": 1,
+        "error_message": None,
+        "error_code": None,
+        "started_at": now,
+        "ended_at": now,
+    }
+
+
+async def measure(dsn: str, events: int, webhooks: int, sql_file: str | None) -> dict[str, Any]:
+    await apply_migrations(dsn)
+    q = statements(sql_file)
+    fan_out, record, apply = q["fan_out"], q["record_outcomes"], q["apply_webhook_counters"]
+    assert fan_out and record, "no fan_out / record_outcomes statement in this tree"
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
+    async with conn:
+        await conn.execute("SET default_toast_compression = lz4")  # as the daemon's sessions
+        hooks = await create_webhooks(conn, "http://127.0.0.1:9", orgs=webhooks, per_org=1)
+        await publish_backlog(conn, hooks.orgs, events)
+        await conn.execute("ANALYZE")
+        cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+        pid = int((await cur.fetchone() or {})["pid"])
+        params: dict[str, Any] = {
+            "lease": 30,
+            "failing_after": 3,
+            "hook_cap": 32,
+            "only": None,
+            "room_ids": [],
+            "room_left": [],
+            "full_ids": [],
+            "batch": FAN_OUT_EVENTS,
+            "claim": FAN_OUT_EVENTS,
+        }
+        cpu = {"fan_out": 0.0, "record_outcomes": 0.0, "apply_webhook_counters": 0.0}
+        calls = dict.fromkeys(cpu, 0)
+        leased: list[dict[str, Any]] = []
+        recorded, seq, outbox_empty = 0, 0, False
+        now = datetime.now(UTC).isoformat()
+        while not outbox_empty or leased:
+            if not outbox_empty and len(leased) < IN_FLIGHT:
+                before = backend_cpu(pid)
+                rows = await (await conn.execute(fan_out, params)).fetchall()
+                cpu["fan_out"] += backend_cpu(pid) - before
+                calls["fan_out"] += 1
+                leased += [r for r in rows if r["id"] is not None]
+                outbox_empty = int(rows[-1]["events_claimed"]) == 0
+                continue
+            batch, leased = leased[:OUTCOMES], leased[OUTCOMES:]
+            body = orjson.dumps([outcome(r, seq + i, now) for i, r in enumerate(batch)])
+            seq += len(batch)
+            before = backend_cpu(pid)
+            got = await (await conn.execute(record, {"rows": body.decode()})).fetchone() or {}
+            cpu["record_outcomes"] += backend_cpu(pid) - before
+            calls["record_outcomes"] += 1
+            recorded += int(got["recorded"])
+            if apply and got.get("webhooks"):
+                before = backend_cpu(pid)
+                await conn.execute(apply)
+                cpu["apply_webhook_counters"] += backend_cpu(pid) - before
+                calls["apply_webhook_counters"] += 1
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'"
+        )
+        succeeded = int((await cur.fetchone() or {})["n"])
+    assert succeeded == recorded == events, (succeeded, recorded, events)
+    per = {k: round(1000 * v / recorded, 4) for k, v in cpu.items()}
+    return {"ms_per_delivery": per, "total": round(sum(per.values()), 4), "calls": calls}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dsn", default="host=127.0.0.1 user=postgres", help="server to use")
+    ap.add_argument("--db", default="bench_statement_cpu", help="database created and dropped")
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--webhooks", type=int, default=16)
+    ap.add_argument("--sql", help="named blocks to use instead of the tree's")
+    ap.add_argument("--tag", default=Path.cwd().name, help="label of the output line")
+    a = ap.parse_args()
+    with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+        admin.execute(f"CREATE DATABASE {a.db}")
+    try:
+        r = await measure(f"{a.dsn} dbname={a.db}", a.events, a.webhooks, a.sql)
+    finally:
+        with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+    parts = "  ".join(f"{k} {v:.4f} ({r['calls'][k]})" for k, v in r["ms_per_delivery"].items())
+    print(f"{a.tag}: {r['total']:.4f} ms backend CPU per delivery  {parts}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
