@@ -243,7 +243,8 @@ class Dispatcher:
         if not outbox:
             async with self._pool.connection() as conn:
                 due, fanned = await self._claim_due_hearing_doorbell(conn, params, batch)
-            self._due_full = len(due) >= batch
+            # A nested pass (the doorbell's fan-out) may have found a full due scan too.
+            self._due_full = len(due) >= batch or self._due_full
             return self._due_full or fanned
         async with self._pool.connection() as conn:
             scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
@@ -268,7 +269,7 @@ class Dispatcher:
             if scan_due and not due_first and left > 0 and not outbox_busy:
                 due, fanned = await self._claim_due_hearing_doorbell(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
-        self._due_full = due_full
+        self._due_full = due_full or self._due_full
         if fanned:
             return True
         if self._retry_now:  # a narrowed fan-out: the outbox again at once, smaller
@@ -346,7 +347,17 @@ class Dispatcher:
         wait in its claim-ahead queue or are released unsent, as for any claim."""
         spare = self._s.concurrency - len(self._inflight) - limit
         scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
-        if spare < min(self._min_batch, self._s.concurrency) or self._stopping:
+        if (
+            spare < min(self._min_batch, self._s.concurrency)
+            or self._stopping
+            # Only the outermost pass opens a second one: a nested pass's count of free
+            # slots would not see the outer scan's rows, leased but not started yet.
+            or self._passes > 1
+            # Never wait for a second connection while holding this one (a pool of one
+            # would stall until its timeout): without an idle one, the doorbell's pass
+            # simply follows the scan.
+            or self._pool.get_stats().get("pool_available", 0) < 1
+        ):
             return await scan, False
         doorbell = asyncio.ensure_future(self._wake.wait())
         fan_out: asyncio.Future[bool] | None = None
@@ -358,9 +369,13 @@ class Dispatcher:
             fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
             got = await asyncio.gather(scan, fan_out, return_exceptions=True)
         except BaseException:
-            scan.cancel()
-            if fan_out is not None:
-                fan_out.cancel()
+            # Cancelled (the pass's deadline, stop): both statements end before this
+            # pass gives its connection back, so rows the scan leased are not orphaned
+            # on a connection the pool closes.
+            children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
+            for child in children:
+                child.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
             raise
         finally:
             doorbell.cancel()
@@ -368,7 +383,11 @@ class Dispatcher:
         if isinstance(rows, BaseException):
             raise rows
         if isinstance(fanned, BaseException):
-            raise fanned
+            # The scan's rows started; only the doorbell's fan-out failed (no connection
+            # came, or its statement failed): not this pass's failure. Its pass follows.
+            log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
+            self._wake.set()
+            return rows, False
         return rows, fanned
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
