@@ -106,7 +106,12 @@ async def test_a_replica_stuck_at_its_cap_leaves_the_rest_of_the_backlog_to_anot
     # The first 4 requests (the first replica's) never get an answer; the rest at once.
     receiver.respond("/stuck", Hang(), Hang(), Hang(), Hang(), Reply(204))
     first = await start_daemon(
-        per_webhook_concurrency=4, instance_name="stuck", http_timeout=60.0, shutdown_grace=0.5
+        per_webhook_concurrency=4,
+        instance_name="stuck",
+        # the hangs outlast the whole test (its waits are at most 120 s)
+        http_timeout=300.0,
+        lease_seconds=320.0,
+        shutdown_grace=0.5,
     )
     one = first.app.dispatcher
     assert one is not None

@@ -207,7 +207,10 @@ async def test_a_keys_event_left_for_another_webhooks_held_row_is_numbered_first
     finally:
         await holder.rollback()
         await holder.close()
-    await fan_out(conn)  # `created` is not due yet: `updated` still waits
+    # `created` is not due yet (the first fan-out gave it a second; made an hour here, so a
+    # slow machine cannot let that second pass before the next statement): `updated` waits.
+    await due_in(conn, [created], "1 hour")
+    await fan_out(conn)
     assert await numbers_by_event(conn, ordered["id"]) == {}
 
     await due_in(conn, [created], "-1 second")
