@@ -113,7 +113,10 @@ WITH picked AS MATERIALIZED (
     -- (`waiting`, for another webhook of the event). Rows of events this role cannot read
     -- (misses) do not count, nor does another key's row: one unreadable event, or one
     -- held webhook row, never holds every tenant's ordered keys. One probe of outbox_oldest.
-    SELECT e.aggregate_id AS order_key, o.created_at
+    SELECT e.aggregate_id AS order_key, o.created_at,
+           -- not due until later: left behind a held webhook row, by this statement or before
+           (EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = o.ctid) OR o.retry_at > now())
+               AS later
     FROM dispatcher.outbox o
     JOIN public.events e ON e.id = o.event_id
     WHERE %(only)s::uuid IS NULL
@@ -125,11 +128,21 @@ WITH picked AS MATERIALIZED (
 ), ordered_wait AS MATERIALIZED (
     -- Events of a contended key newer than a row of it left behind (counted once: not
     -- those left whole in `waiting` anyway): left in the outbox for the next round.
-    SELECT DISTINCT m.event_id FROM matched m
+    SELECT m.event_id, m.row_id, bool_or(c.later) AS later FROM matched m
+    JOIN contended c ON c.order_key = m.order_key AND c.created_at < m.queued_at
     WHERE m.order_key IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
-      AND EXISTS (SELECT 1 FROM contended c
-                  WHERE c.order_key = m.order_key AND c.created_at < m.queued_at)
+    GROUP BY m.event_id, m.row_id
+), ordered_later AS (
+    -- ...and when what they wait for is not due before a second from now (a held webhook
+    -- row), neither are they: otherwise the next pass would pick the same oldest rows
+    -- again, and a key with a batch of such events would keep every tenant's newer events
+    -- out of the fan-out while the host holds one row. Waiting for another fan-out still
+    -- in progress, they stay due at once.
+    UPDATE dispatcher.outbox o
+    SET retry_at = now() + interval '1 second', misses = NULL
+    WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM ordered_wait WHERE later))
+    RETURNING o.event_id
 ), claimed AS (
     DELETE FROM dispatcher.outbox
     WHERE ctid = ANY (ARRAY(
@@ -436,6 +449,9 @@ WITH o AS (
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
+       -- streak changes another replica noted and has not written yet (it stopped, or the
+       -- webhook row was locked): whoever records next writes them (partial index: cheap)
+       EXISTS (SELECT 1 FROM dispatcher.webhook_streaks WHERE pending) AS counters_pending,
        (SELECT count(event_id) FROM dead) AS dead_lettered_published,
        (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM rang) AS rang,
