@@ -273,7 +273,8 @@ class Recorder:
                 await conn.execute(query("delivery_release_parked"), {"ids": later})
         self.batches += 1
         self.written += recorded
-        if noted:  # streak rows changed: their counters are written next
+        # Streak rows changed (ours, or another replica's still unwritten): counters next.
+        if noted or (got is not None and got["counters_pending"]):
             self._counters_due = True
         if busy:
             # Locked by another transaction: nobody can retake them meanwhile; try again.

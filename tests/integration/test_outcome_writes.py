@@ -118,3 +118,18 @@ async def test_a_success_after_a_counted_failure_is_noted(conn):
     await conn.execute(query("delivery_apply_webhook_counters"))
     w = await hostdb.webhook(conn, hook["id"])
     assert w["consecutive_failures"] == 0
+
+
+async def test_a_batch_that_notes_nothing_still_says_another_replicas_counters_wait(conn):
+    """Replica A noted a failure and stopped before writing the counters; replica B records
+    only successes to a healthy webhook (nothing noted): its statement still says counters
+    are pending, so B's recorder writes A's (auto-disable must not wait for B to fail)."""
+    failing = await _webhook_with_clean_streak(conn, success_ago=-3600)
+    await _record(conn, failing, success=False)  # A: noted, counters never applied
+    healthy = await _webhook_with_clean_streak(conn, success_ago=-3600)
+    got = await _record(conn, healthy)  # B
+    assert got["webhooks"] == 0 and got["counters_pending"] is True
+    await conn.execute(query("delivery_apply_webhook_counters"))
+    assert (await hostdb.webhook(conn, failing["id"]))["consecutive_failures"] == 1
+    got = await _record(conn, healthy)
+    assert got["counters_pending"] is False, "written: nothing left pending"
