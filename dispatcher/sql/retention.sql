@@ -62,7 +62,9 @@ DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 -- numbers after %(after)s in delivery_id order, one index probe each, and deletes those
 -- with no delivery; returns where it stopped, so a pass goes on from there (retention.py).
 -- A delivery and its number are committed by one transaction, so no snapshot sees a new
--- number without its delivery.
+-- number without its delivery. webhook_deliveries is read as the daemon's role, which sees
+-- every row (preflight refuses a role that row-level security would hide rows from). A
+-- partition detached from webhook_deliveries is no longer its: its numbers go too.
 WITH examined AS MATERIALIZED (
     SELECT s.delivery_id
     FROM dispatcher.delivery_sequence s
