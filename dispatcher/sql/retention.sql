@@ -51,11 +51,40 @@ WITH doomed AS (
     ORDER BY d.created_at
     LIMIT %(batch)s
     FOR UPDATE OF d SKIP LOCKED
-), numbers AS (
-    -- their sequence numbers (0032), where no foreign key cascades (a partitioned host table)
-    DELETE FROM dispatcher.delivery_sequence s USING doomed WHERE s.delivery_id = doomed.id
 )
+-- their sequence numbers go through the AFTER DELETE trigger (0033), partitioned or not
 DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
+
+-- name: purge_orphan_numbers
+-- Sequence numbers (0032) whose delivery is gone without its triggers firing (a partition
+-- dropped or truncated on its own, a delete under session_replication_role = replica,
+-- TRUNCATE ONLY of a table with inheritance children: 0039). Examines the next %(batch)s
+-- numbers after %(after)s in delivery_id order, one index probe each, and deletes those
+-- with no delivery; returns where it stopped, so a pass goes on from there (retention.py).
+-- A delivery and its number are committed by one transaction, so no snapshot sees a new
+-- number without its delivery. webhook_deliveries is read as the daemon's role, which sees
+-- every row (preflight refuses a role that row-level security would hide rows from). A
+-- partition detached from webhook_deliveries is no longer its: its numbers go too.
+WITH examined AS MATERIALIZED (
+    SELECT s.delivery_id
+    FROM dispatcher.delivery_sequence s
+    WHERE s.delivery_id > %(after)s
+    ORDER BY s.delivery_id
+    LIMIT %(batch)s
+), doomed AS (
+    SELECT s.delivery_id
+    FROM dispatcher.delivery_sequence s
+    JOIN examined e ON e.delivery_id = s.delivery_id
+    WHERE NOT EXISTS (SELECT 1 FROM public.webhook_deliveries d WHERE d.id = s.delivery_id)
+    FOR UPDATE OF s SKIP LOCKED
+), gone AS (
+    DELETE FROM dispatcher.delivery_sequence s USING doomed
+    WHERE s.delivery_id = doomed.delivery_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM examined) AS examined,
+       (SELECT e.delivery_id FROM examined e ORDER BY e.delivery_id DESC LIMIT 1) AS last,
+       (SELECT count(*) FROM gone) AS purged;
 
 -- name: purge_attempts
 -- Old rows of the DEFAULT partition only (0024): the day partitions are dropped whole.

@@ -209,6 +209,61 @@ async def test_daemon_on_a_host_that_partitions_webhook_deliveries_by_time(
         purged = await run_retention(dsn)
         assert purged.finished == 5  # 3 fanned out, the replay, the test ping
         assert (await one(conn, "SELECT count(*) AS n FROM webhook_deliveries"))["n"] == 0
+        # their numbers went with them (the AFTER DELETE trigger, on the partitioned table)
+        assert (await one(conn, "SELECT count(*) AS n FROM dispatcher.delivery_sequence"))["n"] == 0
+        assert purged.orphan_numbers == 0
+
+
+async def _numbered_in_month(
+    conn: hostdb.Conn, org: uuid.UUID, hook: uuid.UUID, n: int, months_ago: int
+) -> uuid.UUID:
+    row = await one(
+        conn,
+        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
+        " request_headers, request_body, created_at) VALUES (%s, %s, 'job.created', '{}',"
+        " 'https://example.com/hook', '{}', '{}',"
+        " date_trunc('month', now()) - make_interval(months => %s) + interval '1 day')"
+        " RETURNING id",
+        (org, hook, months_ago),
+    )
+    await conn.execute(
+        "INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence)"
+        " VALUES (%s, %s, %s)",
+        (row["id"], hook, n),
+    )
+    return uuid.UUID(str(row["id"]))
+
+
+async def _numbers(conn: hostdb.Conn) -> list[int]:
+    cur = await conn.execute("SELECT sequence FROM dispatcher.delivery_sequence ORDER BY 1")
+    return [r["sequence"] for r in await cur.fetchall()]
+
+
+async def test_numbers_of_a_partitioned_host_table_truncated_or_dropped(partitioned_host_dsn):
+    """TRUNCATE of the partitioned webhook_deliveries fires the trigger on the parent; a
+    partition dropped (or truncated on its own) fires none, and retention's sweep removes
+    the numbers it left (0039)."""
+    async with await hostdb.connect(partitioned_host_dsn) as conn:
+        org = await hostdb.create_org(conn)
+        hook = (await hostdb.create_webhook(conn, org, "https://example.com/hook"))["id"]
+        for n in (1, 2):
+            await _numbered_in_month(conn, org, hook, n, months_ago=1)
+        await conn.execute("TRUNCATE webhook_deliveries")
+        assert await _numbers(conn) == []
+
+        await _numbered_in_month(conn, org, hook, 3, months_ago=2)
+        await _numbered_in_month(conn, org, hook, 4, months_ago=1)
+        await _numbered_in_month(conn, org, hook, 5, months_ago=0)
+        oldest = (
+            "SELECT tableoid::regclass::text AS name FROM webhook_deliveries"
+            " ORDER BY created_at LIMIT 1"
+        )
+        await conn.execute(f"DROP TABLE {(await one(conn, oldest))['name']}")  # number 3
+        await conn.execute(f"TRUNCATE {(await one(conn, oldest))['name']}")  # number 4
+        assert await _numbers(conn) == [3, 4, 5]  # no trigger fired
+        purged = await run_retention(partitioned_host_dsn)
+        assert purged.orphan_numbers == 2
+        assert await _numbers(conn) == [5]
 
 
 async def test_history_reads_work_where_writes_are_refused_as_on_a_read_replica(db_dsn, conn):
