@@ -74,9 +74,11 @@ class Drain:
         track_sql: bool = False,
         profile: Path | None = None,
         during: Callable[[], Awaitable[Any]] | None = None,
+        start: Callable[[str, str], Any] | None = None,
     ) -> dict[str, Any]:
         """`during`, when given, starts at the first arrival; its result is ``during``
-        (the deliveries it causes must be counted in `expected`)."""
+        (the deliveries it causes must be counted in `expected`). `start(dsn, instance)`
+        starts something else than the daemon (bench/floor.py), measured the same way."""
         paired = await self._paired_ceiling()
         await self.receiver.reset()
         async with await self.connect(db) as probe:
@@ -87,7 +89,8 @@ class Drain:
                 with self.cluster.admin() as admin:
                     admin.execute(q("statements_reset"))
             dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
-            daemons = [start_daemon(self.spec, dsn, f"bench-{i + 1}") for i in range(replicas)]
+            starter = start or functools.partial(start_daemon, self.spec)
+            daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
             t_spawn = time.time()
             spies: list[Spy] = []
             try:
@@ -289,6 +292,9 @@ def _dispatcher_queries() -> dict[str, str]:
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             out.update(parse(entry.read_text("utf-8")))
+    # the floor's statements (bench/floor.py) run as the daemon's role too
+    bench = parse((Path(__file__).parent / "bench.sql").read_text("utf-8"))
+    out.update({k: v for k, v in bench.items() if k.startswith("floor_")})
     return out
 
 
