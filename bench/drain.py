@@ -41,7 +41,7 @@ from bench.infra import (
     start_daemon,
     stop_daemon,
 )
-from bench.profile import Spy, summarize
+from bench.profile import Perf, Spy, summarize
 from bench.receiver import ReceiverProcess
 from dispatcher.queries import parse
 
@@ -59,6 +59,7 @@ class Drain:
     spec: DaemonSpec
     timeout: float
     paired_requests: int = 0  # > 0: a short HTTP ceiling right before each drain
+    perf_dir: Path | None = None  # --perf: `perf record` during each drain, files here
 
     async def connect(self, db: str) -> psycopg.AsyncConnection[dict[str, Any]]:
         return await psycopg.AsyncConnection.connect(
@@ -93,14 +94,18 @@ class Drain:
             daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
             t_spawn = time.time()
             spies: list[Spy] = []
+            perfs: list[Perf] = []
+            perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
             try:
                 result = await self._watch(
-                    probe, daemons, expected, t_spawn, profile, spies, during
+                    probe, daemons, expected, t_spawn, profile, spies, during, perf_out, perfs
                 )
                 result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
             finally:
                 for spy in spies:
                     spy.stop()
+                for perf in perfs:
+                    perf.stop()
                 for d in daemons:
                     d.terminate()
                 codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
@@ -127,6 +132,10 @@ class Drain:
         if profile is not None:
             result["profile"] = summarize(profile)
             result["profile_file"] = str(profile)
+        for perf in perfs:
+            result["perf_postgres"] = await asyncio.to_thread(perf.summarize, perf.pids)
+            result["perf_process"] = await asyncio.to_thread(perf.summarize, perf.process_pids)
+            result["perf_file"] = str(perf.out)
         return result
 
     async def _paired_ceiling(self) -> float | None:
@@ -152,6 +161,8 @@ class Drain:
         profile: Path | None,
         spies: list[Spy],
         during: Callable[[], Awaitable[Any]] | None = None,
+        perf_out: Path | None = None,
+        perfs: list[Perf] | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
@@ -171,6 +182,8 @@ class Drain:
                 cpu0 = self._cpu(pids)
                 if profile is not None:  # from the first delivery on: start-up is not profiled
                     spies.append(Spy(pids[0], profile))
+                if perf_out is not None and perfs is not None:
+                    perfs.append(Perf(perf_out))
                 if during is not None:
                     side = asyncio.ensure_future(during())
             rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
@@ -184,6 +197,10 @@ class Drain:
             await asyncio.sleep(POLL)
         t_done = time.time()
         cpu1 = self._cpu(pids)
+        for perf in perfs or []:
+            perf.stop()  # the drain only, not the shutdown
+            perf.pids = sorted(set(cpu0["postgres"]) | set(cpu1["postgres"]))
+            perf.process_pids = pids
         side_result = await side if side is not None else None
         assert first is not None
         seconds = t_done - first

@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(figures not used in ratios); writes the collapsed stacks beside the JSON",
     )
     p.add_argument(
+        "--perf",
+        action="store_true",
+        help="`perf record` every CPU during each drain; the JSON gets self time by symbol of "
+        "the PostgreSQL server processes and of the daemon (or floor): do not use its rates",
+    )
+    p.add_argument(
         "--daemon-env",
         action="append",
         default=[],
@@ -203,6 +209,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meta["cluster_settings"] = cluster.pg.settings
         receiver.start()
         drain = Drain(cluster, receiver, spec, cfg.timeout, cfg.paired_ceiling_requests)
+        if args.perf:
+            drain.perf_dir = out.with_suffix(".perf")
+            drain.perf_dir.mkdir(parents=True, exist_ok=True)
         sc = Scenarios(drain, cfg, out.parent, stamp)
         for name in names:
             _progress(f"{name} ...")
