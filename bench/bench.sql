@@ -57,7 +57,8 @@ SELECT pg_stat_statements_reset();
 
 -- name: statements_by_daemon
 -- Top-level statements the daemon ran in one database (pg_stat_statements.track = top).
-SELECT s.calls, s.rows, s.total_exec_time, s.mean_exec_time, s.query
+SELECT s.calls, s.rows, s.total_exec_time, s.mean_exec_time, s.query,
+       s.shared_blks_hit + s.shared_blks_read AS blocks, s.wal_bytes
 FROM pg_stat_statements s
 JOIN pg_database d ON d.oid = s.dbid
 JOIN pg_roles r ON r.oid = s.userid

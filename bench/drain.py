@@ -268,16 +268,22 @@ class Drain:
         calls = sum(int(r["calls"]) for r in rows)
         by_name: dict[str, dict[str, float]] = {}
         for r in rows:  # one query may have several entries (e.g. parameter types differ)
-            agg = by_name.setdefault(_name(r["query"]), {"calls": 0, "rows": 0, "total_ms": 0.0})
+            agg = by_name.setdefault(
+                _name(r["query"]), {"calls": 0, "rows": 0, "total_ms": 0.0, "blocks": 0, "wal": 0}
+            )
             agg["calls"] += int(r["calls"])
             agg["rows"] += int(r["rows"])
             agg["total_ms"] += float(r["total_exec_time"])
+            agg["blocks"] += int(r["blocks"])
+            agg["wal"] += int(r["wal_bytes"])
         top = sorted(by_name.items(), key=lambda kv: -kv[1]["total_ms"])[:6]
         return {
             "source": "pg_stat_statements (top-level statements of the daemon's role)",
             "statements": calls,
             "statements_per_delivery": round(calls / deliveries, 4),
             "exec_ms_per_delivery": round(sum(r["total_exec_time"] for r in rows) / deliveries, 4),
+            "blocks_per_delivery": round(sum(int(r["blocks"]) for r in rows) / deliveries, 2),
+            "wal_bytes_per_delivery": round(sum(int(r["wal_bytes"]) for r in rows) / deliveries),
             "top": [
                 {
                     "query": name,
@@ -286,6 +292,9 @@ class Drain:
                     "rows_per_call": round(a["rows"] / max(a["calls"], 1), 1),
                     "mean_ms": round(a["total_ms"] / max(a["calls"], 1), 3),
                     "total_ms": round(a["total_ms"], 1),
+                    # shared buffers touched (hit or read) and WAL written, per delivery
+                    "blocks_per_delivery": round(a["blocks"] / deliveries, 2),
+                    "wal_bytes_per_delivery": round(a["wal"] / deliveries),
                 }
                 for name, a in top
             ],
