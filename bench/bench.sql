@@ -57,7 +57,8 @@ SELECT pg_stat_statements_reset();
 
 -- name: statements_by_daemon
 -- Top-level statements the daemon ran in one database (pg_stat_statements.track = top).
-SELECT s.calls, s.rows, s.total_exec_time, s.mean_exec_time, s.query
+SELECT s.calls, s.rows, s.total_exec_time, s.mean_exec_time, s.query,
+       s.shared_blks_hit + s.shared_blks_read AS blocks, s.wal_bytes
 FROM pg_stat_statements s
 JOIN pg_database d ON d.oid = s.dbid
 JOIN pg_roles r ON r.oid = s.userid
@@ -109,3 +110,93 @@ FROM generate_series(%(lo)s::int, %(hi)s::int) AS g;
 -- Mark every webhook ordered through the SQL admin API (0032).
 SELECT count(dispatcher.set_webhook_ordered(w.org_id, w.id, true)) AS ordered
 FROM public.webhooks w;
+
+-- name: floor_webhook
+-- The durable floor (bench/floor.py): its one webhook, read once at start, and the
+-- max_attempts delivery_fan_out would write for its org (same policy function).
+SELECT w.url, w.secret,
+       (dispatcher.retry_policy_v1(max_retries => rc.max_retries)).max_retries + 1 AS max_attempts
+FROM public.webhooks w
+LEFT JOIN public.integration_retry_config rc ON rc.org_id = w.org_id
+WHERE w.id = %(webhook)s;
+
+-- name: floor_take
+-- The floor's one statement per batch (two writes per delivery row): take %(batch)s events
+-- off the outbox (oldest first through its index, SKIP LOCKED) and insert their delivery
+-- rows already leased, the body built by the daemon's own function (the same bytes).
+WITH floor_batch AS MATERIALIZED (
+    SELECT o.ctid AS row_id FROM dispatcher.outbox o
+    ORDER BY o.created_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    DELETE FROM dispatcher.outbox o WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM floor_batch))
+    RETURNING o.event_id
+), ev AS (
+    SELECT e.id, e.org_id, e.event_type,
+           dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
+                                       e.aggregate_id, e.payload) AS body
+    FROM taken t JOIN public.events e ON e.id = t.event_id
+    OFFSET 0  -- a fence: the body is built once
+)
+INSERT INTO public.webhook_deliveries (
+    org_id, webhook_id, event_type, event_id, payload, request_url, request_headers,
+    request_body, attempt_number, max_attempts, status, next_retry_at
+)
+SELECT ev.org_id, %(webhook)s, left(ev.event_type, 100), ev.id, ev.body, %(url)s, '{}'::jsonb,
+       ev.body::text, 1, %(max_attempts)s, 'pending', now() + make_interval(secs => %(lease)s)
+FROM ev
+RETURNING id, request_body;
+
+-- name: floor_take_pending
+-- floor3, first write: floor_take's rows inserted pending (due now, not leased).
+WITH floor_pending AS MATERIALIZED (
+    SELECT o.ctid AS row_id FROM dispatcher.outbox o
+    ORDER BY o.created_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    DELETE FROM dispatcher.outbox o WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM floor_pending))
+    RETURNING o.event_id
+), ev AS (
+    SELECT e.id, e.org_id, e.event_type,
+           dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id,
+                                       e.aggregate_id, e.payload) AS body
+    FROM taken t JOIN public.events e ON e.id = t.event_id
+    OFFSET 0
+)
+INSERT INTO public.webhook_deliveries (
+    org_id, webhook_id, event_type, event_id, payload, request_url, request_headers,
+    request_body, attempt_number, max_attempts, status
+)
+SELECT ev.org_id, %(webhook)s, left(ev.event_type, 100), ev.id, ev.body, %(url)s, '{}'::jsonb,
+       ev.body::text, 1, %(max_attempts)s, 'pending'
+FROM ev;
+
+-- name: floor_lease
+-- floor3, second write: lease %(batch)s due rows found through the due index
+-- (dispatcher_deliveries_due_since), as delivery_claim_due finds them.
+WITH due AS (
+    SELECT d.id FROM public.webhook_deliveries d
+    WHERE d.status IN ('pending', 'retrying') AND coalesce(d.next_retry_at, d.created_at) <= now()
+    ORDER BY coalesce(d.next_retry_at, d.created_at)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE public.webhook_deliveries d SET next_retry_at = now() + make_interval(secs => %(lease)s)
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.request_body;
+
+-- name: floor_record
+-- The floor's outcomes, one statement per batch (last write of each row). A failure is left
+-- `retrying` 5 s later for someone else (the floor has no retry path).
+UPDATE public.webhook_deliveries d
+SET status = o.status, response_status = o.response_status, response_body = o.response_body,
+    duration_ms = o.duration_ms,
+    delivered_at = CASE WHEN o.status = 'success' THEN now() END,
+    next_retry_at = CASE WHEN o.status = 'success' THEN NULL
+                         ELSE now() + interval '5 seconds' END
+FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::int[], %(bodies)s::text[],
+            %(ms)s::int[]) AS o (id, status, response_status, response_body, duration_ms)
+WHERE d.id = o.id;
+
+-- name: webhook_ids
+SELECT id::text AS id FROM webhooks ORDER BY created_at, id;

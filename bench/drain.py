@@ -41,7 +41,7 @@ from bench.infra import (
     start_daemon,
     stop_daemon,
 )
-from bench.profile import Spy, summarize
+from bench.profile import Perf, Spy, summarize
 from bench.receiver import ReceiverProcess
 from dispatcher.queries import parse
 
@@ -59,6 +59,7 @@ class Drain:
     spec: DaemonSpec
     timeout: float
     paired_requests: int = 0  # > 0: a short HTTP ceiling right before each drain
+    perf_dir: Path | None = None  # --perf: `perf record` during each drain, files here
 
     async def connect(self, db: str) -> psycopg.AsyncConnection[dict[str, Any]]:
         return await psycopg.AsyncConnection.connect(
@@ -74,9 +75,11 @@ class Drain:
         track_sql: bool = False,
         profile: Path | None = None,
         during: Callable[[], Awaitable[Any]] | None = None,
+        start: Callable[[str, str], Any] | None = None,
     ) -> dict[str, Any]:
         """`during`, when given, starts at the first arrival; its result is ``during``
-        (the deliveries it causes must be counted in `expected`)."""
+        (the deliveries it causes must be counted in `expected`). `start(dsn, instance)`
+        starts something else than the daemon (bench/floor.py), measured the same way."""
         paired = await self._paired_ceiling()
         await self.receiver.reset()
         async with await self.connect(db) as probe:
@@ -87,17 +90,22 @@ class Drain:
                 with self.cluster.admin() as admin:
                     admin.execute(q("statements_reset"))
             dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
-            daemons = [start_daemon(self.spec, dsn, f"bench-{i + 1}") for i in range(replicas)]
+            starter = start or functools.partial(start_daemon, self.spec)
+            daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
             t_spawn = time.time()
             spies: list[Spy] = []
+            perfs: list[Perf] = []
+            perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
             try:
                 result = await self._watch(
-                    probe, daemons, expected, t_spawn, profile, spies, during
+                    probe, daemons, expected, t_spawn, profile, spies, during, perf_out, perfs
                 )
                 result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
             finally:
                 for spy in spies:
                     spy.stop()
+                for perf in perfs:
+                    perf.stop()
                 for d in daemons:
                     d.terminate()
                 codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
@@ -124,6 +132,10 @@ class Drain:
         if profile is not None:
             result["profile"] = summarize(profile)
             result["profile_file"] = str(profile)
+        for perf in perfs:
+            result["perf_postgres"] = await asyncio.to_thread(perf.summarize, perf.pids)
+            result["perf_process"] = await asyncio.to_thread(perf.summarize, perf.process_pids)
+            result["perf_file"] = str(perf.out)
         return result
 
     async def _paired_ceiling(self) -> float | None:
@@ -149,6 +161,8 @@ class Drain:
         profile: Path | None,
         spies: list[Spy],
         during: Callable[[], Awaitable[Any]] | None = None,
+        perf_out: Path | None = None,
+        perfs: list[Perf] | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
@@ -168,6 +182,8 @@ class Drain:
                 cpu0 = self._cpu(pids)
                 if profile is not None:  # from the first delivery on: start-up is not profiled
                     spies.append(Spy(pids[0], profile))
+                if perf_out is not None and perfs is not None:
+                    perfs.append(Perf(perf_out))
                 if during is not None:
                     side = asyncio.ensure_future(during())
             rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
@@ -181,6 +197,10 @@ class Drain:
             await asyncio.sleep(POLL)
         t_done = time.time()
         cpu1 = self._cpu(pids)
+        for perf in perfs or []:
+            perf.stop()  # the drain only, not the shutdown
+            perf.pids = sorted(set(cpu0["postgres"]) | set(cpu1["postgres"]))
+            perf.process_pids = pids
         side_result = await side if side is not None else None
         assert first is not None
         seconds = t_done - first
@@ -248,16 +268,22 @@ class Drain:
         calls = sum(int(r["calls"]) for r in rows)
         by_name: dict[str, dict[str, float]] = {}
         for r in rows:  # one query may have several entries (e.g. parameter types differ)
-            agg = by_name.setdefault(_name(r["query"]), {"calls": 0, "rows": 0, "total_ms": 0.0})
+            agg = by_name.setdefault(
+                _name(r["query"]), {"calls": 0, "rows": 0, "total_ms": 0.0, "blocks": 0, "wal": 0}
+            )
             agg["calls"] += int(r["calls"])
             agg["rows"] += int(r["rows"])
             agg["total_ms"] += float(r["total_exec_time"])
+            agg["blocks"] += int(r["blocks"])
+            agg["wal"] += int(r["wal_bytes"])
         top = sorted(by_name.items(), key=lambda kv: -kv[1]["total_ms"])[:6]
         return {
             "source": "pg_stat_statements (top-level statements of the daemon's role)",
             "statements": calls,
             "statements_per_delivery": round(calls / deliveries, 4),
             "exec_ms_per_delivery": round(sum(r["total_exec_time"] for r in rows) / deliveries, 4),
+            "blocks_per_delivery": round(sum(int(r["blocks"]) for r in rows) / deliveries, 2),
+            "wal_bytes_per_delivery": round(sum(int(r["wal_bytes"]) for r in rows) / deliveries),
             "top": [
                 {
                     "query": name,
@@ -266,6 +292,9 @@ class Drain:
                     "rows_per_call": round(a["rows"] / max(a["calls"], 1), 1),
                     "mean_ms": round(a["total_ms"] / max(a["calls"], 1), 3),
                     "total_ms": round(a["total_ms"], 1),
+                    # shared buffers touched (hit or read) and WAL written, per delivery
+                    "blocks_per_delivery": round(a["blocks"] / deliveries, 2),
+                    "wal_bytes_per_delivery": round(a["wal"] / deliveries),
                 }
                 for name, a in top
             ],
@@ -289,6 +318,9 @@ def _dispatcher_queries() -> dict[str, str]:
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             out.update(parse(entry.read_text("utf-8")))
+    # the floor's statements (bench/floor.py) run as the daemon's role too
+    bench = parse((Path(__file__).parent / "bench.sql").read_text("utf-8"))
+    out.update({k: v for k, v in bench.items() if k.startswith("floor_")})
     return out
 
 

@@ -283,6 +283,14 @@ def start_daemon(spec: DaemonSpec, dsn: str, instance: str) -> DaemonProcess:
     return daemon
 
 
+def start_floor(dsn: str, instance: str, *, webhook: str, writes: int) -> DaemonProcess:
+    """bench/floor.py in its own process, started and measured like a daemon."""
+    argv = [sys.executable, "-m", "bench.floor", dsn, webhook, "--writes", str(writes)]
+    floor = DaemonProcess({"BENCH_INSTANCE": instance}, argv=argv, cwd=ROOT)
+    floor.start()
+    return floor
+
+
 def stop_daemon(daemon: DaemonProcess, timeout: float = 30.0, signal: bool = True) -> int | None:
     """SIGTERM (once: a second one makes it exit at once), wait; the exit code, or None
     when it had to be killed."""

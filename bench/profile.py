@@ -122,3 +122,69 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         "inclusive": pct(incl_samples) if total else [],
         "self_by_package": pct(by_package) if total else [],
     }
+
+
+class Perf:
+    """``perf record`` on every CPU during a drain (the ``--perf`` option), summarised later
+    for the PostgreSQL server processes alone (their pids: other work on the machine is left
+    out). Sampling only, no call graphs: self time by symbol."""
+
+    def __init__(self, out: Path, freq: int = 999) -> None:
+        exe = shutil.which("perf")
+        if exe is None:
+            raise RuntimeError("perf is not installed")
+        self.exe = exe
+        self.out = out
+        self._log = out.with_suffix(".log").open("wb")
+        self.pids: list[int] = []  # the PostgreSQL server processes, set when the drain ends
+        self.process_pids: list[int] = []  # the daemons (or the floor)
+        self.proc = subprocess.Popen(
+            [exe, "record", "-a", "-F", str(freq), "-o", str(out)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def summarize(self, pids: list[int], top: int = 25) -> dict[str, Any]:
+        """Self samples of `pids` by symbol and by shared object, as percent of theirs."""
+        if not self.out.exists() or not pids:
+            return {"samples": 0, "symbols": [], "objects": []}
+        argv = [self.exe, "report", "-i", str(self.out), "--stdio", "--no-children", "-q"]
+        argv += ["--pid", ",".join(str(p) for p in pids), "-F", "overhead,sample,dso,sym"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        by_sym: list[dict[str, Any]] = []
+        by_dso: Counter[str] = Counter()
+        total = 0
+        for line in done.stdout.splitlines():
+            parts = line.split(None, 3)
+            if len(parts) < 4 or not parts[0].endswith("%"):
+                continue
+            samples, dso, sym = int(parts[1]), parts[2], parts[3].strip()
+            total += samples
+            by_dso[dso] += samples
+            by_sym.append(
+                {
+                    "symbol": sym.removeprefix("[.] ").removeprefix("[k] "),
+                    "dso": dso,
+                    "samples": samples,
+                }
+            )
+        for s in by_sym:
+            s["percent"] = round(100 * s["samples"] / total, 1) if total else 0.0
+        return {
+            "samples": total,
+            "symbols": by_sym[:top],
+            "objects": [
+                {"dso": k, "percent": round(100 * v / total, 1)} for k, v in by_dso.most_common(8)
+            ],
+        }

@@ -31,12 +31,19 @@ def ratios(s: Results) -> dict[str, Any]:
     def paired(run: dict[str, Any]) -> float | None:
         return run.get("ratio_to_paired_ceiling")
 
-    for name in ("drain1", "drain", "fanout"):
+    for name in ("drain1", "floor", "floor3", "drain", "fanout"):
         r = rate(name)
         if r is not None and ceiling:
             out[f"{name}_to_ceiling"] = round(r / ceiling, 3)
         if name in s and paired(s[name]):
             out[f"{name}_to_paired_ceiling"] = paired(s[name])
+    for name in ("floor", "floor3"):
+        # the same backlog drained by the durable floor: how far drain1 is from it
+        if name in s and "drain1" in s:
+            out[f"drain1_to_{name}"] = round(s["drain1"]["deliveries_per_s"] / rate(name), 3)
+            p_one, p_floor = paired(s["drain1"]), paired(s[name])
+            if p_one and p_floor:
+                out[f"drain1_to_{name}_paired"] = round(p_one / p_floor, 3)
     drain, fanout = rate("drain"), rate("fanout")
     if drain and fanout:
         out["fanout_to_drain"] = round(fanout / drain, 3)
@@ -110,6 +117,36 @@ def markdown(res: Results) -> str:
                 _met(ratio >= 0.5 if ratio else None),
             )
         )
+    for name in ("floor", "floor3"):
+        if name not in s:
+            continue
+        d = s[name]
+        ratio = r.get(f"{name}_to_paired_ceiling") or r.get(f"{name}_to_ceiling")
+        rows.append(
+            (
+                name,
+                f"drain1's backlog, durable floor, {d['writes_per_row']} writes per row",
+                f"{_num(d['deliveries_per_s'])} /s",
+                f"{_num(r.get(f'{name}_to_ceiling'), 2)}x ceiling, "
+                f"{_num(r.get(f'{name}_to_paired_ceiling'), 2)}x paired (>= 0.5); drain1 "
+                f"{_num(r.get(f'drain1_to_{name}_paired'), 2)}x it, paired",
+                _met(ratio >= 0.5 if ratio else None),
+            )
+        )
+    for name in ("drain1", "floor", "floor3"):
+        if name in s and ("floor" in s or "floor3" in s):
+            d = s[name]
+            rows.append(
+                (
+                    name,
+                    "CPU ms per delivery: process / PostgreSQL / receiver (foreign cores)",
+                    f"{_num(d['daemon_cpu_s_per_1000'], 3)} / "
+                    f"{_num(d['postgres_cpu_s_per_1000'], 3)} / "
+                    f"{_num(d['receiver_cpu_s_per_1000'], 3)}",
+                    f"({_num(d['foreign_cpu_cores'], 2)})",
+                    "",
+                )
+            )
     if "drain" in s:
         d = s["drain"]
         ratio = r.get("drain_to_paired_ceiling") or r.get("drain_to_ceiling")

@@ -33,6 +33,8 @@ ORDER = (
     "ceiling",
     "intake",
     "drain1",
+    "floor",
+    "floor3",
     "drain",
     "ordered",
     "fanout",
@@ -42,13 +44,25 @@ ORDER = (
     "replicas",
     "cost",
 )
-NEEDS_CEILING = {"drain1", "drain", "ordered", "fanout", "hotquiet", "replicas", "cost"}
+NEEDS_CEILING = {
+    "drain1",
+    "floor",
+    "floor3",
+    "drain",
+    "ordered",
+    "fanout",
+    "hotquiet",
+    "replicas",
+    "cost",
+}
 RESULTS = Path(__file__).parent / "results"
 # The figure that picks the median run when a scenario is repeated.
 PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
     "ceiling": lambda r: r["http"]["requests_per_s"],
     "intake": lambda r: r["ratio"],
     "drain1": lambda r: r["deliveries_per_s"],
+    "floor": lambda r: r["deliveries_per_s"],
+    "floor3": lambda r: r["deliveries_per_s"],
     "drain": lambda r: r["deliveries_per_s"],
     "slow": lambda r: r["deliveries_per_s"],
     "hotquiet": lambda r: r["quiet_p99_ms"] or 0.0,
@@ -71,7 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-ceiling", action="store_true", help="never run the ceiling")
     p.add_argument("--events", type=int, help="drain and replicas backlog (default 20000)")
-    p.add_argument("--drain1-events", type=int, help="one-webhook backlog (default 20000)")
+    p.add_argument(
+        "--drain1-events", type=int, help="one-webhook backlog, also floor's (default 20000)"
+    )
     p.add_argument("--hot-events", type=int, help="hot webhook's backlog (default 10000)")
     p.add_argument("--orgs", type=int, help="drain: orgs with one webhook each (default 16)")
     p.add_argument("--fanout-events", type=int, help="fan-out events (default 2000)")
@@ -92,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also drain once more (drain, else drain1) with py-spy attached to the daemon "
         "(figures not used in ratios); writes the collapsed stacks beside the JSON",
+    )
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="`perf record` every CPU during each drain; the JSON gets self time by symbol of "
+        "the PostgreSQL server processes and of the daemon (or floor): do not use its rates",
     )
     p.add_argument(
         "--daemon-env",
@@ -187,6 +209,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meta["cluster_settings"] = cluster.pg.settings
         receiver.start()
         drain = Drain(cluster, receiver, spec, cfg.timeout, cfg.paired_ceiling_requests)
+        if args.perf:
+            drain.perf_dir = out.with_suffix(".perf")
+            drain.perf_dir.mkdir(parents=True, exist_ok=True)
         sc = Scenarios(drain, cfg, out.parent, stamp)
         for name in names:
             _progress(f"{name} ...")
@@ -205,6 +230,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["profiled_drain"]["scenario"] = profiled
             except Exception as exc:
                 res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
+        if args.profile and "floor" in names:  # the floor process, for comparison
+            _progress("floor with py-spy ...")
+            try:
+                res["profiled_floor"] = await sc.floor(profile=out.with_suffix(".floor.pyspy.txt"))
+            except Exception as exc:
+                res["errors"]["profiled_floor"] = f"{type(exc).__name__}: {exc}"
         if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:
             _progress("ceiling again ...")
             res["scenarios"]["ceiling_after"] = await sc.http_ceiling_again()
@@ -249,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)  # inherited by PostgreSQL, the receiver and the daemons
     res = run_loop(run(args))
     print(markdown(res))
-    if "profiled_drain" in res and "profile" in res["profiled_drain"]:
-        print()
-        print(profile_markdown(res["profiled_drain"]["profile"]))
+    for key in ("profiled_drain", "profiled_floor"):
+        if key in res and "profile" in res[key]:
+            print(f"\n{key}:\n")
+            print(profile_markdown(res[key]["profile"]))
     print(f"\nresults: {res['meta']['output']}")
     if not res["all_success"]:
         print("some scenarios failed or some deliveries did not succeed", file=sys.stderr)

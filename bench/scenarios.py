@@ -7,6 +7,7 @@ made. Sizes come from ``Config`` (full defaults, or ``Config.small()`` for CI).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import re
@@ -23,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from bench.ceiling import pg_ceiling, run_http_ceiling
 from bench.drain import BenchError, Drain
-from bench.infra import BENCH_ROLE, proc_cpu, q, start_daemon, stop_daemon
+from bench.infra import BENCH_ROLE, proc_cpu, q, start_daemon, start_floor, stop_daemon
 from bench.receiver import SLOW_SECONDS
 from bench.workload import (
     EVENT_TYPE,
@@ -168,6 +169,29 @@ class Scenarios:
     async def drain1(self, profile: Path | None = None) -> dict[str, Any]:
         """The drain's backlog to one webhook: the per-webhook cap is what limits it."""
         return await self._drain_scenario("drain1", self.cfg.drain1_events, 1, 1, profile=profile)
+
+    async def floor(self, profile: Path | None = None) -> dict[str, Any]:
+        """drain1's backlog drained by the durable floor (bench/floor.py): two writes per
+        delivery row, the least any at-least-once dispatcher recording every attempt does."""
+        return await self._floor("floor", writes=2, profile=profile)
+
+    async def floor3(self, profile: Path | None = None) -> dict[str, Any]:
+        """The floor writing each row three times (pending, leased, outcome) like drain1."""
+        return await self._floor("floor3", writes=3, profile=profile)
+
+    async def _floor(self, prefix: str, *, writes: int, profile: Path | None) -> dict[str, Any]:
+        events = self.cfg.drain1_events
+        db = await self._backlog(prefix, events, 1, 1)
+        try:
+            async with await self.d.connect(db) as conn:
+                cur = await conn.execute(q("webhook_ids"))
+                hooks = [str(r["id"]) for r in await cur.fetchall()]
+            start = functools.partial(start_floor, webhook=hooks[0], writes=writes)
+            result = await self.d.run(db, events, track_sql=True, profile=profile, start=start)
+        finally:
+            await asyncio.to_thread(self.cluster.drop_database, db)
+        result.update(events=events, webhooks=1, writes_per_row=writes)
+        return result
 
     async def slow(self) -> dict[str, Any]:
         """One webhook whose endpoint answers after 50 ms: at best cap / latency per second."""

@@ -19,6 +19,8 @@ SCENARIOS = {
     "ceiling",
     "intake",
     "drain1",
+    "floor",
+    "floor3",
     "drain",
     "ordered",
     "fanout",
@@ -47,7 +49,10 @@ def test_bench_small_mode_completes_with_every_delivery_successful(tmp_path: Pat
     scenarios = res["scenarios"]
     assert set(scenarios) == SCENARIOS
 
-    drains = [scenarios[k] for k in ("drain1", "drain", "fanout", "slow", "hotquiet", "cost")]
+    drains = [
+        scenarios[k]
+        for k in ("drain1", "floor", "floor3", "drain", "fanout", "slow", "hotquiet", "cost")
+    ]
     drains += [scenarios["replicas"]["1"], scenarios["replicas"]["2"]]
     for drain in drains:
         assert drain["statuses"] == {"success": drain["deliveries"]}
