@@ -31,12 +31,15 @@ class Listener:
         on_wake: Callable[[], None],
         metrics: Metrics,
         *,
+        on_catch_up: Callable[[], None] | None = None,
         check_interval: float = 5.0,
         check_timeout: float = 5.0,
         backoff: Policy = LISTENER,
     ) -> None:
         self._s = settings
         self._on_wake = on_wake
+        # called on each (re)connect instead of on_wake: no event is known to be fresh
+        self._on_catch_up = on_catch_up or on_wake
         self._metrics = metrics
         self._check_interval = check_interval
         self._check_timeout = check_timeout
@@ -71,7 +74,7 @@ class Listener:
                 first = False
                 self.connected.set()
                 self._metrics.listener_connected.set(1)
-                self._on_wake()  # catch up on whatever happened while away
+                self._on_catch_up()  # catch up on whatever happened while away
                 await self._listen(conn)
             except (psycopg.OperationalError, TimeoutError) as exc:
                 log.warning(
