@@ -170,6 +170,11 @@ class Admission(Generic[T]):
             return None
         return self.room_of(hook) + max(self.ahead_of(hook) - self.queued(hook), 0)
 
+    def hold(self, hook: UUID) -> None:
+        """Count this webhook as held back by its cap until the next claim's answer: a
+        fan-out sized to its `lease_room` must be given that room (its queue included)."""
+        self._held.add(hook)
+
     def refill_size(self, hook: UUID) -> int:
         """The rows a refill of this webhook's queue takes (what it may run down by
         before `refill_wanted` asks for more)."""

@@ -108,7 +108,7 @@ class App:
             s, self.pool, sender, self.recorder, self.metrics, limits, self.tracing
         )
         self.listener = Listener(
-            s, self.dispatcher.wake, self.metrics, on_catch_up=self.dispatcher.catch_up
+            s, self.dispatcher.wake, self.metrics, on_outbox=self.dispatcher.outbox_rang
         )
         if self._install_signal_handlers:
             self._install_signals()

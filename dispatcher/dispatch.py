@@ -147,13 +147,14 @@ class Dispatcher:
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
-        """A doorbell: events were committed. Behind a backlog, they end its pacing."""
-        if self._outbox_busy:
-            self._fresh = True
+        """A doorbell: look at the tables now (rows became due, or the listener connected)."""
         self._wake.set()
 
-    def catch_up(self) -> None:
-        """The listener (re)connected: look at the outbox (no fresh event is known)."""
+    def outbox_rang(self) -> None:
+        """A doorbell for new outbox rows (payload 'o'): events were committed. Behind a
+        backlog, they end its pacing (they must not wait for it)."""
+        if self._outbox_busy:
+            self._fresh = True
         self._wake.set()
 
     def _pace_room(self) -> int | None:
@@ -293,6 +294,7 @@ class Dispatcher:
                     room_for_new = 0
                     self.paced_skips += 1
                 events_wanted = max(1, min(events_wanted, round(pace / self.fanout_factor)))
+                self.admission.hold(sole)  # the statement is given that room, queue included
             elif self._outbox_held:
                 events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
@@ -372,10 +374,11 @@ class Dispatcher:
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent, room)
-        created = int(rows[-1]["deliveries_created"]) if rows else 0
+        # Rows created pending beside them (a webhook that may not start any, or a queue
+        # bound that shrank meanwhile) do not end the pacing; rows leased to two do.
         hooks = {d.webhook_id for d in claimed}
-        if created != len(claimed) or len(hooks) > 1:
-            self._sole = None  # several webhooks, or rows created pending: not paced
+        if len(hooks) > 1:
+            self._sole = None
         elif hooks:
             self._sole = hooks.pop()
         # A pass that only deferred (every event behind a held webhook row, or ordered keys

@@ -60,29 +60,31 @@ async def test_a_database_that_stays_away_escalates_then_recovers_once(
     assert wakes, "a (re)connect rings the doorbell"
 
 
-async def test_a_connect_catches_up_and_only_a_notification_says_events_are_fresh(
+async def test_only_a_notification_of_new_outbox_rows_says_events_are_fresh(
     pg_cluster: PgCluster,
 ) -> None:
     """The dispatch loop ends a paced backlog's pacing only for a fresh event: the
-    (re)connect's catch-up rings `on_catch_up`, a NOTIFY rings `on_wake`."""
+    (re)connect's catch-up and a due delivery row ('d') ring `on_wake`, new outbox rows
+    ('o', the intake trigger's) ring `on_outbox`."""
     dsn = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/postgres"
     wakes: list[str] = []
     listener = Listener(
         Settings(database_url=dsn),
         lambda: wakes.append("wake"),
         Metrics(),
-        on_catch_up=lambda: wakes.append("catch_up"),
+        on_outbox=lambda: wakes.append("outbox"),
         backoff=QUICK,
     )
     task = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.connected.wait(), 10)
         await until(lambda: bool(wakes))
-        assert wakes == ["catch_up"]
+        assert wakes == ["wake"]
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(f"NOTIFY {CHANNEL}")
-        await until(lambda: len(wakes) == 2)
-        assert wakes == ["catch_up", "wake"]
+            await conn.execute(f"NOTIFY {CHANNEL}, 'd'")
+            await conn.execute(f"NOTIFY {CHANNEL}, 'o'")
+        await until(lambda: len(wakes) == 3)
+        assert wakes == ["wake", "wake", "outbox"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
