@@ -280,7 +280,12 @@ class Dispatcher:
             self._due_full = len(due) >= batch or self._due_full
             return self._due_full or fanned
         async with self._pool.connection() as conn:
-            scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            # A paced backlog's refill needs no due scan (its rows are in the outbox, not
+            # due): retries and the like are scanned for every CLAIM_DUE_EVERY as ever.
+            paced = self._outbox_busy and self._pace_room() is not None
+            scan_due = (scan and not paced) or (
+                time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            )
             due_first = scan_due and self._outbox_busy
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
