@@ -58,7 +58,7 @@ HELD_BACK_EVENTS = 1000
 # delivery than created pending, then leased by claim_due). Not while fresh events are
 # behind the backlog (a doorbell rang since it began: they must not wait for it), and for
 # at most this many seconds per backlog (events of other webhooks may be behind it too).
-PACED_AT_MOST = 10.0
+PACED_AT_MOST = 20.0
 # Events a fan-out left in the outbox (a webhook row they need is held by another
 # transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
 DEFER_SECONDS = 1.0
