@@ -55,9 +55,9 @@ CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work fir
 HELD_BACK_EVENTS = 1000
 # A backlog whose fan-outs all go to one webhook (that may queue ahead) is fanned out paced
 # by that webhook's queue: each fan-out creates only rows it leases (one write less per
-# delivery than created pending, then leased by claim_due). Not while fresh events are
-# behind the backlog (a doorbell rang since it began: they must not wait for it), and for
-# at most this many seconds per backlog (events of other webhooks may be behind it too).
+# delivery than created pending, then leased by claim_due). Not once fresh events are
+# behind the backlog (new outbox rows rang since it began: they must not wait for it), and
+# for at most this many seconds per backlog (events of other webhooks may be behind it).
 PACED_AT_MOST = 20.0
 # Events a fan-out left in the outbox (a webhook row they need is held by another
 # transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
@@ -120,10 +120,10 @@ class Dispatcher:
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
         self._outbox_busy = True
         self._outbox_held = False  # ...and most of what it created could not start
-        # The webhook the last fan-out's deliveries all went to, all leased (None: several,
-        # or some created pending): a backlog of it is fanned out paced by its queue.
+        # The one webhook the last fan-out leased rows of (None: several): a backlog of it
+        # is fanned out paced by its queue (PACED_AT_MOST).
         self._sole: Any = None
-        self._fresh = False  # a doorbell rang while the outbox held a backlog
+        self._fresh = False  # new outbox rows rang ('o') while the outbox held a backlog
         self._paced_since: float | None = None  # monotonic: this backlog's first paced pass
         self.paced_skips = 0  # passes that left a paced backlog for the webhook's refill
         # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
