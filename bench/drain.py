@@ -38,7 +38,10 @@ from bench.infra import (
     proc_peak_rss_mb,
     proc_rss_mb,
     q,
+    sched_profile,
+    sched_snapshot,
     start_daemon,
+    steal_seconds,
     stop_daemon,
 )
 from bench.profile import Spy, summarize
@@ -59,6 +62,22 @@ class Drain:
     spec: DaemonSpec
     timeout: float
     paired_requests: int = 0  # > 0: a short HTTP ceiling right before each drain
+    floor_pid: int | None = None  # a floor pipeline running beside the drain (hotquiet)
+    running: tuple[int, ...] = ()  # pids of the daemons of the drain in progress
+
+    def kinds(self, daemons: list[int], floor: int | None = None) -> dict[str, list[int]]:
+        """The processes of the benchmark by kind, for the scheduling profile."""
+        out = {
+            "daemon": daemons,
+            "receiver": [self.receiver.pid],
+            "bench": [os.getpid()],
+            **({"floor": [floor]} if floor else {}),
+            **self.cluster.pids_by_kind(),
+        }
+        return out
+
+    def sched_window(self, daemons: list[int], floor: int | None = None) -> SchedWindow:
+        return SchedWindow(lambda: self.kinds(daemons, floor))
 
     async def connect(self, db: str) -> psycopg.AsyncConnection[dict[str, Any]]:
         return await psycopg.AsyncConnection.connect(
@@ -89,6 +108,7 @@ class Drain:
             dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
             daemons = [start_daemon(self.spec, dsn, f"bench-{i + 1}") for i in range(replicas)]
             t_spawn = time.time()
+            self.running = tuple(d.proc.pid for d in daemons)
             spies: list[Spy] = []
             try:
                 result = await self._watch(
@@ -153,6 +173,7 @@ class Drain:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
         first: float | None = None
+        sched = self.sched_window(pids, self.floor_pid)
         cpu0: dict[str, Any] = {}
         rss: list[tuple[int, float]] = []
         stats: dict[str, Any] = {"count": 0}
@@ -166,6 +187,7 @@ class Drain:
             if first is None and stats["count"]:
                 first = float(stats["first"])
                 cpu0 = self._cpu(pids)
+                sched.start()
                 if profile is not None:  # from the first delivery on: start-up is not profiled
                     spies.append(Spy(pids[0], profile))
                 if during is not None:
@@ -181,6 +203,7 @@ class Drain:
             await asyncio.sleep(POLL)
         t_done = time.time()
         cpu1 = self._cpu(pids)
+        sched_result = sched.stop(expected)
         side_result = await side if side is not None else None
         assert first is not None
         seconds = t_done - first
@@ -215,6 +238,8 @@ class Drain:
                 if sec > 0
             },
             "rss_mb_at": _rss_at(rss, expected),
+            # per kind of process: CPU and run-queue wait ("waited for a CPU") per delivery
+            "sched": sched_result,
             **({"during": side_result} if side is not None else {}),
         }
 
@@ -270,6 +295,34 @@ class Drain:
                 for name, a in top
             ],
         }
+
+
+class SchedWindow:
+    """The scheduling profile of the benchmark's processes over a window: CPU and
+    run-queue wait per delivery by kind of process (infra.sched_profile), plus the
+    machine's steal time (a VM's vCPU not running at all)."""
+
+    def __init__(self, kinds: Callable[[], dict[str, list[int]]]) -> None:
+        self._kinds = kinds
+        self._t0 = 0.0
+        self._steal0 = 0.0
+        self._s0: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._steal0 = steal_seconds()
+        self._s0 = sched_snapshot(self._kinds())
+
+    def stop(self, deliveries: int) -> dict[str, Any]:
+        s1 = sched_snapshot(self._kinds())
+        seconds = time.monotonic() - self._t0
+        out: dict[str, Any] = sched_profile(self._s0, s1, seconds, deliveries)
+        out["window"] = {
+            "seconds": round(seconds, 3),
+            "deliveries": deliveries,
+            "steal_cores": round((steal_seconds() - self._steal0) / max(seconds, 1e-6), 3),
+        }
+        return out
 
 
 def _rss_at(samples: list[tuple[int, float]], expected: int) -> dict[str, float]:
