@@ -262,14 +262,12 @@ class Drain:
         if time.monotonic() > deadline:
             raise BenchError(f"drain not finished within the timeout ({progress})")
 
-    def sql_cost(self, db: str, deliveries: int) -> dict[str, Any]:
-        """Statements the daemon ran per delivery, from pg_stat_statements."""
+    def sql_cost(self, db: str, deliveries: int, role: str = DAEMON_ROLE) -> dict[str, Any]:
+        """Statements the daemon (or `role`) ran per delivery, from pg_stat_statements."""
         if not self.cluster.has_pg_stat_statements:
             return {"source": "unavailable: pg_stat_statements is not installed"}
         with self.cluster.admin() as admin:
-            rows = admin.execute(
-                q("statements_by_daemon"), {"db": db, "role": DAEMON_ROLE}
-            ).fetchall()
+            rows = admin.execute(q("statements_by_daemon"), {"db": db, "role": role}).fetchall()
         calls = sum(int(r["calls"]) for r in rows)
         by_name: dict[str, dict[str, float]] = {}
         for r in rows:  # one query may have several entries (e.g. parameter types differ)
@@ -279,7 +277,7 @@ class Drain:
             agg["total_ms"] += float(r["total_exec_time"])
         top = sorted(by_name.items(), key=lambda kv: -kv[1]["total_ms"])[:6]
         return {
-            "source": "pg_stat_statements (top-level statements of the daemon's role)",
+            "source": f"pg_stat_statements (top-level statements of the role {role})",
             "statements": calls,
             "statements_per_delivery": round(calls / deliveries, 4),
             "exec_ms_per_delivery": round(sum(r["total_exec_time"] for r in rows) / deliveries, 4),
@@ -306,21 +304,27 @@ class SchedWindow:
         self._kinds = kinds
         self._t0 = 0.0
         self._steal0 = 0.0
+        self._busy0 = 0.0
         self._s0: dict[str, Any] = {}
 
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._steal0 = steal_seconds()
+        self._busy0 = machine_busy_seconds()
         self._s0 = sched_snapshot(self._kinds())
 
     def stop(self, deliveries: int) -> dict[str, Any]:
         s1 = sched_snapshot(self._kinds())
+        busy = machine_busy_seconds() - self._busy0
         seconds = time.monotonic() - self._t0
         out: dict[str, Any] = sched_profile(self._s0, s1, seconds, deliveries)
+        ours = sum(v["cpu_cores"] for v in out.values())
         out["window"] = {
             "seconds": round(seconds, 3),
             "deliveries": deliveries,
             "steal_cores": round((steal_seconds() - self._steal0) / max(seconds, 1e-6), 3),
+            # cores used by processes outside the benchmark meanwhile (other work)
+            "foreign_cpu_cores": round(max(0.0, busy / max(seconds, 1e-6) - ours), 2),
         }
         return out
 

@@ -234,7 +234,8 @@ def markdown(res: Results) -> str:
                     f"{name} sched",
                     "waited for a CPU / on a CPU, ms per delivery (run queue, /proc schedstat)",
                     sched_text(s[name][key]),
-                    f"steal {_num(s[name][key]['window']['steal_cores'], 2)} cores",
+                    f"foreign {_num(s[name][key]['window'].get('foreign_cpu_cores'), 2)}, steal "
+                    f"{_num(s[name][key]['window']['steal_cores'], 2)} cores",
                     "",
                 )
             )

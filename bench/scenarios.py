@@ -449,6 +449,7 @@ class Scenarios:
             warm = await pub.paced(rate, self.cfg.latency_warmup_seconds)
             await self._wait_received(1 + len(warm), fp, 30.0)
             await self.receiver.reset()
+            await asyncio.to_thread(self._track_statements)
             window = self.d.sched_window([], fp.pid)
             window.start()
             commits = await pub.paced(rate, seconds)
@@ -458,6 +459,8 @@ class Scenarios:
         finally:
             await pub.close()
             await asyncio.to_thread(fp.stop)
+            await asyncio.to_thread(self.cluster.set_statement_tracking, False)
+        sql_cost = self.d.sql_cost(db, max(len(commits), 1), role=FLOOR_ROLE)
         async with await self.d.connect(db) as conn:
             timeline = await _floor_timeline(conn)
             await conn.execute(q("outbox_clear"))
@@ -468,6 +471,7 @@ class Scenarios:
             "events": len(commits),
             **figures,
             "sched": sched,
+            "sql": sql_cost,
             "stages": stages(commits, arrived, timeline, FLOOR_STAGES),
             "all_success": complete and not missing,
         }
