@@ -123,6 +123,9 @@ class Dispatcher:
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
+        # A fan-out beside another one left events in the outbox, due at once (an ordered
+        # key's newer events behind the older ones the other statement took): look again.
+        self._recheck_outbox = False
 
     @property
     def unreadable(self) -> int:
@@ -274,6 +277,11 @@ class Dispatcher:
                 # a backlog still in the outbox would wait for the next doorbell or poll.
                 # A doorbell's fan-out beside this one may have found more (fanned).
                 self._outbox_busy = events >= events_wanted or fanned
+                if self._recheck_outbox and self._passes == 1:
+                    # Two fan-outs ran side by side and one left events due at once: the
+                    # next pass reads the outbox again instead of waiting for a doorbell.
+                    self._recheck_outbox = False
+                    self._outbox_busy = fanned = True
                 self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             if scan_due and not due_first and left > 0 and not outbox_busy:
@@ -327,6 +335,8 @@ class Dispatcher:
         deferred = int(rows[-1]["events_deferred"]) if rows else 0
         taken = events + deferred
         self._deferred = deferred > 0
+        if deferred and self._passes > 1:
+            self._recheck_outbox = True
         self._intake.succeeded(taken)
         if events_wanted < wanted and taken >= events_wanted:
             self._retry_now = True  # a narrowed pass was full: more is waiting
