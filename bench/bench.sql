@@ -200,3 +200,59 @@ WHERE d.id = o.id;
 
 -- name: webhook_ids
 SELECT id::text AS id FROM webhooks ORDER BY created_at, id;
+
+-- name: publish_one_floor
+-- publish_one, and the floor pipeline's doorbell with the event id, in the same transaction
+-- (bench/floor_latency.py).
+SELECT p.id, pg_notify('bench_floor', p.id::text)
+FROM (SELECT publish_event(%(event_type)s, gen_random_uuid(), %(payload)s::jsonb, NULL,
+                           '{}'::jsonb, %(org)s) AS id) p;
+
+-- name: outbox_clear
+-- Events published for the floor alone (an org without webhooks) before the daemon starts.
+DELETE FROM dispatcher.outbox;
+
+-- name: floor_setup
+CREATE TABLE IF NOT EXISTS bench_floor_deliveries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id uuid NOT NULL,
+    request_body text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    response_status integer,
+    heard_at double precision,  -- time.time() when the NOTIFY was heard
+    sent_at double precision,   -- time.time() right before the POST
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+);
+
+-- name: floor_insert
+-- The floor's one statement before the POST: its delivery row, the body built as the
+-- daemon's fan-out builds it.
+INSERT INTO bench_floor_deliveries (event_id, request_body, heard_at)
+SELECT e.id,
+       dispatcher.delivery_body_v1(e.id, e.event_type, e.created_at, e.org_id, e.aggregate_id,
+                                   e.payload)::text,
+       %(heard)s
+FROM public.events e
+WHERE e.id = %(event)s::uuid
+RETURNING id, request_body;
+
+-- name: floor_record
+UPDATE bench_floor_deliveries
+SET status = %(status)s, response_status = %(code)s, sent_at = %(sent)s, delivered_at = now()
+WHERE id = %(id)s;
+
+-- name: floor_timeline
+-- The floor's stages per event (epoch seconds).
+SELECT event_id::text AS event_id, heard_at AS heard,
+       extract(epoch FROM created_at)::float8 AS written, sent_at AS sent,
+       extract(epoch FROM delivered_at)::float8 AS recorded, status
+FROM bench_floor_deliveries;
+
+-- name: delivery_timeline
+-- The daemon's stages per delivery (epoch seconds): the fan-out statement's start (the
+-- row's created_at is its now()) and the recorder's statement (delivered_at).
+SELECT id::text AS id, event_id::text AS event_id,
+       extract(epoch FROM created_at)::float8 AS written,
+       extract(epoch FROM delivered_at)::float8 AS recorded
+FROM webhook_deliveries;

@@ -38,7 +38,10 @@ from bench.infra import (
     proc_peak_rss_mb,
     proc_rss_mb,
     q,
+    sched_profile,
+    sched_snapshot,
     start_daemon,
+    steal_seconds,
     stop_daemon,
 )
 from bench.profile import Perf, Spy, summarize
@@ -60,6 +63,23 @@ class Drain:
     timeout: float
     paired_requests: int = 0  # > 0: a short HTTP ceiling right before each drain
     perf_dir: Path | None = None  # --perf: `perf record` during each drain, files here
+
+    floor_pid: int | None = None  # a floor pipeline running beside the drain (hotquiet)
+    running: tuple[int, ...] = ()  # pids of the daemons of the drain in progress
+
+    def kinds(self, daemons: list[int], floor: int | None = None) -> dict[str, list[int]]:
+        """The processes of the benchmark by kind, for the scheduling profile."""
+        out = {
+            "daemon": daemons,
+            "receiver": [self.receiver.pid],
+            "bench": [os.getpid()],
+            **({"floor": [floor]} if floor else {}),
+            **self.cluster.pids_by_kind(),
+        }
+        return out
+
+    def sched_window(self, daemons: list[int], floor: int | None = None) -> SchedWindow:
+        return SchedWindow(lambda: self.kinds(daemons, floor))
 
     async def connect(self, db: str) -> psycopg.AsyncConnection[dict[str, Any]]:
         return await psycopg.AsyncConnection.connect(
@@ -93,6 +113,7 @@ class Drain:
             starter = start or functools.partial(start_daemon, self.spec)
             daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
             t_spawn = time.time()
+            self.running = tuple(d.proc.pid for d in daemons)
             spies: list[Spy] = []
             perfs: list[Perf] = []
             perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
@@ -167,6 +188,7 @@ class Drain:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
         first: float | None = None
+        sched = self.sched_window(pids, self.floor_pid)
         cpu0: dict[str, Any] = {}
         rss: list[tuple[int, float]] = []
         stats: dict[str, Any] = {"count": 0}
@@ -180,6 +202,7 @@ class Drain:
             if first is None and stats["count"]:
                 first = float(stats["first"])
                 cpu0 = self._cpu(pids)
+                sched.start()
                 if profile is not None:  # from the first delivery on: start-up is not profiled
                     spies.append(Spy(pids[0], profile))
                 if perf_out is not None and perfs is not None:
@@ -201,6 +224,8 @@ class Drain:
             perf.stop()  # the drain only, not the shutdown
             perf.pids = sorted(set(cpu0["postgres"]) | set(cpu1["postgres"]))
             perf.process_pids = pids
+
+        sched_result = sched.stop(expected)
         side_result = await side if side is not None else None
         assert first is not None
         seconds = t_done - first
@@ -235,6 +260,8 @@ class Drain:
                 if sec > 0
             },
             "rss_mb_at": _rss_at(rss, expected),
+            # per kind of process: CPU and run-queue wait ("waited for a CPU") per delivery
+            "sched": sched_result,
             **({"during": side_result} if side is not None else {}),
         }
 
@@ -257,14 +284,12 @@ class Drain:
         if time.monotonic() > deadline:
             raise BenchError(f"drain not finished within the timeout ({progress})")
 
-    def sql_cost(self, db: str, deliveries: int) -> dict[str, Any]:
-        """Statements the daemon ran per delivery, from pg_stat_statements."""
+    def sql_cost(self, db: str, deliveries: int, role: str = DAEMON_ROLE) -> dict[str, Any]:
+        """Statements the daemon (or `role`) ran per delivery, from pg_stat_statements."""
         if not self.cluster.has_pg_stat_statements:
             return {"source": "unavailable: pg_stat_statements is not installed"}
         with self.cluster.admin() as admin:
-            rows = admin.execute(
-                q("statements_by_daemon"), {"db": db, "role": DAEMON_ROLE}
-            ).fetchall()
+            rows = admin.execute(q("statements_by_daemon"), {"db": db, "role": role}).fetchall()
         calls = sum(int(r["calls"]) for r in rows)
         by_name: dict[str, dict[str, float]] = {}
         for r in rows:  # one query may have several entries (e.g. parameter types differ)
@@ -278,7 +303,7 @@ class Drain:
             agg["wal"] += int(r["wal_bytes"])
         top = sorted(by_name.items(), key=lambda kv: -kv[1]["total_ms"])[:6]
         return {
-            "source": "pg_stat_statements (top-level statements of the daemon's role)",
+            "source": f"pg_stat_statements (top-level statements of the role {role})",
             "statements": calls,
             "statements_per_delivery": round(calls / deliveries, 4),
             "exec_ms_per_delivery": round(sum(r["total_exec_time"] for r in rows) / deliveries, 4),
@@ -299,6 +324,40 @@ class Drain:
                 for name, a in top
             ],
         }
+
+
+class SchedWindow:
+    """The scheduling profile of the benchmark's processes over a window: CPU and
+    run-queue wait per delivery by kind of process (infra.sched_profile), plus the
+    machine's steal time (a VM's vCPU not running at all)."""
+
+    def __init__(self, kinds: Callable[[], dict[str, list[int]]]) -> None:
+        self._kinds = kinds
+        self._t0 = 0.0
+        self._steal0 = 0.0
+        self._busy0 = 0.0
+        self._s0: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._steal0 = steal_seconds()
+        self._busy0 = machine_busy_seconds()
+        self._s0 = sched_snapshot(self._kinds())
+
+    def stop(self, deliveries: int) -> dict[str, Any]:
+        s1 = sched_snapshot(self._kinds())
+        busy = machine_busy_seconds() - self._busy0
+        seconds = time.monotonic() - self._t0
+        out: dict[str, Any] = sched_profile(self._s0, s1, seconds, deliveries)
+        ours = sum(v["cpu_cores"] for v in out.values())
+        out["window"] = {
+            "seconds": round(seconds, 3),
+            "deliveries": deliveries,
+            "steal_cores": round((steal_seconds() - self._steal0) / max(seconds, 1e-6), 3),
+            # cores used by processes outside the benchmark meanwhile (other work)
+            "foreign_cpu_cores": round(max(0.0, busy / max(seconds, 1e-6) - ours), 2),
+        }
+        return out
 
 
 def _rss_at(samples: list[tuple[int, float]], expected: int) -> dict[str, float]:

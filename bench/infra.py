@@ -36,6 +36,7 @@ from support.pg import PgCluster  # noqa: E402  (likewise)
 
 BENCH_ROLE = "bench"
 DAEMON_ROLE = "postgres"
+FLOOR_ROLE = "bench_floor"  # the floor pipeline (bench/floor_latency.py)
 TEMPLATE = "bench_template"
 
 
@@ -79,6 +80,7 @@ class BenchCluster:
         self.pg.start()
         with self.pg.connect() as conn:
             conn.execute(f"CREATE ROLE {BENCH_ROLE} LOGIN SUPERUSER")
+            conn.execute(f"CREATE ROLE {FLOOR_ROLE} LOGIN SUPERUSER")
             if self.has_pg_stat_statements:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
             row = conn.execute("SHOW server_version").fetchone()
@@ -139,6 +141,19 @@ class BenchCluster:
         with self.admin() as conn:
             conn.execute("CHECKPOINT")
 
+    def pids_by_kind(self) -> dict[str, list[int]]:
+        """The server's processes by what they serve: ``postgres_daemon`` (backends of the
+        daemon's role), ``postgres_bench`` (the benchmark's publishers and probes),
+        ``postgres_floor`` (the floor pipeline's), ``postgres_other`` (postmaster, walwriter,
+        autovacuum...), from each backend's title (``postgres: <role> <db> ...``)."""
+        pid = self.pg.postmaster_pid()
+        if pid is None:
+            return {}
+        out: dict[str, list[int]] = {}
+        for p in [pid, *(c for c, parent in _parents().items() if parent == pid)]:
+            out.setdefault(f"postgres_{backend_role(p)}", []).append(p)
+        return out
+
     def cpu_seconds(self) -> dict[int, float]:
         """utime+stime of every server process (postmaster and its children) by pid."""
         pid = self.pg.postmaster_pid()
@@ -170,6 +185,20 @@ def process_kind(pid: int) -> str:
         if rest.startswith(kind):
             return kind
     return "backend"
+
+
+def backend_role(pid: int) -> str:
+    """Whose PostgreSQL backend `pid` is: 'daemon', 'bench' or 'floor' (by its role),
+    else 'other' (the postmaster and the background processes)."""
+    if process_kind(pid) != "backend":
+        return "other"
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "other"
+    words = title.removeprefix("postgres:").split()
+    role = words[0] if words else ""
+    return {DAEMON_ROLE: "daemon", BENCH_ROLE: "bench", FLOOR_ROLE: "floor"}.get(role, "other")
 
 
 def cpu_by_kind(before: Mapping[int, float], after: Mapping[int, float]) -> dict[str, float]:
@@ -216,11 +245,90 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0
 
 
+@dataclass(frozen=True)
+class Sched:
+    """The scheduler's account of a process (all its threads), from
+    /proc/<pid>/task/<tid>/schedstat: seconds on a CPU, seconds runnable but waiting on a
+    run queue ("waited for a CPU"), and timeslices run."""
+
+    cpu_s: float = 0.0
+    wait_s: float = 0.0
+    slices: int = 0
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(
+            max(0.0, self.cpu_s - other.cpu_s),
+            max(0.0, self.wait_s - other.wait_s),
+            max(0, self.slices - other.slices),
+        )
+
+    def __add__(self, other: Sched) -> Sched:
+        return Sched(
+            self.cpu_s + other.cpu_s, self.wait_s + other.wait_s, self.slices + other.slices
+        )
+
+
+def proc_sched(pid: int) -> Sched:
+    """Sched of one process, summed over its live threads (zeros when it is gone). A thread
+    that ended takes its figures with it: the processes measured here keep theirs."""
+    total = Sched()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return total
+    for task in tasks:
+        try:
+            on_cpu, waited, slices = (task / "schedstat").read_text().split()[:3]
+        except (OSError, ValueError):
+            continue
+        total = total + Sched(int(on_cpu) / 1e9, int(waited) / 1e9, int(slices))
+    return total
+
+
+SchedSnapshot = dict[str, dict[int, Sched]]
+
+
+def sched_snapshot(kinds: Mapping[str, list[int]]) -> SchedSnapshot:
+    """proc_sched of every pid, by kind of process."""
+    return {kind: {p: proc_sched(p) for p in pids} for kind, pids in kinds.items()}
+
+
+def sched_profile(
+    before: SchedSnapshot, after: SchedSnapshot, seconds: float, deliveries: int
+) -> dict[str, dict[str, float]]:
+    """Per kind of process, between two snapshots: CPU and run-queue wait in ms per
+    delivery, the wait as cores' worth (average number of its threads runnable but not
+    running), and the mean wait per timeslice in ms. Processes born in between count whole."""
+    out: dict[str, dict[str, float]] = {}
+    per = 1000 / max(deliveries, 1)
+    for kind, procs in after.items():
+        total = Sched()
+        for pid, s in procs.items():
+            total = total + (s - before.get(kind, {}).get(pid, Sched()))
+        if not total.slices and not total.cpu_s:
+            continue
+        out[kind] = {
+            "cpu_ms_per_delivery": round(total.cpu_s * per, 4),
+            "wait_ms_per_delivery": round(total.wait_s * per, 4),
+            "cpu_cores": round(total.cpu_s / max(seconds, 1e-6), 3),
+            "waiting_cores": round(total.wait_s / max(seconds, 1e-6), 3),
+            "wait_ms_per_slice": round(total.wait_s * 1000 / max(total.slices, 1), 4),
+            "slices": total.slices,
+        }
+    return out
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent not idle since boot (for the share used by others)."""
     first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in first[:8])
     return (user + nice + system + irq + softirq + steal) / _TICK  # guest is inside user
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor took from this VM's cores since boot (/proc/stat)."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return int(first[7]) / _TICK
 
 
 def _status_kb(pid: int, key: str) -> float:

@@ -9,7 +9,8 @@ delivery row id; ``webhook-id`` is one per event and webhook, not per row). Unde
 Control endpoints (JSON):
 
 - ``GET /_bench/stats``: ``{"count", "first", "last", "bytes"}``
-- ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...]}`` in arrival order
+- ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...], "signed": [...]}`` in arrival
+  order (``signed``: the request's ``X-InTime-Timestamp``, when the sender signed it, in ms)
 - ``POST /_bench/reset``: forget everything recorded
 
 ``ReceiverProcess`` starts it and talks to the control endpoints.
@@ -36,6 +37,7 @@ class Recorder:
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.times: list[float] = []
+        self.signed: list[str] = []  # X-InTime-Timestamp: when the sender signed (ms)
         self.bytes = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -44,6 +46,7 @@ class Recorder:
         body = await request.read()
         self.times.append(time.time())
         self.ids.append(request.headers.get("X-InTime-Delivery", ""))
+        self.signed.append(request.headers.get("X-InTime-Timestamp", ""))
         self.bytes += len(body)
         if request.path.startswith(SLOW):
             await asyncio.sleep(SLOW_SECONDS)
@@ -59,9 +62,9 @@ class Recorder:
                 "bytes": self.bytes,
             }
         elif action == "arrivals":
-            data = {"ids": self.ids, "times": self.times}
+            data = {"ids": self.ids, "times": self.times, "signed": self.signed}
         elif action == "reset" and request.method == "POST":
-            self.ids, self.times, self.bytes = [], [], 0
+            self.ids, self.times, self.signed, self.bytes = [], [], [], 0
             data = {"ok": True}
         else:
             return web.Response(status=404)

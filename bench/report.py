@@ -239,6 +239,43 @@ def markdown(res: Results) -> str:
                 _met(ok) + (" / " + _met(p99 <= 5) if p99 is not None else ""),
             )
         )
+    if "latency" in s and "floor" in s["latency"]:
+        fl = s["latency"]["floor"]
+        rows.append(
+            (
+                "latency floor",
+                "bare pipeline alone (NOTIFY, 1 insert, POST, 1 update), same rate",
+                f"p50 {_num(fl['p50_ms'], 1)} / p95 {_num(fl['p95_ms'], 1)} / "
+                f"p99 {_num(fl['p99_ms'], 1)} ms",
+                "what any dispatcher needs here",
+                "",
+            )
+        )
+    if "hotquiet" in s and "floor" in s["hotquiet"]:
+        fl = s["hotquiet"]["floor"]
+        p99 = fl["p99_ms"]
+        rows.append(
+            (
+                "hot+quiet floor",
+                "the quiet events through the bare pipeline, during the hot drain",
+                f"p50 {_num(fl['p50_ms'], 1)} / p95 {_num(fl['p95_ms'], 1)} / "
+                f"p99 {_num(p99, 1)} ms",
+                "p99 <= 20 ms even bare?",
+                _met(p99 <= 20 if p99 is not None else None),
+            )
+        )
+    for name, key in (("latency", "sched"), ("hotquiet", "quiet_sched")):
+        if name in s and s[name].get(key):
+            rows.append(
+                (
+                    f"{name} sched",
+                    "waited for a CPU / on a CPU, ms per delivery (run queue, /proc schedstat)",
+                    sched_text(s[name][key]),
+                    f"foreign {_num(s[name][key]['window'].get('foreign_cpu_cores'), 2)}, steal "
+                    f"{_num(s[name][key]['window']['steal_cores'], 2)} cores",
+                    "",
+                )
+            )
     if "intake" in s:
         i = s["intake"]
         rows.append(
@@ -321,3 +358,13 @@ def profile_markdown(profile: dict[str, Any]) -> str:
     lines += ["", "| inclusive % | frame |", "|---|---|"]
     lines += [f"| {p['percent']} | {p['frame']} |" for p in profile["inclusive"][:15]]
     return "\n".join(lines)
+
+
+def sched_text(sched: dict[str, Any]) -> str:
+    """'daemon 0.12 / 0.30, postgres_daemon ...': run-queue wait / CPU per delivery (ms)."""
+    parts = [
+        f"{kind} {v['wait_ms_per_delivery']:.3f} / {v['cpu_ms_per_delivery']:.3f}"
+        for kind, v in sorted(sched.items())
+        if kind != "window" and v.get("slices")
+    ]
+    return ", ".join(parts)

@@ -15,7 +15,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,16 @@ from psycopg.types.json import Jsonb
 
 from bench.ceiling import pg_ceiling, run_http_ceiling
 from bench.drain import BenchError, Drain
-from bench.infra import BENCH_ROLE, proc_cpu, q, start_daemon, start_floor, stop_daemon
+from bench.floor_latency import FloorProcess
+from bench.infra import (
+    BENCH_ROLE,
+    FLOOR_ROLE,
+    proc_cpu,
+    q,
+    start_daemon,
+    start_floor,
+    stop_daemon,
+)
 from bench.receiver import SLOW_SECONDS
 from bench.workload import (
     EVENT_TYPE,
@@ -52,6 +63,7 @@ class Config:
     latency_rate: float = 200.0
     latency_seconds: float = 20.0
     latency_warmup_seconds: float = 2.0
+    latency_floor: bool = True  # the floor pipeline beside latency and hotquiet
     intake_seconds: float = 5.0
     intake_rounds: int = 3
     publishers: int = 8
@@ -208,9 +220,13 @@ class Scenarios:
     async def hotquiet(self) -> dict[str, Any]:
         """One webhook draining a backlog while 200 quiet ones (one org each) get an event now
         and then: the hot one's drain and the quiet ones' latency from COMMIT. The quiet
-        events start once the hot backlog is fanned out (outbox empty)."""
+        events start once the hot backlog is fanned out (outbox empty). With the floor on,
+        every quiet event also rings the floor pipeline's doorbell in its transaction: the
+        same events, from the same COMMIT, through the least any dispatcher must do, while
+        the daemon drains the hot webhook beside it."""
         cfg = self.cfg
         db = await self._fresh("hotquiet")
+        fp: FloorProcess | None = None
         try:
             async with await self.d.connect(db) as conn:
                 hot = await create_webhooks(conn, self.receiver.url("/hot"), orgs=1, per_org=1)
@@ -218,9 +234,18 @@ class Scenarios:
                     conn, self.receiver.url("/quiet"), orgs=cfg.quiet_webhooks, per_org=1
                 )
                 await publish_backlog(conn, hot.orgs, cfg.hot_events)
-            pub = Publisher(self.cluster.dsn(db), quiet.orgs, connections=4)
+            pub = Publisher(
+                self.cluster.dsn(db), quiet.orgs, connections=4, floor=cfg.latency_floor
+            )
             await pub.open()
+            if cfg.latency_floor:
+                fp = FloorProcess(
+                    self.cluster.dsn(db, role=FLOOR_ROLE), self.receiver.url("/floor")
+                )
+                await asyncio.to_thread(fp.start)
+                self.d.floor_pid = fp.pid
             outbox_s: list[float] = []
+            quiet_sched: dict[str, Any] = {}
 
             async def quiet_traffic() -> dict[str, float]:
                 # Once the hot backlog has left the outbox (it is the hot webhook's pending
@@ -239,7 +264,14 @@ class Scenarios:
                             break
                         await asyncio.sleep(0.01)
                 outbox_s.append(time.monotonic() - t0)
-                return await pub.paced(cfg.quiet_rate, cfg.quiet_events / cfg.quiet_rate)
+                # the scheduling profile of the quiet traffic's window alone
+                window = self.d.sched_window(list(self.d.running), self.d.floor_pid)
+                n0 = (await self.receiver.stats())["count"]
+                window.start()
+                done = await pub.paced(cfg.quiet_rate, cfg.quiet_events / cfg.quiet_rate)
+                n1 = (await self.receiver.stats())["count"]
+                quiet_sched.update(window.stop(max(n1 - n0, 1)))
+                return done
 
             try:
                 result = await self.d.run(
@@ -247,15 +279,23 @@ class Scenarios:
                 )
             finally:
                 await pub.close()
+                self.d.floor_pid = None
+                if fp is not None:
+                    await asyncio.to_thread(fp.stop)
             commits: dict[str, float] = result.pop("during")
             arrivals = await self.receiver.arrivals()  # still those of the drain
             async with await self.d.connect(db) as conn:
-                cur = await conn.execute(q("delivery_events"))
-                event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+                cur = await conn.execute(q("delivery_timeline"))
+                rows = await cur.fetchall()
+                floor_timeline = await _floor_timeline(conn) if fp is not None else {}
         finally:
             await asyncio.to_thread(self.cluster.drop_database, db)
+        event_of = {r["id"]: r["event_id"] for r in rows}
+        timeline = _with_signed(rows, _signed(arrivals, event_of))
         quiet_ms, hot_times = [], []
         for i, t in zip(arrivals["ids"], arrivals["times"], strict=True):
+            if i.startswith("floor-"):
+                continue
             event = event_of.get(i)
             if event in commits:
                 quiet_ms.append((t - commits[event]) * 1000)
@@ -264,6 +304,7 @@ class Scenarios:
         quiet_ms.sort()
         hot_span = max(max(hot_times) - min(hot_times), 1e-6) if hot_times else 0.0
         hot_rate = cfg.hot_events / hot_span if hot_span else 0.0
+        arrived = _arrived(arrivals, event_of)
         result.update(
             hot_events=cfg.hot_events,
             quiet_webhooks=cfg.quiet_webhooks,
@@ -281,7 +322,16 @@ class Scenarios:
             quiet_p95_ms=_pct(quiet_ms, 95),
             quiet_p99_ms=_pct(quiet_ms, 99),
             quiet_max_ms=_pct(quiet_ms, 100),
+            quiet_stages=stages(commits, arrived, timeline, DAEMON_STAGES),
+            quiet_sched=quiet_sched,
         )
+        if fp is not None:
+            floor_arrived = _arrived(arrivals, None)
+            floor = latency_figures(commits, pub.commit_sent, floor_arrived)
+            missing = floor.pop("missing")
+            floor["stages"] = stages(commits, floor_arrived, floor_timeline, FLOOR_STAGES)
+            result["floor"] = floor
+            result["all_success"] = result["all_success"] and not missing
         paired = result.get("paired_ceiling_per_s")
         if paired:
             result["hot_ratio_to_paired_ceiling"] = round(hot_rate / paired, 3)
@@ -350,6 +400,12 @@ class Scenarios:
     async def _latency(self, db: str, rate: float, seconds: float) -> dict[str, Any]:
         async with await self.d.connect(db) as conn:
             hooks = await create_webhooks(conn, self.receiver.url("/latency"), orgs=1, per_org=1)
+            alone = await create_webhooks(conn, "", orgs=1, per_org=0)  # the floor's org
+        floor = None
+        if self.cfg.latency_floor:
+            # The floor alone at the same rate, right before the daemon's part (no daemon
+            # runs yet; its events are for an org without webhooks, cleared afterwards).
+            floor = await self._floor_alone(db, alone.orgs[0], rate, seconds)
         org = hooks.orgs[0]
         pub = Publisher(self.cluster.dsn(db), org, connections=4)
         await pub.open()
@@ -367,8 +423,11 @@ class Scenarios:
             async with await self.d.connect(db) as conn:
                 await conn.execute(q("prepare_backlog"))
             await asyncio.to_thread(self._track_statements)
+            window = self.d.sched_window([daemon.proc.pid])
+            window.start()
             commits = await pub.paced(rate, seconds)
             complete = await self._wait_received(len(commits), daemon, 30.0, fail=False)
+            sched = window.stop(len(commits))
             arrivals = await self.receiver.arrivals()
         finally:
             await pub.close()
@@ -377,50 +436,80 @@ class Scenarios:
             daemon.close()
         sql_cost = self.d.sql_cost(db, max(len(commits), 1))
         async with await self.d.connect(db) as conn:
-            cur = await conn.execute(q("delivery_events"))
-            event_of = {r["id"]: r["event_id"] for r in await cur.fetchall()}
+            cur = await conn.execute(q("delivery_timeline"))
+            rows = await cur.fetchall()
             cur = await conn.execute(q("statuses"))
             statuses = {r["status"]: r["n"] for r in await cur.fetchall()}
-        lat = [
-            (t - commits[event_of[i]]) * 1000
-            for i, t in zip(arrivals["ids"], arrivals["times"], strict=True)
-            if event_of.get(i) in commits
-        ]
-        # Events not heard within 30 s after the last publish count as infinitely late.
-        missing = [math.inf] * max(0, len(commits) - len(lat))
-        lat = sorted(lat) + missing
-        upper = (
-            sorted(
-                (t - pub.commit_sent[event_of[i]]) * 1000
-                for i, t in zip(arrivals["ids"], arrivals["times"], strict=True)
-                if event_of.get(i) in commits
-            )
-            + missing
-        )
+        event_of = {r["id"]: r["event_id"] for r in rows}
+        timeline = _with_signed(rows, _signed(arrivals, event_of))
+        arrived = _arrived(arrivals, event_of)
+        figures = latency_figures(commits, pub.commit_sent, arrived)
         commit_ms = sorted(pub.commit_ms)
         span = max(pub.last_commit - pub.first_commit, 1e-6)
-        return {
+        missing = figures.pop("missing")
+        out: dict[str, Any] = {
             "offered_per_s": rate,
             "seconds": seconds,
             "events": len(commits),
             "achieved_publish_per_s": round((len(commits) - 1) / span, 1),
-            "measured": len(lat) - len(missing),
-            "undelivered_after_30s": len(missing),
-            "p50_ms": _pct(lat, 50),
-            "p95_ms": _pct(lat, 95),
-            "p99_ms": _pct(lat, 99),
-            "max_ms": _pct(lat, 100),
-            "min_ms": round(lat[0], 2) if lat else None,
-            "from_commit_sent_p50_ms": _pct(upper, 50),
-            "from_commit_sent_p99_ms": _pct(upper, 99),
+            **figures,
             "publish_commit_p50_ms": _pct(commit_ms, 50),
             "publish_commit_p99_ms": _pct(commit_ms, 99),
             "statuses": statuses,
             "exit_code": code,
             "sql": sql_cost,
+            "sched": sched,
+            "stages": stages(commits, arrived, timeline, DAEMON_STAGES),
             "all_success": complete
             and not missing
             and statuses.get("success", 0) == sum(statuses.values()),
+        }
+        if floor is not None:
+            out["floor"] = floor
+            out["all_success"] = out["all_success"] and floor["all_success"]
+        return out
+
+    async def _floor_alone(
+        self, db: str, org: uuid.UUID, rate: float, seconds: float
+    ) -> dict[str, Any]:
+        """The floor pipeline alone at `rate` events/s for `seconds` (bench/floor_latency.py):
+        the least any dispatcher must do per event, on this machine, in this run."""
+        pub = Publisher(self.cluster.dsn(db), org, connections=4, floor=True)
+        await pub.open()
+        fp = FloorProcess(self.cluster.dsn(db, role=FLOOR_ROLE), self.receiver.url("/floor"))
+        await asyncio.to_thread(fp.start)
+        try:
+            await self.receiver.reset()
+            await pub.one()
+            await self._wait_received(1, fp, 30.0)
+            warm = await pub.paced(rate, self.cfg.latency_warmup_seconds)
+            await self._wait_received(1 + len(warm), fp, 30.0)
+            await self.receiver.reset()
+            await asyncio.to_thread(self._track_statements)
+            window = self.d.sched_window([], fp.pid)
+            window.start()
+            commits = await pub.paced(rate, seconds)
+            complete = await self._wait_received(len(commits), fp, 30.0, fail=False)
+            sched = window.stop(len(commits))
+            arrivals = await self.receiver.arrivals()
+        finally:
+            await pub.close()
+            await asyncio.to_thread(fp.stop)
+            await asyncio.to_thread(self.cluster.set_statement_tracking, False)
+        sql_cost = self.d.sql_cost(db, max(len(commits), 1), role=FLOOR_ROLE)
+        async with await self.d.connect(db) as conn:
+            timeline = await _floor_timeline(conn)
+            await conn.execute(q("outbox_clear"))
+        arrived = _arrived(arrivals, None)
+        figures = latency_figures(commits, pub.commit_sent, arrived)
+        missing = figures.pop("missing")
+        return {
+            "events": len(commits),
+            **figures,
+            "sched": sched,
+            "sql": sql_cost,
+            "stages": stages(commits, arrived, timeline, FLOOR_STAGES),
+            "all_success": complete and not missing,
         }
 
     def _track_statements(self) -> None:
@@ -436,7 +525,7 @@ class Scenarios:
         deadline = time.monotonic() + timeout
         while (got := (await self.receiver.stats())["count"]) < count:
             if not daemon.is_running():
-                raise BenchError(f"daemon exited with {daemon.returncode}\n{daemon.tail()}")
+                raise BenchError(f"process exited with {daemon.returncode}\n{daemon.tail()}")
             if time.monotonic() > deadline:
                 if fail:
                     raise BenchError(f"latency: {got} of {count} deliveries within {timeout} s")
@@ -531,3 +620,132 @@ def _pct(sorted_values: list[float], p: float) -> float | None:
     rank = max(1, min(len(sorted_values), math.ceil(p / 100 * len(sorted_values))))
     value = sorted_values[rank - 1]
     return None if math.isinf(value) else round(value, 2)
+
+
+def _arrived(arrivals: dict[str, Any], event_of: dict[str, str] | None) -> dict[str, float]:
+    """{event id: arrival time} of the daemon's deliveries (`event_of`: delivery id ->
+    event id), or with None of the floor's (``floor-<event id>``)."""
+    out: dict[str, float] = {}
+    for i, t in zip(arrivals["ids"], arrivals["times"], strict=True):
+        if i.startswith("floor-"):
+            if event_of is None:
+                out.setdefault(i.removeprefix("floor-"), t)
+        elif event_of is not None and i in event_of:
+            out.setdefault(event_of[i], t)
+    return out
+
+
+def _signed(arrivals: dict[str, Any], event_of: dict[str, str]) -> dict[str, float]:
+    """{event id: when the daemon signed its request}, from the X-InTime-Timestamp the
+    receiver kept. That header is truncated to the millisecond: half a millisecond is added,
+    so a median over many events is not biased by it (one event's figure is +-0.5 ms)."""
+    out: dict[str, float] = {}
+    for i, stamp in zip(arrivals["ids"], arrivals.get("signed", []), strict=False):
+        if i in event_of and stamp:
+            at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            out.setdefault(event_of[i], at.timestamp() + 0.0005)
+    return out
+
+
+def _with_signed(rows: list[dict[str, Any]], signed: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """The daemon's timeline per event: its delivery row's times and when it was signed."""
+    return {r["event_id"]: {**r, "signed": signed.get(r["event_id"])} for r in rows}
+
+
+async def _floor_timeline(conn: Any) -> dict[str, dict[str, Any]]:
+    cur = await conn.execute(q("floor_timeline"))
+    return {r["event_id"]: r for r in await cur.fetchall()}
+
+
+def latency_figures(
+    commits: dict[str, float], commit_sent: dict[str, float], arrived: dict[str, float]
+) -> dict[str, Any]:
+    """p50/p95/p99/max from COMMIT returned (and from COMMIT sent) to the receiver's arrival;
+    an event never heard counts as infinitely late (``missing``)."""
+    lat = sorted((arrived[e] - c) * 1000 for e, c in commits.items() if e in arrived)
+    upper = sorted(
+        (arrived[e] - commit_sent[e]) * 1000 for e in commits if e in arrived and e in commit_sent
+    )
+    missing = [math.inf] * (len(commits) - len(lat))
+    measured = len(lat)
+    lat += missing
+    upper += missing
+    return {
+        "measured": measured,
+        "undelivered_after_30s": len(missing),
+        "p50_ms": _pct(lat, 50),
+        "p95_ms": _pct(lat, 95),
+        "p99_ms": _pct(lat, 99),
+        "max_ms": _pct(lat, 100),
+        "min_ms": round(lat[0], 2) if lat and not math.isinf(lat[0]) else None,
+        "from_commit_sent_p50_ms": _pct(upper, 50),
+        "from_commit_sent_p99_ms": _pct(upper, 99),
+        "missing": len(missing),
+    }
+
+
+# Stages of one event's latency, as (name, from, to): "commit" and "arrival" are the
+# benchmark's and the receiver's clocks, the others columns of the pipeline's rows; all are
+# time.time() or PostgreSQL's now() on the same machine.
+Stage = tuple[str, str, str]
+DAEMON_STAGES: tuple[Stage, ...] = (
+    # NOTIFY delivery, the listener's wake-up, the loop's lag, the pool, the statement's send
+    ("commit_to_fan_out_start", "commit", "written"),
+    # the fan-out statement, its rows back, the attempt's Python up to signing the request
+    ("fan_out_start_to_signed", "written", "signed"),
+    # aiohttp's request, the kernel, the receiver's read of it
+    ("signed_to_arrival", "signed", "arrival"),
+    ("arrival_to_recorded", "arrival", "recorded"),
+)
+FLOOR_STAGES: tuple[Stage, ...] = (
+    ("commit_to_heard", "commit", "heard"),  # NOTIFY delivery and the floor's wake-up
+    ("heard_to_insert_start", "heard", "written"),  # its loop and the statement's send
+    ("insert_start_to_sent", "written", "sent"),  # the insert, its answer, signing
+    ("sent_to_arrival", "sent", "arrival"),  # aiohttp's request to the receiver's read
+    ("arrival_to_recorded", "arrival", "recorded"),
+)
+
+
+def stages(
+    commits: dict[str, float],
+    arrived: dict[str, float],
+    timeline: dict[str, Any],
+    names: tuple[Stage, ...],
+) -> dict[str, Any]:
+    """Where each event's milliseconds went, stage by stage: the median of every stage over
+    all events, and over the slowest 1 % of events (at least one),
+    with the difference: which stage the tail's extra milliseconds are in."""
+    per: list[tuple[float, dict[str, float]]] = []
+    for event, commit in commits.items():
+        if event not in arrived or event not in timeline:
+            continue
+        points = {**timeline[event], "commit": commit, "arrival": arrived[event]}
+        row: dict[str, float] = {}
+        for name, a, b in names:
+            if points.get(a) is not None and points.get(b) is not None:
+                row[name] = (float(points[b]) - float(points[a])) * 1000
+        per.append(((arrived[event] - commit) * 1000, row))
+    if not per:
+        return {}
+    per.sort(key=lambda x: x[0])
+    slow = per[-max(1, math.ceil(len(per) / 100)) :]  # the slowest 1 %, at least one
+
+    def medians(rows: list[tuple[float, dict[str, float]]]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {"total_ms": round(statistics.median(t for t, _ in rows), 2)}
+        for name, _, _ in names:
+            vals = [r[name] for _, r in rows if name in r]
+            out[name] = round(statistics.median(vals), 2) if vals else None
+        return out
+
+    every, tail = medians(per), medians(slow)
+    return {
+        "events": len(per),
+        "slowest_events": len(slow),
+        "median_all": every,
+        "median_slowest_1pct": tail,
+        "tail_excess_ms": {
+            k: round(v - every[k], 2)  # type: ignore[operator]
+            for k, v in tail.items()
+            if v is not None and every.get(k) is not None
+        },
+    }

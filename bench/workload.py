@@ -134,8 +134,17 @@ class Publisher:
     time is ``time.time()`` right after COMMIT returns. Open loop: events start on schedule
     whatever earlier ones are doing."""
 
-    def __init__(self, dsn: str, org: uuid.UUID | list[uuid.UUID], connections: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        org: uuid.UUID | list[uuid.UUID],
+        connections: int,
+        *,
+        floor: bool = False,
+    ) -> None:
         self.dsn = dsn
+        # also ring the floor pipeline's doorbell (bench/floor_latency.py) in each transaction
+        self.statement = q("publish_one_floor" if floor else "publish_one")
         # several orgs: events go to them round-robin (one webhook each: the quiet ones)
         self.orgs = org if isinstance(org, list) else [org]
         self._next = 0
@@ -162,7 +171,7 @@ class Publisher:
             t0 = time.perf_counter()
             async with conn.transaction():
                 cur = await conn.execute(
-                    q("publish_one"),
+                    self.statement,
                     {"event_type": EVENT_TYPE, "payload": Jsonb(PAYLOAD), "org": org},
                     prepare=True,
                 )
