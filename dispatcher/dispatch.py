@@ -22,7 +22,7 @@ import contextlib
 import functools
 import time
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import psycopg
@@ -44,7 +44,6 @@ from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
 
 log = structlog.get_logger("dispatcher.dispatch")
-_T = TypeVar("_T")
 
 # Bounds of the fan-out factor: a pass takes at most 4x its free slots in events (events
 # that match nothing are cheap) and at least one event.
@@ -136,9 +135,6 @@ class Dispatcher:
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
-        # A fan-out beside another one left events in the outbox, due at once (an ordered
-        # key's newer events behind the older ones the other statement took): look again.
-        self._recheck_outbox = False
 
     @property
     def unreadable(self) -> int:
@@ -307,36 +303,21 @@ class Dispatcher:
             elif self._outbox_held:
                 events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
-            fanned = False
             if room_for_new > 0:
-                fan_out = self._fan_out(conn, params, events_wanted, room_for_new)
-                if self._intake.cap is None:
-                    # A doorbell that rings while this fan-out runs gets its own at once,
-                    # rather than queueing behind it (issue 12: the 200/s latency tail).
-                    (events, claimed), fanned = await self._hearing_doorbell(
-                        asyncio.ensure_future(fan_out), room_for_new
-                    )
-                else:  # narrowed after a timeout: one fan-out at a time names its event
-                    events, claimed = await fan_out
+                events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
             if room_for_new > 0:
                 # Only a fan-out that ran says whether the outbox holds more: a due scan
                 # that filled the pass (rows it leased ahead count) leaves it as it was, or
                 # a backlog still in the outbox would wait for the next doorbell or poll.
-                # A doorbell's fan-out beside this one may have found more (fanned).
-                self._outbox_busy = events >= events_wanted or fanned
-                if self._recheck_outbox and self._passes == 1:
-                    # Two fan-outs ran side by side and one left events due at once: the
-                    # next pass reads the outbox again instead of waiting for a doorbell.
-                    self._recheck_outbox = False
-                    self._outbox_busy = fanned = True
+                self._outbox_busy = events >= events_wanted
                 self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
                 if not self._outbox_busy:  # drained: the next backlog starts afresh
                     self._fresh, self._paced_since = False, None
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
+            fanned = False
             if scan_due and not due_first and left > 0 and not outbox_busy:
-                due, fanned_by_scan = await self._claim_due_hearing_doorbell(conn, params, left)
-                fanned = fanned or fanned_by_scan
+                due, fanned = await self._claim_due_hearing_doorbell(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
         self._due_full = due_full or self._due_full
         if fanned:
@@ -385,8 +366,6 @@ class Dispatcher:
         deferred = int(rows[-1]["events_deferred"]) if rows else 0
         taken = events + deferred
         self._deferred = deferred > 0
-        if deferred and self._passes > 1:
-            self._recheck_outbox = True
         self._intake.succeeded(taken)
         if events_wanted < wanted and taken >= events_wanted:
             self._retry_now = True  # a narrowed pass was full: more is waiting
@@ -423,61 +402,50 @@ class Dispatcher:
 
         The two statements may lease rows of one webhook beyond its cap: the extra ones
         wait in its claim-ahead queue or are released unsent, as for any claim."""
-        return await self._hearing_doorbell(
-            asyncio.ensure_future(self._claim_due(conn, params, limit)), limit
-        )
-
-    async def _hearing_doorbell(self, statement: asyncio.Future[_T], taken: int) -> tuple[_T, bool]:
-        """Await `statement` (a due scan or a fan-out on this pass's connection, which may
-        start up to `taken` attempts); a doorbell that rings meanwhile is answered at once
-        by a fan-out on a second connection with the slots neither takes. Returns
-        (the statement's result, whether that fan-out says more may be waiting)."""
-        spare = self._s.concurrency - len(self._inflight) - taken
+        spare = self._s.concurrency - len(self._inflight) - limit
+        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
         if (
             spare < min(self._min_batch, self._s.concurrency)
             or self._stopping
             # Only the outermost pass opens a second one: a nested pass's count of free
-            # slots would not see the outer statement's rows, leased but not started yet.
+            # slots would not see the outer scan's rows, leased but not started yet.
             or self._passes > 1
             # Never wait for a second connection while holding this one (a pool of one
             # would stall until its timeout): without an idle one, the doorbell's pass
-            # simply follows this statement.
+            # simply follows the scan.
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
-            return await statement, False
+            return await scan, False
         doorbell = asyncio.ensure_future(self._wake.wait())
         fan_out: asyncio.Future[bool] | None = None
         try:
-            waiters: list[asyncio.Future[Any]] = [statement, doorbell]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if statement.done() or self._stopping:
-                return await statement, False  # the doorbell's pass follows at once
+            await asyncio.wait([scan, doorbell], return_when=asyncio.FIRST_COMPLETED)
+            if scan.done() or self._stopping:
+                return await scan, False  # the doorbell's pass follows at once
             self._wake.clear()
             fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
-            got = await asyncio.gather(statement, fan_out, return_exceptions=True)
+            got = await asyncio.gather(scan, fan_out, return_exceptions=True)
         except BaseException:
             # Cancelled (the pass's deadline, stop): both statements end before this
-            # pass gives its connection back, so rows the first leased are not orphaned
+            # pass gives its connection back, so rows the scan leased are not orphaned
             # on a connection the pool closes.
-            children: list[asyncio.Future[Any]] = [statement]
-            if fan_out is not None:
-                children.append(fan_out)
+            children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
             for child in children:
                 child.cancel()
             await asyncio.gather(*children, return_exceptions=True)
             raise
         finally:
             doorbell.cancel()
-        result, fanned = got
-        if isinstance(result, BaseException):
-            raise result
+        rows, fanned = got
+        if isinstance(rows, BaseException):
+            raise rows
         if isinstance(fanned, BaseException):
-            # The statement's rows started; only the doorbell's fan-out failed (no connection
+            # The scan's rows started; only the doorbell's fan-out failed (no connection
             # came, or its statement failed): not this pass's failure. Its pass follows.
             log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
             self._wake.set()
-            return result, False
-        return result, fanned
+            return rows, False
+        return rows, fanned
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
