@@ -212,7 +212,7 @@ FROM (SELECT publish_event(%(event_type)s, gen_random_uuid(), %(payload)s::jsonb
 -- Events published for the floor alone (an org without webhooks) before the daemon starts.
 DELETE FROM dispatcher.outbox;
 
--- name: floor_setup
+-- name: latency_floor_setup
 CREATE TABLE IF NOT EXISTS bench_floor_deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id uuid NOT NULL,
@@ -225,7 +225,7 @@ CREATE TABLE IF NOT EXISTS bench_floor_deliveries (
     delivered_at timestamptz
 );
 
--- name: floor_insert
+-- name: latency_floor_insert
 -- The floor's one statement before the POST: its delivery row, the body built as the
 -- daemon's fan-out builds it.
 INSERT INTO bench_floor_deliveries (event_id, request_body, heard_at)
@@ -237,7 +237,7 @@ FROM public.events e
 WHERE e.id = %(event)s::uuid
 RETURNING id, request_body;
 
--- name: floor_record
+-- name: latency_floor_record
 UPDATE bench_floor_deliveries
 SET status = %(status)s, response_status = %(code)s, sent_at = %(sent)s, delivered_at = now()
 WHERE id = %(id)s;

@@ -51,7 +51,7 @@ class Floor:
             conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
             self.free.put_nowait(conn)
         setup = await self.free.get()
-        await setup.execute(q("floor_setup"))
+        await setup.execute(q("latency_floor_setup"))
         self.free.put_nowait(setup)
         listen = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         await listen.execute(f"LISTEN {CHANNEL}")
@@ -69,7 +69,7 @@ class Floor:
         conn = await self.free.get()
         try:
             cur = await conn.execute(
-                q("floor_insert"), {"event": event_id, "heard": heard}, prepare=True
+                q("latency_floor_insert"), {"event": event_id, "heard": heard}, prepare=True
             )
             row = await cur.fetchone()
         finally:
@@ -94,7 +94,7 @@ class Floor:
         conn = await self.free.get()
         try:
             await conn.execute(
-                q("floor_record"),
+                q("latency_floor_record"),
                 {"id": row_id, "status": status, "code": code, "sent": sent},
                 prepare=True,
             )
