@@ -346,10 +346,33 @@ WITH o AS (
         error_message text, error_code text, started_at timestamptz, ended_at timestamptz
     )
 ), mine AS (
-    SELECT d.id FROM public.webhook_deliveries d JOIN o ON o.id = d.id
-    WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
-    ORDER BY d.id
-    FOR UPDATE OF d SKIP LOCKED
+    -- Each outcome's row by primary key, locked in id order (the outer rows are sorted and
+    -- a LATERAL with FOR UPDATE is a nested loop: one probe, one lock, per outcome). Written
+    -- so that no other access path exists, in any plan: the claim and status test sits in
+    -- coalesce(), which neither the partial index on pending rows
+    -- (dispatcher_deliveries_due_since, implied by a bare `status IN (...)`) nor an index on
+    -- next_retry_at can serve. As a plain join, the generic plan psycopg's prepared statement
+    -- settles on could read every pending row through that index (a bitmap scan, hash join:
+    -- chosen while the table was small, kept as the backlog grew), ~4x the buffers per outcome.
+    SELECT l.id
+    FROM (SELECT o.id, o.claim FROM o ORDER BY o.id) s
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM public.webhook_deliveries d
+        WHERE d.id = s.id
+          AND coalesce(d.next_retry_at = s.claim AND d.status IN ('pending', 'retrying'), false)
+        FOR UPDATE OF d SKIP LOCKED) l
+), seen AS (
+    -- The rows of the outcomes not locked above, as this statement's snapshot has them, by
+    -- primary key (OFFSET 0: not flattened, so nothing is pushed into the probe): for the
+    -- busy and lost reports below, read only when some outcome was not written.
+    SELECT o.id, o.claim, o.attempt, b.id AS row_id, b.status, b.attempt_number,
+           coalesce(b.next_retry_at = o.claim AND b.status IN ('pending', 'retrying'), false)
+               AS claim_held
+    FROM o
+    LEFT JOIN LATERAL (
+        SELECT d.id, d.status, d.attempt_number, d.next_retry_at
+        FROM public.webhook_deliveries d WHERE d.id = o.id OFFSET 0) b ON true
+    WHERE o.id NOT IN (SELECT id FROM mine)
 ), upd AS (
     UPDATE public.webhook_deliveries d SET
         status = o.status,
@@ -437,15 +460,13 @@ WITH o AS (
     -- attempt changed: the host's deliver-webhook edge function sending the row itself,
     -- an admin action, or a replica that retook the lease and finished first).
     -- docs/host-adoption.md explains the second writer.
-    SELECT o.id,
-           CASE WHEN d.id IS NULL THEN 'deleted'
-                WHEN d.status IN ('pending', 'retrying') AND d.attempt_number = o.attempt
+    SELECT s.id,
+           CASE WHEN s.row_id IS NULL THEN 'deleted'
+                WHEN s.status IN ('pending', 'retrying') AND s.attempt_number = s.attempt
                     THEN 'lease_retaken'
                 ELSE 'changed_by_another_writer' END AS reason
-    FROM o
-    LEFT JOIN public.webhook_deliveries d ON d.id = o.id
-    WHERE o.id NOT IN (SELECT id FROM mine)
-      AND NOT coalesce(d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying'), false)
+    FROM seen s
+    WHERE NOT s.claim_held
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
@@ -458,9 +479,7 @@ SELECT (SELECT count(*) FROM upd) AS recorded,
        ARRAY(SELECT f.id FROM finals f
              WHERE f.id NOT IN (SELECT after_id FROM released)) AS release_later,
        -- still our claim, but the row is locked by another transaction: try again
-       ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
-             WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
-               AND o.id NOT IN (SELECT id FROM mine)) AS busy,
+       ARRAY(SELECT s.id FROM seen s WHERE s.claim_held) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
 
