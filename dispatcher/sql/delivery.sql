@@ -389,7 +389,11 @@ WITH o AS (
                              ELSE now() + make_interval(secs => o.retry_in) END,
         delivered_at = CASE WHEN o.final THEN now() ELSE d.delivered_at END
     FROM o
-    WHERE d.id = o.id AND d.id IN (SELECT id FROM mine)
+    -- The locked rows by primary key, as one array (an estimated 10 ids, not the 100 a
+    -- jsonb_to_recordset is guessed at): the probes then cost less than a sequential scan of
+    -- all but a tiny table, also in a generic plan made while the table was small and kept as
+    -- the backlog grew (a hash join over a sequential scan of every row, per batch, otherwise).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM mine)) AND d.id = o.id
     RETURNING d.id
 ), done AS (
     SELECT o.* FROM o JOIN upd ON upd.id = o.id
@@ -435,20 +439,27 @@ WITH o AS (
     FROM done o
     JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
     WHERE o.final
-), released AS (
-    -- The next delivery of each such key, if delivery_fan_out parked it (its next_retry_at is
-    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
-    -- that committed while this statement ran) is left to delivery_release_parked, which the
-    -- recorder runs next for the ids returned in release_later.
-    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+), nexts AS MATERIALIZED (
+    -- the delivery after each of them in its key
+    SELECT f.id AS after_id, nx.delivery_id, nx.parked_until
     FROM finals f
     CROSS JOIN LATERAL (
         SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
         WHERE s.webhook_id = f.webhook_id AND s.order_key = f.order_key
           AND s.sequence > f.sequence
         ORDER BY s.sequence LIMIT 1) nx
-    WHERE n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
-    RETURNING n.id, f.id AS after_id
+), released AS (
+    -- The next delivery of each such key, if delivery_fan_out parked it (its next_retry_at is
+    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
+    -- that committed while this statement ran) is left to delivery_release_parked, which the
+    -- recorder runs next for the ids returned in release_later.
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM nexts nx
+    -- by primary key only, as in upd (no index on status or next_retry_at can serve the
+    -- test in coalesce())
+    WHERE n.id = ANY (ARRAY(SELECT delivery_id FROM nexts)) AND n.id = nx.delivery_id
+      AND coalesce(n.status = 'pending' AND n.next_retry_at = nx.parked_until, false)
+    RETURNING n.id, nx.after_id
 ), rang AS (
     -- released rows are due now: ring the doorbell (delivered at commit)
     SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
