@@ -126,3 +126,55 @@ async def test_a_replica_stuck_at_its_cap_leaves_the_rest_of_the_backlog_to_anot
     assert (one.starts, one.admission.queued(hook), two.starts) == (4, 8, 600 - 12)
     ids = [r.headers["webhook-id"] for r in receiver.requests_for("/stuck")]
     assert len(ids) == len(set(ids)) == 600 - 8
+
+
+LEASED_LATER = """
+CREATE TABLE public.leased_later (id uuid);
+CREATE FUNCTION public.note_leased_later() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- a lease by delivery_claim_due: a row created due (pending, not leased), leased later
+    IF OLD.status = 'pending' AND NEW.status = 'pending'
+       AND NEW.attempt_number = OLD.attempt_number
+       AND coalesce(OLD.next_retry_at, OLD.created_at) <= now()
+       AND NEW.next_retry_at > now() THEN
+        INSERT INTO public.leased_later VALUES (NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER note_leased_later AFTER UPDATE ON public.webhook_deliveries
+    FOR EACH ROW EXECUTE FUNCTION public.note_leased_later();
+"""
+
+
+async def test_a_one_webhook_backlog_is_fanned_out_into_rows_leased_at_creation(
+    conn, receiver, start_daemon
+):
+    """Issue 12, one-webhook drain: a backlog for one webhook at its cap is fanned out paced
+    by its claim-ahead queue, so every delivery row is created leased to the daemon (one
+    write, then its outcome), never created pending and leased later by a due scan (a
+    third write of a ~3 KB row through its indexes). Before, the fan-out ran ahead 1,000
+    events at a time once the queue was full, and most rows took the pending path."""
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url("/one"), ["*"])
+    await conn.execute(LEASED_LATER)
+    backlog = 3000
+    await hostdb.insert_events_directly(conn, org, "job.created", backlog)  # daemon stopped
+    running = await start_daemon(poll_interval=1.0)
+    dispatcher = running.app.dispatcher
+    assert dispatcher is not None
+    await hostdb.wait_deliveries(conn, "status = 'success'", backlog, timeout=120)
+    cur = await conn.execute("SELECT count(*) AS n FROM public.leased_later")
+    leased_later = (await cur.fetchone())["n"]
+    print(
+        f"leased later {leased_later}, paced skips {getattr(dispatcher, 'paced_skips', None)}, "
+        f"dequeued {dispatcher.admission.dequeued}"
+    )
+    assert leased_later == 0, f"{leased_later} of {backlog} rows were created pending"
+    assert dispatcher.paced_skips > 0, "the queue never held the fan-out back"
+    # the cap still bounds what is in flight (the receiver saw each delivery once)
+    ids = [r.headers["webhook-id"] for r in receiver.requests_for("/one")]
+    assert len(ids) == len(set(ids)) == backlog
+    await conn.execute(
+        "DROP TRIGGER note_leased_later ON public.webhook_deliveries;"
+        " DROP FUNCTION public.note_leased_later(); DROP TABLE public.leased_later"
+    )
