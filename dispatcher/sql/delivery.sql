@@ -346,10 +346,33 @@ WITH o AS (
         error_message text, error_code text, started_at timestamptz, ended_at timestamptz
     )
 ), mine AS (
-    SELECT d.id FROM public.webhook_deliveries d JOIN o ON o.id = d.id
-    WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
-    ORDER BY d.id
-    FOR UPDATE OF d SKIP LOCKED
+    -- Each outcome's row by primary key, locked in id order (the outer rows are sorted and
+    -- a LATERAL with FOR UPDATE is a nested loop: one probe, one lock, per outcome). Written
+    -- so that no other access path exists, in any plan: the claim and status test sits in
+    -- coalesce(), which neither the partial index on pending rows
+    -- (dispatcher_deliveries_due_since, implied by a bare `status IN (...)`) nor an index on
+    -- next_retry_at can serve. As a plain join, the generic plan psycopg's prepared statement
+    -- settles on could read every pending row through that index (a bitmap scan, hash join:
+    -- chosen while the table was small, kept as the backlog grew), ~4x the buffers per outcome.
+    SELECT l.id
+    FROM (SELECT o.id, o.claim FROM o ORDER BY o.id) s
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM public.webhook_deliveries d
+        WHERE d.id = s.id
+          AND coalesce(d.next_retry_at = s.claim AND d.status IN ('pending', 'retrying'), false)
+        FOR UPDATE OF d SKIP LOCKED) l
+), seen AS (
+    -- The rows of the outcomes not locked above, as this statement's snapshot has them, by
+    -- primary key (OFFSET 0: not flattened, so nothing is pushed into the probe): for the
+    -- busy and lost reports below, read only when some outcome was not written.
+    SELECT o.id, o.claim, o.attempt, b.id AS row_id, b.status, b.attempt_number,
+           coalesce(b.next_retry_at = o.claim AND b.status IN ('pending', 'retrying'), false)
+               AS claim_held
+    FROM o
+    LEFT JOIN LATERAL (
+        SELECT d.id, d.status, d.attempt_number, d.next_retry_at
+        FROM public.webhook_deliveries d WHERE d.id = o.id OFFSET 0) b ON true
+    WHERE o.id NOT IN (SELECT id FROM mine)
 ), upd AS (
     UPDATE public.webhook_deliveries d SET
         status = o.status,
@@ -366,7 +389,11 @@ WITH o AS (
                              ELSE now() + make_interval(secs => o.retry_in) END,
         delivered_at = CASE WHEN o.final THEN now() ELSE d.delivered_at END
     FROM o
-    WHERE d.id = o.id AND d.id IN (SELECT id FROM mine)
+    -- The locked rows by primary key, as one array (an estimated 10 ids, not the 100 a
+    -- jsonb_to_recordset is guessed at): the probes then cost less than a sequential scan of
+    -- all but a tiny table, also in a generic plan made while the table was small and kept as
+    -- the backlog grew (a hash join over a sequential scan of every row, per batch, otherwise).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM mine)) AND d.id = o.id
     RETURNING d.id
 ), done AS (
     SELECT o.* FROM o JOIN upd ON upd.id = o.id
@@ -412,20 +439,27 @@ WITH o AS (
     FROM done o
     JOIN dispatcher.delivery_sequence k ON k.delivery_id = o.id AND k.order_key IS NOT NULL
     WHERE o.final
-), released AS (
-    -- The next delivery of each such key, if delivery_fan_out parked it (its next_retry_at is
-    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
-    -- that committed while this statement ran) is left to delivery_release_parked, which the
-    -- recorder runs next for the ids returned in release_later.
-    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+), nexts AS MATERIALIZED (
+    -- the delivery after each of them in its key
+    SELECT f.id AS after_id, nx.delivery_id, nx.parked_until
     FROM finals f
     CROSS JOIN LATERAL (
         SELECT s.delivery_id, s.parked_until FROM dispatcher.delivery_sequence s
         WHERE s.webhook_id = f.webhook_id AND s.order_key = f.order_key
           AND s.sequence > f.sequence
         ORDER BY s.sequence LIMIT 1) nx
-    WHERE n.id = nx.delivery_id AND n.status = 'pending' AND n.next_retry_at = nx.parked_until
-    RETURNING n.id, f.id AS after_id
+), released AS (
+    -- The next delivery of each such key, if delivery_fan_out parked it (its next_retry_at is
+    -- still the parking token), is due now. One this snapshot cannot see (a fan-out
+    -- that committed while this statement ran) is left to delivery_release_parked, which the
+    -- recorder runs next for the ids returned in release_later.
+    UPDATE public.webhook_deliveries n SET next_retry_at = NULL
+    FROM nexts nx
+    -- by primary key only, as in upd (no index on status or next_retry_at can serve the
+    -- test in coalesce())
+    WHERE n.id = ANY (ARRAY(SELECT delivery_id FROM nexts)) AND n.id = nx.delivery_id
+      AND coalesce(n.status = 'pending' AND n.next_retry_at = nx.parked_until, false)
+    RETURNING n.id, nx.after_id
 ), rang AS (
     -- released rows are due now: ring the doorbell (delivered at commit)
     SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
@@ -437,15 +471,13 @@ WITH o AS (
     -- attempt changed: the host's deliver-webhook edge function sending the row itself,
     -- an admin action, or a replica that retook the lease and finished first).
     -- docs/host-adoption.md explains the second writer.
-    SELECT o.id,
-           CASE WHEN d.id IS NULL THEN 'deleted'
-                WHEN d.status IN ('pending', 'retrying') AND d.attempt_number = o.attempt
+    SELECT s.id,
+           CASE WHEN s.row_id IS NULL THEN 'deleted'
+                WHEN s.status IN ('pending', 'retrying') AND s.attempt_number = s.attempt
                     THEN 'lease_retaken'
                 ELSE 'changed_by_another_writer' END AS reason
-    FROM o
-    LEFT JOIN public.webhook_deliveries d ON d.id = o.id
-    WHERE o.id NOT IN (SELECT id FROM mine)
-      AND NOT coalesce(d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying'), false)
+    FROM seen s
+    WHERE NOT s.claim_held
 )
 SELECT (SELECT count(*) FROM upd) AS recorded,
        (SELECT count(*) FROM noted) AS webhooks,
@@ -458,9 +490,7 @@ SELECT (SELECT count(*) FROM upd) AS recorded,
        ARRAY(SELECT f.id FROM finals f
              WHERE f.id NOT IN (SELECT after_id FROM released)) AS release_later,
        -- still our claim, but the row is locked by another transaction: try again
-       ARRAY(SELECT o.id FROM o JOIN public.webhook_deliveries d ON d.id = o.id
-             WHERE d.next_retry_at = o.claim AND d.status IN ('pending', 'retrying')
-               AND o.id NOT IN (SELECT id FROM mine)) AS busy,
+       ARRAY(SELECT s.id FROM seen s WHERE s.claim_held) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),
                 '[]'::jsonb) AS lost;
 
