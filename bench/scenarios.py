@@ -252,12 +252,8 @@ class Scenarios:
                 # rows, drained at its cap): events behind a backlog still in the outbox
                 # wait for its fan-out, whatever webhook they go to (the outbox is FIFO).
                 t0 = time.monotonic()
-                # BENCH_HOTQUIET_AT_ONCE=1: from the hot drain's first arrival instead, with
-                # the hot backlog still in the outbox (a paced one-webhook backlog stays
-                # there until its webhook takes it: the quiet events' doorbells end that)
-                at_once = os.environ.get("BENCH_HOTQUIET_AT_ONCE") == "1"
                 async with await self.d.connect(db) as conn:
-                    while not at_once:
+                    while True:
                         cur = await conn.execute(q("outbox_count"))
                         row = await cur.fetchone()
                         if row is None or row["n"] == 0:

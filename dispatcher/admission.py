@@ -18,13 +18,8 @@ Claim-ahead: a webhook held back by its cap also gets up to `ahead` rows leased 
 it, kept here in a small FIFO queue; when one of its attempts ends, the next queued row
 starts at once (no claim round trip between an attempt's end and the next one), and the
 loop refills the queue in the background once it has run down to half (`refill_wanted`):
-one claim statement then leases many rows (up to `cap + ahead_floor` of a webhook not
-listed, `hook_cap`), instead of one statement per few attempts ended. Each webhook's
-queue bound (`ahead_of`) follows the rate its attempts end: about QUEUE_SECONDS of its
-work, at least twice the cap, at most `ahead` (by default what the process's concurrency
-leaves beside the cap), so a fast endpoint's queue holds whole fan-outs (the loop then
-sizes a one-webhook backlog's fan-out to `lease_room`, and every row it creates is
-leased, never pending) and a slow one's rows never wait long in it. The queue never
+one claim statement then leases many rows (up to `cap + ahead` of one webhook per
+statement, `hook_cap`), instead of one statement per few attempts ended. The queue never
 raises what is in flight (the cap still bounds it), is bounded (a replica never hoards a
 webhook's backlog: others claim the rest), and is offered only to webhooks free of rate
 limits and failures; a queued row that may no longer start (the webhook began failing, a
@@ -45,11 +40,6 @@ from dispatcher.backoff import RetryPolicy
 from dispatcher.ratelimit import RateLimits
 
 FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
-# Claim-ahead per webhook: about this many seconds of its own work (its attempts ended per
-# second, measured over RATE_WINDOW), between twice the cap and `ahead` (the bound): a
-# fast endpoint gets a queue deep enough for whole fan-outs, a slow one no more than today.
-QUEUE_SECONDS = 0.1
-RATE_WINDOW = 0.25
 
 T = TypeVar("T")
 
@@ -73,18 +63,12 @@ class Admission(Generic[T]):
         limits: RateLimits,
         clock: Callable[[], float] = time.monotonic,
         ahead: int | None = None,
-        concurrency: int | None = None,
     ) -> None:
         self.cap = cap
-        # The most rows leased ahead per capped webhook (default: what the process's
-        # concurrency leaves beside the cap, at least twice the cap; none for a cap of one;
-        # 0: off). Each webhook's own bound is `ahead_of()`: QUEUE_SECONDS of its work,
-        # at least `ahead_floor`; its queue is refilled once it has run down to half.
-        default = max(2 * cap, (concurrency or 0) - cap) if cap > 1 else 0
-        self.ahead = max(0, default if ahead is None else ahead)
-        self.ahead_floor = min(self.ahead, 2 * cap)
-        # attempts ended per webhook: (window start, ends in it, the last window's rate)
-        self._ends: dict[UUID, tuple[float, int, float]] = {}
+        # rows leased ahead per capped webhook (default twice the cap, none for a cap of
+        # one; 0: off); the queue is refilled when it has run down to `refill_at`
+        self.ahead = max(0, (2 * cap if cap > 1 else 0) if ahead is None else ahead)
+        self.refill_at = self.ahead // 2
         self._queued: dict[UUID, collections.deque[T]] = {}
         self.dequeued = 0  # rows started from the queue (each saved a claim round trip)
         # failing per the database (its probe came while we were at the cap): nothing
@@ -132,54 +116,20 @@ class Admission(Generic[T]):
             room = 0
         return max(room, 0)
 
-    def ahead_of(self, hook: UUID) -> int:
-        """This webhook's queue bound: about QUEUE_SECONDS of its attempts at the rate they
-        have been ending, between `ahead_floor` and `ahead` (a slow endpoint never queues
-        more than the floor: its rows wait at most floor / rate in the queue)."""
-        rate = self._ends.get(hook, (0.0, 0, 0.0))[2]
-        return min(self.ahead, max(self.ahead_floor, int(rate * QUEUE_SECONDS)))
-
-    def may_queue(self, hook: UUID) -> bool:
-        """Whether rows may be leased ahead for this webhook at all: claim-ahead on, no
-        rate limit, not failing (here or per the database), no probe out."""
-        return not (
+    def ahead_room(self, hook: UUID) -> int:
+        """How many more rows may be leased ahead for this webhook: only for one held back
+        by its cap (at the cap, or given all its room by the last claim), with no rate
+        limit, not failing; at most `ahead` queued."""
+        if (
             self.ahead <= 0
             or hook in self._probing
             or hook in self._db_failing
             or self._streak.get(hook, (0, 0.0))[0] >= FAILING_AFTER
             or self.limits.room(hook) is not None
-        )
-
-    def ahead_room(self, hook: UUID) -> int:
-        """How many more rows may be leased ahead for this webhook: only for one held back
-        by its cap (at the cap, or given all its room by the last claim), with no rate
-        limit, not failing; at most `ahead_of(hook)` queued."""
-        if not self.may_queue(hook) or not (
-            hook in self._held or self._inflight.get(hook, 0) >= self.cap
+            or not (hook in self._held or self._inflight.get(hook, 0) >= self.cap)
         ):
             return 0
-        return max(self.ahead_of(hook) - len(self._queued.get(hook, ())), 0)
-
-    def lease_room(self, hook: UUID) -> int | None:
-        """How many rows of this webhook a fan-out may create leased to us now (started at
-        once or queued): its room plus what its queue may still take; None when it may
-        not queue at all (rate-limited, failing, claim-ahead off): a fan-out then cannot
-        be sized to it. The dispatch loop sizes a fan-out of a backlog for one webhook by
-        this, so every row it creates is leased (issue 12, one-webhook drain)."""
-        if not self.may_queue(hook) or self.ahead_of(hook) <= 0:
-            return None
-        return self.room_of(hook) + max(self.ahead_of(hook) - self.queued(hook), 0)
-
-    def hold(self, hook: UUID) -> None:
-        """Count this webhook as held back by its cap until the next claim's answer: a
-        fan-out sized to its `lease_room` must be given that room (its queue included)."""
-        self._held.add(hook)
-
-    def refill_size(self, hook: UUID) -> int:
-        """The rows a refill of this webhook's queue takes (what it may run down by
-        before `refill_wanted` asks for more)."""
-        ahead = self.ahead_of(hook)
-        return ahead - ahead // 2
+        return max(self.ahead - len(self._queued.get(hook, ())), 0)
 
     def claim_room(self) -> dict[UUID, int]:
         """room() plus what may be leased ahead (at most cap + ahead per statement)."""
@@ -192,9 +142,9 @@ class Admission(Generic[T]):
 
     def refill_wanted(self, hook: UUID) -> bool:
         """After an attempt of a held-back webhook ended (and its next queued row, if any,
-        started): claim for it now only once its queue has run down to half its bound, so
+        started): claim for it now only once its queue has run down to `refill_at`, so
         that one statement leases many rows rather than one per attempt ended."""
-        return len(self._queued.get(hook, ())) <= self.ahead_of(hook) // 2
+        return len(self._queued.get(hook, ())) <= self.refill_at
 
     def claim_params(self) -> dict[str, Any]:
         """The room as the claim statements' parameters (with claim-ahead).
@@ -210,7 +160,7 @@ class Admission(Generic[T]):
             "room_ids": list(room),
             "room_left": list(room.values()),
             "full_ids": [k for k, n in room.items() if n <= 0],
-            "hook_cap": self.cap + self.ahead_floor,
+            "hook_cap": self.cap + self.ahead,
             "failing_after": FAILING_AFTER,
         }
 
@@ -292,18 +242,10 @@ class Admission(Generic[T]):
     def ended(self, webhook_id: UUID) -> bool:
         """One attempt of this webhook ended; True when the webhook was held back at its
         limit by the last claim (so rows of it may be waiting for this slot: claim now)."""
-        now = self._clock()
-        start, ends, rate = self._ends.get(webhook_id, (now, 0, 0.0))
-        ends += 1
-        if now - start >= RATE_WINDOW:
-            start, ends, rate = now, 0, ends / (now - start)
-        self._ends[webhook_id] = (start, ends, rate)
         n = self._inflight[webhook_id]
         if n <= 1:
             self._inflight.pop(webhook_id, None)
             self._probing.discard(webhook_id)
-            if webhook_id not in self._queued:
-                self._ends.pop(webhook_id, None)  # idle: its rate is measured afresh
         else:
             self._inflight[webhook_id] = n - 1
         return webhook_id in self._held

@@ -107,9 +107,7 @@ class App:
         self.dispatcher = Dispatcher(
             s, self.pool, sender, self.recorder, self.metrics, limits, self.tracing
         )
-        self.listener = Listener(
-            s, self.dispatcher.wake, self.metrics, on_outbox=self.dispatcher.outbox_rang
-        )
+        self.listener = Listener(s, self.dispatcher.wake, self.metrics)
         if self._install_signal_handlers:
             self._install_signals()
         try:

@@ -53,12 +53,6 @@ CLAIM_DUE_EVERY = 0.05  # seconds: at least this often a pass scans due work fir
 # creates waits as pending rows anyway, and fresh events behind it (to other webhooks)
 # should not wait for that backlog to pass through in slot-sized batches.
 HELD_BACK_EVENTS = 1000
-# A backlog whose fan-outs all go to one webhook (that may queue ahead) is fanned out paced
-# by that webhook's queue: each fan-out creates only rows it leases (one write less per
-# delivery than created pending, then leased by claim_due). Not once fresh events are
-# behind the backlog (new outbox rows rang since it began: they must not wait for it), and
-# for at most this many seconds per backlog (events of other webhooks may be behind it).
-PACED_AT_MOST = 20.0
 # Events a fan-out left in the outbox (a webhook row they need is held by another
 # transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
 DEFER_SECONDS = 1.0
@@ -100,7 +94,6 @@ class Dispatcher:
             settings.per_webhook_concurrency,
             limits or RateLimits(),
             ahead=settings.claim_ahead,
-            concurrency=settings.concurrency,
         )
         self._attempts = Attempts(
             settings,
@@ -120,12 +113,6 @@ class Dispatcher:
         # outbox is looked at again only on a doorbell or a poll, not on every refill.
         self._outbox_busy = True
         self._outbox_held = False  # ...and most of what it created could not start
-        # The one webhook the last fan-out leased rows of (None: several): a backlog of it
-        # is fanned out paced by its queue (PACED_AT_MOST).
-        self._sole: Any = None
-        self._fresh = False  # new outbox rows rang ('o') while the outbox held a backlog
-        self._paced_since: float | None = None  # monotonic: this backlog's first paced pass
-        self.paced_skips = 0  # passes that left a paced backlog for the webhook's refill
         # Deliveries per event in recent fan-outs: a pass takes about free-slots / this many
         # events, so that what it creates can start at once instead of waiting as pending rows.
         self.fanout_factor = 1.0
@@ -147,27 +134,7 @@ class Dispatcher:
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
-        """A doorbell: look at the tables now (rows became due, or the listener connected)."""
         self._wake.set()
-
-    def outbox_rang(self) -> None:
-        """A doorbell for new outbox rows (payload 'o'): events were committed. Behind a
-        backlog, they end its pacing (they must not wait for it)."""
-        if self._outbox_busy:
-            self._fresh = True
-        self._wake.set()
-
-    def _pace_room(self) -> int | None:
-        """Rows the next fan-out may create, paced by the one webhook a backlog goes to
-        (`Admission.lease_room`); None: not paced (see PACED_AT_MOST)."""
-        if self._sole is None or self._fresh or not self._outbox_busy:
-            return None
-        now = time.monotonic()
-        if self._paced_since is None:
-            self._paced_since = now
-        elif now - self._paced_since > PACED_AT_MOST:
-            return None
-        return self.admission.lease_room(self._sole)
 
     @property
     def inflight(self) -> int:
@@ -280,27 +247,12 @@ class Dispatcher:
             self._due_full = len(due) >= batch or self._due_full
             return self._due_full or fanned
         async with self._pool.connection() as conn:
-            # A paced backlog's refill needs no due scan (its rows are in the outbox, not
-            # due): retries and the like are scanned for every CLAIM_DUE_EVERY as ever.
-            paced = self._outbox_busy and self._pace_room() is not None
-            scan_due = (scan and not paced) or (
-                time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
-            )
+            scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
             due_first = scan_due and self._outbox_busy
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
             events_wanted = max(1, round(room_for_new / self.fanout_factor))
-            pace = self._pace_room() if room_for_new > 0 else None
-            if pace is not None:
-                sole = self._sole
-                if pace < min(room_for_new, self.admission.refill_size(sole)):
-                    # Its queue is full enough: the rest of the backlog waits in the outbox
-                    # for the webhook's refill (refill_wanted), not as pending rows.
-                    room_for_new = 0
-                    self.paced_skips += 1
-                events_wanted = max(1, min(events_wanted, round(pace / self.fanout_factor)))
-                self.admission.hold(sole)  # the statement is given that room, queue included
-            elif self._outbox_held:
+            if self._outbox_held:
                 events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
             if room_for_new > 0:
@@ -312,8 +264,6 @@ class Dispatcher:
                 # a backlog still in the outbox would wait for the next doorbell or poll.
                 self._outbox_busy = events >= events_wanted
                 self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
-                if not self._outbox_busy:  # drained: the next backlog starts afresh
-                    self._fresh, self._paced_since = False, None
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
             fanned = False
             if scan_due and not due_first and left > 0 and not outbox_busy:
@@ -379,13 +329,6 @@ class Dispatcher:
             self.fanout_factor = 0.7 * self.fanout_factor + 0.3 * per_event
             self._metrics.events_fanned_out.inc(events)
         claimed = self._start_rows([r for r in rows if r["id"] is not None], sent, room)
-        # Rows created pending beside them (a webhook that may not start any, or a queue
-        # bound that shrank meanwhile) do not end the pacing; rows leased to two do.
-        hooks = {d.webhook_id for d in claimed}
-        if len(hooks) > 1:
-            self._sole = None
-        elif hooks:
-            self._sole = hooks.pop()
         # A pass that only deferred (every event behind a held webhook row, or ordered keys
         # behind another replica's fan-out still in progress) is not "full": it waits for the
         # next doorbell, DEFER_SECONDS or the poll rather than spin while the rows are held.

@@ -31,16 +31,12 @@ class Listener:
         on_wake: Callable[[], None],
         metrics: Metrics,
         *,
-        on_outbox: Callable[[], None] | None = None,
         check_interval: float = 5.0,
         check_timeout: float = 5.0,
         backoff: Policy = LISTENER,
     ) -> None:
         self._s = settings
         self._on_wake = on_wake
-        # called instead of on_wake for a notification of new outbox rows (any payload
-        # but 'd', which says a delivery row became due): a fresh event is known to wait
-        self._on_outbox = on_outbox or on_wake
         self._metrics = metrics
         self._check_interval = check_interval
         self._check_timeout = check_timeout
@@ -95,10 +91,10 @@ class Listener:
         while True:
             self.progress += 1
             got = 0
-            async for note in conn.notifies(timeout=self._check_interval, stop_after=256):
+            async for _ in conn.notifies(timeout=self._check_interval, stop_after=256):
                 got += 1
                 self.notifications += 1
-                (self._on_wake if note.payload == "d" else self._on_outbox)()
+                self._on_wake()
             if got == 0:
                 # Quiet for a while: prove the connection still answers (half-open links).
                 await asyncio.wait_for(conn.execute("SELECT 1"), self._check_timeout)

@@ -56,10 +56,8 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         le=4096,
-        description="the most rows leased ahead per webhook held back by its cap, started "
-        "as its attempts end; each webhook queues about 0.1 s of its own work, at least twice "
-        "per_webhook_concurrency, up to this bound (default: concurrency minus "
-        "per_webhook_concurrency, at least twice it; none for a cap of 1; 0: off)",
+        description="rows leased ahead per webhook held back by its cap, started as its "
+        "attempts end (default: twice per_webhook_concurrency, none for a cap of 1; 0: off)",
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(

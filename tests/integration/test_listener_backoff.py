@@ -7,13 +7,12 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
-import psycopg
 from structlog.testing import capture_logs
 from support.net import reserved_port
 from support.pg import PgCluster
 from support.proxy import TcpProxy
 
-from dispatcher.listener import CHANNEL, Listener
+from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.retrying import Policy
 from dispatcher.settings import Settings
@@ -58,33 +57,3 @@ async def test_a_database_that_stays_away_escalates_then_recovers_once(
     events = [x["event"] for x in logs]
     assert events.index("listener_recovered") < events.index("listener_connected")
     assert wakes, "a (re)connect rings the doorbell"
-
-
-async def test_only_a_notification_of_new_outbox_rows_says_events_are_fresh(
-    pg_cluster: PgCluster,
-) -> None:
-    """The dispatch loop ends a paced backlog's pacing only for a fresh event: the
-    (re)connect's catch-up and a due delivery row ('d') ring `on_wake`, new outbox rows
-    ('o', the intake trigger's) ring `on_outbox`."""
-    dsn = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/postgres"
-    wakes: list[str] = []
-    listener = Listener(
-        Settings(database_url=dsn),
-        lambda: wakes.append("wake"),
-        Metrics(),
-        on_outbox=lambda: wakes.append("outbox"),
-        backoff=QUICK,
-    )
-    task = asyncio.create_task(listener.run())
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
-        await until(lambda: bool(wakes))
-        assert wakes == ["wake"]
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(f"NOTIFY {CHANNEL}, 'd'")
-            await conn.execute(f"NOTIFY {CHANNEL}, 'o'")
-        await until(lambda: len(wakes) == 3)
-        assert wakes == ["wake", "wake", "outbox"]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.admission import FAILING_AFTER, QUEUE_SECONDS, Admission, probe_delay
+from dispatcher.admission import FAILING_AFTER, Admission, probe_delay
 from dispatcher.backoff import RetryPolicy
 from dispatcher.ratelimit import RateLimits
 
@@ -148,17 +148,12 @@ def _at_cap(adm: Admission[Any], hook: UUID, n: int) -> None:
         adm.started(hook, active=True, failing=False)
 
 
-def test_claim_ahead_defaults_to_what_the_concurrency_leaves_and_zero_turns_it_off() -> None:
+def test_claim_ahead_defaults_to_twice_the_cap_and_zero_turns_it_off() -> None:
     limits = RateLimits()
-    # the bound: what the process's concurrency leaves beside the cap, at least twice it
-    assert Admission(32, limits, concurrency=256).ahead == 224
-    assert Admission(32, limits, concurrency=256).ahead_floor == 64
-    assert Admission(32, limits, concurrency=64).ahead == 64
     assert Admission(32, limits).ahead == 64
-    assert Admission(1, limits, concurrency=256).ahead == 0  # one at a time: nothing ahead
-    assert Admission(32, limits, ahead=0, concurrency=256).ahead == 0
-    adm: Admission[Any] = Admission(32, limits, ahead=8)
-    assert adm.ahead_floor == 8 and adm.ahead_of(uuid4()) == 8  # a bound below 2 x cap
+    assert Admission(32, limits).refill_at == 32  # refilled once half of it is used
+    assert Admission(1, limits).ahead == 0  # one at a time: nothing leased ahead
+    assert Admission(32, limits, ahead=0).ahead == 0
     adm, _ = make(cap=4, ahead=0)
     hook = uuid4()
     _at_cap(adm, hook, 4)
@@ -253,9 +248,8 @@ def test_stop_takes_every_queued_row() -> None:
         adm.enqueue(one, row)
     adm.enqueue(two, "c")
     assert sorted(adm.take_queued()) == ["a", "b", "c"]
-    # queues empty again: each at its cap, up to its floor ahead each (twice the cap of
-    # one, nothing measured since: stop() forgets nothing else)
-    assert adm.queued() == 0 and adm.claim_room() == {one: 2, two: 2}
+    # queues empty again: each at its cap, up to 3 ahead each
+    assert adm.queued() == 0 and adm.claim_room() == {one: 3, two: 3}
 
 
 def test_no_rows_leased_ahead_for_a_webhook_the_database_calls_failing_until_a_success() -> None:
@@ -325,7 +319,7 @@ def test_the_rules_agree_with_each_other_after_any_sequence(
             clock.now += arg
         elif op == "params":
             params = adm.claim_params()
-            assert params["hook_cap"] == cap + adm.ahead_floor
+            assert params["hook_cap"] == cap + adm.ahead
             assert all(0 <= n <= params["hook_cap"] for n in params["room_left"])
             adm.note_held([hook] * arg)
 
@@ -406,65 +400,3 @@ def test_two_claims_at_once_each_judge_held_back_webhooks_by_the_room_they_were_
     assert adm.ended(hot), "kept while another statement still runs"
     adm.note_held([], asked_scan)
     assert not adm.ended(hot) and not adm.ended(quiet)
-
-
-def _ends_at(adm: Admission[Any], clock: Clock, hook: UUID, per_s: float, seconds: float) -> None:
-    """Attempts of `hook` (at its cap) end at `per_s` for `seconds`, each replaced at once."""
-    for _ in range(int(per_s * seconds)):
-        clock.now += 1 / per_s
-        adm.ended(hook)
-        adm.started(hook, active=True, failing=False)
-
-
-def test_each_webhooks_queue_bound_follows_the_rate_its_attempts_end() -> None:
-    """About QUEUE_SECONDS of its own work, between twice the cap and the bound: a fast
-    endpoint queues enough for whole fan-outs, a slow one no more than twice its cap."""
-    clock = Clock()
-    adm: Admission[Any] = Admission(4, RateLimits(clock=clock), clock=clock, ahead=100)
-    fast, slow = uuid4(), uuid4()
-    _at_cap(adm, fast, 4)
-    _at_cap(adm, slow, 4)
-    assert adm.ahead_of(fast) == adm.ahead_of(slow) == 8  # nothing measured yet: the floor
-    _ends_at(adm, clock, fast, 600.0, 0.5)
-    assert adm.ahead_of(fast) == int(600 * QUEUE_SECONDS)  # 60: 0.1 s of its work
-    assert adm.refill_size(fast) == 30
-    _ends_at(adm, clock, fast, 5000.0, 0.5)
-    assert adm.ahead_of(fast) == 100  # the bound
-    _ends_at(adm, clock, slow, 20.0, 1.0)
-    assert adm.ahead_of(slow) == 8  # 2 rows of work at 20/s: the floor, twice the cap
-    # the queue and a claim follow the webhook's own bound
-    adm.note_held([fast] * 4)
-    assert adm.claim_room() == {fast: 100, slow: 8}
-    assert adm.claim_params()["hook_cap"] == 4 + 8  # a webhook not listed: the floor
-    for row in range(100):
-        assert adm.enqueue(fast, row)
-    assert not adm.enqueue(fast, "one more")
-    # an idle webhook is measured afresh
-    for _ in range(4):
-        adm.ended(slow)
-    assert adm.inflight(slow) == 0 and adm.ahead_of(slow) == 8
-
-
-def test_lease_room_sizes_a_fan_out_to_what_one_webhook_can_start_or_queue() -> None:
-    """A one-webhook backlog's fan-out creates only rows leased to us: its room plus what
-    its queue may still take; none for a webhook that may not queue at all."""
-    adm, _ = make(cap=4, ahead=8)
-    hook = uuid4()
-    assert adm.lease_room(hook) == 4 + 8  # unknown: the cap and a whole queue
-    _at_cap(adm, hook, 3)
-    assert adm.lease_room(hook) == 1 + 8
-    adm.started(hook, active=True, failing=False)
-    for row in range(5):
-        assert adm.enqueue(hook, row)
-    assert adm.lease_room(hook) == 3
-    assert adm.refill_size(hook) == 4  # a refill: once it ran down to half (4 queued)
-    limited, failing = uuid4(), uuid4()
-    adm.limits.update({str(limited): 100.0}, replicas=1)
-    assert adm.lease_room(limited) is None  # rate-limited: never paced, never queued
-    for _ in range(FAILING_AFTER):
-        adm.outcome(failing, POLICY, success=False, counts=True)
-    assert adm.lease_room(failing) is None
-    adm.failing_elsewhere(hook)
-    assert adm.lease_room(hook) is None
-    off, _ = make(cap=4, ahead=0)
-    assert off.lease_room(hook) is None  # claim-ahead off: no pacing either
