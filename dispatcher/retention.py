@@ -11,9 +11,14 @@ Sequence numbers (dispatcher.delivery_sequence) go with their deliveries through
 triggers (0033, 0039); what bypasses them (a partition dropped, a delete under
 session_replication_role = replica) leaves numbers behind. Each pass examines a
 bounded number of them (`orphan_scan`), going on where the previous pass stopped and
-wrapping around, and deletes those whose delivery is gone: every number is looked
-at again within (numbers / orphan_scan) passes, at a bounded cost per pass (about
-1 s for 100,000 on the test machine).
+wrapping around, and deletes those whose delivery is gone, at a bounded cost per pass
+(about 1 s for 100,000 on the test machine). Coverage is eventual, not bounded: one
+replica that runs every pass alone covers the numbers within (numbers / orphan_scan)
+passes, but each replica keeps its own cursor (a random start, also after a restart)
+and whichever takes the lock sweeps from its own, so parts of the key range may be
+visited again before others are reached. The sweep runs with row_security = off:
+deliveries hidden from the daemon's role raise (logged, sweep skipped) instead of
+looking gone.
 """
 
 from __future__ import annotations
