@@ -62,9 +62,11 @@ DELETE FROM public.webhook_deliveries d USING doomed WHERE d.id = doomed.id;
 -- numbers after %(after)s in delivery_id order, one index probe each, and deletes those
 -- with no delivery; returns where it stopped, so a pass goes on from there (retention.py).
 -- A delivery and its number are committed by one transaction, so no snapshot sees a new
--- number without its delivery. webhook_deliveries is read as the daemon's role, which sees
--- every row (preflight refuses a role that row-level security would hide rows from). A
--- partition detached from webhook_deliveries is no longer its: its numbers go too.
+-- number without its delivery. webhook_deliveries is read as the daemon's role: a row
+-- row-level security hid from it would look gone and its live number would be deleted, so
+-- retention.py runs this after retention_row_security_off, where PostgreSQL raises instead
+-- of filtering (a role that lost BYPASSRLS, a policy that hides rows; preflight only checks
+-- at start). A partition detached from webhook_deliveries is no longer its: its numbers go too.
 WITH examined AS MATERIALIZED (
     SELECT s.delivery_id
     FROM dispatcher.delivery_sequence s
@@ -85,6 +87,12 @@ WITH examined AS MATERIALIZED (
 SELECT (SELECT count(*) FROM examined) AS examined,
        (SELECT e.delivery_id FROM examined e ORDER BY e.delivery_id DESC LIMIT 1) AS last,
        (SELECT count(*) FROM gone) AS purged;
+
+-- name: retention_row_security_off
+-- Before purge_orphan_numbers, in its transaction: a query that row-level security would
+-- filter raises ("query would be affected by row-level security policy") instead of
+-- seeing fewer rows. Superusers, BYPASSRLS roles and table owners are not affected.
+SET LOCAL row_security = off;
 
 -- name: purge_attempts
 -- Old rows of the DEFAULT partition only (0024): the day partitions are dropped whole.

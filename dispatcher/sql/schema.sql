@@ -186,7 +186,7 @@ BEGIN
     BEGIN
         LOCK TABLE dispatcher.delivery_sequence IN ACCESS EXCLUSIVE MODE NOWAIT;
         TRUNCATE dispatcher.delivery_sequence;
-    EXCEPTION WHEN lock_not_available THEN
+    EXCEPTION WHEN lock_not_available OR object_in_use THEN
         DELETE FROM dispatcher.delivery_sequence;
     END;
     RETURN NULL;

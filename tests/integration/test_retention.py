@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from importlib import resources
+
 import hostdb
+from psycopg import sql
+from structlog.testing import capture_logs
 
 from dispatcher.db import make_pool
-from dispatcher.retention import Retention
+from dispatcher.retention import NIL_UUID, Retention
 from dispatcher.settings import load_settings
+
+SCRIPT = resources.files("dispatcher").joinpath("sql/least_privilege.sql").read_text("utf-8")
+PASSWORD = "rt-" + uuid.uuid4().hex
 
 
 async def age(conn, days: int, where: str) -> None:
@@ -134,17 +142,72 @@ async def test_the_sweep_examines_a_bounded_share_per_pass_and_goes_on_from_ther
     org = await hostdb.create_org(conn)
     hook = (await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"]))["id"]
     ids = [await _numbered(conn, org, hook, n) for n in range(1, 9)]
-    await _delete_bypassing_triggers(conn, ids)
+    by_key = sorted(ids)  # the sweep's order: delivery_id
+    live = by_key[:3]
+    await _delete_bypassing_triggers(conn, by_key[3:])
+    cur = await conn.execute(
+        "SELECT sequence FROM dispatcher.delivery_sequence WHERE delivery_id = ANY(%s) ORDER BY 1",
+        (live,),
+    )
+    kept = [r["sequence"] for r in await cur.fetchall()]
 
     pool = make_pool(load_settings(database_url=db_dsn))
     await pool.open(wait=True)
     try:
         retention = Retention(pool, days=30, batch=1, pause=0, orphan_scan=3)
-        passes = [(await retention.run_once()).orphan_numbers for _ in range(4)]
+        retention._orphan_after = NIL_UUID  # from the start of the key range
+        passes = [(await retention.run_once()).orphan_numbers for _ in range(3)]
     finally:
         await pool.close()
-    # at most 3 numbers examined per pass; each pass goes on where the last one stopped
-    assert all(n <= 3 for n in passes), passes
-    assert passes[:2] == [3, 3], passes
-    assert sum(passes) == 8, passes
-    assert await _numbers(conn) == []
+    # at most 3 numbers examined per pass; each pass goes on where the last one stopped:
+    # the first sees only live deliveries, the second the next three (orphans), the third
+    # the last two and wraps around. A cursor that started over would purge 0 again.
+    assert passes == [0, 3, 2], passes
+    assert await _numbers(conn) == kept
+
+
+async def test_the_sweep_refuses_to_run_when_row_level_security_hides_deliveries(
+    conn, db_dsn
+) -> None:
+    """A role without BYPASSRLS under a policy that hides deliveries: the hidden deliveries
+    must not look gone. The sweep raises inside (row_security = off), is logged and skipped;
+    the rest of retention goes on."""
+    org = await hostdb.create_org(conn)
+    hook = (await hostdb.create_webhook(conn, org, "http://127.0.0.1:9/x", ["*"]))["id"]
+    ids = [await _numbered(conn, org, hook, n) for n in range(1, 5)]
+    await _delete_bypassing_triggers(conn, ids[:1])  # number 1 is a real orphan
+    await conn.execute(
+        "INSERT INTO dispatcher.held (webhook_id, event_id, org_id, event_created_at)"
+        " VALUES (%s, gen_random_uuid(), %s, now() - interval '400 days')",
+        (hook, org),
+    )
+    await conn.execute(SCRIPT)
+    name = f"disp_{uuid.uuid4().hex[:12]}"
+    await conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOBYPASSRLS IN ROLE dispatcher").format(
+            sql.Identifier(name), sql.Literal(PASSWORD)
+        )
+    )
+    await conn.execute("ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY")
+    await conn.execute("CREATE POLICY hide_all ON public.webhook_deliveries USING (false)")
+    role_dsn = f"postgresql://{name}:{PASSWORD}@{db_dsn.split('@', 1)[1]}"
+    pool = make_pool(load_settings(database_url=role_dsn))
+    await pool.open(wait=True)
+    try:
+        with capture_logs() as logs:
+            purged = await Retention(pool, days=30, batch=2).run_once()
+    finally:
+        await pool.close()
+        await conn.execute("DROP POLICY hide_all ON public.webhook_deliveries")
+        await conn.execute("ALTER TABLE public.webhook_deliveries DISABLE ROW LEVEL SECURITY")
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        await conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        await conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    assert purged.orphan_numbers == 0
+    assert purged.orphan_sweep_refused
+    assert purged.held == 1  # the rest of retention went on
+    assert await _numbers(conn) == [1, 2, 3, 4]  # no live delivery's number deleted
+    refused = [e for e in logs if e["event"] == "retention_orphan_sweep_refused"]
+    assert refused and refused[0]["error"] == "InsufficientPrivilege", logs

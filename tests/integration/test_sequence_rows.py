@@ -121,6 +121,23 @@ async def test_a_truncate_does_not_wait_for_a_session_reading_the_numbers(conn, 
     assert await _numbers(conn) == []
 
 
+async def test_a_truncate_in_a_session_with_the_numbers_open_deletes_them(conn):
+    """The session that truncates has delivery_sequence open (a cursor): TRUNCATE of the
+    numbers would raise object_in_use and fail the host's TRUNCATE; they are deleted."""
+    org = await hostdb.create_org(conn)
+    hook = (await hostdb.create_webhook(conn, org, "https://example.com/hook"))["id"]
+    for n in (1, 2):
+        await _numbered_delivery(conn, org, hook, n)
+    async with conn.transaction():
+        await conn.execute(
+            "DECLARE numbers CURSOR FOR SELECT sequence FROM dispatcher.delivery_sequence"
+        )
+        await conn.execute("FETCH 1 FROM numbers")
+        await conn.execute("TRUNCATE webhook_deliveries")
+        await conn.execute("CLOSE numbers")
+    assert await _numbers(conn) == []
+
+
 async def _fan_out(conn: hostdb.Conn) -> None:
     """One fan_out statement, as a daemon runs it, leasing nothing."""
     room = Admission[Claimed](4, RateLimits()).claim_params()

@@ -11,7 +11,9 @@
 -- already holds webhook_deliveries exclusively). Its lock is asked for without waiting:
 -- a daemon statement that locked delivery_sequence and now waits behind the host's
 -- TRUNCATE for webhook_deliveries would deadlock with it; when the lock is not free at
--- once, the numbers are deleted instead (a DELETE waits for no reader). Only a table with
+-- once, the numbers are deleted instead (a DELETE waits for no reader); so they are when
+-- the truncating session itself has delivery_sequence open (a cursor over it: TRUNCATE
+-- raises object_in_use, which would fail the host's TRUNCATE). Only a table with
 -- inheritance children (not partitions) can keep rows after `TRUNCATE ONLY`: there
 -- nothing is removed here. The retention sweep (retention.sql, purge_orphan_numbers)
 -- removes numbers whose delivery is gone, whatever bypassed the triggers: that case, a
@@ -39,7 +41,7 @@ BEGIN
     BEGIN
         LOCK TABLE dispatcher.delivery_sequence IN ACCESS EXCLUSIVE MODE NOWAIT;
         TRUNCATE dispatcher.delivery_sequence;
-    EXCEPTION WHEN lock_not_available THEN
+    EXCEPTION WHEN lock_not_available OR object_in_use THEN
         DELETE FROM dispatcher.delivery_sequence;
     END;
     RETURN NULL;
