@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import hostdb
-import orjson
 import pytest
 from psycopg import sql
 
 from dispatcher.queries import query
+from dispatcher.recorder import OutcomeRow, outcomes_json
 
 BACKLOG = 3000
 OUTCOMES = 44
@@ -81,32 +81,33 @@ async def more_pending(conn: hostdb.Conn, hook: dict[str, Any], rows: int) -> No
 
 
 def outcomes(rows: list[dict[str, Any]]) -> str:
-    now = datetime.now(UTC).isoformat()
-    return orjson.dumps(
+    """First attempts answered 204, as the recorder writes them (its own OutcomeRow JSON)."""
+    now = datetime.now(UTC)
+    return outcomes_json(
         [
-            {
-                "id": str(r["id"]),
-                "webhook_id": str(r["webhook_id"]),
-                "org_id": str(r["org_id"]),
-                "claim": r["next_retry_at"].isoformat(),
-                "seq": i,
-                "status": "success",
-                "outcome": "delivered",
-                "attempt": 1,
-                "attempt_number": 1,
-                "retry_in": None,
-                "final": True,
-                "counts": False,
-                "success": True,
-                "gone": False,
-                "response_status": 204,
-                "duration_ms": 1,
-                "started_at": now,
-                "ended_at": now,
-            }
+            OutcomeRow(
+                id=r["id"],
+                webhook_id=r["webhook_id"],
+                org_id=r["org_id"],
+                claim=r["next_retry_at"],
+                status="success",
+                outcome="delivered",
+                attempt=1,
+                attempt_number=1,
+                retry_in=None,
+                final=True,
+                counts=False,
+                success=True,
+                gone=False,
+                response_status=204,
+                duration_ms=1,
+                started_at=now,
+                ended_at=now,
+                seq=i,
+            )
             for i, r in enumerate(rows)
         ]
-    ).decode()
+    )
 
 
 DELIVERY_INDEXES = re.compile(r"webhook_deliveries|dispatcher_deliveries_|idx_webhook_deliveries")
