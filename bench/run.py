@@ -270,6 +270,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["profiled_drain"]["scenario"] = profiled
             except Exception as exc:
                 res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
+        if args.profile and "latency" in names:  # py-spy on the daemon at the offered rate
+            _progress("latency with py-spy ...")
+            try:
+                res["profiled_latency"] = await sc.latency(
+                    profile=out.with_suffix(".latency.pyspy.txt")
+                )
+            except Exception as exc:
+                res["errors"]["profiled_latency"] = f"{type(exc).__name__}: {exc}"
         if args.profile and "floor" in names:  # the floor process, for comparison
             _progress("floor with py-spy ...")
             try:
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)  # inherited by PostgreSQL, the receiver and the daemons
     res = run_loop(run(args))
     print(markdown(res))
-    for key in ("profiled_drain", "profiled_floor"):
+    for key in ("profiled_drain", "profiled_latency", "profiled_floor"):
         if key in res and "profile" in res[key]:
             print(f"\n{key}:\n")
             print(profile_markdown(res[key]["profile"]))
