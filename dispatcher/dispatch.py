@@ -65,16 +65,16 @@ def _wake_up(waiter: asyncio.Future[None]) -> None:
 
 
 class _Signal(asyncio.Event):
-    """An asyncio.Event that also calls `ring` when set: the idle loop waits for any of
-    its signals on one future (Dispatcher._wait) instead of a task per signal."""
+    """An asyncio.Event that also calls `ring` with itself when set: the idle loop waits
+    for any of its signals on one future (Dispatcher._wait) instead of a task per signal."""
 
-    def __init__(self, ring: Callable[[], None]) -> None:
+    def __init__(self, ring: Callable[[asyncio.Event], None]) -> None:
         super().__init__()
         self._ring = ring
 
     def set(self) -> None:
         super().set()
-        self._ring()
+        self._ring(self)
 
 
 class Dispatcher:
@@ -91,8 +91,9 @@ class Dispatcher:
         self._s = settings
         self._pool = pool
         self._metrics = metrics
-        # What the idle loop waits on (_wait): set by any of the signals below.
+        # What the idle loop waits on (_wait): resolved by the signals it waits for.
         self._waiter: asyncio.Future[None] | None = None
+        self._waiting_for: tuple[asyncio.Event, ...] = ()
         self._wake = _Signal(self._ring)
         self._slot_freed = _Signal(self._ring)
         # an attempt of a webhook held back by its limit ended: claim for it again now
@@ -226,10 +227,10 @@ class Dispatcher:
     async def _wait(self, events: list[asyncio.Event], timeout: float) -> bool:
         """Until one of `events` (True), stop, or `timeout` seconds (False).
 
-        One future and one timer per wait, whichever signal ends it (each _Signal rings
-        `_waiter`): this runs once per idle pass, i.e. about once per event at a steady
-        rate, where a task per signal and asyncio.wait cost more than the pass's own
-        Python (issue 12)."""
+        One future and one timer per wait, whichever signal ends it (a _Signal it waits
+        for resolves `_waiter`). This runs once per idle pass, about once per event at a
+        steady rate: a task per signal and asyncio.wait cost ~19 us a wait, this ~5 us
+        (issue 12; docs/performance.md, "pycpu")."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -239,17 +240,20 @@ class Dispatcher:
             if left <= 0:
                 return False
             waiter = self._waiter = loop.create_future()
+            self._waiting_for = (*events, self._stop_ev)
             timer = loop.call_later(left, _wake_up, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
+                self._waiting_for = ()
 
-    def _ring(self) -> None:
-        """A signal was set: wake the idle loop, if it waits (it then looks at which)."""
+    def _ring(self, signal: asyncio.Event) -> None:
+        """`signal` was set: wake the idle loop if it waits for that one (a slot freed
+        while it waits for a doorbell does not wake it: once per attempt)."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and signal in self._waiting_for and not waiter.done():
             waiter.set_result(None)
 
     async def _claim_and_start(self, free: int, outbox: bool = True, scan: bool = True) -> bool:

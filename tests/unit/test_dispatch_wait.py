@@ -57,10 +57,12 @@ async def test_a_signal_not_waited_for_does_not_end_the_wait() -> None:
     d = _dispatcher()
     waiting = asyncio.ensure_future(d._wait([d._slot_freed], 60))
     await asyncio.sleep(0.01)
+    waiter = d._waiter
     d.wake()
     await asyncio.sleep(0.01)
     assert not waiting.done()
     assert d._wake.is_set()
+    assert d._waiter is waiter and waiter is not None and not waiter.done()  # not even woken
     d._slot_freed.set()
     assert await asyncio.wait_for(waiting, 5) is True
 
