@@ -27,7 +27,6 @@ from psycopg.types.json import Jsonb
 from bench.ceiling import pg_ceiling, run_http_ceiling
 from bench.drain import BenchError, Drain
 from bench.floor_latency import FloorProcess
-from bench.profile import Spy, summarize
 from bench.infra import (
     BENCH_ROLE,
     FLOOR_ROLE,
@@ -37,6 +36,7 @@ from bench.infra import (
     start_floor,
     stop_daemon,
 )
+from bench.profile import Spy, summarize
 from bench.receiver import SLOW_SECONDS
 from bench.workload import (
     EVENT_TYPE,
