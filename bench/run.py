@@ -87,6 +87,24 @@ def _latency_summary(r: dict[str, Any]) -> dict[str, Any]:
         "floor_foreign_cpu_cores": floor.get("sched", {})
         .get("window", {})
         .get("foreign_cpu_cores"),
+        # CPU per delivery of the daemon and of its backends, and its statements per
+        # delivery (fewer events per fan-out on a quieter machine cost more per delivery)
+        "daemon_cpu_ms": r.get("sched", {}).get("daemon", {}).get("cpu_ms_per_delivery"),
+        "postgres_daemon_cpu_ms": r.get("sched", {})
+        .get("postgres_daemon", {})
+        .get("cpu_ms_per_delivery"),
+        "statements_per_delivery": r.get("sql", {}).get("statements_per_delivery"),
+    }
+
+
+def _drain_summary(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "deliveries_per_s": r["deliveries_per_s"],
+        "ratio_to_paired_ceiling": r.get("ratio_to_paired_ceiling"),
+        "daemon_cpu_s_per_1000": r.get("daemon_cpu_s_per_1000"),
+        "postgres_cpu_s_per_1000": r.get("postgres_cpu_s_per_1000"),
+        "statements_per_delivery": r.get("sql", {}).get("statements_per_delivery"),
+        "foreign_cpu_cores": r.get("foreign_cpu_cores"),
     }
 
 
@@ -111,6 +129,8 @@ def _hotquiet_summary(r: dict[str, Any]) -> dict[str, Any]:
 SUMMARY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "latency": _latency_summary,
     "hotquiet": _hotquiet_summary,
+    "drain1": _drain_summary,
+    "drain": _drain_summary,
 }
 
 
@@ -270,6 +290,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["profiled_drain"]["scenario"] = profiled
             except Exception as exc:
                 res["errors"]["profiled_drain"] = f"{type(exc).__name__}: {exc}"
+        if args.profile and "latency" in names:  # py-spy on the daemon at the offered rate
+            _progress("latency with py-spy ...")
+            try:
+                res["profiled_latency"] = await sc.latency(
+                    profile=out.with_suffix(".latency.pyspy.txt")
+                )
+            except Exception as exc:
+                res["errors"]["profiled_latency"] = f"{type(exc).__name__}: {exc}"
         if args.profile and "floor" in names:  # the floor process, for comparison
             _progress("floor with py-spy ...")
             try:
@@ -322,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)  # inherited by PostgreSQL, the receiver and the daemons
     res = run_loop(run(args))
     print(markdown(res))
-    for key in ("profiled_drain", "profiled_floor"):
+    for key in ("profiled_drain", "profiled_latency", "profiled_floor"):
         if key in res and "profile" in res[key]:
             print(f"\n{key}:\n")
             print(profile_markdown(res[key]["profile"]))

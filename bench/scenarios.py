@@ -36,6 +36,7 @@ from bench.infra import (
     start_floor,
     stop_daemon,
 )
+from bench.profile import Spy, summarize
 from bench.receiver import SLOW_SECONDS
 from bench.workload import (
     EVENT_TYPE,
@@ -385,15 +386,17 @@ class Scenarios:
     async def cost(self) -> dict[str, Any]:
         return await self._drain_scenario("cost", self.cfg.cost_events, self.cfg.orgs, 1)
 
-    async def latency(self) -> dict[str, Any]:
+    async def latency(self, profile: Path | None = None) -> dict[str, Any]:
         cfg = self.cfg
         db = await self._fresh("latency")
         try:
-            return await self._latency(db, cfg.latency_rate, cfg.latency_seconds)
+            return await self._latency(db, cfg.latency_rate, cfg.latency_seconds, profile)
         finally:
             await asyncio.to_thread(self.cluster.drop_database, db)
 
-    async def _latency(self, db: str, rate: float, seconds: float) -> dict[str, Any]:
+    async def _latency(
+        self, db: str, rate: float, seconds: float, profile: Path | None = None
+    ) -> dict[str, Any]:
         async with await self.d.connect(db) as conn:
             hooks = await create_webhooks(conn, self.receiver.url("/latency"), orgs=1, per_org=1)
             alone = await create_webhooks(conn, "", orgs=1, per_org=0)  # the floor's org
@@ -420,10 +423,16 @@ class Scenarios:
                 await conn.execute(q("prepare_backlog"))
             await asyncio.to_thread(self._track_statements)
             window = self.d.sched_window([daemon.proc.pid])
+            # py-spy on the daemon over the measured window only (--profile)
+            spy = Spy(daemon.proc.pid, profile) if profile is not None else None
             window.start()
-            commits = await pub.paced(rate, seconds)
-            complete = await self._wait_received(len(commits), daemon, 30.0, fail=False)
-            sched = window.stop(len(commits))
+            try:
+                commits = await pub.paced(rate, seconds)
+                complete = await self._wait_received(len(commits), daemon, 30.0, fail=False)
+                sched = window.stop(len(commits))
+            finally:
+                if spy is not None:
+                    await asyncio.to_thread(spy.stop)
             arrivals = await self.receiver.arrivals()
         finally:
             await pub.close()
@@ -463,6 +472,9 @@ class Scenarios:
         if floor is not None:
             out["floor"] = floor
             out["all_success"] = out["all_success"] and floor["all_success"]
+        if profile is not None:
+            out["profile"] = summarize(profile)
+            out["profile_file"] = str(profile)
         return out
 
     async def _floor_alone(

@@ -25,6 +25,34 @@ log = structlog.get_logger("dispatcher.db")
 Conn = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
 
+# psycopg turns a statement's %(name)s placeholders into $n by parsing its text on every
+# execute, unless the text is at most psycopg._queries.MAX_CACHED_STATEMENT_LENGTH (4 KiB)
+# long: then the result is cached. Our hot statements are longer (delivery_fan_out ~16
+# KB, delivery_record_outcomes ~10 KB, delivery_claim_due ~4.4 KB), so each call parsed
+# them again: 15-60 us of the daemon's CPU per statement, ~5 % of it at 200 events/s
+# (docs/performance.md, "pycpu"). All our statements are fixed texts from sql/*.sql, so
+# caching them all is bounded (the cache keeps 128 texts).
+CACHED_STATEMENT_LENGTH = 64 * 1024
+
+
+def cache_long_statements() -> bool:
+    """Let psycopg cache the parse of statements up to CACHED_STATEMENT_LENGTH long.
+    False when this psycopg has no such limit (nothing to do, or its internals moved:
+    statements then work as before, only slower)."""
+    try:
+        from psycopg import _queries
+    except ImportError:  # pragma: no cover - psycopg internals changed
+        return False
+    limit = getattr(_queries, "MAX_CACHED_STATEMENT_LENGTH", None)
+    if not isinstance(limit, int):  # pragma: no cover - psycopg internals changed
+        return False
+    if limit < CACHED_STATEMENT_LENGTH:
+        _queries.MAX_CACHED_STATEMENT_LENGTH = CACHED_STATEMENT_LENGTH
+    return True
+
+
+cache_long_statements()
+
 
 def connect_kwargs(settings: Settings, *, lz4: bool = False) -> dict[str, Any]:
     """``lz4``: the session compresses the values it writes with lz4 (the pool's

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +59,24 @@ HELD_BACK_EVENTS = 1000
 DEFER_SECONDS = 1.0
 
 
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Signal(asyncio.Event):
+    """An asyncio.Event that also calls `ring` with itself when set: the idle loop waits
+    for any of its signals on one future (Dispatcher._wait) instead of a task per signal."""
+
+    def __init__(self, ring: Callable[[asyncio.Event], None]) -> None:
+        super().__init__()
+        self._ring = ring
+
+    def set(self) -> None:
+        super().set()
+        self._ring(self)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -72,10 +91,13 @@ class Dispatcher:
         self._s = settings
         self._pool = pool
         self._metrics = metrics
-        self._wake = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # What the idle loop waits on (_wait): resolved by the signals it waits for.
+        self._waiter: asyncio.Future[None] | None = None
+        self._waiting_for: tuple[asyncio.Event, ...] = ()
+        self._wake = _Signal(self._ring)
+        self._slot_freed = _Signal(self._ring)
         # an attempt of a webhook held back by its limit ended: claim for it again now
-        self._hook_room = asyncio.Event()
+        self._hook_room = _Signal(self._ring)
         # keyed per start, not per delivery id: this process may re-claim its own row
         self._inflight: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._starts = 0
@@ -83,7 +105,7 @@ class Dispatcher:
         self._pass_done = asyncio.Event()  # no claim pass in flight
         self._pass_done.set()
         self._stopping = False
-        self._stop_ev = asyncio.Event()
+        self._stop_ev = _Signal(self._ring)
         self.progress = 0  # bumped on every loop pass; the watchdog reads it
         self._min_batch = max(1, settings.concurrency // 8)
         # Client-side bound on one claim pass: a half-open connection never answers.
@@ -203,18 +225,36 @@ class Dispatcher:
                 outbox = due = True
 
     async def _wait(self, events: list[asyncio.Event], timeout: float) -> bool:
-        """Until one of `events` (True), stop, or `timeout` seconds (False)."""
-        if self._stopping:
-            return True
-        waiters = [asyncio.ensure_future(e.wait()) for e in [*events, self._stop_ev]]
-        try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for w in waiters:
-                w.cancel()
-        return bool(done)
+        """Until one of `events` (True), stop, or `timeout` seconds (False).
+
+        One future and one timer per wait, whichever signal ends it (a _Signal it waits
+        for resolves `_waiter`). This runs once per idle pass, about once per event at a
+        steady rate: a task per signal and asyncio.wait cost ~19 us a wait, this ~5 us
+        (issue 12; docs/performance.md, "pycpu")."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._stop_ev.is_set() or any(e.is_set() for e in events):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            waiter = self._waiter = loop.create_future()
+            self._waiting_for = (*events, self._stop_ev)
+            timer = loop.call_later(left, _wake_up, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+                self._waiting_for = ()
+
+    def _ring(self, signal: asyncio.Event) -> None:
+        """`signal` was set: wake the idle loop if it waits for that one (a slot freed
+        while it waits for a doorbell does not wake it: once per attempt)."""
+        waiter = self._waiter
+        if waiter is not None and signal in self._waiting_for and not waiter.done():
+            waiter.set_result(None)
 
     async def _claim_and_start(self, free: int, outbox: bool = True, scan: bool = True) -> bool:
         """One pass; True when there may be more work right now.
