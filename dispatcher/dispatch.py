@@ -107,8 +107,6 @@ class Dispatcher:
             set_aside=lambda d: self._unsent.append(d),
             stopping=lambda: self._stopping,
         )
-        # The recorder lingers for more outcomes while attempts are out (recorder.LINGER).
-        recorder.expecting = self._outcomes_expected
         self._releases: set[asyncio.Task[None]] = set()  # queued rows being given back
         self.released_unsent = 0  # leased rows given back unsent while running
         # The last fan-out filled its batch (the outbox may hold more). Otherwise the
@@ -141,10 +139,6 @@ class Dispatcher:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
-
-    def _outcomes_expected(self) -> int:
-        """Attempts still running (an ended task's entry lingers until its done callback)."""
-        return sum(1 for task, _ in self._inflight.values() if not task.done())
 
     @property
     def starts(self) -> int:

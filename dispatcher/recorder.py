@@ -19,7 +19,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import orjson
@@ -40,12 +40,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("dispatcher.recorder")
 
 MAX_BATCH = 500
-# At a low rate each outcome would be a statement of its own. When a batch is small and
-# another attempt is still out (its outcome expected shortly), wait up to LINGER seconds for
-# more outcomes before writing: fewer statements, nothing the receiver sees delayed (the
-# per-webhook room is freed when an outcome is put, not when it is written).
-LINGER = 0.002
-LINGER_BELOW = 8  # batches of this many outcomes or more are written at once
 BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
 
 
@@ -143,18 +137,9 @@ def outcome_row(
     return row
 
 
-class Expecting(Protocol):
-    def __call__(self) -> int: ...
-
-
 class Recorder:
-    def __init__(self, pool: Pool, *, deadline: float = 60.0, linger: float = LINGER) -> None:
+    def __init__(self, pool: Pool, *, deadline: float = 60.0) -> None:
         self._pool = pool
-        self._linger = linger
-        # How many attempts are out whose outcome is not put yet (the dispatcher's); none
-        # known: no lingering.
-        self.expecting: Expecting | None = None
-        self.lingered = 0  # batches that waited for more outcomes
         self._deadline = deadline  # client-side bound on one write, beyond statement_timeout
         self._queue: asyncio.Queue[OutcomeRow] = asyncio.Queue()
         self._seq = 0
@@ -193,36 +178,12 @@ class Recorder:
             self._busy = []
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            if batch and len(batch) < LINGER_BELOW:
-                await self._linger_for_more(batch)
             if batch:
                 await self._write_with_retry(batch)
             if self._counters_due:
                 await self._apply_counters()
             if self._queue.empty() and not self._busy:
                 self._idle.set()
-
-    async def _linger_for_more(self, batch: list[OutcomeRow]) -> None:
-        """Add to `batch` the outcomes that arrive within the linger, while attempts are
-        out; returns at once when none is (nothing more is expected)."""
-        expecting = self.expecting
-        if expecting is None or self._linger <= 0 or expecting() <= 0:
-            return
-        self.lingered += 1
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self._linger
-        while len(batch) < LINGER_BELOW:
-            left = until - loop.time()
-            if left <= 0:
-                return
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), left))
-            except TimeoutError:
-                return
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            if expecting() <= 0:
-                return
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued outcome is written; False if the timeout passed first."""
