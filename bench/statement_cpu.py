@@ -3,8 +3,11 @@
 The 16-webhook drain's statement mix without the daemon, HTTP or the receiver: the fan-out
 (64 events, all leased) while fewer than 256 deliveries are leased, else the outcomes of the
 oldest 50 (all delivered at the first attempt), then the webhook counters when the outcome
-statement asks for them. CPU is read from ``/proc/<backend pid>/stat`` around each
-statement, so other work on the machine changes it little; one figure per statement, in ms
+statement asks for them. With ``--webhooks 1`` the rows beyond the webhook's cap are created
+pending and leased by ``delivery_claim_due`` (44 a call), as in the one-webhook drain;
+``--outcomes-per-call 1`` writes one outcome a statement, as the recorder does at a low
+rate. CPU is read from ``/proc/<backend pid>/stat`` around each statement, so other work on
+the machine changes it little; one figure per statement, in ms
 per delivery. Run from the root of the tree to measure (its migrations, its SQL), with that
 tree's venv, against a PostgreSQL where the user may create databases::
 
@@ -63,7 +66,8 @@ def statements(sql_file: str | None) -> dict[str, str | None]:
                 pass
         return None
 
-    return {n: find(n) for n in ("fan_out", "record_outcomes", "apply_webhook_counters")}
+    names = ("fan_out", "claim_due", "record_outcomes", "apply_webhook_counters")
+    return {n: find(n) for n in names}
 
 
 def outcome(row: dict[str, Any], seq: int, now: str) -> dict[str, Any]:
@@ -101,10 +105,13 @@ def outcome(row: dict[str, Any], seq: int, now: str) -> dict[str, Any]:
     }
 
 
-async def measure(dsn: str, events: int, webhooks: int, sql_file: str | None) -> dict[str, Any]:
+async def measure(
+    dsn: str, events: int, webhooks: int, sql_file: str | None, per_call: int = OUTCOMES
+) -> dict[str, Any]:
     await apply_migrations(dsn)
     q = statements(sql_file)
     fan_out, record, apply = q["fan_out"], q["record_outcomes"], q["apply_webhook_counters"]
+    claim_due = q["claim_due"]
     assert fan_out and record, "no fan_out / record_outcomes statement in this tree"
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
     async with conn:
@@ -125,21 +132,37 @@ async def measure(dsn: str, events: int, webhooks: int, sql_file: str | None) ->
             "batch": FAN_OUT_EVENTS,
             "claim": FAN_OUT_EVENTS,
         }
-        cpu = {"fan_out": 0.0, "record_outcomes": 0.0, "apply_webhook_counters": 0.0}
+        cpu = {"fan_out": 0.0, "claim_due": 0.0, "record_outcomes": 0.0}
+        cpu["apply_webhook_counters"] = 0.0
         calls = dict.fromkeys(cpu, 0)
         leased: list[dict[str, Any]] = []
-        recorded, seq, outbox_empty = 0, 0, False
+        recorded, seq, outbox_empty, pending = 0, 0, False, 0
         now = datetime.now(UTC).isoformat()
-        while not outbox_empty or leased:
+        while not outbox_empty or leased or pending:
             if not outbox_empty and len(leased) < IN_FLIGHT:
                 before = backend_cpu(pid)
                 rows = await (await conn.execute(fan_out, params)).fetchall()
                 cpu["fan_out"] += backend_cpu(pid) - before
                 calls["fan_out"] += 1
-                leased += [r for r in rows if r["id"] is not None]
+                got_leased = [r for r in rows if r["id"] is not None]
+                leased += got_leased
+                # rows beyond the webhook's cap are created pending (one webhook): claimed below
+                pending += int(rows[-1]["deliveries_created"]) - len(got_leased)
                 outbox_empty = int(rows[-1]["events_claimed"]) == 0
                 continue
-            batch, leased = leased[:OUTCOMES], leased[OUTCOMES:]
+            if pending and claim_due and len(leased) < IN_FLIGHT:
+                before = backend_cpu(pid)
+                cur = await conn.execute(claim_due, {**params, "limit": 44, "scan": 176})
+                rows = await cur.fetchall()
+                cpu["claim_due"] += backend_cpu(pid) - before
+                calls["claim_due"] += 1
+                leased += rows
+                pending -= len(rows)
+                if rows:
+                    continue
+                if not leased:
+                    break  # nothing claimable: the count below tells
+            batch, leased = leased[:per_call], leased[per_call:]
             body = orjson.dumps([outcome(r, seq + i, now) for i, r in enumerate(batch)])
             seq += len(batch)
             before = backend_cpu(pid)
@@ -168,13 +191,21 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--webhooks", type=int, default=16)
     ap.add_argument("--sql", help="named blocks to use instead of the tree's")
+    ap.add_argument(
+        "--outcomes-per-call",
+        type=int,
+        default=OUTCOMES,
+        help="outcomes per delivery_record_outcomes call (1: the recorder at a low rate)",
+    )
     ap.add_argument("--tag", default=Path.cwd().name, help="label of the output line")
     a = ap.parse_args()
     with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
         admin.execute(f"CREATE DATABASE {a.db}")
     try:
-        r = await measure(f"{a.dsn} dbname={a.db}", a.events, a.webhooks, a.sql)
+        r = await measure(
+            f"{a.dsn} dbname={a.db}", a.events, a.webhooks, a.sql, a.outcomes_per_call
+        )
     finally:
         with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
