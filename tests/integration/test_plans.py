@@ -312,3 +312,54 @@ async def test_fan_out_reaches_outbox_rows_by_tid(db_dsn: str, mode: str, first:
         assert await cur.fetchone() == {"outbox": 0, "deliveries": first + 1}
     finally:
         await conn.close()
+
+
+async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
+    """2,000 orgs with a webhook each, one of them disabled: the generic plan of
+    delivery_fan_out for one event reads webhooks by index (0040), not by a sequential scan
+    of every org's webhooks, and still holds the disabled webhook's event."""
+    conn = await hostdb.connect(db_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO organizations (id, name, slug)"
+            " SELECT gen_random_uuid(), 'org ' || g, 'org-' || g FROM generate_series(1, 2000) g"
+        )
+        await conn.execute(
+            "INSERT INTO webhooks (org_id, name, url, secret, events, headers, status)"
+            " SELECT id, 'hook', 'https://example.com/hook', md5(id::text), ARRAY['*'], '{}',"
+            "        CASE WHEN slug = 'org-7' THEN 'disabled' ELSE 'active' END"
+            " FROM organizations"
+        )
+        cur = await conn.execute("SELECT id FROM organizations WHERE slug IN ('org-7', 'org-8')")
+        orgs = [r["id"] for r in await cur.fetchall()]
+        for org in orgs:
+            await hostdb.insert_events_directly(conn, org, "job.created", 1)
+        await conn.execute("ANALYZE")
+        text, names = numbered(str(query("delivery_fan_out")))
+        args = sql.SQL(", ").join(
+            sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
+            if n == "only"
+            else sql.Literal(FAN_OUT_PARAMS[n])
+            for n in names
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE fan({})").format(args)
+        )
+        got = await cur.fetchone()
+        assert got is not None
+        reads = [
+            (n["Node Type"], n.get("Index Name"))
+            for n in nodes(got["QUERY PLAN"][0]["Plan"])
+            if n.get("Relation Name") == "webhooks"
+        ]
+        assert reads and all(kind != "Seq Scan" for kind, _ in reads), reads
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM webhook_deliveries) AS deliveries,"
+            " (SELECT count(*) FROM dispatcher.held) AS held,"
+            " (SELECT count(*) FROM dispatcher.outbox) AS outbox"
+        )
+        assert await cur.fetchone() == {"deliveries": 1, "held": 1, "outbox": 0}
+    finally:
+        await conn.close()
