@@ -17,7 +17,8 @@ and without the ``delivery_`` prefix, so trees from before the split of queries.
 
 ``--single N`` measures instead the fan-out of ONE fresh event, N times (issue 12's 200
 events/s to one webhook: each pass finds one event): 200 orgs with one webhook each, 2,000
-events fanned out and ``ANALYZE`` (statistics of a database that has been working), then N
+events (``--backlog``) fanned out and ``ANALYZE`` (statistics of a database that has been
+working; ``--backlog 400``: of the bench's latency warm-up), then N
 times: publish one event (round-robin over the orgs), fan it out (batch 256, claim 256, as the
 daemon asks), backend CPU from ``/proc`` around the fan-out only. psycopg prepares the
 statement after five runs, as in the daemon, so PostgreSQL may keep a generic plan made early
@@ -179,7 +180,7 @@ SINGLE_BACKLOG = 2000
 
 
 async def measure_single(
-    dsn: str, calls: int, webhooks: int, sql_file: str | None
+    dsn: str, calls: int, webhooks: int, sql_file: str | None, backlog: int = SINGLE_BACKLOG
 ) -> dict[str, Any]:
     """`calls` fan-outs of one fresh event each (module docstring, ``--single``)."""
     await apply_migrations(dsn)
@@ -190,7 +191,7 @@ async def measure_single(
         await conn.execute("SET default_toast_compression = lz4")  # as the daemon's sessions
         await conn.execute("ALTER TABLE dispatcher.outbox SET (autovacuum_enabled = false)")
         hooks = await create_webhooks(conn, "http://127.0.0.1:9", orgs=webhooks, per_org=1)
-        await publish_backlog(conn, hooks.orgs, SINGLE_BACKLOG)
+        await publish_backlog(conn, hooks.orgs, backlog)
         params: dict[str, Any] = {
             "lease": 30,
             "failing_after": 3,
@@ -292,7 +293,9 @@ async def single(a: argparse.Namespace) -> None:
             admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
             admin.execute(f"CREATE DATABASE {a.db}")
         try:
-            r = await measure_single(f"{dsn} dbname={a.db}", a.single, a.webhooks or 200, a.sql)
+            r = await measure_single(
+                f"{dsn} dbname={a.db}", a.single, a.webhooks or 200, a.sql, a.backlog
+            )
         finally:
             with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
                 admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
@@ -320,6 +323,7 @@ async def main() -> None:
     ap.add_argument("--tag", default=Path.cwd().name, help="label of the output line")
     ap.add_argument("--single", type=int, metavar="N", help="N fan-outs of one fresh event")
     ap.add_argument("--own-server", action="store_true", help="--single on a throwaway server")
+    ap.add_argument("--backlog", type=int, default=SINGLE_BACKLOG, help="--single: events first")
     a = ap.parse_args()
     if a.single:
         await single(a)
