@@ -17,6 +17,19 @@ tree's venv, against a PostgreSQL where the user may create databases::
 ``--sql FILE`` takes the statements found in FILE (named blocks) instead of the tree's: a
 variant measured against its base in alternating runs. Statement names are looked up with
 and without the ``delivery_`` prefix, so trees from before the split of queries.sql work.
+
+``--single N`` measures instead the fan-out of ONE fresh event, N times (issue 12's 200
+events/s to one webhook: each pass finds one event): 200 orgs with one webhook each, 2,000
+events (``--backlog``) fanned out and ``ANALYZE`` (statistics of a database that has been
+working; ``--backlog 400``: of the bench's latency warm-up), then N
+times: publish one event (round-robin over the orgs), fan it out (batch 256, claim 256, as the
+daemon asks), backend CPU from ``/proc`` around the fan-out only. psycopg prepares the
+statement after five runs, as in the daemon, so PostgreSQL may keep a generic plan made early
+while the outbox's dead rows pile up (autovacuum off for the outbox, as between two of its
+vacuums). Shared buffers and server time per call come from ``pg_stat_statements`` when the
+server has it loaded; ``--own-server`` starts a throwaway one that has it (the bench's)::
+
+    .venv/bin/python bench/statement_cpu.py --single 3000 --own-server
 """
 
 from __future__ import annotations
@@ -24,7 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -184,12 +199,149 @@ async def measure(
     return {"ms_per_delivery": per, "total": round(sum(per.values()), 4), "calls": calls}
 
 
+SINGLE_BACKLOG = 2000
+
+
+async def measure_single(
+    dsn: str, calls: int, webhooks: int, sql_file: str | None, backlog: int = SINGLE_BACKLOG
+) -> dict[str, Any]:
+    """`calls` fan-outs of one fresh event each (module docstring, ``--single``)."""
+    await apply_migrations(dsn)
+    fan_out = statements(sql_file)["fan_out"]
+    assert fan_out, "no fan_out statement in this tree"
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
+    async with conn:
+        await conn.execute("SET default_toast_compression = lz4")  # as the daemon's sessions
+        await conn.execute("ALTER TABLE dispatcher.outbox SET (autovacuum_enabled = false)")
+        hooks = await create_webhooks(conn, "http://127.0.0.1:9", orgs=webhooks, per_org=1)
+        await publish_backlog(conn, hooks.orgs, backlog)
+        params: dict[str, Any] = {
+            "lease": 30,
+            "failing_after": 3,
+            "hook_cap": 32,
+            "only": None,
+            "room_ids": [],
+            "room_left": [],
+            "full_ids": [],
+            "batch": 500,
+            "claim": 0,
+        }
+        while True:
+            rows = await (await conn.execute(fan_out, params)).fetchall()
+            if int(rows[-1]["events_claimed"]) == 0:
+                break
+        await conn.execute("ANALYZE")
+        params.update(batch=256, claim=256)
+        cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+        pid = int((await cur.fetchone() or {})["pid"])
+        tracked = await statement_tracking(conn)
+        cpu, wall, claimed = 0.0, 0.0, 0
+        for i in range(calls):
+            await publish_backlog(conn, [hooks.orgs[i % len(hooks.orgs)]], 1)
+            before, started = backend_cpu(pid), time.perf_counter()
+            rows = await (await conn.execute(fan_out, params)).fetchall()
+            wall += time.perf_counter() - started
+            cpu += backend_cpu(pid) - before
+            claimed += int(rows[-1]["events_claimed"])
+        stats: dict[str, Any] = {}
+        if tracked:
+            cur = await conn.execute(q_single_stats(), {"text": numbered(fan_out)[:200]})
+            stats = dict(await cur.fetchone() or {})
+        cur = await conn.execute(
+            "SELECT pg_relation_size('dispatcher.outbox') / 8192 AS outbox_pages"
+        )
+        pages = int((await cur.fetchone() or {})["outbox_pages"])
+    assert claimed == calls, (claimed, calls)
+    out: dict[str, Any] = {
+        "calls": calls,
+        "backend_cpu_ms": round(1000 * cpu / calls, 4),
+        "client_ms": round(1000 * wall / calls, 4),
+        "outbox_pages": pages,
+    }
+    if stats.get("calls"):
+        n = int(stats["calls"])
+        out["server_ms"] = round(float(stats["exec_ms"]) / n, 4)
+        out["buffers"] = round(int(stats["buffers"]) / n, 1)
+    return out
+
+
+async def statement_tracking(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """pg_stat_statements on for this session and reset, when the server has it loaded."""
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SET pg_stat_statements.track = 'top'")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error as exc:
+        print(f"no pg_stat_statements: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def numbered(text: str) -> str:
+    """psycopg's %(name)s placeholders as it sends them: $1, $2... in order of first use."""
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, text)
+
+
+def q_single_stats() -> str:
+    # the fan-out's row: its text as psycopg sent it
+    return (
+        "SELECT sum(calls) AS calls, sum(total_exec_time) AS exec_ms,"
+        " sum(shared_blks_hit + shared_blks_read) AS buffers"
+        " FROM pg_stat_statements"
+        " WHERE left(query, 200) = %(text)s AND dbid = ("
+        "   SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+
+
+async def single(a: argparse.Namespace) -> None:
+    owned = None
+    dsn = a.dsn
+    if a.own_server:
+        from bench.infra import BenchCluster
+
+        owned = BenchCluster()
+        owned.pg.start()
+        dsn = f"host=127.0.0.1 port={owned.pg.port} user=postgres"
+        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
+            admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    try:
+        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+            admin.execute(f"CREATE DATABASE {a.db}")
+        try:
+            r = await measure_single(
+                f"{dsn} dbname={a.db}", a.single, a.webhooks or 200, a.sql, a.backlog
+            )
+        finally:
+            with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+    finally:
+        if owned is not None:
+            owned.cleanup()
+    extra = (
+        f"  server {r['server_ms']:.4f} ms  {r['buffers']:.1f} shared buffers per call"
+        if "buffers" in r
+        else "  (buffers: pg_stat_statements not loaded; --own-server)"
+    )
+    print(
+        f"{a.tag}: single-event fan-out x{r['calls']}: backend CPU {r['backend_cpu_ms']:.4f} ms"
+        f"  client {r['client_ms']:.4f} ms{extra}  outbox {r['outbox_pages']} pages"
+    )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dsn", default="host=127.0.0.1 user=postgres", help="server to use")
     ap.add_argument("--db", default="bench_statement_cpu", help="database created and dropped")
     ap.add_argument("--events", type=int, default=20000)
-    ap.add_argument("--webhooks", type=int, default=16)
+    ap.add_argument("--webhooks", type=int, help="16 (drain), 200 (--single)")
     ap.add_argument("--sql", help="named blocks to use instead of the tree's")
     ap.add_argument(
         "--outcomes-per-call",
@@ -198,13 +350,19 @@ async def main() -> None:
         help="outcomes per delivery_record_outcomes call (1: the recorder at a low rate)",
     )
     ap.add_argument("--tag", default=Path.cwd().name, help="label of the output line")
+    ap.add_argument("--single", type=int, metavar="N", help="N fan-outs of one fresh event")
+    ap.add_argument("--own-server", action="store_true", help="--single on a throwaway server")
+    ap.add_argument("--backlog", type=int, default=SINGLE_BACKLOG, help="--single: events first")
     a = ap.parse_args()
+    if a.single:
+        await single(a)
+        return
     with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
         admin.execute(f"CREATE DATABASE {a.db}")
     try:
         r = await measure(
-            f"{a.dsn} dbname={a.db}", a.events, a.webhooks, a.sql, a.outcomes_per_call
+            f"{a.dsn} dbname={a.db}", a.events, a.webhooks or 16, a.sql, a.outcomes_per_call
         )
     finally:
         with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:

@@ -48,12 +48,20 @@ WITH picked AS MATERIALIZED (
           OFFSET 0) b  -- a fence: the body is built once, not again inside body::text
 ), unreadable AS (
     -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
+    -- The four outbox writes (this one, deferred, ordered_later, claimed) join their rows on
+    -- ctid: a parameterized Tid Scan per row, where `ctid = ANY (ARRAY(...))` was costed at
+    -- ten rows and planned, generic plans included, as a sequential scan of an outbox that
+    -- looked small, kept while its dead rows piled up. The three that keep rows are gated
+    -- (`-- gate`: an uncorrelated EXISTS, a one-time filter): a pass with nothing to keep
+    -- reads no outbox page, whatever the plan (tests/integration/test_plans.py).
     UPDATE dispatcher.outbox o
     SET misses = coalesce(o.misses, 0) + 1,
         retry_at = now() + make_interval(secs => least(5 * 2 ^ least(coalesce(o.misses, 0), 6), 300))
-    WHERE o.ctid = ANY (ARRAY(
-        SELECT p.row_id FROM picked p
-        WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)))
+    FROM picked p
+    WHERE o.ctid = p.row_id
+      AND NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)
+      AND EXISTS (SELECT 1 FROM picked p2  -- gate
+                  WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p2.row_id))
     RETURNING o.event_id
 ), matched AS (
     -- Claimable now (eligible) counts the events of `waiting` too: while a webhook row is
@@ -100,7 +108,9 @@ WITH picked AS MATERIALIZED (
 ), deferred AS (
     UPDATE dispatcher.outbox o
     SET retry_at = now() + interval '1 second', misses = NULL  -- read: not unreadable
-    WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM waiting))
+    FROM waiting x
+    WHERE o.ctid = x.row_id
+      AND EXISTS (SELECT 1 FROM waiting)  -- gate
     RETURNING o.event_id
 ), contended AS MATERIALIZED (
     -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row of
@@ -141,15 +151,17 @@ WITH picked AS MATERIALIZED (
     -- in progress, they stay due at once.
     UPDATE dispatcher.outbox o
     SET retry_at = now() + interval '1 second', misses = NULL
-    WHERE o.ctid = ANY (ARRAY(SELECT row_id FROM ordered_wait WHERE later))
+    FROM ordered_wait x
+    WHERE o.ctid = x.row_id AND x.later
+      AND EXISTS (SELECT 1 FROM ordered_wait w WHERE w.later)  -- gate
     RETURNING o.event_id
 ), claimed AS (
-    DELETE FROM dispatcher.outbox
-    WHERE ctid = ANY (ARRAY(
-        SELECT c.row_id FROM claimed_events c
-        WHERE NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
-          AND c.id NOT IN (SELECT event_id FROM ordered_wait)))
-    RETURNING event_id
+    DELETE FROM dispatcher.outbox o
+    USING claimed_events c
+    WHERE o.ctid = c.row_id
+      AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
+      AND c.id NOT IN (SELECT event_id FROM ordered_wait)
+    RETURNING o.event_id
 ), open_prev AS (
     -- Ordered keys (0032): the previous delivery of each key of this batch, when still
     -- open, locked FOR SHARE: delivery_record_outcomes (SKIP LOCKED) then cannot finish it unseen

@@ -13,6 +13,7 @@ the plans, generic and custom, from EXPLAIN: deterministic, no timing.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,5 +182,192 @@ async def test_outcome_rows_are_reached_only_by_primary_key(
             "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'"
         )
         assert (await cur.fetchone() or {})["n"] == OUTCOMES
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- fan-out
+# delivery_fan_out takes its outbox rows by ctid (the outbox has no key) and writes them four
+# ways: kept and backed off (unreadable), kept for a held webhook row (deferred), kept behind
+# an ordered key (ordered_later), deleted (claimed). Written `ctid = ANY (ARRAY(...))`, each
+# write was a Tid Scan only while the outbox looked big at plan time: the TID path is costed
+# at ten tuples of unknown length times random_page_cost, more than a sequential scan of a
+# table of a dozen pages, and the generic plan then kept the sequential scans while the
+# outbox's dead rows piled up between two of its vacuums (242 shared buffers per call for one
+# event in bench run 20261130T134446Z). Written as joins, each row is a parameterized Tid Scan
+# (one tuple per row), and the three writes that find no row in a normal pass do not run at
+# all (a one-time filter on their CTE), whatever their plan.
+
+FAN_OUT_PARAMS: dict[str, Any] = {
+    "lease": 30,
+    "failing_after": 3,
+    "hook_cap": 32,
+    "only": None,
+    "room_ids": [],
+    "room_left": [],
+    "full_ids": [],
+    "batch": 256,
+    "claim": 256,
+}
+KEPT_WRITES = ("CTE unreadable", "CTE deferred", "CTE ordered_later")
+
+
+def outbox_reads(plan: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The nodes that read dispatcher.outbox, by the CTE they are in ("" for none)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def walk(node: dict[str, Any], cte: str) -> None:
+        cte = node["Subplan Name"] if str(node.get("Subplan Name")).startswith("CTE ") else cte
+        if (
+            node.get("Relation Name") == "outbox" or str(node.get("Index Name")) == "outbox_oldest"
+        ) and node["Node Type"] != "ModifyTable":
+            out.setdefault(cte, []).append(node)
+        for child in node.get("Plans", []):
+            walk(child, cte)
+
+    walk(plan, "")
+    return out
+
+
+async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
+    """One webhook; `events` events fanned out (the outbox left with their dead rows, no live
+    one), then statistics, as a working database has them. Autovacuum off for the outbox."""
+    await conn.execute("ALTER TABLE dispatcher.outbox SET (autovacuum_enabled = false)")
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+    await hostdb.insert_events_directly(conn, org, "job.created", events)
+    params = {**FAN_OUT_PARAMS, "batch": 500, "claim": 0}
+    while True:
+        cur = await conn.execute(query("delivery_fan_out"), params)
+        if int((await cur.fetchall())[-1]["events_claimed"]) == 0:
+            break
+    await conn.execute("ANALYZE")
+    return org
+
+
+@pytest.mark.parametrize(
+    ("mode", "first", "by_tid"),
+    [
+        ("force_generic_plan", 2000, True),
+        ("force_custom_plan", 2000, True),
+        ("force_generic_plan", 400, False),
+        ("force_generic_plan", 1, False),
+    ],
+)
+async def test_fan_out_reaches_outbox_rows_by_tid(
+    db_dsn: str, mode: str, first: int, by_tid: bool
+) -> None:
+    """The plan of delivery_fan_out for one fresh event, made when the outbox held the dead
+    rows of `first` events fanned out and reused after 5,000 more dead rows: every outbox row
+    written is reached by a Tid Scan (or, for picking, the outbox_oldest index), and the
+    writes with nothing to write read no outbox page. Made when the outbox was a few pages
+    (`first` 400, a bench warm-up's; or 1), the planner rightly prefers a sequential scan of
+    those pages to a TID fetch (random_page_cost) for picking and deleting, and keeps it while
+    the outbox grows: only the second part holds there (docs/performance.md, fanlean)."""
+    conn = await hostdb.connect(db_dsn)
+    try:
+        org = await drained_outbox(conn, first)
+        text, names = numbered(str(query("delivery_fan_out")))
+        args = sql.SQL(", ").join(
+            sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
+            if n == "only"
+            else sql.Literal(FAN_OUT_PARAMS[n])
+            for n in names
+        )
+        await hostdb.insert_events_directly(conn, org, "job.created", 1)
+        await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
+        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
+        execute = sql.SQL("EXECUTE fan({})").format(args)
+        await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(execute))  # planned here
+        # dead rows, as between two of the outbox's vacuums
+        await conn.execute(
+            "INSERT INTO dispatcher.outbox (event_id)"
+            " SELECT gen_random_uuid() FROM generate_series(1, 5000)"
+        )
+        await conn.execute(
+            "DELETE FROM dispatcher.outbox o WHERE o.misses IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = o.event_id)"
+        )
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(execute)
+        )
+        got = await cur.fetchone()
+        assert got is not None
+        reads = outbox_reads(got["QUERY PLAN"][0]["Plan"])
+        for cte in KEPT_WRITES:  # nothing to keep: not one outbox page read
+            ran = [
+                (n["Node Type"], n["Shared Hit Blocks"] + n["Shared Read Blocks"])
+                for n in reads.get(cte, [])
+                if n["Shared Hit Blocks"] + n["Shared Read Blocks"] > 0
+            ]
+            assert not ran, (cte, ran)
+        if by_tid:
+            for cte, found in reads.items():
+                for n in found:
+                    kind = (n["Node Type"], n.get("Index Name"))
+                    assert kind in {("Tid Scan", None), ("Index Scan", "outbox_oldest")}, (
+                        cte,
+                        kind,
+                        n.get("Filter"),
+                    )
+            claimed = reads["CTE claimed"]
+            assert [n.get("TID Cond", "").startswith("(ctid = ") for n in claimed] == [True]
+        # and the statement so planned did its work: one event, one delivery
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM dispatcher.outbox) AS outbox,"
+            " (SELECT count(*) FROM webhook_deliveries) AS deliveries"
+        )
+        assert await cur.fetchone() == {"outbox": 0, "deliveries": first + 1}
+    finally:
+        await conn.close()
+
+
+async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
+    """2,000 orgs with a webhook each, one of them disabled: the generic plan of
+    delivery_fan_out for one event reads webhooks by index (0040), not by a sequential scan
+    of every org's webhooks, and still holds the disabled webhook's event."""
+    conn = await hostdb.connect(db_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO organizations (id, name, slug)"
+            " SELECT gen_random_uuid(), 'org ' || g, 'org-' || g FROM generate_series(1, 2000) g"
+        )
+        await conn.execute(
+            "INSERT INTO webhooks (org_id, name, url, secret, events, headers, status)"
+            " SELECT id, 'hook', 'https://example.com/hook', md5(id::text), ARRAY['*'], '{}',"
+            "        CASE WHEN slug = 'org-7' THEN 'disabled' ELSE 'active' END"
+            " FROM organizations"
+        )
+        cur = await conn.execute("SELECT id FROM organizations WHERE slug IN ('org-7', 'org-8')")
+        orgs = [r["id"] for r in await cur.fetchall()]
+        for org in orgs:
+            await hostdb.insert_events_directly(conn, org, "job.created", 1)
+        await conn.execute("ANALYZE")
+        text, names = numbered(str(query("delivery_fan_out")))
+        args = sql.SQL(", ").join(
+            sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
+            if n == "only"
+            else sql.Literal(FAN_OUT_PARAMS[n])
+            for n in names
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE fan({})").format(args)
+        )
+        got = await cur.fetchone()
+        assert got is not None
+        reads = [
+            (n["Node Type"], n.get("Index Name"))
+            for n in nodes(got["QUERY PLAN"][0]["Plan"])
+            if n.get("Relation Name") == "webhooks"
+        ]
+        assert reads and all(kind != "Seq Scan" for kind, _ in reads), reads
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM webhook_deliveries) AS deliveries,"
+            " (SELECT count(*) FROM dispatcher.held) AS held,"
+            " (SELECT count(*) FROM dispatcher.outbox) AS outbox"
+        )
+        assert await cur.fetchone() == {"deliveries": 1, "held": 1, "outbox": 0}
     finally:
         await conn.close()
