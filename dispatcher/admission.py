@@ -166,7 +166,10 @@ class Admission(Generic[T]):
         its row limit): that much is taken off here, webhook by webhook, and off the
         others' bound. `leave`: rows of each webhook kept back from this statement for
         a concurrent one (a doorbell's fan-out beside the loop's statement), though
-        never a webhook's last row: a webhook with room 1 gets it here."""
+        never a webhook's last row (a webhook with room 1 gets it here), nor any of a
+        webhook held back by its cap: its room is its claim-ahead queue's, all for the
+        loop's refill (a row kept back from a refill would be leased by the loop's next
+        statement, a fan-out that then looks as if the outbox no longer holds back)."""
         room = self.claim_room()
         others = self.cap + self.ahead
         for given, given_others, limit in self._reserved.values():
@@ -175,7 +178,7 @@ class Admission(Generic[T]):
                 room[hook] = max(room.get(hook, others) - taken, 0)
             others = max(others - min(given_others, limit), 0)
         if leave > 0:
-            room = {k: max(n - leave, min(n, 1)) for k, n in room.items()}
+            room = {k: n if self._capped(k) else max(n - leave, min(n, 1)) for k, n in room.items()}
             others = max(others - leave, min(others, 1))
         self._asked = room
         return {
@@ -185,6 +188,10 @@ class Admission(Generic[T]):
             "hook_cap": others,
             "failing_after": FAILING_AFTER,
         }
+
+    def _capped(self, hook: UUID) -> bool:
+        """Held back by its cap: at it, or given all its room by the last claim."""
+        return hook in self._held or self._inflight.get(hook, 0) >= self.cap
 
     def reserve(self, limit: int, *, leave: int = 0) -> tuple[int, dict[str, Any]]:
         """claim_params() for a statement that leases at most `limit` rows (at most

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -272,7 +273,7 @@ class Dispatcher:
                     # This fan-out reads what a doorbell already heard announced.
                     self._wake.clear()
                     (events, claimed), fanned_now = await self._hearing_doorbell(
-                        asyncio.ensure_future(fan_out), room_for_new
+                        fan_out, room_for_new
                     )
                     fanned = fanned or fanned_now
                 else:
@@ -388,21 +389,23 @@ class Dispatcher:
         fan-out on a second connection (`_hearing_doorbell`): a fresh event does not queue
         behind a due scan, such as the refills of a hot webhook at its cap (issue 12).
         Returns (rows started by the scan, whether such a fan-out says more may be waiting)."""
-        return await self._hearing_doorbell(
-            asyncio.ensure_future(self._claim_due(conn, params, limit)), limit
-        )
+        return await self._hearing_doorbell(self._claim_due(conn, params, limit), limit)
 
-    async def _hearing_doorbell(self, statement: asyncio.Future[_T], taken: int) -> tuple[_T, bool]:
-        """Await `statement` (a due scan or a fan-out on this pass's connection, which may
-        start up to `taken` attempts); a doorbell that rings meanwhile (or rang earlier in
-        this pass) is answered at once by a fan-out on a second connection with the slots
-        neither takes. Returns (the statement's result, whether that fan-out says more
-        may be waiting).
+    async def _hearing_doorbell(
+        self, statement: Coroutine[Any, Any, _T], taken: int
+    ) -> tuple[_T, bool]:
+        """Run `statement` (a due scan or a fan-out on this pass's connection, which may
+        start up to `taken` attempts); a doorbell that rings meanwhile is answered at once
+        by a fan-out on a second connection with the slots neither takes. Returns (the
+        statement's result, whether that fan-out says more may be waiting).
 
-        The two statements divide each webhook's room: what admission gave the one in
-        flight is not offered to the other until its rows are accounted for
-        (Admission.reserve), so together they never lease a webhook beyond its cap and
-        claim-ahead queue."""
+        The statement runs in this task, as it would without a doorbell to hear (no extra
+        hop through the event loop: the loop's timing, and so what a hot webhook's queue
+        holds when the statement runs, stays as it was); only the doorbell is watched by a
+        task of its own, cancelled when the statement ends first. The two statements divide
+        each webhook's room: what admission gave the one in flight is not offered to the
+        other until its rows are accounted for (Admission.reserve), so together they never
+        lease a webhook beyond its cap and claim-ahead queue."""
         spare = self._s.concurrency - len(self._inflight) - taken
         if (
             spare < min(self._min_batch, self._s.concurrency)
@@ -416,40 +419,50 @@ class Dispatcher:
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
             return await statement, False
-        doorbell = asyncio.ensure_future(self._wake.wait())
-        fan_out: asyncio.Future[bool] | None = None
+        answering: list[bool] = []
+        watcher = asyncio.ensure_future(self._answer_doorbell(spare, answering))
         try:
-            waiters: list[asyncio.Future[Any]] = [statement, doorbell]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if statement.done() or self._stopping:
-                return await statement, False  # the doorbell's pass follows at once
-            self._wake.clear()
-            fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
-            got = await asyncio.gather(statement, fan_out, return_exceptions=True)
+            result = await statement
         except BaseException:
-            # Cancelled (the pass's deadline, stop): both statements end before this
-            # pass gives its connection back, so rows the first leased are not orphaned
-            # on a connection the pool closes.
-            children: list[asyncio.Future[Any]] = [statement]
-            if fan_out is not None:
-                children.append(fan_out)
-            for child in children:
-                child.cancel()
-            await asyncio.gather(*children, return_exceptions=True)
+            # Failed or cancelled (the pass's deadline, stop): a doorbell's fan-out under
+            # way ends before this pass gives its connection back, so the rows either
+            # statement leased are not orphaned on a connection the pool closes.
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             raise
-        finally:
-            doorbell.cancel()
-        result, fanned = got
-        if isinstance(result, BaseException):
-            raise result
-        if isinstance(fanned, BaseException):
+        if not answering:
+            # No doorbell while the statement ran (or one that rang at its very end,
+            # still set: the next pass follows at once). The watcher only waits for the
+            # doorbell: cancelled, not awaited, so this pass goes on without a hop through
+            # the event loop (attempts that end meanwhile would drain a hot webhook's
+            # queue between a refill and the fan-out that judges the outbox by it).
+            watcher.cancel()
+            return result, False
+        try:
+            fanned = await asyncio.shield(watcher)
+        except asyncio.CancelledError:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            raise
+        except Exception as exc:
             # The statement's rows started; only the doorbell's fan-out failed (no
             # connection came, or its statement failed): not this pass's failure. Its
             # pass follows.
-            log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
+            log.warning("doorbell_fan_out_failed", error=type(exc).__name__)
             self._wake.set()
             return result, False
         return result, fanned
+
+    async def _answer_doorbell(self, spare: int, answering: list[bool]) -> bool:
+        """Wait for the doorbell, then fan out on a second connection (_hearing_doorbell);
+        `answering` says the fan-out has begun (it is then awaited, never cancelled
+        unless the pass is)."""
+        await self._wake.wait()
+        if self._stopping:
+            return False
+        answering.append(True)
+        self._wake.clear()
+        return await self._claim_and_start(spare, outbox=True, scan=False)
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""

@@ -452,19 +452,23 @@ def test_a_statement_reserves_no_more_of_a_webhook_than_its_row_limit() -> None:
 def test_the_loops_statement_leaves_one_row_of_each_webhook_but_never_its_last() -> None:
     """The loop's own statement keeps one row of each webhook back (leave=1) for a
     doorbell's fan-out beside it, which then gets exactly that: together they never
-    exceed a webhook's room, and a webhook with room for one row gets it in the loop's."""
+    exceed a webhook's room. A webhook with room for one row gets it in the loop's; one
+    held back by its cap keeps all its queue's room for the loop's refill."""
     adm, _ = make(cap=4, ahead=8)
-    hot, almost, full = uuid4(), uuid4(), uuid4()
+    hot, busy, almost, full = uuid4(), uuid4(), uuid4(), uuid4()
     _at_cap(adm, hot, 4)
+    _at_cap(adm, busy, 1)
     _at_cap(adm, almost, 3)
     _at_cap(adm, full, 4)
     for _ in range(8):
         adm.enqueue(full, object())
     token, loops = adm.reserve(64, leave=1)
-    assert _given(loops) == {hot: 7, almost: 1, full: 0} and loops["hook_cap"] == 11
+    assert _given(loops) == {hot: 8, busy: 2, almost: 1, full: 0} and loops["hook_cap"] == 11
     doorbells = adm.claim_params()
-    assert _given(doorbells) == {hot: 1, almost: 0, full: 0} and doorbells["hook_cap"] == 1
+    assert _given(doorbells) == {hot: 0, busy: 1, almost: 0, full: 0}
+    assert doorbells["hook_cap"] == 1
     adm.settle(token)
+    assert _given(adm.claim_params(leave=1))[hot] == 8  # a refill keeps the whole queue
 
 
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12), st.integers(0, 20)), max_size=6))
