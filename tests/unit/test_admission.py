@@ -400,3 +400,98 @@ def test_two_claims_at_once_each_judge_held_back_webhooks_by_the_room_they_were_
     assert adm.ended(hot), "kept while another statement still runs"
     adm.note_held([], asked_scan)
     assert not adm.ended(hot) and not adm.ended(quiet)
+
+
+def _given(params: dict[str, Any]) -> dict[UUID, int]:
+    return dict(zip(params["room_ids"], params["room_left"], strict=True))
+
+
+def test_room_given_to_a_statement_in_flight_is_not_offered_to_a_concurrent_one() -> None:
+    """A due scan (the refill of a hot webhook at its cap) is in flight when a doorbell's
+    fan-out is sent: the fan-out gets none of the hot webhook's queue room the scan may
+    still fill, and once the scan is settled (its rows started or queued) the room is
+    offered again, as it then is."""
+    adm, _ = make(cap=4, ahead=8)
+    hot = uuid4()
+    _at_cap(adm, hot, 4)
+    assert _given(adm.claim_params())[hot] == 8  # its claim-ahead queue, empty
+    scan, params = adm.reserve(64)
+    assert _given(params)[hot] == 8 and adm.reserved == 1
+    fan_out = adm.claim_params()
+    assert _given(fan_out)[hot] == 0 and hot in fan_out["full_ids"]
+    # Others: the scan may lease up to hook_cap (12) of any unlisted webhook.
+    assert fan_out["hook_cap"] == 0
+    adm.settle(scan)
+    for _ in range(8):
+        assert adm.enqueue(hot, object())  # what the scan got: all of it queued
+    assert adm.reserved == 0 and _given(adm.claim_params())[hot] == 0
+    adm.settle(scan)  # settling twice is harmless
+    assert adm.reserved == 0
+
+
+def test_a_statement_reserves_no_more_of_a_webhook_than_its_row_limit() -> None:
+    """A fan-out of one event leases at most one row of each webhook: a concurrent
+    statement gets the rest of each webhook's room, listed or not."""
+    adm, _ = make(cap=4, ahead=8)
+    hot, busy = uuid4(), uuid4()
+    _at_cap(adm, hot, 4)
+    _at_cap(adm, busy, 1)
+    one, _ = adm.reserve(1)
+    other = adm.claim_params()
+    assert _given(other) == {hot: 7, busy: 2}  # hot: 8 - 1; busy: 3 - 1
+    assert other["hook_cap"] == 11  # 12 - 1 for any webhook not listed
+    two, _ = adm.reserve(3)
+    assert _given(adm.claim_params()) == {hot: 4, busy: 0}
+    assert adm.claim_params()["hook_cap"] == 8
+    adm.settle(one)
+    adm.settle(two)
+    assert _given(adm.claim_params()) == {hot: 8, busy: 3}
+    assert adm.claim_params()["hook_cap"] == 12
+
+
+def test_the_loops_statement_leaves_one_row_of_each_webhook_but_never_its_last() -> None:
+    """The loop's own statement keeps one row of each webhook back (leave=1) for a
+    doorbell's fan-out beside it, which then gets exactly that: together they never
+    exceed a webhook's room. A webhook with room for one row gets it in the loop's; one
+    held back by its cap keeps all its queue's room for the loop's refill."""
+    adm, _ = make(cap=4, ahead=8)
+    hot, busy, almost, full = uuid4(), uuid4(), uuid4(), uuid4()
+    _at_cap(adm, hot, 4)
+    _at_cap(adm, busy, 1)
+    _at_cap(adm, almost, 3)
+    _at_cap(adm, full, 4)
+    for _ in range(8):
+        adm.enqueue(full, object())
+    token, loops = adm.reserve(64, leave=1)
+    assert _given(loops) == {hot: 8, busy: 2, almost: 1, full: 0} and loops["hook_cap"] == 11
+    doorbells = adm.claim_params()
+    assert _given(doorbells) == {hot: 0, busy: 1, almost: 0, full: 0}
+    assert doorbells["hook_cap"] == 1
+    adm.settle(token)
+    assert _given(adm.claim_params(leave=1))[hot] == 8  # a refill keeps the whole queue
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12), st.integers(0, 20)), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_statements_in_flight_together_never_lease_a_webhook_beyond_its_room(
+    shape: list[tuple[int, int, int]],
+) -> None:
+    """However many statements are in flight (each reserved with its row limit, some
+    leaving a row back), what they may lease of each webhook together, as given, is at
+    most the room a lone statement would have been given for it."""
+    adm, _ = make(cap=4, ahead=8)
+    hooks = [uuid4() for _ in range(3)]
+    for i, hook in enumerate(hooks):
+        _at_cap(adm, hook, i + 2)  # 2, 3, 4 in flight
+    alone = adm.claim_params()
+    room_alone = _given(alone)
+    stranger = uuid4()  # a webhook no statement lists
+    total = dict.fromkeys([*hooks, stranger], 0)
+    for leave, _, limit in shape:
+        _, params = adm.reserve(limit, leave=leave % 2)
+        given_ = _given(params)
+        for hook in total:
+            total[hook] += min(given_.get(hook, params["hook_cap"]), limit)
+    for hook in hooks:
+        assert total[hook] <= room_alone[hook]
+    assert total[stranger] <= alone["hook_cap"]
