@@ -56,6 +56,7 @@ def ratios(s: Results) -> dict[str, Any]:
         out["ordered_to_unordered_paired"] = s["ordered"].get("ratio_ordered_to_unordered_paired")
     if "slow" in s:
         out["slow_to_cap_over_latency"] = s["slow"]["ratio_to_cap_over_latency"]
+        out["slow_to_bare_client"] = s["slow"].get("ratio_to_bare_client")
     if "hotquiet" in s:
         out["hot_to_paired_ceiling"] = s["hotquiet"].get("hot_ratio_to_paired_ceiling")
         out["quiet_p99_ms"] = s["hotquiet"]["quiet_p99_ms"]
@@ -200,7 +201,9 @@ def markdown(res: Results) -> str:
                 f"{sl['endpoint_latency_s'] * 1000:.0f} ms",
                 f"{_num(sl['deliveries_per_s'])} /s",
                 f"{_num(sl['ratio_to_cap_over_latency'], 2)}x cap/latency "
-                f"({_num(sl['cap_over_latency_per_s'])} /s) (>= 0.9)",
+                f"({_num(sl['cap_over_latency_per_s'])} /s) (>= 0.9); a bare client "
+                f"{_num(sl.get('bare_client_to_cap_over_latency'), 2)}x, the daemon "
+                f"{_num(sl.get('ratio_to_bare_client'), 2)}x of it",
                 _met(sl["ratio_to_cap_over_latency"] >= 0.9),
             )
         )

@@ -216,6 +216,24 @@ class Scenarios:
         result["per_webhook_cap"] = cap
         result["cap_over_latency_per_s"] = round(bound, 1)
         result["ratio_to_cap_over_latency"] = round(result["deliveries_per_s"] / bound, 3)
+        # The same receiver's slow path driven by a bare client with `cap` workers (no
+        # database, no dispatcher), right after the drain: what cap / latency is in practice
+        # on this machine (each request also pays its HTTP round trip and the receiver's
+        # timer), as a ceiling paired with this drain.
+        await self.receiver.reset()
+        bare = await asyncio.to_thread(
+            run_http_ceiling,
+            self.receiver.url("/slow/ceiling"),
+            self.cfg.slow_events,
+            cap,
+            cap,
+        )
+        await self.receiver.reset()
+        result["bare_client_per_s"] = round(bare["requests_per_s"], 1)
+        result["bare_client_to_cap_over_latency"] = round(bare["requests_per_s"] / bound, 3)
+        result["ratio_to_bare_client"] = round(
+            result["deliveries_per_s"] / bare["requests_per_s"], 3
+        )
         return result
 
     async def hotquiet(self) -> dict[str, Any]:
