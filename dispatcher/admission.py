@@ -83,11 +83,6 @@ class Admission(Generic[T]):
         # webhooks the last claim held back: rows of theirs may be waiting
         self._held: set[UUID] = set()
         self._asked: dict[UUID, int] = {}  # the room the last claim statement was given
-        # Claim statements in flight (reserve() until settle()): per statement, the room it
-        # was given (listed webhooks), its bound for the others, and its row limit. Not
-        # offered to a concurrent statement until the statement's rows are accounted for.
-        self._reserved: dict[int, tuple[dict[UUID, int], int, int]] = {}
-        self._tokens = 0
 
     # -- the rule ---------------------------------------------------------------------
     def room(self) -> dict[UUID, int]:
@@ -151,68 +146,23 @@ class Admission(Generic[T]):
         that one statement leases many rows rather than one per attempt ended."""
         return len(self._queued.get(hook, ())) <= self.refill_at
 
-    def claim_params(self, *, leave: int = 0) -> dict[str, Any]:
-        """The room as the claim statements' parameters (with claim-ahead), net of what
-        the claim statements in flight were given (reserve()).
+    def claim_params(self) -> dict[str, Any]:
+        """The room as the claim statements' parameters (with claim-ahead).
 
         room_ids/room_left: how many more rows each listed webhook may be leased;
         full_ids: those with none (not even scanned); hook_cap: the most one statement
         leases of one webhook, and the room of the others (cap + ahead: an unlisted
         webhook with more due than its cap starts the cap and queues the rest, as a
         webhook at its cap would); failing_after for the database's own count of
-        consecutive failures.
-
-        A statement in flight may lease of each webhook what it was given (bounded by
-        its row limit): that much is taken off here, webhook by webhook, and off the
-        others' bound. `leave`: rows of each webhook kept back from this statement for
-        a concurrent one (a doorbell's fan-out beside the loop's statement), though
-        never a webhook's last row (a webhook with room 1 gets it here), nor any of a
-        webhook held back by its cap: its room is its claim-ahead queue's, all for the
-        loop's refill (a row kept back from a refill would be leased by the loop's next
-        statement, a fan-out that then looks as if the outbox no longer holds back)."""
-        room = self.claim_room()
-        others = self.cap + self.ahead
-        for given, given_others, limit in self._reserved.values():
-            for hook in {*room, *given}:
-                taken = min(given.get(hook, given_others), limit)
-                room[hook] = max(room.get(hook, others) - taken, 0)
-            others = max(others - min(given_others, limit), 0)
-        if leave > 0:
-            room = {k: n if self._capped(k) else max(n - leave, min(n, 1)) for k, n in room.items()}
-            others = max(others - leave, min(others, 1))
-        self._asked = room
+        consecutive failures."""
+        room = self._asked = self.claim_room()
         return {
             "room_ids": list(room),
             "room_left": list(room.values()),
             "full_ids": [k for k, n in room.items() if n <= 0],
-            "hook_cap": others,
+            "hook_cap": self.cap + self.ahead,
             "failing_after": FAILING_AFTER,
         }
-
-    def _capped(self, hook: UUID) -> bool:
-        """Held back by its cap: at it, or given all its room by the last claim."""
-        return hook in self._held or self._inflight.get(hook, 0) >= self.cap
-
-    def reserve(self, limit: int, *, leave: int = 0) -> tuple[int, dict[str, Any]]:
-        """claim_params() for a statement that leases at most `limit` rows (at most
-        `limit` of one webhook), held back from concurrent statements until settle(token):
-        call it once the statement's rows are accounted for (started, queued or released)
-        or the statement failed. Returns (token, params)."""
-        params = self.claim_params(leave=leave)
-        self._tokens += 1
-        given = dict(zip(params["room_ids"], params["room_left"], strict=True))
-        self._reserved[self._tokens] = (given, params["hook_cap"], max(limit, 0))
-        return self._tokens, params
-
-    def settle(self, token: int) -> None:
-        """The statement of reserve()'s `token` is accounted for: its room is free again
-        (what it started or queued is counted by started()/enqueue())."""
-        self._reserved.pop(token, None)
-
-    @property
-    def reserved(self) -> int:
-        """Claim statements in flight holding room (reserve() not yet settled)."""
-        return len(self._reserved)
 
     def note_held(
         self,

@@ -21,9 +21,9 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import psycopg
@@ -45,7 +45,6 @@ from dispatcher.settings import Settings
 from dispatcher.tracing import Tracing
 
 log = structlog.get_logger("dispatcher.dispatch")
-_T = TypeVar("_T")
 
 # Bounds of the fan-out factor: a pass takes at most 4x its free slots in events (events
 # that match nothing are cheap) and at least one event.
@@ -145,9 +144,6 @@ class Dispatcher:
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
-        # A fan-out beside another one left events in the outbox, due at once (an ordered
-        # key's newer events behind the older ones the other statement took): look again.
-        self._recheck_outbox = False
 
     @property
     def unreadable(self) -> int:
@@ -290,50 +286,28 @@ class Dispatcher:
             # A nested pass (the doorbell's fan-out) may have found a full due scan too.
             self._due_full = len(due) >= batch or self._due_full
             return self._due_full or fanned
-        fanned = False
         async with self._pool.connection() as conn:
             scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
             due_first = scan_due and self._outbox_busy
-            due = list[Claimed]()
-            if due_first:
-                due, fanned = await self._claim_due_hearing_doorbell(conn, params, batch)
+            due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)
             events_wanted = max(1, round(room_for_new / self.fanout_factor))
             if self._outbox_held:
                 events_wanted = max(events_wanted, HELD_BACK_EVENTS)
             events, claimed = 0, list[Claimed]()
             if room_for_new > 0:
-                # A doorbell that rings while this fan-out runs gets its own at once rather
-                # than queueing behind it (issue 12: quiet webhooks beside a hot drain).
-                # Not while intake is narrowed after a timeout: one fan-out at a time then
-                # names its event.
-                fan_out = self._fan_out(conn, params, events_wanted, room_for_new)
-                if self._intake.cap is None:
-                    # This fan-out reads what a doorbell already heard announced.
-                    self._wake.clear()
-                    (events, claimed), fanned_now = await self._hearing_doorbell(
-                        fan_out, room_for_new
-                    )
-                    fanned = fanned or fanned_now
-                else:
-                    events, claimed = await fan_out
+                events, claimed = await self._fan_out(conn, params, events_wanted, room_for_new)
             left = room_for_new - len(claimed)
             if room_for_new > 0:
                 # Only a fan-out that ran says whether the outbox holds more: a due scan
                 # that filled the pass (rows it leased ahead count) leaves it as it was, or
                 # a backlog still in the outbox would wait for the next doorbell or poll.
-                # A doorbell's fan-out beside this pass's statements may have found more.
-                self._outbox_busy = events >= events_wanted or fanned
-                if self._recheck_outbox and self._passes == 1:
-                    # Two fan-outs ran side by side and one left events due at once: the
-                    # next pass reads the outbox again instead of waiting for a doorbell.
-                    self._recheck_outbox = False
-                    self._outbox_busy = fanned = True
+                self._outbox_busy = events >= events_wanted
                 self._outbox_held = self._outbox_busy and len(claimed) * 2 < room_for_new
             outbox_busy = events >= events_wanted and left * 4 < room_for_new
+            fanned = False
             if scan_due and not due_first and left > 0 and not outbox_busy:
-                due, fanned_by_scan = await self._claim_due_hearing_doorbell(conn, params, left)
-                fanned = fanned or fanned_by_scan
+                due, fanned = await self._claim_due_hearing_doorbell(conn, params, left)
         due_full = bool(due) and len(due) >= (batch if due_first else left)
         self._due_full = due_full or self._due_full
         if fanned:
@@ -357,26 +331,7 @@ class Dispatcher:
         if events_wanted == 0:
             return 0, []
         sent = time.monotonic()
-        # One delivery per event and webhook: at most min(events, claim) rows of a webhook.
-        token, room = self._reserve(min(events_wanted, claim))
-        try:
-            return await self._fan_out_rows(
-                conn, params, room, wanted, events_wanted, only, claim, sent
-            )
-        finally:
-            self.admission.settle(token)
-
-    async def _fan_out_rows(
-        self,
-        conn: Conn,
-        params: dict[str, Any],
-        room: dict[str, Any],
-        wanted: int,
-        events_wanted: int,
-        only: Any,
-        claim: int,
-        sent: float,
-    ) -> tuple[int, list[Claimed]]:
+        room = self.admission.claim_params()
         try:
             cur = await conn.execute(
                 query("delivery_fan_out"),
@@ -401,8 +356,6 @@ class Dispatcher:
         deferred = int(rows[-1]["events_deferred"]) if rows else 0
         taken = events + deferred
         self._deferred = deferred > 0
-        if deferred and self._passes > 1:
-            self._recheck_outbox = True
         self._intake.succeeded(taken)
         if events_wanted < wanted and taken >= events_wanted:
             self._retry_now = True  # a narrowed pass was full: more is waiting
@@ -424,105 +377,69 @@ class Dispatcher:
     async def _claim_due_hearing_doorbell(
         self, conn: Conn, params: dict[str, Any], limit: int
     ) -> tuple[list[Claimed], bool]:
-        """`_claim_due`, with a doorbell that rings while it runs answered at once by a
-        fan-out on a second connection (`_hearing_doorbell`): a fresh event does not queue
-        behind a due scan, such as the refills of a hot webhook at its cap (issue 12).
-        Returns (rows started by the scan, whether such a fan-out says more may be waiting)."""
-        return await self._hearing_doorbell(self._claim_due(conn, params, limit), limit)
+        """`_claim_due`, and a doorbell that rings while it runs (or rang during this pass's
+        fan-out) answered at once by a fan-out on a second connection, with the slots
+        neither takes, rather than after the scan: a fresh event does not queue behind a
+        due scan, such as the refills of a hot webhook at its cap (issue 12). Returns
+        (rows started by the scan, whether such a fan-out says more may be waiting).
 
-    async def _hearing_doorbell(
-        self, statement: Coroutine[Any, Any, _T], taken: int
-    ) -> tuple[_T, bool]:
-        """Run `statement` (a due scan or a fan-out on this pass's connection, which may
-        start up to `taken` attempts); a doorbell that rings meanwhile is answered at once
-        by a fan-out on a second connection with the slots neither takes. Returns (the
-        statement's result, whether that fan-out says more may be waiting).
-
-        The statement runs in this task, as it would without a doorbell to hear (no extra
-        hop through the event loop: the loop's timing, and so what a hot webhook's queue
-        holds when the statement runs, stays as it was); only the doorbell is watched by a
-        task of its own, cancelled when the statement ends first. The two statements divide
-        each webhook's room: what admission gave the one in flight is not offered to the
-        other until its rows are accounted for (Admission.reserve), so together they never
-        lease a webhook beyond its cap and claim-ahead queue."""
-        spare = self._s.concurrency - len(self._inflight) - taken
+        The two statements may lease rows of one webhook beyond its cap: the extra ones
+        wait in its claim-ahead queue or are released unsent, as for any claim."""
+        spare = self._s.concurrency - len(self._inflight) - limit
+        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
         if (
             spare < min(self._min_batch, self._s.concurrency)
             or self._stopping
             # Only the outermost pass opens a second one: a nested pass's count of free
-            # slots would not see the outer statement's rows, leased but not started yet.
+            # slots would not see the outer scan's rows, leased but not started yet.
             or self._passes > 1
             # Never wait for a second connection while holding this one (a pool of one
             # would stall until its timeout): without an idle one, the doorbell's pass
-            # simply follows this statement.
+            # simply follows the scan.
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
-            return await statement, False
-        answering: list[bool] = []
-        watcher = asyncio.ensure_future(self._answer_doorbell(spare, answering))
+            return await scan, False
+        doorbell = asyncio.ensure_future(self._wake.wait())
+        fan_out: asyncio.Future[bool] | None = None
         try:
-            result = await statement
+            await asyncio.wait([scan, doorbell], return_when=asyncio.FIRST_COMPLETED)
+            if scan.done() or self._stopping:
+                return await scan, False  # the doorbell's pass follows at once
+            self._wake.clear()
+            fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
+            got = await asyncio.gather(scan, fan_out, return_exceptions=True)
         except BaseException:
-            # Failed or cancelled (the pass's deadline, stop): a doorbell's fan-out under
-            # way ends before this pass gives its connection back, so the rows either
-            # statement leased are not orphaned on a connection the pool closes.
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            # Cancelled (the pass's deadline, stop): both statements end before this
+            # pass gives its connection back, so rows the scan leased are not orphaned
+            # on a connection the pool closes.
+            children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
+            for child in children:
+                child.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
             raise
-        if not answering:
-            # No doorbell while the statement ran (or one that rang at its very end,
-            # still set: the next pass follows at once). The watcher only waits for the
-            # doorbell: cancelled, not awaited, so this pass goes on without a hop through
-            # the event loop (attempts that end meanwhile would drain a hot webhook's
-            # queue between a refill and the fan-out that judges the outbox by it).
-            watcher.cancel()
-            return result, False
-        try:
-            fanned = await asyncio.shield(watcher)
-        except asyncio.CancelledError:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            raise
-        except Exception as exc:
-            # The statement's rows started; only the doorbell's fan-out failed (no
-            # connection came, or its statement failed): not this pass's failure. Its
-            # pass follows.
-            log.warning("doorbell_fan_out_failed", error=type(exc).__name__)
+        finally:
+            doorbell.cancel()
+        rows, fanned = got
+        if isinstance(rows, BaseException):
+            raise rows
+        if isinstance(fanned, BaseException):
+            # The scan's rows started; only the doorbell's fan-out failed (no connection
+            # came, or its statement failed): not this pass's failure. Its pass follows.
+            log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
             self._wake.set()
-            return result, False
-        return result, fanned
-
-    async def _answer_doorbell(self, spare: int, answering: list[bool]) -> bool:
-        """Wait for the doorbell, then fan out on a second connection (_hearing_doorbell);
-        `answering` says the fan-out has begun (it is then awaited, never cancelled
-        unless the pass is)."""
-        await self._wake.wait()
-        if self._stopping:
-            return False
-        answering.append(True)
-        self._wake.clear()
-        return await self._claim_and_start(spare, outbox=True, scan=False)
+            return rows, False
+        return rows, fanned
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""
         self._due_scanned = time.monotonic()
         # Webhooks with no room left in this process are not even scanned (full_ids).
         sent = time.monotonic()
-        token, room = self._reserve(limit)
-        try:
-            cur = await conn.execute(
-                query("delivery_claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
-            )
-            return self._start_rows(await cur.fetchall(), sent, room)
-        finally:
-            self.admission.settle(token)
-
-    def _reserve(self, limit: int) -> tuple[int, dict[str, Any]]:
-        """Admission's room for a claim statement of at most `limit` rows, held back from
-        a concurrent one until settled. The outermost pass's statement leaves one row of
-        each webhook (not its last) to a doorbell's fan-out that may run beside it: a quiet
-        webhook's fresh event can then be leased there and sent at once (issue 12)."""
-        return self.admission.reserve(limit, leave=1 if self._passes == 1 else 0)
+        room = self.admission.claim_params()
+        cur = await conn.execute(
+            query("delivery_claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
+        )
+        return self._start_rows(await cur.fetchall(), sent, room)
 
     def _start_rows(self, rows: list[Any], sent: float, room: dict[str, Any]) -> list[Claimed]:
         """Start an attempt for each leased row; returns what was started. `sent` is when
