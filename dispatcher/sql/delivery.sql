@@ -49,11 +49,13 @@ WITH picked AS MATERIALIZED (
 ), unreadable AS (
     -- Taken but not read: kept, and not taken again for 5 s, 10 s, ... up to 5 minutes.
     -- The four outbox writes (this one, deferred, ordered_later, claimed) join their rows on
-    -- ctid: a parameterized Tid Scan per row, where `ctid = ANY (ARRAY(...))` was costed at
-    -- ten rows and planned, generic plans included, as a sequential scan of an outbox that
-    -- looked small, kept while its dead rows piled up. The three that keep rows are gated
-    -- (`-- gate`: an uncorrelated EXISTS, a one-time filter): a pass with nothing to keep
-    -- reads no outbox page, whatever the plan (tests/integration/test_plans.py).
+    -- ctid: a parameterized Tid Scan per row when planned at a realistic outbox size, where
+    -- `ctid = ANY (ARRAY(...))` was costed at ten rows and planned, generic plans included,
+    -- as a sequential scan of an outbox that looked small, kept while its dead rows piled up.
+    -- A plan made while the outbox was a few pages still scans it to pick and delete
+    -- (docs/performance.md, branch fanlean: "not reached: TID in every plan"). All four are
+    -- gated (`-- gate`: an uncorrelated EXISTS, a one-time filter): a write with nothing to
+    -- write reads no outbox page, whatever the plan (tests/integration/test_plans.py).
     UPDATE dispatcher.outbox o
     SET misses = coalesce(o.misses, 0) + 1,
         retry_at = now() + make_interval(secs => least(5 * 2 ^ least(coalesce(o.misses, 0), 6), 300))
@@ -159,6 +161,7 @@ WITH picked AS MATERIALIZED (
     DELETE FROM dispatcher.outbox o
     USING claimed_events c
     WHERE o.ctid = c.row_id
+      AND EXISTS (SELECT 1 FROM claimed_events)  -- gate: an empty pass reads no outbox page
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
       AND c.id NOT IN (SELECT event_id FROM ordered_wait)
     RETURNING o.event_id
