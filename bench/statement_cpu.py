@@ -40,6 +40,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,34 @@ def statements(sql_file: str | None) -> dict[str, str | None]:
 
     names = ("fan_out", "claim_due", "record_outcomes", "apply_webhook_counters")
     return {n: find(n) for n in names}
+
+
+def fan_out_params(*, batch: int, claim: int) -> dict[str, Any]:
+    """delivery_fan_out's parameters as the daemon passes them with nothing in flight."""
+    return {
+        "lease": 30,
+        "failing_after": 3,
+        "hook_cap": 32,
+        "only": None,
+        "room_ids": [],
+        "room_left": [],
+        "full_ids": [],
+        "batch": batch,
+        "claim": claim,
+    }
+
+
+@contextmanager
+def fresh_database(dsn: str, db: str) -> Iterator[str]:
+    """A new database `db` on the server of `dsn` (dropped first if left over, and after)."""
+    with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {db}")
+        admin.execute(f"CREATE DATABASE {db}")
+    try:
+        yield f"{dsn} dbname={db}"
+    finally:
+        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {db}")
 
 
 def outcome(row: dict[str, Any], seq: int, now: str) -> dict[str, Any]:
@@ -136,17 +166,7 @@ async def measure(
         await conn.execute("ANALYZE")
         cur = await conn.execute("SELECT pg_backend_pid() AS pid")
         pid = int((await cur.fetchone() or {})["pid"])
-        params: dict[str, Any] = {
-            "lease": 30,
-            "failing_after": 3,
-            "hook_cap": 32,
-            "only": None,
-            "room_ids": [],
-            "room_left": [],
-            "full_ids": [],
-            "batch": FAN_OUT_EVENTS,
-            "claim": FAN_OUT_EVENTS,
-        }
+        params = fan_out_params(batch=FAN_OUT_EVENTS, claim=FAN_OUT_EVENTS)
         cpu = {"fan_out": 0.0, "claim_due": 0.0, "record_outcomes": 0.0}
         cpu["apply_webhook_counters"] = 0.0
         calls = dict.fromkeys(cpu, 0)
@@ -215,17 +235,7 @@ async def measure_single(
         await conn.execute("ALTER TABLE dispatcher.outbox SET (autovacuum_enabled = false)")
         hooks = await create_webhooks(conn, "http://127.0.0.1:9", orgs=webhooks, per_org=1)
         await publish_backlog(conn, hooks.orgs, backlog)
-        params: dict[str, Any] = {
-            "lease": 30,
-            "failing_after": 3,
-            "hook_cap": 32,
-            "only": None,
-            "room_ids": [],
-            "room_left": [],
-            "full_ids": [],
-            "batch": 500,
-            "claim": 0,
-        }
+        params = fan_out_params(batch=500, claim=0)
         while True:
             rows = await (await conn.execute(fan_out, params)).fetchall()
             if int(rows[-1]["events_claimed"]) == 0:
@@ -312,16 +322,8 @@ async def single(a: argparse.Namespace) -> None:
         with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
             admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     try:
-        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
-            admin.execute(f"CREATE DATABASE {a.db}")
-        try:
-            r = await measure_single(
-                f"{dsn} dbname={a.db}", a.single, a.webhooks or 200, a.sql, a.backlog
-            )
-        finally:
-            with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+        with fresh_database(dsn, a.db) as db_dsn:
+            r = await measure_single(db_dsn, a.single, a.webhooks or 200, a.sql, a.backlog)
     finally:
         if owned is not None:
             owned.cleanup()
@@ -357,16 +359,8 @@ async def main() -> None:
     if a.single:
         await single(a)
         return
-    with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
-        admin.execute(f"CREATE DATABASE {a.db}")
-    try:
-        r = await measure(
-            f"{a.dsn} dbname={a.db}", a.events, a.webhooks or 16, a.sql, a.outcomes_per_call
-        )
-    finally:
-        with psycopg.connect(f"{a.dsn} dbname=postgres", autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {a.db}")
+    with fresh_database(a.dsn, a.db) as db_dsn:
+        r = await measure(db_dsn, a.events, a.webhooks or 16, a.sql, a.outcomes_per_call)
     parts = "  ".join(f"{k} {v:.4f} ({r['calls'][k]})" for k, v in r["ms_per_delivery"].items())
     print(f"{a.tag}: {r['total']:.4f} ms backend CPU per delivery  {parts}")
 

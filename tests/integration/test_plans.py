@@ -229,6 +229,18 @@ def outbox_reads(plan: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def fan_out_prepared() -> tuple[str, sql.Composed]:
+    """delivery_fan_out with $n placeholders, and FAN_OUT_PARAMS as EXECUTE's arguments."""
+    text, names = numbered(str(query("delivery_fan_out")))
+    args = sql.SQL(", ").join(
+        sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
+        if n == "only"
+        else sql.Literal(FAN_OUT_PARAMS[n])
+        for n in names
+    )
+    return text, args
+
+
 async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
     """One webhook; `events` events fanned out (the outbox left with their dead rows, no live
     one), then statistics, as a working database has them. Autovacuum off for the tables the
@@ -271,13 +283,7 @@ async def test_fan_out_reaches_outbox_rows_by_tid(
     conn = await hostdb.connect(db_dsn)
     try:
         org = await drained_outbox(conn, first)
-        text, names = numbered(str(query("delivery_fan_out")))
-        args = sql.SQL(", ").join(
-            sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
-            if n == "only"
-            else sql.Literal(FAN_OUT_PARAMS[n])
-            for n in names
-        )
+        text, args = fan_out_prepared()
         if fresh:
             await hostdb.insert_events_directly(conn, org, "job.created", fresh)
         await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
@@ -349,13 +355,7 @@ async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
         for org in orgs:
             await hostdb.insert_events_directly(conn, org, "job.created", 1)
         await conn.execute("ANALYZE")
-        text, names = numbered(str(query("delivery_fan_out")))
-        args = sql.SQL(", ").join(
-            sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
-            if n == "only"
-            else sql.Literal(FAN_OUT_PARAMS[n])
-            for n in names
-        )
+        text, args = fan_out_prepared()
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
         cur = await conn.execute(
