@@ -290,24 +290,32 @@ async def test_success_timestamps_of_a_healthy_webhook_are_written_at_most_once_
     hook = await hostdb.create_webhook(conn, org, receiver.url("/h"), ["*"])
     await start_daemon()
 
-    async def deliver(n: int) -> dict[str, Any]:
+    async def deliver(n: int, written: Any = lambda row: True) -> dict[str, Any]:
+        """The webhook's row after the n-th success, once `written` holds: its counters
+        follow the outcome in a statement of their own, so they are waited for."""
         await hostdb.publish(conn, "job.created", {"n": n}, org)
         await hostdb.wait_deliveries(conn, "status = 'success'", n)
-        cur = await conn.execute(
-            "SELECT xmin::text AS version, last_success_at, last_triggered_at,"
-            " consecutive_failures, now() - last_success_at AS age FROM webhooks WHERE id = %s",
-            (hook["id"],),
-        )
-        return await cur.fetchone()
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            cur = await conn.execute(
+                "SELECT xmin::text AS version, last_success_at, last_triggered_at,"
+                " consecutive_failures, now() - last_success_at AS age FROM webhooks"
+                " WHERE id = %s",
+                (hook["id"],),
+            )
+            row = await cur.fetchone()
+            if written(row) or asyncio.get_running_loop().time() > deadline:
+                return row
+            await asyncio.sleep(0.05)
 
-    first = await deliver(1)
+    first = await deliver(1, lambda row: row["last_success_at"] is not None)
     assert first["last_success_at"] is not None and first["last_triggered_at"] is not None
     second = await deliver(2)
     if second["age"].total_seconds() < 0.9:  # recorded within the second: not written again
         assert second["version"] == first["version"]
         assert second["last_success_at"] == first["last_success_at"]
     await asyncio.sleep(1.2)
-    third = await deliver(3)
+    third = await deliver(3, lambda row: row["last_success_at"] > first["last_success_at"])
     assert third["last_success_at"] > first["last_success_at"]
     assert third["last_triggered_at"] > first["last_triggered_at"]
     assert third["consecutive_failures"] == 0
