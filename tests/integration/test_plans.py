@@ -21,6 +21,7 @@ import hostdb
 import pytest
 from psycopg import sql
 
+from bench.statement_cpu import fan_out_params
 from dispatcher.queries import query
 from dispatcher.recorder import OutcomeRow, outcomes_json
 
@@ -195,20 +196,11 @@ async def test_outcome_rows_are_reached_only_by_primary_key(
 # table of a dozen pages, and the generic plan then kept the sequential scans while the
 # outbox's dead rows piled up between two of its vacuums (242 shared buffers per call for one
 # event in bench run 20261130T134446Z). Written as joins, each row is a parameterized Tid Scan
-# (one tuple per row), and the three writes that find no row in a normal pass do not run at
-# all (a one-time filter on their CTE), whatever their plan.
+# (one tuple per row), and each write that finds no row (in a normal pass: all but the
+# DELETE; in an empty pass: all four) does not run at all (a one-time filter on its CTE),
+# whatever its plan.
 
-FAN_OUT_PARAMS: dict[str, Any] = {
-    "lease": 30,
-    "failing_after": 3,
-    "hook_cap": 32,
-    "only": None,
-    "room_ids": [],
-    "room_left": [],
-    "full_ids": [],
-    "batch": 256,
-    "claim": 256,
-}
+FAN_OUT_PARAMS = fan_out_params(batch=256, claim=256)  # the benchmark's, one definition
 KEPT_WRITES = ("CTE unreadable", "CTE deferred", "CTE ordered_later")
 
 
@@ -250,7 +242,7 @@ async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
     org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
     await hostdb.insert_events_directly(conn, org, "job.created", events)
-    params = {**FAN_OUT_PARAMS, "batch": 500, "claim": 0}
+    params = fan_out_params(batch=500, claim=0)
     while True:
         cur = await conn.execute(query("delivery_fan_out"), params)
         if int((await cur.fetchall())[-1]["events_claimed"]) == 0:
