@@ -229,6 +229,8 @@ class Scenarios:
             cap,
         )
         await self.receiver.reset()
+        result["bare_client_errors"] = bare["errors"]  # answers other than 204: not a ceiling
+        result["all_success"] = result["all_success"] and bare["errors"] == 0
         result["bare_client_per_s"] = round(bare["requests_per_s"], 1)
         result["bare_client_to_cap_over_latency"] = round(bare["requests_per_s"] / bound, 3)
         result["ratio_to_bare_client"] = round(
