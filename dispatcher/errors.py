@@ -68,6 +68,14 @@ class MigrationBlocked(DispatcherError):
     exit_code = ExitCode.FAILURE
 
 
+class InvalidIndex(DispatcherError):
+    """An index a migration ships is marked invalid by PostgreSQL (an interrupted
+    CREATE INDEX CONCURRENTLY): `CREATE INDEX IF NOT EXISTS` skips it and no query uses it.
+    The message names it and how to rebuild it."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class AddressUnavailable(DispatcherError):
     """A listening address (DISPATCHER_METRICS_ADDRESS) cannot be bound, most often because
     another replica on the same host already listens there."""

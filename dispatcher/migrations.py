@@ -19,11 +19,20 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from dispatcher.errors import MigrationBlocked, SchemaBehind
+from dispatcher.errors import InvalidIndex, MigrationBlocked, SchemaBehind
+from dispatcher.queries import query
 
 LOCK_KEY = 0x64697370  # "disp": the advisory lock serialising migrations
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+# `CREATE INDEX IF NOT EXISTS <name>`: an index a migration ships that an operator may have
+# built beforehand with CREATE INDEX CONCURRENTLY, as the migration's header suggests.
+_INDEX = re.compile(
+    r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?IF\s+NOT\s+EXISTS\s+([a-z_][a-z0-9_]*)",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,11 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def indexes(self) -> list[str]:
+        """Names of the indexes this migration creates with IF NOT EXISTS."""
+        return [m.group(1) for m in _INDEX.finditer(self.sql)]
 
 
 def available() -> list[Migration]:
@@ -118,6 +132,8 @@ async def apply_migrations(
             for mig in await pending(conn):
                 await _in_turns(conn, mig.sql, mig, lock_timeout_ms, attempts, retry_pause)
                 applied.append(f"{mig.version:04d}_{mig.name}")
+            # An index applied earlier may have been left invalid since (or before).
+            await _check_indexes(conn, [i for m in available() for i in m.indexes], None)
         finally:
             await conn.execute("RESET lock_timeout")
             await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
@@ -139,6 +155,9 @@ async def _in_turns(
             async with conn.transaction():
                 await conn.execute(sql.SQL(text))  # type: ignore[arg-type,unused-ignore]  # our own file's text, not a LiteralString
                 if mig is not None:
+                    # IF NOT EXISTS skipped an invalid index of that name: not recorded, so
+                    # `migrate` builds it once the operator has dropped or rebuilt it.
+                    await _check_indexes(conn, mig.indexes, mig)
                     await conn.execute(
                         "INSERT INTO dispatcher.schema_migrations (version, name) VALUES (%s, %s)",
                         (mig.version, mig.name),
@@ -157,3 +176,30 @@ async def _in_turns(
                 ) from None
             await asyncio.sleep(pause)
             pause *= 2
+
+
+async def _check_indexes(
+    conn: psycopg.AsyncConnection[Any], names: list[str], mig: Migration | None
+) -> None:
+    """Raise InvalidIndex naming each of `names` that PostgreSQL marks invalid."""
+    if not names:
+        return
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(query("db_invalid_indexes"), {"names": names})
+    bad = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+    if not bad:
+        return
+    listed = ", ".join(f"{index} (on {table})" for index, table in bad)
+    rebuild = "; ".join(f"REINDEX INDEX CONCURRENTLY {index}" for index, _ in bad)
+    if mig is not None:
+        what = f"migration {mig.version:04d}_{mig.name} was not applied"
+        fix = f"{rebuild} (or DROP INDEX CONCURRENTLY it, and `migrate` builds it)"
+    else:
+        what = "every migration is applied"
+        fix = rebuild
+    raise InvalidIndex(
+        f"{what}, but PostgreSQL marks index {listed} invalid: a CREATE INDEX CONCURRENTLY of "
+        "that name failed or was interrupted (or is still running), so CREATE INDEX IF NOT "
+        f"EXISTS skipped it and no query uses it. Rebuild it without blocking writes: {fix}; "
+        "then run `dispatcher migrate` again"
+    )

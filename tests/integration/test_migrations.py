@@ -11,6 +11,7 @@ import hostdb
 import psycopg
 import pytest
 
+from dispatcher.errors import InvalidIndex
 from dispatcher.migrations import apply_migrations, available
 
 CATALOG = """
@@ -223,3 +224,76 @@ async def test_upgrade_from_0007_delivers_the_backlog_waiting_in_the_outbox(
             assert row is not None and row["n"] == 0
             ids = [r.headers["webhook-id"] for r in receiver.requests]
             assert len(ids) == len(set(ids)) == 31
+
+
+# 0040's index, as its header tells an operator to build it before migrating.
+ORG_LIVE = (
+    "CREATE INDEX CONCURRENTLY dispatcher_webhooks_org_live ON public.webhooks (org_id)"
+    " WHERE deleted_at IS NULL AND status IN ('active', 'disabled')"
+)
+
+
+def interrupted_concurrent_build(dsn: str, statement: str) -> None:
+    """Run a CREATE INDEX CONCURRENTLY that is cancelled while it waits for a writer's open
+    transaction, as an operator's build cut short by a timeout or Ctrl-C: PostgreSQL leaves
+    the index in the catalogue, marked invalid."""
+    with psycopg.connect(dsn) as writer, psycopg.connect(dsn, autocommit=True) as builder:
+        writer.execute("LOCK TABLE public.webhooks IN ROW EXCLUSIVE MODE")
+        builder.execute("SET statement_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            builder.execute(statement)
+        writer.rollback()
+        row = builder.execute(
+            "SELECT indisvalid FROM pg_index"
+            " WHERE indexrelid = 'public.dispatcher_webhooks_org_live'::regclass"
+        ).fetchone()
+        assert row == (False,), "premise: the interrupted build left an invalid index"
+
+
+def applied(dsn: str) -> set[int]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0] for r in conn.execute("SELECT version FROM dispatcher.schema_migrations")}
+
+
+async def test_an_index_left_invalid_before_its_migration_stops_migrate_until_rebuilt(
+    empty_db_dsn: str,
+) -> None:
+    """An operator's CREATE INDEX CONCURRENTLY cut short leaves an invalid index of the name
+    a migration creates IF NOT EXISTS: migrate names it and how to rebuild it, and does not
+    record that migration (so it is not skipped for good); once rebuilt, migrate finishes."""
+    await apply_migrations(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX public.dispatcher_webhooks_org_live")
+        conn.execute("DELETE FROM dispatcher.schema_migrations WHERE version >= 40")
+    interrupted_concurrent_build(empty_db_dsn, ORG_LIVE)
+
+    with pytest.raises(InvalidIndex) as refused:
+        await apply_migrations(empty_db_dsn)
+    message = str(refused.value)
+    assert "migration 0040_fan_out_webhooks_index was not applied" in message
+    assert "public.dispatcher_webhooks_org_live (on webhooks)" in message
+    assert "REINDEX INDEX CONCURRENTLY public.dispatcher_webhooks_org_live" in message
+    assert 40 not in applied(empty_db_dsn) and 41 not in applied(empty_db_dsn)
+
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("REINDEX INDEX CONCURRENTLY public.dispatcher_webhooks_org_live")
+    assert await apply_migrations(empty_db_dsn) == [
+        f"{m.version:04d}_{m.name}" for m in available() if m.version >= 40
+    ]
+
+
+async def test_an_index_left_invalid_after_its_migration_is_reported_by_migrate(
+    empty_db_dsn: str,
+) -> None:
+    """An index rebuilt by hand after its migration and cut short: every later `migrate`
+    says so, until it is rebuilt."""
+    await apply_migrations(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX public.dispatcher_webhooks_org_live")
+    interrupted_concurrent_build(empty_db_dsn, ORG_LIVE)
+
+    with pytest.raises(InvalidIndex, match="every migration is applied, but PostgreSQL marks"):
+        await apply_migrations(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("REINDEX INDEX CONCURRENTLY public.dispatcher_webhooks_org_live")
+    assert await apply_migrations(empty_db_dsn) == []
