@@ -273,18 +273,9 @@ def report(out: Path) -> list[dict[str, Any]]:
     for f in sorted(glob.glob(str(out / "bench_*.json"))):
         bench = json.loads(Path(f).read_text())
         w0, w1 = min(bench["commits"].values()), max(bench["commits"].values())
-        log = next(
-            (
-                x
-                for x in logs
-                if x
-                and min(e[1] for e in x if e[0] == "wake")
-                < w0
-                < w1
-                < max(e[1] for e in x if e[0] == "wake")
-            ),
-            None,
-        )
+        # the daemon's log with the most doorbells inside this run's quiet window
+        inside = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
+        log = logs[inside.index(max(inside))] if inside and max(inside) else None
         if log is None:
             print(f"{f}: no daemon log covers its window")
             continue

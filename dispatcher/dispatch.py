@@ -144,9 +144,6 @@ class Dispatcher:
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
-        # Set while a due scan of the loop would answer a doorbell with its own fan-out
-        # (_claim_due_hearing_doorbell): wake() calls it instead of setting _wake, once.
-        self._hearing: Callable[[], bool] | None = None
 
     @property
     def unreadable(self) -> int:
@@ -159,13 +156,6 @@ class Dispatcher:
 
     # -- doorbell ---------------------------------------------------------------
     def wake(self) -> None:
-        hear = self._hearing
-        if hear is not None:
-            # The loop's due scan is listening for this doorbell: its fan-out starts from
-            # here, one loop iteration away rather than three (issue 12, hotq).
-            self._hearing = None
-            if hear():
-                return
         self._wake.set()
 
     @property
@@ -393,19 +383,9 @@ class Dispatcher:
         due scan, such as the refills of a hot webhook at its cap (issue 12). Returns
         (rows started by the scan, whether such a fan-out says more may be waiting).
 
-        The doorbell's fan-out is started by wake() itself (`_hearing`), not by a task that
-        waits for the doorbell and then for asyncio.wait: while a hot webhook drains, each
-        hop through the event loop waits behind its attempts' callbacks (milliseconds
-        each; docs/performance.md, "hotq"). If the scan fails, the fan-out is still awaited
-        to its end (its rows are started) before the error propagates; cancelled, both end
-        before this returns.
-
         The two statements may lease rows of one webhook beyond its cap: the extra ones
         wait in its claim-ahead queue or are released unsent, as for any claim."""
         spare = self._s.concurrency - len(self._inflight) - limit
-        # The scan runs as a task, as it did before hotq: awaited in this one, it starts an
-        # iteration earlier, and the hot webhook's refills lease fewer rows each (in drain1,
-        # 549-585 due scans against 433-441: more statements per delivery).
         scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
         if (
             spare < min(self._min_batch, self._s.concurrency)
@@ -419,61 +399,36 @@ class Dispatcher:
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
             return await scan, False
+        doorbell = asyncio.ensure_future(self._wake.wait())
         fan_out: asyncio.Future[bool] | None = None
-
-        def hear() -> bool:
-            """The doorbell rang: its fan-out starts now (False: not started, so the
-            doorbell is left set for the pass that follows)."""
-            nonlocal fan_out
-            if self._stopping:
-                return False
+        try:
+            await asyncio.wait([scan, doorbell], return_when=asyncio.FIRST_COMPLETED)
+            if scan.done() or self._stopping:
+                return await scan, False  # the doorbell's pass follows at once
             self._wake.clear()
             fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
-            return True
-
-        if self._wake.is_set():  # it rang during this pass's fan-out
-            hear()
-        else:
-            self._hearing = hear
-        try:
-            rows = await scan
-        except Exception:
-            self._hearing = None
-            if fan_out is not None:
-                # Not this pass's to cancel: its rows are leased and being started.
-                await self._fan_out_beside(fan_out)
-            raise
+            got = await asyncio.gather(scan, fan_out, return_exceptions=True)
         except BaseException:
-            # Cancelled (the pass's deadline, stop): the doorbell's fan-out ends too
-            # before this pass gives its connection back, so rows the scan leased are not
-            # orphaned on a connection the pool closes.
-            self._hearing = None
+            # Cancelled (the pass's deadline, stop): both statements end before this
+            # pass gives its connection back, so rows the scan leased are not orphaned
+            # on a connection the pool closes.
             children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
             for child in children:
                 child.cancel()
             await asyncio.gather(*children, return_exceptions=True)
             raise
-        self._hearing = None
-        if fan_out is None:
-            return rows, False  # no doorbell during the scan: its pass follows, if any
-        return rows, await self._fan_out_beside(fan_out)
-
-    async def _fan_out_beside(self, fan_out: asyncio.Future[bool]) -> bool:
-        """Wait for the doorbell's fan-out started beside a due scan; its result, or False
-        when it failed (the doorbell is rung again: its pass follows)."""
-        try:
-            (fanned,) = await asyncio.gather(fan_out, return_exceptions=True)
-        except BaseException:
-            fan_out.cancel()
-            await asyncio.gather(fan_out, return_exceptions=True)
-            raise
+        finally:
+            doorbell.cancel()
+        rows, fanned = got
+        if isinstance(rows, BaseException):
+            raise rows
         if isinstance(fanned, BaseException):
-            # Only the doorbell's fan-out failed (no connection came, or its statement
-            # failed): not this pass's failure. Its pass follows.
+            # The scan's rows started; only the doorbell's fan-out failed (no connection
+            # came, or its statement failed): not this pass's failure. Its pass follows.
             log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
             self._wake.set()
-            return False
-        return fanned
+            return rows, False
+        return rows, fanned
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""

@@ -1,13 +1,16 @@
 """A doorbell heard while the loop's due scan runs (a capped webhook's refill) is answered by
-a fan-out of its own on a second pool connection, started from wake() itself (issue 12,
-hotq), whatever the cap and claim-ahead: the quiet event is delivered while the scan is
-still held, and afterwards the capped webhook's backlog drains to the last row (no refill
-and no doorbell lost), each event once. It passes before hotq too (its doorbell's
-fan-out was started through three tasks): it guards what the change must keep.
+a fan-out of its own on a second pool connection (`_claim_due_hearing_doorbell`), whatever
+the cap and claim-ahead: the quiet event is delivered while the scan is still held, and
+afterwards the capped webhook's backlog drains to the last row (no refill and no doorbell
+lost), each event once (issue 12; docs/performance.md, "hot among quiet, stage by stage").
+
+Written for branch hotq's change to that path (the doorbell's fan-out started from wake()
+itself), which was measured within noise and reverted; it passes on the code before and
+after it, and guards the path for the next attempt.
 
 The loop runs in this process on a real pool, sender and recorder; the due scan is held
 back before its statement (a slow statement, made deterministic). Nothing about speed is
-asserted. The one-iteration start itself is tests/unit/test_dispatch_hearing.py's."""
+asserted."""
 
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ async def test_a_doorbell_during_a_held_refill_is_delivered_and_nothing_is_lost(
     monkeypatch.setattr(Dispatcher, "_claim_due", claim_due)
     # Four connections open from the start, as a busy daemon's pool has grown to: the
     # doorbell's pass never waits for a connection while the scan holds one (with none
-    # idle it follows the scan; the guard is the same before and after hotq).
+    # idle, the default pool of two here, it follows the scan).
     settings = load_settings(
         database_url=db_dsn,
         allowed_target_networks="127.0.0.1/32",
@@ -101,7 +104,7 @@ async def test_a_doorbell_during_a_held_refill_is_delivered_and_nothing_is_lost(
         assert len(hot_ids) == len(set(hot_ids)) == HOT
         # Not asserted: released_unsent. Two statements side by side may lease a capped
         # webhook's rows beyond its cap and queue (the extra ones go back unsent; 4-8 rows
-        # here in some runs, before hotq too): the room is not divided between them.
+        # here in some runs): the room is not divided between them.
     finally:
         may_run.set()
         await dispatcher.stop(5)
