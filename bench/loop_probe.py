@@ -274,12 +274,12 @@ def report(out: Path) -> list[dict[str, Any]]:
         bench = json.loads(Path(f).read_text())
         w0, w1 = min(bench["commits"].values()), max(bench["commits"].values())
         # the daemon's log with the most doorbells inside this run's quiet window
-        inside = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
-        log = logs[inside.index(max(inside))] if inside and max(inside) else None
-        if log is None:
+        inside: list[int] = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
+        most = max(inside, default=0)
+        if not most:
             print(f"{f}: no daemon log covers its window")
             continue
-        results.append({"run": Path(f).name, **_one(bench, log)})
+        results.append({"run": Path(f).name, **_one(bench, logs[inside.index(most)])})
     return results
 
 
