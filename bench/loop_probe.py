@@ -1,0 +1,302 @@
+"""The quiet events' timeline inside the daemon during `hotquiet` (issue 12, branch hotq).
+
+Not a scenario, and never run on a working tree: it edits a frozen copy (bench/README.md,
+"Measuring a frozen tree") so that
+
+- the daemon (`python -m dispatcher`) first imports a probe that wraps the loop's methods
+  and writes, as JSON lines in OUT, every doorbell (`wake`), claim pass, fan-out and due
+  scan (start, end, size, whether nested beside the loop's scan), every outcome statement
+  of the recorder, and every attempt's start (`deliver` entered);
+- `hotquiet` writes each run's quiet events (COMMIT times, delivery ids, arrivals, the
+  delivery rows' `created_at`, the requests' signing times) to OUT.
+
+`report` joins the two per quiet event: COMMIT -> doorbell heard -> fan-out sent -> the
+statement's start in PostgreSQL -> fan-out returned -> attempt started -> signed ->
+arrival, and prints each stage's percentiles, what the loop was running when the doorbell
+rang (a due scan, a fan-out, nothing), and how busy each kind of statement kept its
+connection. The wrappers cost the daemon a little CPU: take rates from runs without them.
+
+    python -m bench.loop_probe install /tmp/snap /tmp/probe_out
+    cd /tmp/snap && flock /work/wt/_bench.lock /tmp/bvenv/bin/python -m bench --nice -15 \\
+        --only hotquiet --repeat 2 --no-ceiling
+    python -m bench.loop_probe report /tmp/probe_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import glob
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+PROBE = '''"""Written by bench/loop_probe.py into a frozen copy (never committed)."""
+import atexit, json, os, time
+from dispatcher import delivery as _dl, dispatch as _d, recorder as _r
+
+_out = open(f"@OUT@/daemon_{os.getpid()}.jsonl", "w", buffering=1 << 20)
+atexit.register(_out.flush)
+_now = time.time
+
+
+def _w(*a):
+    _out.write(json.dumps(a) + "\\n")
+
+
+_wake = _d.Dispatcher.wake
+def wake(self):
+    _w("wake", _now(), len(self._inflight), self._passes)
+    return _wake(self)
+_d.Dispatcher.wake = wake
+
+_cas = _d.Dispatcher._claim_and_start
+async def _claim_and_start(self, free, outbox=True, scan=True):
+    t0, p = _now(), self._passes
+    try:
+        return await _cas(self, free, outbox, scan)
+    finally:
+        _w("pass", t0, _now(), free, outbox, scan, p)
+_d.Dispatcher._claim_and_start = _claim_and_start
+
+_fo = _d.Dispatcher._fan_out
+async def _fan_out(self, conn, params, events_wanted, claim):
+    t0 = _now()
+    ev, claimed = await _fo(self, conn, params, events_wanted, claim)
+    ids = [str(c.id) for c in claimed[:50]]
+    _w("fan_out", t0, _now(), events_wanted, claim, ev, ids, len(claimed), self._passes)
+    return ev, claimed
+_d.Dispatcher._fan_out = _fan_out
+
+_cd = _d.Dispatcher._claim_due
+async def _claim_due(self, conn, params, limit):
+    t0 = _now()
+    rows = await _cd(self, conn, params, limit)
+    _w("claim_due", t0, _now(), limit, len(rows), self._passes)
+    return rows
+_d.Dispatcher._claim_due = _claim_due
+
+_deliver = _dl.Attempts.deliver
+async def deliver(self, d):
+    _w("run", str(d.id), _now())
+    return await _deliver(self, d)
+_dl.Attempts.deliver = deliver
+
+_write = _r.Recorder._write
+async def _rec_write(self, batch):
+    t0 = _now()
+    try:
+        return await _write(self, batch)
+    finally:
+        _w("record", t0, _now(), len(batch))
+_r.Recorder._write = _rec_write
+'''
+
+MAIN = '''"""`python -m dispatcher`, with bench/loop_probe.py's probe imported first."""
+
+import dispatcher._loop_probe  # noqa: F401
+from dispatcher.cli import main
+
+raise SystemExit(main())
+'''
+
+# hotquiet, right after it has the delivery timeline: the anchor and what goes after it
+ANCHOR = """        timeline = _with_signed(rows, _signed(arrivals, event_of))
+        quiet_ms, hot_times = [], []"""
+DUMP = """        timeline = _with_signed(rows, _signed(arrivals, event_of))
+        with open(f"@OUT@/bench_{time.time():.3f}.json", "w") as _f:  # bench/loop_probe.py
+            json.dump(
+                {
+                    "commits": commits,
+                    "event_of": {str(k): str(v) for k, v in event_of.items()},
+                    "arrivals": {"ids": list(arrivals["ids"]), "times": list(arrivals["times"])},
+                    "timeline": {
+                        str(k): {
+                            kk: vv if vv is None or isinstance(vv, (int, float)) else str(vv)
+                            for kk, vv in v.items()
+                        }
+                        for k, v in timeline.items()
+                    },
+                },
+                _f,
+            )
+        quiet_ms, hot_times = [], []"""
+
+
+def install(snapshot: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (snapshot / "dispatcher" / "_loop_probe.py").write_text(PROBE.replace("@OUT@", str(out)))
+    (snapshot / "dispatcher" / "__main__.py").write_text(MAIN)
+    scenarios = snapshot / "bench" / "scenarios.py"
+    text = scenarios.read_text()
+    if ANCHOR not in text:
+        raise SystemExit(f"{scenarios}: hotquiet's anchor not found (bench changed?)")
+    text = text.replace(ANCHOR, DUMP.replace("@OUT@", str(out)), 1)
+    if "\nimport json\n" not in text:
+        text = text.replace("\nimport asyncio\n", "\nimport asyncio\nimport json\n", 1)
+    scenarios.write_text(text)
+    print(f"probe installed in {snapshot}; output in {out}")
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))], 2)
+
+
+STAGES = (
+    "total",
+    "commit_to_heard",
+    "heard_to_fan_out_sent",
+    "fan_out_sent_to_statement_start",
+    "fan_out_statement",
+    "fan_out_end_to_attempt",
+    "attempt_to_signed",
+    "signed_to_arrival",
+)
+
+
+def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
+    commits: dict[str, float] = bench["commits"]
+    delivery_of = {v: k for k, v in bench["event_of"].items()}
+    arrived = dict(zip(bench["arrivals"]["ids"], bench["arrivals"]["times"], strict=True))
+    timeline = bench["timeline"]
+    w0, w1 = min(commits.values()), max(commits.values())
+    wakes = sorted(x[1] for x in log if x[0] == "wake")
+    runs = {x[1]: x[2] for x in log if x[0] == "run"}
+    by_kind: dict[str, list[list[Any]]] = {}
+    for x in log:
+        by_kind.setdefault(x[0], []).append(x)
+    fan_out_of = {i: x for x in by_kind.get("fan_out", []) for i in x[6]}
+    statements = {}
+    for kind in ("claim_due", "fan_out", "record", "pass"):
+        xs = [x for x in by_kind.get(kind, []) if w0 <= x[1] <= w1]
+        wall = [(x[2] - x[1]) * 1000 for x in xs]
+        statements[kind] = {
+            "per_s": round(len(xs) / max(w1 - w0, 1e-6), 1),
+            "wall_ms_p50": _pct(wall, 50),
+            "wall_ms_p90": _pct(wall, 90),
+            "wall_ms_p99": _pct(wall, 99),
+            "busy": round(sum(wall) / 1000 / max(w1 - w0, 1e-6), 2),
+        }
+    rows = []
+    for event, commit in commits.items():
+        d = delivery_of.get(event)
+        if d is None or d not in arrived:
+            continue
+        t = timeline.get(event, {})
+        i = bisect.bisect_left(wakes, commit)
+        heard = wakes[i] if i < len(wakes) else None  # the first doorbell after COMMIT
+        f = fan_out_of.get(d)
+        run = runs.get(d)
+        a = arrived[d]
+        running = "nothing"
+        if heard is not None:
+            if any(x[1] <= heard <= x[2] for x in by_kind.get("claim_due", [])):
+                running = "due scan"
+            elif any(x[1] <= heard <= x[2] for x in by_kind.get("fan_out", [])):
+                running = "fan-out"
+
+        def ms(a_: float | None, b_: float | None) -> float | None:
+            return None if a_ is None or b_ is None else (b_ - a_) * 1000
+
+        rows.append(
+            {
+                "total": (a - commit) * 1000,
+                "commit_to_heard": ms(commit, heard),
+                "heard_to_fan_out_sent": ms(heard, f[1] if f else None),
+                "fan_out_sent_to_statement_start": ms(f[1] if f else None, t.get("written")),
+                "fan_out_statement": ms(f[1], f[2]) if f else None,
+                "fan_out_end_to_attempt": ms(f[2] if f else None, run),
+                "attempt_to_signed": ms(run, t.get("signed")),
+                "signed_to_arrival": ms(t.get("signed"), a),
+                "running": running,
+                "nested": bool(f and f[8] > 1),
+            }
+        )
+    rows.sort(key=lambda r: r["total"])
+    tail = rows[-max(2, len(rows) // 20) :]
+    stages = {}
+    for k in STAGES:
+        v = [r[k] for r in rows if r[k] is not None]
+        vt = [r[k] for r in tail if r[k] is not None]
+        stages[k] = {
+            "p50": _pct(v, 50),
+            "p90": _pct(v, 90),
+            "p99": _pct(v, 99),
+            "slowest_5pct_median": _pct(vt, 50),
+        }
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        g = groups.setdefault(f"{r['running']}, {'nested' if r['nested'] else 'in the loop'}", [])
+        g.append(r)
+    return {
+        "events": len(rows),
+        "statements": statements,
+        "stages_ms": stages,
+        "doorbell_rang_during": dict(Counter(r["running"] for r in rows)),
+        "by_what_ran": {
+            k: {
+                "events": len(v),
+                "heard_to_fan_out_sent_p50": _pct(
+                    [
+                        x["heard_to_fan_out_sent"]
+                        for x in v
+                        if x["heard_to_fan_out_sent"] is not None
+                    ],
+                    50,
+                ),
+                "heard_to_fan_out_sent_p90": _pct(
+                    [
+                        x["heard_to_fan_out_sent"]
+                        for x in v
+                        if x["heard_to_fan_out_sent"] is not None
+                    ],
+                    90,
+                ),
+                "total_p50": _pct([x["total"] for x in v], 50),
+                "total_p90": _pct([x["total"] for x in v], 90),
+            }
+            for k, v in sorted(groups.items())
+        },
+    }
+
+
+def report(out: Path) -> list[dict[str, Any]]:
+    logs = [
+        [json.loads(line) for line in open(f)]
+        for f in sorted(glob.glob(str(out / "daemon_*.jsonl")))
+    ]
+    results = []
+    for f in sorted(glob.glob(str(out / "bench_*.json"))):
+        bench = json.loads(Path(f).read_text())
+        w0, w1 = min(bench["commits"].values()), max(bench["commits"].values())
+        # the daemon's log with the most doorbells inside this run's quiet window
+        inside: list[int] = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
+        most = max(inside, default=0)
+        if not most:
+            print(f"{f}: no daemon log covers its window")
+            continue
+        results.append({"run": Path(f).name, **_one(bench, logs[inside.index(most)])})
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("install", help="put the probe into a frozen copy")
+    i.add_argument("snapshot", type=Path)
+    i.add_argument("out", type=Path)
+    r = sub.add_parser("report", help="the quiet events' timeline, per run")
+    r.add_argument("out", type=Path)
+    args = ap.parse_args()
+    if args.cmd == "install":
+        install(args.snapshot, args.out)
+    else:
+        print(json.dumps(report(args.out), indent=1))
+
+
+if __name__ == "__main__":
+    main()
