@@ -386,7 +386,6 @@ class Dispatcher:
         The two statements may lease rows of one webhook beyond its cap: the extra ones
         wait in its claim-ahead queue or are released unsent, as for any claim."""
         spare = self._s.concurrency - len(self._inflight) - limit
-        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
         if (
             spare < min(self._min_batch, self._s.concurrency)
             or self._stopping
@@ -398,11 +397,23 @@ class Dispatcher:
             # simply follows the scan.
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
-            return await scan, False
-        doorbell = asyncio.ensure_future(self._wake.wait())
+            return await self._claim_due(conn, params, limit), False  # no task of its own
+        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
         fan_out: asyncio.Future[bool] | None = None
         try:
-            await asyncio.wait([scan, doorbell], return_when=asyncio.FIRST_COMPLETED)
+            if not self._wake.is_set():
+                # Until the scan ends or the doorbell rings: one future, resolved by the
+                # scan's done callback or by _ring, rather than a task waiting on the
+                # doorbell and asyncio.wait (issue 12, "pyevent": once per due scan, every
+                # CLAIM_DUE_EVERY at a steady low rate). The idle wait is not running now.
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+                self._waiting_for = (self._wake,)
+                scan.add_done_callback(lambda _: _wake_up(waiter))
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+                    self._waiting_for = ()
             if scan.done() or self._stopping:
                 return await scan, False  # the doorbell's pass follows at once
             self._wake.clear()
@@ -417,8 +428,6 @@ class Dispatcher:
                 child.cancel()
             await asyncio.gather(*children, return_exceptions=True)
             raise
-        finally:
-            doorbell.cancel()
         rows, fanned = got
         if isinstance(rows, BaseException):
             raise rows

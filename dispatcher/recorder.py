@@ -212,13 +212,15 @@ class Recorder:
         self._counters_waiting = self._counters_due = waiting > 0
 
     async def _write_with_retry(self, batch: list[OutcomeRow]) -> None:
-        backoff = Backoff(RECORDER)
+        backoff: Backoff | None = None  # made on the first failure: most writes have none
         while True:
             try:
                 await self._write(batch)
-                backoff.recovered(log, "outcome_write_recovered", outcomes=len(batch))
+                if backoff is not None:
+                    backoff.recovered(log, "outcome_write_recovered", outcomes=len(batch))
                 return
             except TRANSIENT_DB_ERRORS as exc:
+                backoff = backoff or Backoff(RECORDER)
                 delay = backoff.failed(
                     log, "outcome_write_failed", outcomes=len(batch), error=type(exc).__name__
                 )

@@ -1,0 +1,142 @@
+"""A due scan that hears the doorbell (Dispatcher._claim_due_hearing_doorbell): a doorbell
+that rings while the scan runs gets its fan-out at once, beside the scan; without one the
+scan's rows come back alone. At a steady low rate this runs every CLAIM_DUE_EVERY, so it
+makes no task beyond the scan itself (and none at all when no second pass may open):
+issue 12, docs/performance.md "pyevent". The statements are stood in for by the loop's own
+methods (`_claim_due`, `_claim_and_start`): what crosses psycopg is not exercised here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from dispatcher.dispatch import Dispatcher
+from dispatcher.metrics import Metrics
+from dispatcher.recorder import Recorder
+from dispatcher.sender import Sender
+from dispatcher.settings import Settings
+
+
+class _Pool:
+    def __init__(self, available: int = 4) -> None:
+        self.available = available
+
+    def get_stats(self) -> dict[str, int]:
+        return {"pool_available": self.available}
+
+
+class _Scan:
+    """Stands in for Dispatcher._claim_due: ends when `finish` is set; records calls."""
+
+    def __init__(self) -> None:
+        self.finish = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def __call__(self, conn: Any, params: dict[str, Any], limit: int) -> Any:
+        self.started.set()
+        try:
+            await self.finish.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return _ROWS * limit
+
+
+def _dispatcher(pool: _Pool) -> tuple[Dispatcher, _Scan, list[tuple[int, bool, bool]]]:
+    settings = Settings(database_url="postgresql://localhost/none")  # never connected
+    fake = cast(Any, pool)
+    d = Dispatcher(settings, fake, Sender(settings), Recorder(fake), Metrics())
+    scan = _Scan()
+    fan_outs: list[tuple[int, bool, bool]] = []
+
+    async def claim_and_start(free: int, outbox: bool = True, scan: bool = True) -> bool:
+        fan_outs.append((free, outbox, scan))
+        return False
+
+    d._claim_due = scan  # type: ignore[method-assign]
+    d._claim_and_start = claim_and_start  # type: ignore[method-assign]
+    d._passes = 1  # the outermost pass is running
+    return d, scan, fan_outs
+
+
+_CONN: Any = object()  # never used: the scan is stood in for
+_ROWS: Any = ["row"]
+
+
+def _new_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t not in before and not t.done()]
+
+
+async def test_a_scan_without_a_doorbell_returns_its_rows_and_makes_only_the_scan_task() -> None:
+    d, scan, fan_outs = _dispatcher(_Pool())
+    before = set(asyncio.all_tasks())
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+    await asyncio.wait_for(scan.started.wait(), 5)
+    # the call and its scan: no task waiting on the doorbell (the old code made one per scan)
+    assert len(_new_tasks(before)) == 2
+    scan.finish.set()
+    rows, fanned = await asyncio.wait_for(call, 5)
+    assert rows == _ROWS * 3 and fanned is False
+    assert fan_outs == []
+    assert d._waiter is None and d._waiting_for == ()
+
+
+async def test_a_doorbell_during_the_scan_gets_its_fan_out_before_the_scan_ends() -> None:
+    d, scan, fan_outs = _dispatcher(_Pool())
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+    await asyncio.wait_for(scan.started.wait(), 5)
+    d.wake()
+    for _ in range(100):
+        if fan_outs:
+            break
+        await asyncio.sleep(0.01)
+    assert fan_outs == [(d._s.concurrency - 3, True, False)]  # the slots the scan leaves
+    assert not call.done() and not d._wake.is_set()  # the doorbell was taken
+    scan.finish.set()
+    rows, fanned = await asyncio.wait_for(call, 5)
+    assert rows == _ROWS * 3 and fanned is False
+
+
+async def test_a_doorbell_rung_before_the_scan_starts_its_fan_out_at_once() -> None:
+    d, scan, fan_outs = _dispatcher(_Pool())
+    d.wake()
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 2))
+    for _ in range(100):
+        if fan_outs:
+            break
+        await asyncio.sleep(0.01)
+    assert len(fan_outs) == 1
+    scan.finish.set()
+    assert await asyncio.wait_for(call, 5) == (_ROWS * 2, False)
+
+
+async def test_no_second_pass_possible_means_no_task_at_all() -> None:
+    """Without an idle pool connection (or inside a nested pass, or with too few spare
+    slots) the scan is simply awaited: no task of its own (the old code made one)."""
+    for pool, passes in ((_Pool(available=0), 1), (_Pool(), 2)):
+        d, scan, fan_outs = _dispatcher(pool)
+        d._passes = passes
+        before = set(asyncio.all_tasks())
+        call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+        await asyncio.wait_for(scan.started.wait(), 5)
+        assert _new_tasks(before) == [call]
+        d.wake()  # heard by the pass that follows, not beside this scan
+        await asyncio.sleep(0.01)
+        assert fan_outs == []
+        scan.finish.set()
+        assert await asyncio.wait_for(call, 5) == (_ROWS * 3, False)
+        assert d._wake.is_set()
+
+
+async def test_cancelled_while_waiting_the_scan_is_cancelled_too_and_the_wait_is_cleared() -> None:
+    d, scan, _ = _dispatcher(_Pool())
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+    await asyncio.wait_for(scan.started.wait(), 5)
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    assert call.cancelled() and scan.cancelled
+    assert d._waiter is None and d._waiting_for == ()
+    # the idle wait works as before afterwards
+    d.wake()
+    assert await asyncio.wait_for(d._wait([d._wake], 60), 5) is True
