@@ -56,10 +56,12 @@ def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def describe(plan_json: str) -> dict[str, Any]:
-    """What one auto_explain'd claim did: plan kind, how the due index was read, buffers."""
-    plan = orjson.loads(plan_json)["Plan"]
-    every = nodes(plan)
+def describe(plans_json: list[str]) -> dict[str, Any]:
+    """What one auto_explain'd claim did (the plans of the statement and of what it ran
+    inside, the statement's last): how the due index was read, buffers of the whole."""
+    plans = [orjson.loads(p)["Plan"] for p in plans_json]
+    plan = plans[-1]
+    every = [n for p in plans for n in nodes(p)]
     due = [n for n in every if n.get("Index Name") == DUE_INDEX]
     read = "none"
     rows_read = 0
@@ -125,6 +127,8 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
             "auto_explain.log_timing = off",
             "auto_explain.log_format = json",
             "auto_explain.log_level = notice",
+            # a variant may scan in a function: its plans come first, the statement's last
+            "auto_explain.log_nested_statements = on",
         ):
             await conn.execute(f"SET {setting}")
         cur = await conn.execute("SELECT pg_backend_pid() AS pid")
@@ -152,7 +156,7 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
             calls += 1
             if explain:
                 plans = [m.split("plan:\n", 1)[1] for m in notices if "plan:\n" in m]
-                explained.append(describe(plans[0]) if plans else {})
+                explained.append(describe(plans) if plans else {})
                 # generic or custom: the server's counters of the prepared statement (none
                 # yet: psycopg sent it unprepared, planned with its parameters, a custom plan)
                 cur = await conn.execute(
