@@ -166,7 +166,12 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
                 )
                 generic = int((await cur.fetchone() or {}).get("generic_plans") or 0)
                 if explained[-1]:
-                    explained[-1]["generic"] = generic > generic_before
+                    # forced: the mode (psycopg's unprepared runs too); auto: the counter
+                    explained[-1]["generic"] = (
+                        generic > generic_before
+                        if a.plan_cache_mode == "auto"
+                        else a.plan_cache_mode == "force_generic_plan"
+                    )
                 generic_before = generic
             if not got:
                 break
