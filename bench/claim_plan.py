@@ -144,6 +144,7 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
         now = datetime.now(UTC).isoformat()
         cpu, claimed, calls, seq = 0.0, 0, 0, 0
         explained: list[dict[str, Any]] = []
+        dumped = ""
         generic_before = 0
         while True:
             explain = calls < a.explain
@@ -157,6 +158,8 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
             if explain:
                 plans = [m.split("plan:\n", 1)[1] for m in notices if "plan:\n" in m]
                 explained.append(describe(plans) if plans else {})
+                if a.dump and calls == a.explain:  # the last claim explained, whole
+                    dumped = "[" + ",".join(plans) + "]"
                 # generic or custom: the server's counters of the prepared statement (none
                 # yet: psycopg sent it unprepared, planned with its parameters, a custom plan)
                 cur = await conn.execute(
@@ -203,11 +206,16 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_row": round(1000 * cpu / claimed, 4),
         "buffers_per_row": round(buffers / claimed, 2) if buffers is not None else None,
         "explained": explained,
+        "dumped": dumped,
     }
 
 
 def read_text(path: str) -> str:
     return Path(path).read_text()
+
+
+def write_text(path: str, text: str) -> None:
+    Path(path).write_text(text)
 
 
 async def main() -> None:
@@ -227,6 +235,7 @@ async def main() -> None:
     ap.add_argument("--sql", help="delivery_claim_due from this file (named blocks)")
     ap.add_argument("--tag", default=Path.cwd().name)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--dump", help="write the last explained claim's plans (JSON) to this file")
     a = ap.parse_args()
     a.sql_text = read_text(a.sql) if a.sql else None
     owned = None
@@ -245,6 +254,8 @@ async def main() -> None:
     finally:
         if owned is not None:
             owned.cleanup()
+    if a.dump:
+        write_text(a.dump, r.pop("dumped"))
     if a.json:
         print(orjson.dumps(r).decode())
         return
