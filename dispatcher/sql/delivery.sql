@@ -278,36 +278,14 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- consecutive failures) gets one probe at a time, spaced by its org's backoff after its
 -- last failure, so it never hammers nor hogs slots.
 WITH candidates AS (
-    SELECT d.id, d.webhook_id, d.created_at,
-           coalesce(d.next_retry_at, d.created_at) AS due_at,
-           w.url, w.secret, w.headers::text AS headers, w.status AS webhook_status,
-           w.deleted_at AS webhook_deleted_at,
-           coalesce(w.consecutive_failures, 0) >= %(failing_after)s AS failing,
-           rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
-           rc.enable_jitter, rc.enable_dlq
-    FROM public.webhook_deliveries d
-    JOIN public.webhooks w ON w.id = d.webhook_id
-    LEFT JOIN public.integration_retry_config rc ON rc.org_id = d.org_id
-    WHERE d.status IN ('pending', 'retrying')
-      AND coalesce(d.next_retry_at, d.created_at) <= now()
-      AND d.webhook_id <> ALL (%(full_ids)s::uuid[])
-      -- which webhooks may be claimed, as the database knows it (0022_claimable.sql)
-      AND dispatcher.webhook_claimable_v1(w.status, w.deleted_at, w.consecutive_failures,
-                                          w.last_failure_at, rc.base_delay_seconds,
-                                          rc.max_delay_seconds, %(failing_after)s)
-      -- an ordered webhook's keyed delivery waits until the previous one of its key is
-      -- final (0032); before the LIMIT, so a blocked key never fills the scan. A scalar
-      -- subquery, evaluated per row through the primary key: as NOT EXISTS the planner
-      -- hashes it over the whole table.
-      AND (NOT EXISTS (SELECT 1 FROM dispatcher.webhook_settings wset
-                       WHERE wset.webhook_id = d.webhook_id AND wset.ordered)
-           OR coalesce((SELECT dispatcher.order_free_v1(k.webhook_id, k.order_key, k.sequence)
-                        FROM dispatcher.delivery_sequence k
-                        WHERE k.delivery_id = d.id), true))
-    -- in the order it became due (index dispatcher_deliveries_due_since)
-    ORDER BY coalesce(d.next_retry_at, d.created_at)
-    LIMIT %(scan)s
-    FOR UPDATE OF d SKIP LOCKED
+    -- Due rows of the webhooks that may be claimed, oldest due first, locked SKIP LOCKED,
+    -- at most %(scan)s (0044_claim_candidates.sql): read from dispatcher_deliveries_due_since
+    -- in its order and no further than the limit, in every plan (custom plans here took a
+    -- bitmap scan of every due row and a sort). Ordered webhooks' keyed rows wait until the
+    -- previous one of their key is final (0032), inside, before the limit.
+    SELECT c.* FROM dispatcher.claim_candidates_v1(%(full_ids)s::uuid[],
+                                                   %(failing_after)s::integer,
+                                                   %(scan)s::integer) c
 ), ranked AS (
     SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.due_at, c.created_at)
                 AS hook_rank

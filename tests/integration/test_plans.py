@@ -369,3 +369,79 @@ async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
         assert await cur.fetchone() == {"deliveries": 1, "held": 1, "outbox": 0}
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- claim
+# delivery_claim_due reads its candidates through the partial index
+# dispatcher_deliveries_due_since in the order they became due, locks them SKIP LOCKED and
+# stops at its scan limit. Planned with its parameters (psycopg's first five runs, the server's
+# next five custom plans) and the statistics of a table empty at its last ANALYZE, it read
+# every due row by a bitmap scan and sorted them instead (docs/performance.md, "delivery_claim_
+# due's plan"); 0044 plans the candidate scan with bitmap scans and sorts off. Counted by the
+# index's own statistics (entries returned, in this transaction): no auto_explain needed, on
+# every server version, whatever holds the scan.
+
+CLAIM = 44
+
+
+def claim_params(hook: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's parameters for one webhook with room for CLAIM rows."""
+    return {
+        **fan_out_params(batch=CLAIM, claim=CLAIM),
+        "room_ids": [hook["id"]],
+        "room_left": [CLAIM],
+        "hook_cap": CLAIM,
+        "limit": CLAIM,
+        "scan": 4 * CLAIM,
+    }
+
+
+@pytest.mark.pgmatrix  # PostgreSQL 16 and 18 plan the same: CI checks it
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+@pytest.mark.parametrize(
+    ("mode", "prepare"),
+    [
+        ("auto", False),  # psycopg's first runs: unprepared, planned with the parameters
+        ("force_custom_plan", True),
+        ("force_generic_plan", True),
+    ],
+)
+async def test_claim_reads_the_due_index_in_order_up_to_its_limit(
+    request: pytest.FixtureRequest, database: str, mode: str, prepare: bool
+) -> None:
+    """BACKLOG due rows (OUTCOMES of them leased), statistics of the empty table: one claim,
+    custom or generic, returns no more than about its scan limit (4 x CLAIM) of entries from
+    dispatcher_deliveries_due_since, not every due row, and leases the CLAIM rows that became
+    due first (the same rows as before 0044)."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        hook, _ = await backlog_with_stale_statistics(conn)
+        cur = await conn.execute(
+            "SELECT id FROM webhook_deliveries"
+            " WHERE status IN ('pending', 'retrying')"
+            "   AND coalesce(next_retry_at, created_at) <= now()"
+            " ORDER BY coalesce(next_retry_at, created_at), created_at LIMIT %s",
+            (CLAIM,),
+        )
+        first_due = {r["id"] for r in await cur.fetchall()}
+        await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
+        params = claim_params(hook)
+        # entries returned by the index, as this backend counts them (not yet reported:
+        # earlier transactions' counts too, hence the difference)
+        returned = sql.SQL(
+            "SELECT pg_stat_get_xact_tuples_returned("
+            "'public.dispatcher_deliveries_due_since'::regclass) AS n"
+        )
+        async with conn.transaction():
+            cur = await conn.execute(returned)
+            before = int((await cur.fetchone() or {})["n"])
+            cur = await conn.execute(query("delivery_claim_due"), params, prepare=prepare)
+            claimed = {r["id"] for r in await cur.fetchall()}
+            cur = await conn.execute(returned)
+            read = int((await cur.fetchone() or {})["n"]) - before
+        assert claimed == first_due, (len(claimed), len(first_due & claimed))
+        # an ordered read: the scan's 176 entries and the leased rows' old ones at most; a
+        # bitmap returns every due entry (BACKLOG - OUTCOMES)
+        assert read <= 4 * CLAIM + OUTCOMES, read
+    finally:
+        await conn.close()

@@ -154,6 +154,20 @@ async def test_the_org_helpers_read_the_policy_as_python_does(conn: hostdb.Conn)
             assert row["delay"] == probe_delay(policy, streak), (base, top)
 
 
+async def candidates(conn: hostdb.Conn) -> str:
+    """The query of dispatcher.claim_candidates_v1 (0044), its arguments as the claim's
+    parameters: what that function plans (PL/pgSQL, once per session)."""
+    cur = await conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'dispatcher.claim_candidates_v1'::regproc"
+    )
+    source = str((await cur.fetchone() or {})["prosrc"])
+    text = source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+    for name, cast in (("full_ids", "uuid[]"), ("failing_after", "integer"), ("scan", "integer")):
+        text = text.replace(f"claim_candidates_v1.{name}", f"%({name})s::{cast}")
+    assert "claim_candidates_v1" not in text, text
+    return text
+
+
 async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) -> None:
     """The SQL home costs the hot statements nothing: the planner folds every call into the
     bare expression (a call left in the plan would run per row)."""
@@ -181,6 +195,11 @@ async def test_the_statements_that_read_the_policy_inline_it(conn: hostdb.Conn) 
         assert "retry_policy_v1" in query(name) or name == "delivery_claim_due"
         cur = await conn.execute("EXPLAIN (VERBOSE, COSTS OFF) " + query(name), params)
         plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
+        if name == "delivery_claim_due":  # its candidate scan is planned inside 0044's function
+            cur = await conn.execute(
+                "EXPLAIN (VERBOSE, COSTS OFF) " + await candidates(conn), params
+            )
+            plan += "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
         for function in ("retry_policy_v1", "probe_delay_v1", "webhook_claimable_v1"):
             assert function not in plan, (name, function, plan)
         assert "LEAST(GREATEST(COALESCE(rc." in plan, (name, plan)
