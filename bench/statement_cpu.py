@@ -317,23 +317,28 @@ def q_single_stats() -> str:
     )
 
 
-async def single(a: argparse.Namespace) -> None:
-    owned = None
-    dsn = a.dsn
-    if a.own_server:
-        from bench.infra import BenchCluster
+@contextmanager
+def server(a: argparse.Namespace) -> Iterator[str]:
+    """The DSN to use: --dsn, or a throwaway server with pg_stat_statements (--own-server)."""
+    if not a.own_server:
+        yield a.dsn
+        return
+    from bench.infra import BenchCluster
 
-        owned = BenchCluster()
-        owned.pg.start()
+    owned = BenchCluster()
+    owned.pg.start()
+    try:
         dsn = f"host=127.0.0.1 port={owned.pg.port} user=postgres"
         with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as admin:
             admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    try:
-        with fresh_database(dsn, a.db) as db_dsn:
-            r = await measure_single(db_dsn, a.single, a.webhooks or 200, a.sql, a.backlog)
+        yield dsn
     finally:
-        if owned is not None:
-            owned.cleanup()
+        owned.cleanup()
+
+
+async def single(a: argparse.Namespace) -> None:
+    with server(a) as dsn, fresh_database(dsn, a.db) as db_dsn:
+        r = await measure_single(db_dsn, a.single, a.webhooks or 200, a.sql, a.backlog)
     extra = (
         f"  server {r['server_ms']:.4f} ms  {r['buffers']:.1f} shared buffers per call"
         if "buffers" in r
@@ -360,13 +365,13 @@ async def main() -> None:
     )
     ap.add_argument("--tag", default=Path.cwd().name, help="label of the output line")
     ap.add_argument("--single", type=int, metavar="N", help="N fan-outs of one fresh event")
-    ap.add_argument("--own-server", action="store_true", help="--single on a throwaway server")
+    ap.add_argument("--own-server", action="store_true", help="on a throwaway server")
     ap.add_argument("--backlog", type=int, default=SINGLE_BACKLOG, help="--single: events first")
     a = ap.parse_args()
     if a.single:
         await single(a)
         return
-    with fresh_database(a.dsn, a.db) as db_dsn:
+    with server(a) as dsn, fresh_database(dsn, a.db) as db_dsn:
         r = await measure(db_dsn, a.events, a.webhooks or 16, a.sql, a.outcomes_per_call)
     parts = "  ".join(f"{k} {v:.4f} ({r['calls'][k]})" for k, v in r["ms_per_delivery"].items())
     print(f"{a.tag}: {r['total']:.4f} ms backend CPU per delivery  {parts}")

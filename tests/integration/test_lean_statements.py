@@ -212,5 +212,5 @@ async def test_the_daemon_uses_the_lean_statements_until_a_webhook_is_ordered(
             await publish(conn, org, key, n, "candidate.updated")
         await receiver.wait_delivered(7, timeout=20)
         [arrived] = receiver.order_by_key().values()
-        assert sorted(arrived[:3]) == [0, 1, 2] and arrived[3:] == [3, 4, 5, 6]  # in order
+        assert set(arrived[:3]) == {0, 1, 2} and arrived[3:] == [3, 4, 5, 6]  # in order
         assert "delivery_fan_out" in used and "delivery_record_outcomes" in used
