@@ -96,6 +96,13 @@ async def test_the_lean_fan_out_refuses_while_a_webhook_is_ordered(conn: Conn) -
     due = await run(conn, "delivery_claim_due", {**fan_out_args(), "limit": 10, "scan": 40})
     assert [(r["id"], r["keyed"]) for r in due] == [(keyed_id, True)]
     assert Claimed.from_row(due[0], due[0]["claim"]).keyed
+    await conn.execute(  # an unkeyed delivery due again (its lease ran out): not keyed
+        "UPDATE webhook_deliveries SET next_retry_at = now() - interval '1 second'"
+        " WHERE webhook_id = %s",
+        (plain["id"],),
+    )
+    due_again = await run(conn, "delivery_claim_due", {**fan_out_args(), "limit": 10, "scan": 40})
+    assert len(due_again) == 3 and not any(r["keyed"] for r in due_again)
     # a row from a statement that does not say (the default): the full outcome statement
     assert Claimed.from_row({**due[0], "keyed": None}, due[0]["claim"]).keyed
 
