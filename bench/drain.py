@@ -46,7 +46,7 @@ from bench.infra import (
 )
 from bench.profile import Perf, Spy, summarize
 from bench.receiver import ReceiverProcess
-from dispatcher.queries import parse
+from dispatcher.queries import load
 
 POLL = 0.02
 
@@ -376,9 +376,9 @@ def _dispatcher_queries() -> dict[str, str]:
     out: dict[str, str] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            out.update(parse(entry.read_text("utf-8")))
+            out.update(load(entry.read_text("utf-8")))
     # the floor's statements (bench/floor.py) run as the daemon's role too
-    bench = parse((Path(__file__).parent / "bench.sql").read_text("utf-8"))
+    bench = load((Path(__file__).parent / "bench.sql").read_text("utf-8"))
     out.update({k: v for k, v in bench.items() if k.startswith("floor_")})
     return out
 
@@ -388,10 +388,47 @@ def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", " ".join(lines)).strip()
 
 
+_WORD = re.compile(r"[a-z_][a-z0-9_.]*")
+# words pg_stat_statements may show as a $n (constants), or not at all (in a literal)
+_CONSTANT_WORDS = {"interval", "true", "false", "null"}
+_MIN_WORDS = 6
+
+
+def _words(text: str) -> list[str]:
+    """The identifiers and keywords of a statement, in order: comments, string literals,
+    parameters (%(name)s as written, $n as pg_stat_statements shows them) and constants
+    left out, so a statement as written and as pg_stat_statements has it read the same."""
+    text = re.sub(r"--[^\n]*", " ", text)
+    text = re.sub(r"'(?:[^']|'')*'", " ", text)
+    text = re.sub(r"%\(\w+\)s|\$\d+", " ", text)
+    return [w for w in _WORD.findall(text.lower()) if w not in _CONSTANT_WORDS]
+
+
+@functools.cache
+def _query_words() -> dict[str, list[str]]:
+    return {name: _words(body) for name, body in _dispatcher_queries().items()}
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _name(text: str) -> str:
-    """The dispatcher query name a pg_stat_statements text belongs to, else its start."""
-    norm = _normal(text)
-    for name, body in _dispatcher_queries().items():
-        if norm[:40] == _normal(body)[:40]:
+    """The dispatcher query name a pg_stat_statements text belongs to, else its start: the
+    one whose words it shares the longest start with (the variants of one block, such as
+    delivery_fan_out and delivery_fan_out_lean, differ after a common start)."""
+    words = _words(text)
+    scored = [
+        (_common(words, body), -abs(len(body) - len(words)), name)
+        for name, body in _query_words().items()
+    ]
+    if scored:
+        n, _, name = max(scored)
+        if n > 0 and n >= min(_MIN_WORDS, len(words)):
             return name
-    return norm[:60]
+    return _normal(text)[:60]

@@ -62,6 +62,9 @@ class Claimed:
     created_at: datetime | None = None
     traceparent: str | None = None  # the publisher's W3C trace context, validated
     sequence: int | None = None  # per-webhook sequence number (0032); None: not numbered
+    # of an ordered key (0032): its outcome needs the full delivery_record_outcomes (True
+    # when the claim statement did not say)
+    keyed: bool = True
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
@@ -91,6 +94,7 @@ class Claimed:
             created_at=row.get("created_at") or now,
             traceparent=valid_traceparent(row.get("traceparent")),
             sequence=row.get("sequence"),
+            keyed=row.get("keyed") is not False,
         )
 
 

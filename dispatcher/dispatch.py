@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import psycopg
 import structlog
+from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
 
 from dispatcher.admission import Admission
@@ -57,6 +58,10 @@ HELD_BACK_EVENTS = 1000
 # Events a fan-out left in the outbox (a webhook row they need is held by another
 # transaction) are due again this many seconds later (sql/delivery.sql, delivery_fan_out).
 DEFER_SECONDS = 1.0
+# While some webhook is ordered, fan-outs use the full delivery_fan_out statement; the lean
+# one (no ordered-key parts, issue 12), which refuses to act while one is, is tried again
+# this many seconds after it last refused.
+FULL_FAN_OUT_SECONDS = 30.0
 
 
 def _wake_up(waiter: asyncio.Future[None]) -> None:
@@ -144,6 +149,7 @@ class Dispatcher:
         self._intake = Intake(settings.batch_size, metrics)
         self._retry_now = False  # a fan-out timed out: the next pass, smaller, at once
         self._deferred = False  # the last fan-out left events for a held webhook row
+        self._full_fan_out_until = 0.0  # monotonic: the full fan-out until then (ordered)
 
     @property
     def unreadable(self) -> int:
@@ -332,18 +338,19 @@ class Dispatcher:
             return 0, []
         sent = time.monotonic()
         room = self.admission.claim_params()
+        args = {**params, **room, "batch": events_wanted, "claim": claim, "only": only}
         try:
-            cur = await conn.execute(
-                query("delivery_fan_out"),
-                {
-                    **params,
-                    **room,
-                    "batch": events_wanted,
-                    "claim": claim,
-                    "only": only,
-                },
-            )
-            rows = await cur.fetchall()
+            rows: list[DictRow] = []
+            if sent >= self._full_fan_out_until:
+                cur = await conn.execute(query("delivery_fan_out_lean"), args)
+                rows = await cur.fetchall()
+            if not rows or rows[-1]["ordered_refused"] is not False:
+                # Some webhook is ordered (the lean statement did nothing): the full one,
+                # from now on for a while.
+                if rows:
+                    self._full_fan_out_until = sent + FULL_FAN_OUT_SECONDS
+                cur = await conn.execute(query("delivery_fan_out"), args)
+                rows = await cur.fetchall()
         except psycopg.errors.QueryCanceled as exc:
             if not await self._intake.timed_out(conn, exc, events_wanted, only):
                 raise

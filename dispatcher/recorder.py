@@ -79,6 +79,9 @@ class OutcomeRow:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     seq: int = 0  # set when written: orders the outcomes of one webhook in a batch
+    # of an ordered key's delivery (Claimed.keyed): a batch without one is written by the
+    # lean statement, which leaves out the release of the key's next delivery (issue 12)
+    keyed: bool = True
 
 
 def outcomes_json(rows: list[OutcomeRow]) -> str:
@@ -120,6 +123,7 @@ def outcome_row(
         gone=t.gone,
         started_at=d.sent_at or now,
         ended_at=now,
+        keyed=d.keyed,
     )
     if r is not None:
         row.request_url = d.url
@@ -264,7 +268,12 @@ class Recorder:
             row.seq = self._seq
         payload = outcomes_json(batch)
         async with asyncio.timeout(self._deadline), self._pool.connection() as conn:
-            cur = await conn.execute(query("delivery_record_outcomes"), {"rows": payload})
+            name = (
+                "delivery_record_outcomes"
+                if any(row.keyed for row in batch)
+                else "delivery_record_outcomes_lean"
+            )
+            cur = await conn.execute(query(name), {"rows": payload})
             got = await cur.fetchone()
             recorded = int(got["recorded"]) if got else 0
             noted = int(got["webhooks"]) if got else 1

@@ -22,12 +22,26 @@
 -- and taken again 1 s later (events_deferred): the other events, and every other
 -- tenant, flow meanwhile. A plain UPDATE of a webhook takes FOR NO KEY UPDATE, which
 -- does not conflict.
-WITH picked AS MATERIALIZED (
+-- Lean variant (issue 12; dispatcher/queries.py): without the ordered-key parts (0032), for
+-- while no webhook is ordered. Its `gate` reads, in this statement's snapshot, whether some
+-- webhook is ordered; if so it picks nothing and its marker row says so (ordered_refused),
+-- and the daemon runs the full statement. Where it acts, the full one does the same:
+-- with no webhook_settings row ordered, every order_key below is null.
+WITH
+-- [lean]
+gate AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM dispatcher.webhook_settings s WHERE s.ordered) AS ordered
+),
+-- [end]
+picked AS MATERIALIZED (
     -- Oldest first; by ctid, stable while the rows are locked (a TID scan, no index).
     SELECT o.ctid AS row_id, o.event_id, o.created_at AS queued_at
     FROM dispatcher.outbox o
     WHERE (o.retry_at IS NULL OR o.retry_at <= now())
       AND (%(only)s::uuid IS NULL OR o.event_id = %(only)s::uuid)
+-- [lean]
+      AND NOT (SELECT g.ordered FROM gate g)
+-- [end]
     ORDER BY o.created_at LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ), claimed_events AS MATERIALIZED (
@@ -79,12 +93,18 @@ WITH picked AS MATERIALIZED (
                AS max_attempts,
            -- Claimable now: active, not failing, and under this process's per-webhook cap.
            w.status = 'active' AND coalesce(w.consecutive_failures, 0) < %(failing_after)s
+-- [full]
              -- an ordered key waits for delivery_claim_due, which checks earlier deliveries (0032)
              AND NOT (coalesce(wset.ordered, false) AND e.aggregate_id IS NOT NULL)
+-- [end]
              AND row_number() OVER (PARTITION BY w.id ORDER BY e.created_at, e.id)
                  <= coalesce(room.n, %(hook_cap)s) AS eligible,
            e.created_at AS event_created_at,
+-- [full]
            CASE WHEN wset.ordered THEN e.aggregate_id END AS order_key, e.queued_at
+-- [lean]
+           NULL::uuid AS order_key, e.queued_at
+-- [end]
     FROM claimed_events e
     JOIN public.webhooks w
       ON w.org_id = e.org_id AND w.deleted_at IS NULL AND w.status IN ('active', 'disabled')
@@ -97,7 +117,9 @@ WITH picked AS MATERIALIZED (
     LEFT JOIN public.integration_retry_config rc ON rc.org_id = e.org_id
     LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_left)s::int[]) AS room (webhook_id, n)
       ON room.webhook_id = w.id
+-- [full]
     LEFT JOIN dispatcher.webhook_settings wset ON wset.webhook_id = w.id
+-- [end]
 ), locked AS MATERIALIZED (
     -- What the foreign keys of webhook_deliveries and held need, taken without waiting.
     SELECT w.id FROM public.webhooks w
@@ -114,6 +136,7 @@ WITH picked AS MATERIALIZED (
     WHERE o.ctid = x.row_id
       AND EXISTS (SELECT 1 FROM waiting)  -- gate
     RETURNING o.event_id
+-- [full]
 ), contended AS MATERIALIZED (
     -- Ordered keys (0032): numbers must follow the order rows were taken. An outbox row of
     -- an ordered key of this batch, older than the batch's newest row and still there but
@@ -157,14 +180,18 @@ WITH picked AS MATERIALIZED (
     WHERE o.ctid = x.row_id AND x.later
       AND EXISTS (SELECT 1 FROM ordered_wait w WHERE w.later)  -- gate
     RETURNING o.event_id
+-- [end]
 ), claimed AS (
     DELETE FROM dispatcher.outbox o
     USING claimed_events c
     WHERE o.ctid = c.row_id
       AND EXISTS (SELECT 1 FROM claimed_events)  -- gate: an empty pass reads no outbox page
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = c.row_id)
+-- [full]
       AND c.id NOT IN (SELECT event_id FROM ordered_wait)
+-- [end]
     RETURNING o.event_id
+-- [full]
 ), open_prev AS (
     -- Ordered keys (0032): the previous delivery of each key of this batch, when still
     -- open, locked FOR SHARE: delivery_record_outcomes (SKIP LOCKED) then cannot finish it unseen
@@ -180,9 +207,11 @@ WITH picked AS MATERIALIZED (
     JOIN public.webhook_deliveries pd ON pd.id = p.delivery_id
     WHERE pd.status IN ('pending', 'retrying')
     FOR SHARE OF pd
+-- [end]
 ), ranked AS (
     SELECT m.*, row_number() OVER (PARTITION BY m.eligible
                                    ORDER BY m.event_created_at, m.event_id, m.webhook_id) AS rn,
+-- [full]
            -- Parked (0032): a keyed delivery behind an open one of its key, in this batch
            -- or before, is not due until delivery_record_outcomes (or delivery_release_parked after it)
            -- releases it, or 30 s pass (made final outside the recorder), so delivery_claim_due
@@ -194,10 +223,15 @@ WITH picked AS MATERIALIZED (
                                  WHERE op.webhook_id = m.webhook_id
                                    AND op.order_key = m.order_key))
                 THEN now() + interval '30 seconds' END AS parked_until
+-- [lean]
+           NULL::timestamptz AS parked_until
+-- [end]
     FROM matched m
     WHERE m.webhook_status = 'active'
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
+-- [full]
       AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
+-- [end]
 ), held AS (
     -- A replica that read 'disabled' just before an enable committed may hold an
     -- event after the release ran: the daemon's hold sweep (delivery_release_orphan_holds)
@@ -207,7 +241,9 @@ WITH picked AS MATERIALIZED (
     FROM matched m
     WHERE m.webhook_status = 'disabled'
       AND NOT EXISTS (SELECT 1 FROM waiting x WHERE x.row_id = m.row_id)
+-- [full]
       AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
+-- [end]
     ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO public.webhook_deliveries (
@@ -253,7 +289,13 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
        NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence,
-       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait) AS events_deferred
+-- [full]
+       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait) AS events_deferred,
+-- [lean]
+       (SELECT count(*) FROM deferred) AS events_deferred,
+-- [end]
+       -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
+       m.order_key IS NOT NULL AS keyed, NULL::boolean AS ordered_refused
 FROM matched m
 JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL AND m.eligible
 LEFT JOIN sequenced sq ON sq.delivery_id = m.id
@@ -262,11 +304,16 @@ UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
 -- batches that produced no claimed delivery (id is null), the ids of the events
 -- taken that this role could not read (they stayed in the outbox) and the count of
--- events left in the outbox for a webhook row held by someone else.
+-- events left in the outbox for a webhook row held by someone else. ordered_refused: the
+-- lean statement did nothing, as some webhook is ordered (false: it did its work).
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM claimed),
        (SELECT count(*) FROM inserted), (SELECT array_agg(event_id) FROM unreadable), NULL, NULL,
-       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait);
+-- [full]
+       (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait), NULL, false;
+-- [lean]
+       (SELECT count(*) FROM deferred), NULL, (SELECT g.ordered FROM gate g);
+-- [end]
 
 -- name: delivery_claim_due
 -- Lease up to %(limit)s due deliveries (pending, or retrying whose time has
@@ -318,7 +365,12 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           0::bigint AS deliveries_created, d.created_at,
           d.request_headers ->> 'traceparent' AS traceparent,
           (SELECT s.sequence FROM dispatcher.delivery_sequence s
-            WHERE s.delivery_id = d.id) AS sequence;
+            WHERE s.delivery_id = d.id) AS sequence,
+          -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
+          -- (a probe by primary key per row; a statement-wide `any key at all?` test first
+          -- cost ~2 ms a call in drain1: planned as a scan of every unkeyed row)
+          EXISTS (SELECT 1 FROM dispatcher.delivery_sequence s
+                  WHERE s.delivery_id = d.id AND s.order_key IS NOT NULL) AS keyed;
 
 -- name: delivery_record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
@@ -329,6 +381,10 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
 -- counters follow in delivery_apply_webhook_counters) and delivery rows locked by someone
 -- else are skipped and returned in `busy`, for the recorder to try again. `seq`
 -- orders the outcomes of one webhook. Returns how many were recorded.
+-- Lean variant (issue 12; dispatcher/queries.py): without the release of an ordered key's
+-- next delivery (0032), for batches where no outcome is of a keyed delivery (the order key
+-- is fixed when the delivery is made: the claim rows say `keyed`); then `finals` is empty
+-- and the full statement releases nothing either.
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(
         id uuid, webhook_id uuid, org_id uuid, claim timestamptz, seq integer,
@@ -426,6 +482,7 @@ WITH o AS (
     SELECT dispatcher.dead_lettered_v1(id, webhook_id, attempt, response_status,
                                        error_code, error_message) AS event_id
     FROM (SELECT * FROM done WHERE status = 'dlq' ORDER BY webhook_id, id OFFSET 0) dlq
+-- [full]
 ), finals AS MATERIALIZED (
     -- Ordered keys (0032): deliveries of a key that just became final.
     SELECT o.id, k.webhook_id, k.order_key, k.sequence
@@ -456,6 +513,7 @@ WITH o AS (
 ), rang AS (
     -- released rows are due now: ring the doorbell (delivered at commit)
     SELECT pg_notify('dispatcher_v1', 'd') FROM (SELECT 1 FROM released LIMIT 1) x
+-- [end]
 ), lost AS (
     -- Outcomes whose claim was no longer held (neither written nor busy), told apart by
     -- the row as it was before this statement (every part of a WITH sees the same
@@ -478,10 +536,14 @@ SELECT (SELECT count(*) FROM upd) AS recorded,
        -- webhook row was locked): whoever records next writes them (partial index: cheap)
        EXISTS (SELECT 1 FROM dispatcher.webhook_streaks WHERE pending) AS counters_pending,
        (SELECT count(event_id) FROM dead) AS dead_lettered_published,
+-- [full]
        (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM rang) AS rang,
        ARRAY(SELECT f.id FROM finals f
              WHERE f.id NOT IN (SELECT after_id FROM released)) AS release_later,
+-- [lean]
+       0::bigint AS released, 0::bigint AS rang, '{}'::uuid[] AS release_later,
+-- [end]
        -- still our claim, but the row is locked by another transaction: try again
        ARRAY(SELECT s.id FROM seen s WHERE s.claim_held) AS busy,
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'reason', reason)) FROM lost),

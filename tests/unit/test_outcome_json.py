@@ -48,6 +48,9 @@ def former_json(row: OutcomeRow, seq: int) -> dict[str, Any]:
         "error_code": row.error_code[:50] if row.error_code else None,
         "started_at": row.started_at.isoformat() if row.started_at else None,
         "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        # since issue 12's lean statements: which of them the recorder uses (the statement
+        # reads no such column; jsonb_to_recordset ignores it)
+        "keyed": row.keyed,
     }
 
 

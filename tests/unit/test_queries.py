@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import queries
-from dispatcher.queries import parse, query
+from dispatcher.queries import load, parse, query, strip_comments, variants
 
 PACKAGE = Path(queries.__file__).parent
 
@@ -63,6 +63,81 @@ def test_a_duplicate_or_empty_block_is_an_error(text: str, message: str) -> None
         parse(text)
 
 
+# -- variants and comments (issue 12, lean plans) ------------------------------------------
+
+
+MARKED = """\
+SELECT a,
+-- [full]
+       b_full,
+-- [lean]
+       NULL AS b_lean,
+-- [end]
+       c
+FROM t
+  -- [full]
+WHERE heavy
+  -- [end]
+"""
+
+
+def test_variant_regions_give_a_full_and_a_lean_statement_from_one_text() -> None:
+    assert variants("q", MARKED) == {
+        "q": "SELECT a,\n       b_full,\n       c\nFROM t\nWHERE heavy",
+        "q_lean": "SELECT a,\n       NULL AS b_lean,\n       c\nFROM t",
+    }
+    assert variants("plain", "SELECT 1 -- [full]") == {"plain": "SELECT 1 -- [full]"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-- [full]\nSELECT 1\n", "not closed"),
+        ("SELECT 1\n-- [end]\n", r"\[end\] outside"),
+        ("-- [full]\n-- [full]\n-- [end]\n", r"\[full\] inside"),
+        ("-- [lean]\n-- [lean]\n-- [end]\n", r"\[lean\] twice"),
+    ],
+)
+def test_a_badly_nested_region_is_an_error(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        variants("q", text)
+
+
+def test_comments_go_and_literals_stay_as_written() -> None:
+    sql = (
+        "-- leading comment\n"
+        "SELECT 'a -- not a comment', E'it\\'s -- kept', 'it''s /* kept */',\n"
+        '       "odd--name", $body$ -- kept\n  $$ too $body$,  -- gone\n'
+        "  x /* gone /* nested */ still gone */ + $1,  y%(p)s\n"
+        "\n"
+        "FROM t-- gone\n"
+    )
+    assert strip_comments(sql) == (
+        "SELECT 'a -- not a comment', E'it\\'s -- kept', 'it''s /* kept */',\n"
+        '"odd--name", $body$ -- kept\n  $$ too $body$,\n'
+        "x + $1, y%(p)s\n"
+        "FROM t"
+    )
+
+
+@pytest.mark.parametrize("sql", ["SELECT 'open", "SELECT $x$ open", "SELECT /* open"])
+def test_an_unterminated_literal_or_comment_is_an_error(sql: str) -> None:
+    with pytest.raises(ValueError, match="unterminated"):
+        strip_comments(sql)
+
+
+def test_the_statements_sent_have_no_comments_and_both_variants_of_the_hot_ones() -> None:
+    for name in ("delivery_fan_out", "delivery_record_outcomes"):
+        full, lean = query(name), query(name + "_lean")
+        assert "--" not in full and "--" not in lean
+        assert len(lean) < len(full)
+    assert "ordered_wait" in query("delivery_fan_out")
+    assert "ordered_wait" not in query("delivery_fan_out_lean")
+    assert "webhook_settings" not in query("delivery_fan_out_lean").split("picked AS")[1]
+    assert "finals" in query("delivery_record_outcomes")
+    assert "finals" not in query("delivery_record_outcomes_lean")
+
+
 def test_a_missing_name_is_a_key_error_that_names_it() -> None:
     with pytest.raises(KeyError, match="no query named 'no_such_block'"):
         query("no_such_block")
@@ -71,7 +146,7 @@ def test_a_missing_name_is_a_key_error_that_names_it() -> None:
 def test_every_sql_file_parses_and_no_name_is_defined_in_two_files() -> None:
     seen: dict[str, str] = {}
     for path in _sql_files():
-        for name in parse(path.read_text("utf-8")):
+        for name in load(path.read_text("utf-8")):
             assert name not in seen, f"{name} is in both {seen[name]} and {path.name}"
             seen[name] = path.name
     assert seen.keys() == _blocks().keys()
@@ -97,9 +172,10 @@ def _sql_files() -> list[Path]:
 
 
 def _blocks() -> dict[str, str]:
+    """Every statement the loader makes: blocks, and the lean variants of marked ones."""
     blocks: dict[str, str] = {}
     for path in _sql_files():
-        blocks.update(parse(path.read_text("utf-8")))
+        blocks.update(load(path.read_text("utf-8")))
     return blocks
 
 
