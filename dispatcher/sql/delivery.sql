@@ -23,14 +23,19 @@
 -- tenant, flow meanwhile. A plain UPDATE of a webhook takes FOR NO KEY UPDATE, which
 -- does not conflict.
 -- Lean variant (issue 12; dispatcher/queries.py): without the ordered-key parts (0032), for
--- while no webhook is ordered. Its `gate` reads, in this statement's snapshot, whether some
--- webhook is ordered; if so it picks nothing and its marker row says so (ordered_refused),
--- and the daemon runs the full statement. Where it acts, the full one does the same:
--- with no webhook_settings row ordered, every order_key below is null.
+-- while no webhook that a fan-out can match is ordered. Its `gate` reads, in this
+-- statement's snapshot, whether some live (not soft-deleted, active or disabled) webhook is
+-- ordered; if so it picks nothing and its marker row says so (ordered_refused), and the
+-- daemon runs the full statement. Where it acts, the full one does the same: `matched`
+-- joins only such webhooks, so every order_key below is null. An ordered webhook that was
+-- soft-deleted or switched off (inactive) keeps its settings row but cannot be matched.
 WITH
 -- [lean]
 gate AS MATERIALIZED (
-    SELECT EXISTS (SELECT 1 FROM dispatcher.webhook_settings s WHERE s.ordered) AS ordered
+    SELECT EXISTS (SELECT 1 FROM dispatcher.webhook_settings s
+                   JOIN public.webhooks w ON w.id = s.webhook_id
+                   WHERE s.ordered AND w.deleted_at IS NULL
+                     AND w.status IN ('active', 'disabled')) AS ordered
 ),
 -- [end]
 picked AS MATERIALIZED (

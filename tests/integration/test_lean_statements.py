@@ -112,6 +112,39 @@ async def test_the_lean_fan_out_refuses_while_a_webhook_is_ordered(conn: Conn) -
     assert rows[-1]["ordered_refused"] is False and rows[-1]["events_claimed"] == 1
 
 
+async def test_an_ordered_webhook_no_fan_out_can_match_does_not_stop_the_lean_fan_out(
+    conn: Conn,
+) -> None:
+    """An ordered webhook soft-deleted in the host's UI (its settings row stays: only a hard
+    delete cascades) or switched off by a person (inactive) is matched by no fan-out, so the
+    lean statement acts; one switched off automatically (disabled) holds events, and its keys
+    count, so the lean statement refuses while it is ordered."""
+    org = await hostdb.create_org(conn)
+    plain = await hostdb.create_webhook(conn, org, URL, ["candidate.*"])
+    ordered = await hostdb.create_webhook(conn, org, URL, ["candidate.*"])
+    await set_ordered(conn, org, ordered["id"], True)
+    key = uuid.uuid4()
+
+    await conn.execute("UPDATE webhooks SET deleted_at = now() WHERE id = %s", (ordered["id"],))
+    await publish(conn, org, key, 0, "candidate.updated")
+    rows = await run(conn, "delivery_fan_out_lean", fan_out_args())
+    assert rows[-1]["ordered_refused"] is False and rows[-1]["events_claimed"] == 1
+    assert [r["webhook_id"] for r in rows[:-1]] == [plain["id"]]
+
+    await conn.execute(
+        "UPDATE webhooks SET deleted_at = NULL, status = 'inactive' WHERE id = %s",
+        (ordered["id"],),
+    )
+    await publish(conn, org, key, 1, "candidate.updated")
+    rows = await run(conn, "delivery_fan_out_lean", fan_out_args())
+    assert rows[-1]["ordered_refused"] is False and rows[-1]["events_claimed"] == 1
+
+    await conn.execute("UPDATE webhooks SET status = 'disabled' WHERE id = %s", (ordered["id"],))
+    await publish(conn, org, key, 2, "candidate.updated")
+    rows = await run(conn, "delivery_fan_out_lean", fan_out_args())
+    assert rows == [{**rows[-1], "ordered_refused": True}]
+
+
 async def _state(conn: Conn, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What a fan-out returned and wrote, with its random delivery ids replaced by
     (event, webhook)."""
