@@ -26,6 +26,7 @@ from typing import LiteralString
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MARK = re.compile(r"^\s*-- \[(full|lean|end)\]\s*$")
+_NEAR_MARK = re.compile(r"^\s*--\s*\[")  # a line meant as a marker, maybe mistyped
 LEAN = "_lean"
 
 
@@ -53,6 +54,11 @@ def variants(name: str, body: str) -> dict[str, str]:
     marked = False
     for line in body.splitlines():
         m = _MARK.match(line)
+        if m is None and _NEAR_MARK.match(line):
+            raise ValueError(
+                f"query {name!r}: {line.strip()!r} is not a region marker "
+                "(-- [full], -- [lean] or -- [end], alone on its line)"
+            )
         if m is None:
             for variant, lines in keep.items():
                 if region is None or region == variant:

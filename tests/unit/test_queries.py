@@ -96,6 +96,10 @@ def test_variant_regions_give_a_full_and_a_lean_statement_from_one_text() -> Non
         ("SELECT 1\n-- [end]\n", r"\[end\] outside"),
         ("-- [full]\n-- [full]\n-- [end]\n", r"\[full\] inside"),
         ("-- [lean]\n-- [lean]\n-- [end]\n", r"\[lean\] twice"),
+        # a mistyped marker would be kept in both variants: refused, not taken as a comment
+        ("-- [full]\nSELECT 1\n--[end]\n", "is not a region marker"),
+        ("-- [Lean]\nSELECT 1\n-- [end]\n", "is not a region marker"),
+        ("-- [full] heavy part\nSELECT 1\n-- [end]\n", "is not a region marker"),
     ],
 )
 def test_a_badly_nested_region_is_an_error(text: str, message: str) -> None:
