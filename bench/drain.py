@@ -429,6 +429,8 @@ def _name(text: str) -> str:
     ]
     if scored:
         n, _, name = max(scored)
-        if n > 0 and n >= min(_MIN_WORDS, len(words)):
+        # a short text (`SELECT $1`) only as a whole block, never by a common first word
+        whole = n == len(words) == len(_query_words()[name])
+        if n > 0 and (n >= _MIN_WORDS or whole):
             return name
     return _normal(text)[:60]

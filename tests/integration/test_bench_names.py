@@ -56,3 +56,10 @@ def test_pg_stat_statements_texts_map_to_the_names_of_the_statements_run() -> No
     texts = [r["query"] for r in rows if "pg_stat_statements" not in r["query"]]
     assert any("$" in t for t in texts)  # premise: the server's texts, constants as $n
     assert sorted(_name(t) for t in texts) == sorted(RUN)
+
+
+def test_a_short_text_is_named_only_by_a_whole_block() -> None:
+    """The listener's health check (`SELECT $1`, dispatcher/listener.py) shares its first word
+    with many blocks: it keeps its own text rather than an admin query's name."""
+    assert _name("SELECT $1") == "SELECT $1"
+    assert _name("select 1") == "select 1"
