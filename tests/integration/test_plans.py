@@ -144,13 +144,19 @@ def primary_key_only(plan: dict[str, Any]) -> None:
     assert not other, other
 
 
+# Both variants of the hot statements (dispatcher/queries.py): the lean one is what runs
+# while no webhook is ordered, the full one otherwise.
+VARIANTS = pytest.mark.parametrize("variant", ["", "_lean"], ids=["full", "lean"])
+
+
+@VARIANTS
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 @pytest.mark.parametrize(
     ("mode", "first"),
     [("force_generic_plan", BACKLOG), ("force_generic_plan", 150), ("force_custom_plan", BACKLOG)],
 )
 async def test_outcome_rows_are_reached_only_by_primary_key(
-    request: pytest.FixtureRequest, database: str, mode: str, first: int
+    request: pytest.FixtureRequest, database: str, mode: str, first: int, variant: str
 ) -> None:
     """On the standalone schema and on the host's (its own indexes on status and
     next_retry_at), generic and custom: every node of delivery_record_outcomes' plan that
@@ -161,7 +167,7 @@ async def test_outcome_rows_are_reached_only_by_primary_key(
     conn = await hostdb.connect(request.getfixturevalue(database))
     try:
         hook, leased = await backlog_with_stale_statistics(conn, first)
-        text, names = numbered(str(query("delivery_record_outcomes")))
+        text, names = numbered(str(query("delivery_record_outcomes" + variant)))
         assert names == ["rows"]
         rows = outcomes(leased)
         await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
@@ -221,9 +227,10 @@ def outbox_reads(plan: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def fan_out_prepared() -> tuple[str, sql.Composed]:
-    """delivery_fan_out with $n placeholders, and FAN_OUT_PARAMS as EXECUTE's arguments."""
-    text, names = numbered(str(query("delivery_fan_out")))
+def fan_out_prepared(variant: str = "") -> tuple[str, sql.Composed]:
+    """delivery_fan_out (or its `variant`) with $n placeholders, and FAN_OUT_PARAMS as
+    EXECUTE's arguments."""
+    text, names = numbered(str(query("delivery_fan_out" + variant)))
     args = sql.SQL(", ").join(
         sql.SQL("{}::uuid").format(sql.Literal(FAN_OUT_PARAMS[n]))
         if n == "only"
@@ -251,6 +258,7 @@ async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
     return org
 
 
+@VARIANTS
 @pytest.mark.parametrize(
     ("mode", "first", "by_tid", "fresh"),
     [
@@ -263,7 +271,7 @@ async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
     ],
 )
 async def test_fan_out_reaches_outbox_rows_by_tid(
-    db_dsn: str, mode: str, first: int, by_tid: bool, fresh: int
+    db_dsn: str, mode: str, first: int, by_tid: bool, fresh: int, variant: str
 ) -> None:
     """The plan of delivery_fan_out for one fresh event, made when the outbox held the dead
     rows of `first` events fanned out and reused after 5,000 more dead rows: every outbox row
@@ -275,7 +283,7 @@ async def test_fan_out_reaches_outbox_rows_by_tid(
     conn = await hostdb.connect(db_dsn)
     try:
         org = await drained_outbox(conn, first)
-        text, args = fan_out_prepared()
+        text, args = fan_out_prepared(variant)
         if fresh:
             await hostdb.insert_events_directly(conn, org, "job.created", fresh)
         await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
