@@ -71,8 +71,8 @@ CREATE FUNCTION dispatcher.claim_candidates_v1(full_ids uuid[], failing_after in
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT d.id, d.webhook_id, d.created_at,
-           coalesce(d.next_retry_at, d.created_at),
+    SELECT d.id::uuid, d.webhook_id::uuid, d.created_at::timestamptz,
+           coalesce(d.next_retry_at, d.created_at)::timestamptz,
            w.url::text, w.secret::text, w.headers::text, w.status::text,
            w.deleted_at::timestamptz,
            coalesce(w.consecutive_failures, 0) >= claim_candidates_v1.failing_after,

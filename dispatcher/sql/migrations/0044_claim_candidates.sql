@@ -18,6 +18,13 @@
 -- again on every call); VOLATILE (it locks). Columns cast to the types declared below, so
 -- a host's varchar lengths or integer widths do not break RETURN QUERY. Called once per claim
 -- (a FROM-clause function scan in the statement's first CTE).
+--
+-- Two snapshots: being VOLATILE, the function's query takes a snapshot a moment after the
+-- calling statement's. A row committed in between (a new pending row) can be locked and
+-- returned here but not seen by delivery_claim_due's UPDATE: it is neither leased nor
+-- returned, stays due for the next claim, and only took one of this claim's scan slots. A
+-- row changed in between is read at its newest version here, and the UPDATE re-checks the
+-- version it locked (EvalPlanQual): never leased twice, never lost.
 CREATE OR REPLACE FUNCTION dispatcher.claim_candidates_v1(
     full_ids uuid[], failing_after integer, scan integer
 ) RETURNS TABLE (
@@ -35,8 +42,8 @@ AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT d.id, d.webhook_id, d.created_at,
-           coalesce(d.next_retry_at, d.created_at),
+    SELECT d.id::uuid, d.webhook_id::uuid, d.created_at::timestamptz,
+           coalesce(d.next_retry_at, d.created_at)::timestamptz,
            w.url::text, w.secret::text, w.headers::text, w.status::text,
            w.deleted_at::timestamptz,
            coalesce(w.consecutive_failures, 0) >= claim_candidates_v1.failing_after,
