@@ -78,7 +78,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 return ExitCode.SCHEMA_BEHIND
             print("schema is current")
             return ExitCode.OK
-        await db.connect(settings)  # a clear DatabaseUnavailable before anything else
+        async with await db.connect(settings):  # a clear DatabaseUnavailable first
+            pass
         applied = await migrations.apply_migrations(
             settings.dsn(),
             lock_timeout_ms=settings.migrate_lock_timeout_ms,
@@ -88,6 +89,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             print(f"applied: {name}")
         if not applied:
             print("schema is current; nothing to apply")
+        for warning in await migrations.invalid_index_warnings(settings.dsn()):
+            print(f"warning: {warning}", file=sys.stderr)
         return ExitCode.OK
 
     return asyncio.run(go())

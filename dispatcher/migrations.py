@@ -132,8 +132,6 @@ async def apply_migrations(
             for mig in await pending(conn):
                 await _in_turns(conn, mig.sql, mig, lock_timeout_ms, attempts, retry_pause)
                 applied.append(f"{mig.version:04d}_{mig.name}")
-            # An index applied earlier may have been left invalid since (or before).
-            await _check_indexes(conn, [i for m in available() for i in m.indexes], None)
         finally:
             await conn.execute("RESET lock_timeout")
             await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
@@ -178,28 +176,55 @@ async def _in_turns(
             pause *= 2
 
 
-async def _check_indexes(
-    conn: psycopg.AsyncConnection[Any], names: list[str], mig: Migration | None
-) -> None:
-    """Raise InvalidIndex naming each of `names` that PostgreSQL marks invalid."""
+async def _invalid(
+    conn: psycopg.AsyncConnection[Any], names: list[str]
+) -> list[tuple[str, str, bool]]:
+    """(index, table, still being built) for each of `names` PostgreSQL marks invalid."""
     if not names:
-        return
+        return []
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(query("db_invalid_indexes"), {"names": names})
-    bad = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
-    if not bad:
-        return
-    listed = ", ".join(f"{index} (on {table})" for index, table in bad)
-    rebuild = "; ".join(f"REINDEX INDEX CONCURRENTLY {index}" for index, _ in bad)
-    if mig is not None:
-        what = f"migration {mig.version:04d}_{mig.name} was not applied"
-        fix = f"{rebuild} (or DROP INDEX CONCURRENTLY it, and `migrate` builds it)"
-    else:
-        what = "every migration is applied"
-        fix = rebuild
-    raise InvalidIndex(
-        f"{what}, but PostgreSQL marks index {listed} invalid: a CREATE INDEX CONCURRENTLY of "
-        "that name failed or was interrupted (or is still running), so CREATE INDEX IF NOT "
-        f"EXISTS skipped it and no query uses it. Rebuild it without blocking writes: {fix}; "
-        "then run `dispatcher migrate` again"
-    )
+    return [(str(r[0]), str(r[1]), bool(r[2])) for r in await cur.fetchall()]
+
+
+def _describe(bad: list[tuple[str, str, bool]], drop_also: bool) -> str:
+    parts = []
+    for index, table, building in bad:
+        if building:
+            parts.append(
+                f"{index} (on {table}) is still being built by a CREATE INDEX CONCURRENTLY: "
+                "let it finish"
+            )
+        else:
+            fix = f"REINDEX INDEX CONCURRENTLY {index}"
+            if drop_also:
+                fix += f" (or DROP INDEX CONCURRENTLY {index}, and `migrate` builds it)"
+            parts.append(
+                f"{index} (on {table}) is invalid: a CREATE INDEX CONCURRENTLY of that name "
+                f"failed or was interrupted, and no query uses it; rebuild it without blocking "
+                f"writes: {fix}"
+            )
+    return "; ".join(parts)
+
+
+async def _check_indexes(
+    conn: psycopg.AsyncConnection[Any], names: list[str], mig: Migration
+) -> None:
+    """Raise InvalidIndex when an index `mig` creates IF NOT EXISTS exists but is invalid:
+    the statement skipped it, so recording the migration would leave it so for good."""
+    bad = await _invalid(conn, names)
+    if bad:
+        raise InvalidIndex(
+            f"migration {mig.version:04d}_{mig.name} was not applied: index "
+            f"{_describe(bad, drop_also=True)}; then run `dispatcher migrate` again"
+        )
+
+
+async def invalid_index_warnings(conninfo: str) -> list[str]:
+    """One line per index of an applied migration that PostgreSQL marks invalid (left so by
+    an interrupted CREATE INDEX CONCURRENTLY, or still being built by one), with its fix.
+    Queries work without it, only slower: `migrate` prints these as warnings."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        done = await applied_versions(conn)
+        names = [i for m in available() if m.version in done for i in m.indexes]
+        return [f"index {_describe([b], drop_also=False)}" for b in await _invalid(conn, names)]
