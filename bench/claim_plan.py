@@ -40,6 +40,7 @@ from bench.statement_cpu import (
     fan_out_params,
     fresh_database,
     outcome,
+    statement_tracking,
     statements,
 )
 from bench.workload import create_webhooks, publish_backlog
@@ -111,14 +112,7 @@ async def run(dsn: str, a: argparse.Namespace) -> dict[str, Any]:
         cur = await conn.execute("SELECT webhook_id FROM webhook_deliveries LIMIT 1")
         hook = (await cur.fetchone() or {})["webhook_id"]
         await conn.execute(f"SET plan_cache_mode = {a.plan_cache_mode}")
-        tracked = True
-        try:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            await conn.execute("SET pg_stat_statements.track = 'top'")
-            await conn.execute("SELECT pg_stat_statements_reset()")
-        except psycopg.Error as exc:
-            print(f"no pg_stat_statements: {exc}", file=sys.stderr)
-            tracked = False
+        tracked = await statement_tracking(conn)
         await conn.execute("LOAD 'auto_explain'")
         for setting in (
             "auto_explain.log_min_duration = 0",
