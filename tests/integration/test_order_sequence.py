@@ -280,8 +280,11 @@ async def test_ordered_webhook_keeps_each_key_in_order_across_two_replicas(conn,
 
 async def test_a_failing_key_blocks_only_itself_until_its_delivery_is_final(conn, start_daemon):
     org = await hostdb.create_org(conn)
+    # 3 s between attempts: A's first is still open while key B's ten are delivered, also on
+    # a loaded machine (with 1 s it could be final already: the test failed 2 runs in 9 under
+    # load); it ends in the DLQ ~6 s after its first attempt, well within the waits below
     await hostdb.set_retry_config(
-        conn, org, max_retries=2, retry_strategy="fixed", base_delay_seconds=1, enable_jitter=False
+        conn, org, max_retries=2, retry_strategy="fixed", base_delay_seconds=3, enable_jitter=False
     )
     # event n=0 (key A) fails every attempt: it ends in the DLQ after 3 attempts
     async with OrderReceiver(fail={0: 100}) as receiver:
