@@ -354,7 +354,9 @@ WITH candidates AS (
 )
 UPDATE public.webhook_deliveries d
 SET next_retry_at = now() + make_interval(secs => %(lease)s)
-FROM due
+-- its sequence row (0032), if any: the number and whether it is of an ordered key, one
+-- primary-key probe per row (delivery_id is delivery_sequence's key: at most one row)
+FROM due LEFT JOIN dispatcher.delivery_sequence s ON s.delivery_id = due.id
 WHERE d.id = due.id
 RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
           coalesce(d.attempt_number, 1) AS attempt_number,
@@ -369,13 +371,11 @@ RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body
           due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
           0::bigint AS deliveries_created, d.created_at,
           d.request_headers ->> 'traceparent' AS traceparent,
-          (SELECT s.sequence FROM dispatcher.delivery_sequence s
-            WHERE s.delivery_id = d.id) AS sequence,
+          s.sequence,
           -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
-          -- (a probe by primary key per row; a statement-wide `any key at all?` test first
-          -- cost ~2 ms a call in drain1: planned as a scan of every unkeyed row)
-          EXISTS (SELECT 1 FROM dispatcher.delivery_sequence s
-                  WHERE s.delivery_id = d.id AND s.order_key IS NOT NULL) AS keyed;
+          -- (per row; a statement-wide `any key at all?` test first cost ~2 ms a call in
+          -- drain1: planned as a scan of every unkeyed row)
+          s.order_key IS NOT NULL AS keyed;
 
 -- name: delivery_record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
