@@ -541,3 +541,48 @@ async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
         assert [(r["failing"], r["base_delay_seconds"]) for r in rows] == [(True, 5)]
     finally:
         await conn.close()
+
+
+def secret_scans() -> sql.SQL:
+    """Scans of dispatcher.webhook_secrets and its indexes in this transaction."""
+    return sql.SQL(
+        "SELECT pg_stat_get_xact_numscans('dispatcher.webhook_secrets'::regclass)"
+        " + coalesce((SELECT sum(pg_stat_get_xact_numscans(i.indexrelid)) FROM pg_index i"
+        "             WHERE i.indrelid = 'dispatcher.webhook_secrets'::regclass), 0) AS n"
+    )
+
+
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+@pytest.mark.parametrize("prepare", [False, True])
+async def test_claim_reads_the_previous_secret_once_per_leased_row(
+    request: pytest.FixtureRequest, database: str, prepare: bool
+) -> None:
+    """A webhook whose secret was rotated: every leased row carries the previous secret and
+    its expiry, read with one probe of webhook_secrets per row at most (two scalar
+    subqueries read it twice before)."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        org = await hostdb.create_org(conn)
+        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+        hook["org_id"] = org
+        await conn.execute(
+            "INSERT INTO dispatcher.webhook_secrets (webhook_id, previous_secret,"
+            " previous_expires_at) VALUES (%s, 'whsec_old', '2030-01-01T00:00:00Z')",
+            (hook["id"],),
+        )
+        await more_pending(conn, hook, 40)
+        params = {**claim_params(hook), "room_left": [ROOM]}
+        async with conn.transaction():
+            cur = await conn.execute(secret_scans())
+            before = int((await cur.fetchone() or {})["n"])
+            cur = await conn.execute(query("delivery_claim_due"), params, prepare=prepare)
+            rows = await cur.fetchall()
+            cur = await conn.execute(secret_scans())
+            scans = int((await cur.fetchone() or {})["n"]) - before
+        assert len(rows) == ROOM
+        assert {(r["previous_secret"], r["previous_expires_at"].year) for r in rows} == {
+            ("whsec_old", 2030)
+        }
+        assert scans <= ROOM + 1, scans
+    finally:
+        await conn.close()
