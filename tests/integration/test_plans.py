@@ -475,6 +475,7 @@ def policy_scans() -> sql.SQL:
     )
 
 
+@pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 @pytest.mark.parametrize("prepare", [False, True])
 async def test_claim_reads_the_retry_policy_for_the_rows_it_leases_only(
@@ -510,6 +511,7 @@ async def test_claim_reads_the_retry_policy_for_the_rows_it_leases_only(
         await conn.close()
 
 
+@pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
     request: pytest.FixtureRequest, database: str
@@ -552,6 +554,7 @@ def secret_scans() -> sql.SQL:
     )
 
 
+@pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 @pytest.mark.parametrize("prepare", [False, True])
 async def test_claim_reads_the_previous_secret_once_per_leased_row(
