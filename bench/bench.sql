@@ -256,3 +256,59 @@ SELECT id::text AS id, event_id::text AS event_id,
        extract(epoch FROM created_at)::float8 AS written,
        extract(epoch FROM delivered_at)::float8 AS recorded
 FROM webhook_deliveries;
+
+-- name: listener_pids
+-- The daemon's LISTEN connections (bench/infra.py listener_pids): their last statement.
+SELECT pid FROM pg_stat_activity
+WHERE usename = %(role)s AND backend_type = 'client backend' AND query ILIKE 'LISTEN %%';
+
+-- name: pg_counters
+-- Cumulative counters of this database (bench/infra.py pg_counters), subtracted by the
+-- drain: WAL, the delivery tables' writes and maintenance runs, PL/pgSQL calls (trigger
+-- functions among them; track_functions is on while statements are tracked), commits,
+-- buffers, and the background writer's cleaned buffers.
+WITH t AS (
+    SELECT CASE WHEN relname = 'webhook_deliveries' THEN 'deliveries'
+                WHEN schemaname = 'dispatcher' AND relname = 'outbox' THEN 'outbox'
+                WHEN schemaname = 'dispatcher' AND relname = 'delivery_sequence' THEN 'sequence'
+                WHEN schemaname = 'dispatcher' AND relname LIKE 'attempts%%' THEN 'attempts'
+                ELSE 'other' END AS tab, s.*
+    FROM pg_stat_user_tables s
+), f AS (
+    SELECT funcname, calls, self_time FROM pg_stat_user_functions
+)
+SELECT (SELECT wal_records FROM pg_stat_wal) AS wal_records,
+       (SELECT wal_fpi FROM pg_stat_wal) AS wal_fpi,
+       (SELECT wal_bytes FROM pg_stat_wal) AS wal_bytes,
+       (SELECT buffers_clean FROM pg_stat_bgwriter) AS bgwriter_buffers_clean,
+       d.xact_commit, d.xact_rollback, d.blks_hit + d.blks_read AS blocks,
+       d.tup_inserted, d.tup_updated, d.tup_deleted,
+       (SELECT sum(n_tup_hot_upd) FROM t WHERE tab = 'deliveries') AS deliveries_hot_updates,
+       (SELECT sum(n_tup_upd) FROM t WHERE tab = 'deliveries') AS deliveries_updates,
+       (SELECT sum(autovacuum_count + vacuum_count) FROM t WHERE tab = 'deliveries')
+           AS deliveries_vacuums,
+       (SELECT sum(autoanalyze_count + analyze_count) FROM t WHERE tab = 'deliveries')
+           AS deliveries_analyzes,
+       (SELECT sum(autovacuum_count + vacuum_count) FROM t WHERE tab = 'outbox') AS outbox_vacuums,
+       (SELECT sum(autoanalyze_count + analyze_count) FROM t WHERE tab = 'outbox') AS outbox_analyzes,
+       (SELECT sum(autovacuum_count + vacuum_count) FROM t WHERE tab = 'sequence')
+           AS sequence_vacuums,
+       (SELECT sum(autovacuum_count + vacuum_count + autoanalyze_count + analyze_count)
+        FROM t WHERE tab IN ('attempts', 'other')) AS other_maintenance_runs,
+       (SELECT sum(calls) FROM f WHERE funcname = 'delivery_due_v1') AS delivery_due_calls,
+       (SELECT sum(self_time) FROM f WHERE funcname = 'delivery_due_v1') AS delivery_due_ms,
+       (SELECT sum(calls) FROM f WHERE funcname = 'host_default_max_attempts_v1')
+           AS default_max_attempts_calls,
+       (SELECT sum(self_time) FROM f WHERE funcname = 'host_default_max_attempts_v1')
+           AS default_max_attempts_ms,
+       (SELECT sum(calls) FROM f) AS function_calls,
+       (SELECT sum(self_time) FROM f) AS function_ms
+FROM pg_stat_database d WHERE d.datname = current_database();
+
+-- name: daemon_waits
+-- The daemon's backends running a statement now, by wait event (bench/drain.py).
+SELECT coalesce(wait_event_type || ':' || wait_event, 'running') AS wait, count(*) AS n
+FROM pg_stat_activity
+WHERE usename = %(role)s AND state = 'active' AND backend_type = 'client backend'
+  AND query NOT ILIKE 'LISTEN %%'
+GROUP BY 1;

@@ -49,6 +49,7 @@ from bench.receiver import ReceiverProcess
 from dispatcher.queries import load
 
 POLL = 0.02
+WAIT_SAMPLE_EVERY = 5  # polls: the daemon's backends' wait events every 100 ms
 
 
 class BenchError(RuntimeError):
@@ -109,6 +110,7 @@ class Drain:
                 self.cluster.set_statement_tracking(True)
                 with self.cluster.admin() as admin:
                     admin.execute(q("statements_reset"))
+            counters0 = await asyncio.to_thread(self._counters, db)
             dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
             starter = start or functools.partial(start_daemon, self.spec)
             daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
@@ -119,7 +121,7 @@ class Drain:
             perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
             try:
                 result = await self._watch(
-                    probe, daemons, expected, t_spawn, profile, spies, during, perf_out, perfs
+                    probe, daemons, expected, t_spawn, profile, spies, during, perf_out, perfs, db
                 )
                 result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
             finally:
@@ -133,6 +135,15 @@ class Drain:
                 if track_sql:
                     self.cluster.set_statement_tracking(False)
             result["exit_codes"] = codes
+            # server counters of the drain's database per delivery (bench.sql pg_counters),
+            # from the daemons' start to their exit: a backend reports its counters when
+            # idle for a while or when it ends, so only the exit makes them whole
+            await asyncio.sleep(0.2)
+            counters1 = await asyncio.to_thread(self._counters, db)
+            result["pg_counters_per_delivery"] = {
+                k: round((counters1[k] - counters0.get(k, 0.0)) / expected, 4)
+                for k in sorted(counters1)
+            }
             result["daemon_warnings"] = sorted({p for d in daemons for p in daemon_problems(d)})
             for d in daemons:
                 d.close()
@@ -184,6 +195,7 @@ class Drain:
         during: Callable[[], Awaitable[Any]] | None = None,
         perf_out: Path | None = None,
         perfs: list[Perf] | None = None,
+        db: str | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         pids = [d.proc.pid for d in daemons]
@@ -192,6 +204,8 @@ class Drain:
         cpu0: dict[str, Any] = {}
         rss: list[tuple[int, float]] = []
         stats: dict[str, Any] = {"count": 0}
+        waits: dict[str, int] = {}
+        polls = 0
         side: asyncio.Task[Any] | None = None
         while stats["count"] < expected:
             self._check(daemons, deadline, f"{stats['count']}/{expected} received")
@@ -210,6 +224,9 @@ class Drain:
                 if during is not None:
                     side = asyncio.ensure_future(during())
             rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
+            polls += 1
+            if first is not None and polls % WAIT_SAMPLE_EVERY == 0:
+                await self._sample_waits(probe, waits)
         while True:
             cur = await probe.execute(q("progress"))
             row = await cur.fetchone()
@@ -259,6 +276,12 @@ class Drain:
                 for kind, sec in sorted(cpu_by_kind(cpu0["postgres"], cpu1["postgres"]).items())
                 if sec > 0
             },
+            # server processes that ended in the window (autovacuum workers...): in no
+            # snapshot of postgres_cpu_s_per_1000, counted here by the postmaster
+            "postgres_reaped_cpu_s_per_1000": round(cpu("postgres_reaped") * per_k, 3),
+            # the daemon's active backends by wait event, sampled every
+            # WAIT_SAMPLE_EVERY polls (a backend on a CPU shows "running")
+            "daemon_wait_samples": dict(sorted(waits.items(), key=lambda kv: -kv[1])),
             "rss_mb_at": _rss_at(rss, expected),
             # per kind of process: CPU and run-queue wait ("waited for a CPU") per delivery
             "sched": sched_result,
@@ -271,8 +294,25 @@ class Drain:
             "bench": proc_cpu(os.getpid()),
             "daemon": sum(proc_cpu(p) for p in pids),
             "postgres": self.cluster.cpu_seconds(),
+            "postgres_reaped": self.cluster.reaped_cpu_seconds(),
             "receiver": proc_cpu(self.receiver.pid),
         }
+
+    def _counters(self, db: str | None) -> dict[str, float]:
+        if db is None:
+            return {}
+        try:
+            return self.cluster.pg_counters(db)
+        except psycopg.Error:
+            return {}
+
+    @staticmethod
+    async def _sample_waits(
+        probe: psycopg.AsyncConnection[dict[str, Any]], waits: dict[str, int]
+    ) -> None:
+        cur = await probe.execute(q("daemon_waits"), {"role": DAEMON_ROLE})
+        for r in await cur.fetchall():
+            waits[r["wait"]] = waits.get(r["wait"], 0) + int(r["n"])
 
     @staticmethod
     def _check(daemons: list[Any], deadline: float, progress: str) -> None:

@@ -135,6 +135,12 @@ class BenchCluster:
                     sql.Literal("top" if on else "none")
                 )
             )
+            # trigger and PL/pgSQL function calls in pg_stat_user_functions (pg_counters)
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET track_functions = {}").format(
+                    sql.Literal("pl" if on else "none")
+                )
+            )
             conn.execute("SELECT pg_reload_conf()")
 
     def checkpoint(self) -> None:
@@ -142,17 +148,53 @@ class BenchCluster:
             conn.execute("CHECKPOINT")
 
     def pids_by_kind(self) -> dict[str, list[int]]:
-        """The server's processes by what they serve: ``postgres_daemon`` (backends of the
-        daemon's role), ``postgres_bench`` (the benchmark's publishers and probes),
-        ``postgres_floor`` (the floor pipeline's), ``postgres_other`` (postmaster, walwriter,
-        autovacuum...), from each backend's title (``postgres: <role> <db> ...``)."""
+        """The server's processes by what they serve: ``postgres_daemon`` (the daemon's pool
+        backends), ``postgres_daemon_listener`` (its LISTEN connections), ``postgres_bench``
+        (the benchmark's publishers and probes), ``postgres_floor`` (the floor pipeline's),
+        and the rest by process title: ``postgres_autovacuum_worker``, ``postgres_walwriter``,
+        ``postgres_checkpointer``, ``postgres_background_writer``, ``postgres_postmaster``...
+        (``backend_role``, ``process_kind``)."""
         pid = self.pg.postmaster_pid()
         if pid is None:
             return {}
+        listeners = self.listener_pids()
         out: dict[str, list[int]] = {}
         for p in [pid, *(c for c, parent in _parents().items() if parent == pid)]:
-            out.setdefault(f"postgres_{backend_role(p)}", []).append(p)
+            role = backend_role(p)
+            if role == "other":
+                kind = "postgres_" + process_kind(p).replace(" ", "_")
+            elif role == "daemon" and p in listeners:
+                kind = "postgres_daemon_listener"
+            else:
+                kind = f"postgres_{role}"
+            out.setdefault(kind, []).append(p)
         return out
+
+    def listener_pids(self) -> set[int]:
+        """Backends of the daemon's role whose last statement was a LISTEN: its dedicated
+        doorbell connections (dispatcher/listener.py), not the pool's."""
+        try:
+            with self.admin() as conn:
+                rows = conn.execute(q("listener_pids"), {"role": DAEMON_ROLE}).fetchall()
+        except psycopg.Error:
+            return set()
+        return {int(r["pid"]) for r in rows}
+
+    def reaped_cpu_seconds(self) -> float:
+        """CPU of the server's processes that ended and were reaped by the postmaster
+        (cutime+cstime: autovacuum workers, closed backends). A process that starts and
+        ends between two snapshots of ``cpu_seconds`` is in neither; it is here."""
+        pid = self.pg.postmaster_pid()
+        return proc_children_cpu(pid) if pid is not None else 0.0
+
+    def pg_counters(self, db: str) -> dict[str, float]:
+        """Cumulative server counters of database `db` (bench.sql `pg_counters`): WAL,
+        tuples and vacuum/analyze runs of the delivery tables, trigger function calls
+        (track_functions), commits, buffers, checkpoints. Subtract two snapshots."""
+        with self.admin(db) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(q("pg_counters")).fetchone()
+        return {k: float(v or 0) for k, v in (row or {}).items()}
 
     def cpu_seconds(self) -> dict[int, float]:
         """utime+stime of every server process (postmaster and its children) by pid."""
@@ -243,6 +285,12 @@ def proc_cpu(pid: int) -> float:
     """utime+stime of one process in seconds, from /proc/<pid>/stat (0 when gone)."""
     fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0
+
+
+def proc_children_cpu(pid: int) -> float:
+    """cutime+cstime of one process in seconds: its children that ended and were reaped."""
+    fields = _stat_fields(pid)
+    return (int(fields[13]) + int(fields[14])) / _TICK if fields else 0.0
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,16 @@ def _drain_summary(r: dict[str, Any]) -> dict[str, Any]:
         "postgres_cpu_s_per_1000": r.get("postgres_cpu_s_per_1000"),
         "statements_per_delivery": r.get("sql", {}).get("statements_per_delivery"),
         "foreign_cpu_cores": r.get("foreign_cpu_cores"),
+        # every run's PostgreSQL CPU per kind of server process (ms per delivery), the
+        # reaped processes' and the server counters, not only the median run's
+        "postgres_cpu_ms_by_kind": {
+            k.removeprefix("postgres_"): v["cpu_ms_per_delivery"]
+            for k, v in r.get("sched", {}).items()
+            if k.startswith("postgres_")
+        },
+        "postgres_reaped_cpu_s_per_1000": r.get("postgres_reaped_cpu_s_per_1000"),
+        "pg_counters_per_delivery": r.get("pg_counters_per_delivery"),
+        "daemon_wait_samples": r.get("daemon_wait_samples"),
     }
 
 

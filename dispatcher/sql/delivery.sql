@@ -334,8 +334,9 @@ WITH candidates AS (
     -- at most %(scan)s (0044_claim_candidates.sql): read from dispatcher_deliveries_due_since
     -- in its order and no further than the limit, in every plan (custom plans here took a
     -- bitmap scan of every due row and a sort). Ordered webhooks' keyed rows wait until the
-    -- previous one of their key is final (0032), inside, before the limit.
-    SELECT c.* FROM dispatcher.claim_candidates_v1(%(full_ids)s::uuid[],
+    -- previous one of their key is final (0032), inside, before the limit. The org's retry
+    -- policy is read there only for a failing webhook (0045), here for the leased rows.
+    SELECT c.* FROM dispatcher.claim_candidates_v2(%(full_ids)s::uuid[],
                                                    %(failing_after)s::integer,
                                                    %(scan)s::integer) c
 ), ranked AS (
@@ -355,20 +356,21 @@ WITH candidates AS (
 UPDATE public.webhook_deliveries d
 SET next_retry_at = now() + make_interval(secs => %(lease)s)
 -- its sequence row (0032), if any: the number and whether it is of an ordered key, one
--- primary-key probe per row (delivery_id is delivery_sequence's key: at most one row)
+-- primary-key probe per row (delivery_id is delivery_sequence's key: at most one row);
+-- its org's retry policy (org_id is unique there: at most one row), for the leased rows
+-- only; its webhook's previous secret (webhook_id is webhook_secrets' key), one probe per row
 FROM due LEFT JOIN dispatcher.delivery_sequence s ON s.delivery_id = due.id
+         LEFT JOIN public.integration_retry_config rc ON rc.org_id = due.org_id
+         LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = due.webhook_id
 WHERE d.id = due.id
 RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
           coalesce(d.attempt_number, 1) AS attempt_number,
           coalesce(d.max_attempts, 3) AS max_attempts,
           d.status, d.next_retry_at AS claim,
           due.url, due.secret, due.headers, due.webhook_status, due.webhook_deleted_at,
-          (SELECT ws.previous_secret FROM dispatcher.webhook_secrets ws
-            WHERE ws.webhook_id = d.webhook_id) AS previous_secret,
-          (SELECT ws.previous_expires_at FROM dispatcher.webhook_secrets ws
-            WHERE ws.webhook_id = d.webhook_id) AS previous_expires_at,
-          due.max_retries, due.retry_strategy, due.base_delay_seconds, due.max_delay_seconds,
-          due.enable_jitter, due.enable_dlq, due.failing, 0::bigint AS events_claimed,
+          ws.previous_secret, ws.previous_expires_at,
+          rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+          rc.enable_jitter, rc.enable_dlq, due.failing, 0::bigint AS events_claimed,
           0::bigint AS deliveries_created, d.created_at,
           d.request_headers ->> 'traceparent' AS traceparent,
           s.sequence,

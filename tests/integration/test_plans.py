@@ -22,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from bench.statement_cpu import fan_out_params
+from dispatcher.admission import FAILING_AFTER
 from dispatcher.queries import query
 from dispatcher.recorder import OutcomeRow, outcomes_json
 
@@ -451,5 +452,140 @@ async def test_claim_reads_the_due_index_in_order_up_to_its_limit(
         # an ordered read: the scan's 176 entries and the leased rows' old ones at most; a
         # bitmap returns every due entry (BACKLOG - OUTCOMES)
         assert read <= 4 * CLAIM + OUTCOMES, read
+    finally:
+        await conn.close()
+
+
+# The claim locks up to its scan (4 x its limit) of candidates and leases at most each
+# webhook's room of them. The org's retry policy is needed for a candidate only when its
+# webhook is failing (the probe's spacing), and for the rows leased (their columns): 0045
+# reads it for those alone, where 0044 probed integration_retry_config once per candidate
+# (docs/performance.md, "where drain1's live PostgreSQL CPU goes").
+
+ROOM = 8
+
+
+def policy_scans() -> sql.SQL:
+    """Scans of integration_retry_config and its indexes in this transaction (each probe of
+    a nested loop's inner index scan is one)."""
+    return sql.SQL(
+        "SELECT pg_stat_get_xact_numscans('public.integration_retry_config'::regclass)"
+        " + coalesce((SELECT sum(pg_stat_get_xact_numscans(i.indexrelid)) FROM pg_index i"
+        "             WHERE i.indrelid = 'public.integration_retry_config'::regclass), 0) AS n"
+    )
+
+
+@pytest.mark.pgmatrix
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+@pytest.mark.parametrize("prepare", [False, True])
+async def test_claim_reads_the_retry_policy_for_the_rows_it_leases_only(
+    request: pytest.FixtureRequest, database: str, prepare: bool
+) -> None:
+    """400 due rows of one webhook with room for ROOM: the claim reads its 4 x CLAIM
+    candidates, leases ROOM, and reads the org's policy no more than once per leased row;
+    the rows carry that policy."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        org = await hostdb.create_org(conn)
+        await hostdb.set_retry_config(
+            conn, org, max_retries=7, retry_strategy="linear", base_delay_seconds=11
+        )
+        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+        hook["org_id"] = org
+        await more_pending(conn, hook, 400)
+        params = {**claim_params(hook), "room_left": [ROOM]}
+        async with conn.transaction():
+            cur = await conn.execute(policy_scans())
+            before = int((await cur.fetchone() or {})["n"])
+            cur = await conn.execute(query("delivery_claim_due"), params, prepare=prepare)
+            rows = await cur.fetchall()
+            cur = await conn.execute(policy_scans())
+            scans = int((await cur.fetchone() or {})["n"]) - before
+        assert len(rows) == ROOM
+        assert {(r["max_retries"], r["retry_strategy"], r["base_delay_seconds"]) for r in rows} == {
+            (7, "linear", 11)
+        }
+        # 0044: one probe per candidate (4 x CLAIM = 176)
+        assert scans <= ROOM + 1, scans
+    finally:
+        await conn.close()
+
+
+@pytest.mark.pgmatrix
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
+    request: pytest.FixtureRequest, database: str
+) -> None:
+    """A webhook FAILING_AFTER failures in a row, the last one 8 s ago: with its org's base
+    delay of 30 s the claim leaves its due row alone; with the default of 5 s it takes it
+    (webhook_claimable_v1 reads the policy through 0045's subqueries)."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        org = await hostdb.create_org(conn)
+        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+        hook["org_id"] = org
+        await conn.execute(
+            "UPDATE webhooks SET consecutive_failures = %s,"
+            " last_failure_at = now() - interval '8 seconds' WHERE id = %s",
+            (FAILING_AFTER, hook["id"]),
+        )
+        await more_pending(conn, hook, 3)
+        params = {**claim_params(hook), "room_ids": [], "room_left": []}
+        await hostdb.set_retry_config(conn, org, base_delay_seconds=30, max_delay_seconds=300)
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(query("delivery_claim_due"), params)
+            assert await cur.fetchall() == []
+        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=300)
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(query("delivery_claim_due"), params)
+            rows = await cur.fetchall()
+        # one probe at a time for a failing webhook
+        assert [(r["failing"], r["base_delay_seconds"]) for r in rows] == [(True, 5)]
+    finally:
+        await conn.close()
+
+
+def secret_scans() -> sql.SQL:
+    """Scans of dispatcher.webhook_secrets and its indexes in this transaction."""
+    return sql.SQL(
+        "SELECT pg_stat_get_xact_numscans('dispatcher.webhook_secrets'::regclass)"
+        " + coalesce((SELECT sum(pg_stat_get_xact_numscans(i.indexrelid)) FROM pg_index i"
+        "             WHERE i.indrelid = 'dispatcher.webhook_secrets'::regclass), 0) AS n"
+    )
+
+
+@pytest.mark.pgmatrix
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+@pytest.mark.parametrize("prepare", [False, True])
+async def test_claim_reads_the_previous_secret_once_per_leased_row(
+    request: pytest.FixtureRequest, database: str, prepare: bool
+) -> None:
+    """A webhook whose secret was rotated: every leased row carries the previous secret and
+    its expiry, read with one probe of webhook_secrets per row at most (two scalar
+    subqueries read it twice before)."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        org = await hostdb.create_org(conn)
+        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+        hook["org_id"] = org
+        await conn.execute(
+            "INSERT INTO dispatcher.webhook_secrets (webhook_id, previous_secret,"
+            " previous_expires_at) VALUES (%s, 'whsec_old', '2030-01-01T00:00:00Z')",
+            (hook["id"],),
+        )
+        await more_pending(conn, hook, 40)
+        params = {**claim_params(hook), "room_left": [ROOM]}
+        async with conn.transaction():
+            cur = await conn.execute(secret_scans())
+            before = int((await cur.fetchone() or {})["n"])
+            cur = await conn.execute(query("delivery_claim_due"), params, prepare=prepare)
+            rows = await cur.fetchall()
+            cur = await conn.execute(secret_scans())
+            scans = int((await cur.fetchone() or {})["n"]) - before
+        assert len(rows) == ROOM
+        assert {(r["previous_secret"], r["previous_expires_at"].year) for r in rows} == {
+            ("whsec_old", 2030)
+        }
+        assert scans <= ROOM + 1, scans
     finally:
         await conn.close()
