@@ -14,7 +14,8 @@ means per delivery::
     .venv/bin/python bench/outcome_parts.py --own-server tree bench/outcome_parts/p3_no_noted.sql
 
 A variant is ``tree`` (the tree's ``delivery_record_outcomes_lean``), ``tree-full`` (the full
-statement) or a file whose block ``delivery_record_outcomes_lean`` (or
+statement), ``floor`` (the durable floor's ``floor_record`` of bench/bench.sql, its five
+arrays made from the same batch) or a file whose block ``delivery_record_outcomes_lean`` (or
 ``delivery_record_outcomes``) is taken. docs/performance.md, "the outcome statement, part by
 part".
 """
@@ -36,6 +37,7 @@ from psycopg.rows import dict_row
 
 sys.path.insert(0, os.getcwd())  # the tree under test
 
+from bench.infra import q as bench_query
 from bench.statement_cpu import (
     backend_cpu,
     fan_out_params,
@@ -52,6 +54,10 @@ from dispatcher.queries import query as tree_query
 
 
 def variant(spec: str) -> str:
+    if spec == "floor":
+        return bench_query("floor_record")
+    if spec.startswith("arrays:"):  # a file whose outcomes come as one array per column
+        spec = spec.removeprefix("arrays:")
     if spec == "tree":
         return str(tree_query("delivery_record_outcomes_lean"))
     if spec == "tree-full":
@@ -64,7 +70,13 @@ def variant(spec: str) -> str:
 
 
 async def run(
-    dsn: str, specs: list[str], rows: int, batch: int, rounds: int, healthy: bool = True
+    dsn: str,
+    specs: list[str],
+    rows: int,
+    batch: int,
+    rounds: int,
+    healthy: bool = True,
+    explain: bool = False,
 ) -> dict[str, Any]:
     await apply_migrations(dsn)
     texts = {s: variant(s) for s in specs}
@@ -102,15 +114,33 @@ async def run(
         wal: dict[str, list[int]] = {s: [] for s in specs}
         for r in range(rounds):
             start = (r * batch) % (rows - batch + 1)
-            body = orjson.dumps(
-                [outcome(x, i, now) for i, x in enumerate(leased[start : start + batch])]
-            ).decode()
+            outs = [outcome(x, i, now) for i, x in enumerate(leased[start : start + batch])]
+            body = orjson.dumps(outs).decode()
+            floor = {
+                "ids": [o["id"] for o in outs],
+                "statuses": [o["status"] for o in outs],
+                "codes": [o["response_status"] for o in outs],
+                "bodies": [o["response_body"] for o in outs],
+                "ms": [o["duration_ms"] for o in outs],
+            }
+            arrays = {
+                f"a_{k}": [
+                    orjson.dumps(o[k]).decode() if isinstance(o[k], dict) else o[k] for o in outs
+                ]
+                for k in outs[0]
+            }
             order = specs[r % len(specs) :] + specs[: r % len(specs)]
             for s in order:
                 await conn.execute("BEGIN")
                 lsn = await wal_lsn(conn)
                 before = backend_cpu(pid)
-                got = await (await conn.execute(texts[s], {"rows": body})).fetchone()
+                if s == "floor":
+                    cur = await conn.execute(texts[s], floor)
+                    got = {"recorded": cur.rowcount}
+                elif s.startswith("arrays:"):
+                    got = await (await conn.execute(texts[s], arrays)).fetchone()
+                else:
+                    got = await (await conn.execute(texts[s], {"rows": body})).fetchone()
                 spent = backend_cpu(pid) - before
                 written = await wal_lsn(conn) - lsn
                 await conn.execute("ROLLBACK")
@@ -118,6 +148,31 @@ async def run(
                 if r >= 10:  # psycopg prepares after five runs: the first ten are left out
                     cpu[s].append(spent * 1000 / batch)
                     wal[s].append(written // batch)
+        if explain:
+            # the plans the last round's calls ran (prepared: the generic plan), as text
+            await conn.execute("LOAD 'auto_explain'")
+            for setting in (
+                "auto_explain.log_min_duration = 0",
+                "auto_explain.log_analyze = on",
+                "auto_explain.log_buffers = on",
+                "auto_explain.log_timing = off",
+                "auto_explain.log_level = notice",
+            ):
+                await conn.execute(f"SET {setting}")
+            plans: list[str] = []
+            conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+            for s in specs:
+                plans.clear()
+                await conn.execute("BEGIN")
+                if s == "floor":
+                    await conn.execute(texts[s], floor)
+                elif s.startswith("arrays:"):
+                    await conn.execute(texts[s], arrays)
+                else:
+                    await conn.execute(texts[s], {"rows": body})
+                await conn.execute("ROLLBACK")
+                print(f"--- {s}")
+                print("\n".join(p for p in plans if "Query Text" in p))
     return {
         s: {
             "median_ms": round(statistics.median(cpu[s]), 5),
@@ -141,9 +196,10 @@ async def main() -> None:
     ap.add_argument(
         "--noting", action="store_true", help="no streak row: every call notes the webhook"
     )
+    ap.add_argument("--explain", action="store_true", help="print each variant's plan at the end")
     a = ap.parse_args()
     with server(a) as dsn, fresh_database(dsn, a.db) as db_dsn:
-        r = await run(db_dsn, a.variants, a.rows, a.batch, a.rounds, not a.noting)
+        r = await run(db_dsn, a.variants, a.rows, a.batch, a.rounds, not a.noting, a.explain)
     for s, d in r.items():
         print(
             f"{s}: backend CPU per delivery median {d['median_ms']:.5f} ms"
