@@ -6,10 +6,11 @@ oldest 50 (all delivered at the first attempt), then the webhook counters when t
 statement asks for them. With ``--webhooks 1`` the rows beyond the webhook's cap are created
 pending and leased by ``delivery_claim_due`` (44 a call), as in the one-webhook drain;
 ``--outcomes-per-call 1`` writes one outcome a statement, as the recorder does at a low
-rate. CPU is read from ``/proc/<backend pid>/stat`` around each statement, so other work on
-the machine changes it little; one figure per statement, in ms
-per delivery. Run from the root of the tree to measure (its migrations, its SQL), with that
-tree's venv, against a PostgreSQL where the user may create databases::
+rate. CPU is read from ``/proc/<backend pid>/schedstat`` (ns; ``stat``'s 10 ms ticks where
+there is none) around each statement, so other work on the machine changes it little; one
+figure per statement, in ms per delivery. Run from the root of the tree to measure (its
+migrations, its SQL), with that tree's venv, against a PostgreSQL where the user may create
+databases::
 
     .venv/bin/python bench/statement_cpu.py --dsn "host=127.0.0.1 user=postgres"
     cd /old/tree && .venv/bin/python /new/tree/bench/statement_cpu.py   # another commit
@@ -17,6 +18,12 @@ tree's venv, against a PostgreSQL where the user may create databases::
 ``--sql FILE`` takes the statements found in FILE (named blocks) instead of the tree's: a
 variant measured against its base in alternating runs. Statement names are looked up with
 and without the ``delivery_`` prefix, so trees from before the split of queries.sql work.
+For the outcome statement the replay also reports WAL bytes per delivery (the insert LSN read
+around each call), and with ``--own-server`` (pg_stat_statements) shared buffers per delivery
+and server time per call. ``--probe FILE`` runs the block ``probe`` of FILE with the same
+``rows`` parameter right before each outcome statement and reports it apart (CPU, WAL,
+buffers): a part of the statement alone, e.g. the ``jsonb_to_recordset`` decode
+(bench/outcome_parts/, docs/performance.md, "the outcome statement, part by part").
 
 ``--single N`` measures instead the fan-out of ONE fresh event, N times (issue 12's 200
 events/s to one webhook: each pass finds one event): 200 orgs with one webhook each, 2,000
@@ -65,7 +72,13 @@ OUTCOMES = 50
 
 
 def backend_cpu(pid: int) -> float:
-    """utime + stime of a backend, in seconds."""
+    """CPU time of a backend, in seconds: the scheduler's run time in ns
+    (/proc/<pid>/schedstat) where the kernel has it, else utime + stime in clock ticks
+    (10 ms: a part of a statement is then lost in the rounding)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
@@ -156,14 +169,48 @@ def outcome(row: dict[str, Any], seq: int, now: str) -> dict[str, Any]:
     }
 
 
+# pg_stat_statements keeps a statement's first text: a leading comment names it there
+MARKS = {"record_outcomes": "/* bench:record_outcomes */ ", "probe": "/* bench:probe */ "}
+
+
+async def wal_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The server's WAL insert position, in bytes."""
+    cur = await conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn AS b")
+    return int((await cur.fetchone() or {})["b"])
+
+
+async def marked_stats(conn: psycopg.AsyncConnection[Any]) -> dict[str, dict[str, float]]:
+    """Calls, server ms and shared buffers of the statements named by MARKS."""
+    out: dict[str, dict[str, float]] = {}
+    for name, mark in MARKS.items():
+        cur = await conn.execute(
+            "SELECT sum(calls) AS calls, sum(total_exec_time) AS exec_ms,"
+            " sum(shared_blks_hit + shared_blks_read + shared_blks_dirtied) AS buffers,"
+            " sum(shared_blks_hit + shared_blks_read) AS touched"
+            " FROM pg_stat_statements WHERE query LIKE %s",
+            (mark.replace("*", "_").strip() + "%",),
+        )
+        got = await cur.fetchone() or {}
+        if got.get("calls"):
+            out[name] = {k: float(v) for k, v in got.items()}
+    return out
+
+
 async def measure(
-    dsn: str, events: int, webhooks: int, sql_file: str | None, per_call: int = OUTCOMES
+    dsn: str,
+    events: int,
+    webhooks: int,
+    sql_file: str | None,
+    per_call: int = OUTCOMES,
+    probe_text: str | None = None,
 ) -> dict[str, Any]:
     await apply_migrations(dsn)
     q = statements(sql_file)
     fan_out, record, apply = q["fan_out"], q["record_outcomes"], q["apply_webhook_counters"]
     claim_due = q["claim_due"]
     assert fan_out and record, "no fan_out / record_outcomes statement in this tree"
+    record = MARKS["record_outcomes"] + record
+    probe = MARKS["probe"] + probe_text if probe_text else None
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
     async with conn:
         await conn.execute("SET default_toast_compression = lz4")  # as the daemon's sessions
@@ -172,9 +219,13 @@ async def measure(
         await conn.execute("ANALYZE")
         cur = await conn.execute("SELECT pg_backend_pid() AS pid")
         pid = int((await cur.fetchone() or {})["pid"])
+        tracked = await statement_tracking(conn, quiet=True)
         params = fan_out_params(batch=FAN_OUT_EVENTS, claim=FAN_OUT_EVENTS)
         cpu = {"fan_out": 0.0, "claim_due": 0.0, "record_outcomes": 0.0}
         cpu["apply_webhook_counters"] = 0.0
+        if probe:
+            cpu["probe"] = 0.0
+        wal = dict.fromkeys(("record_outcomes", "probe"), 0)
         calls = dict.fromkeys(cpu, 0)
         leased: list[dict[str, Any]] = []
         recorded, seq, outbox_empty, pending = 0, 0, False, 0
@@ -206,10 +257,19 @@ async def measure(
             batch, leased = leased[:per_call], leased[per_call:]
             body = orjson.dumps([outcome(r, seq + i, now) for i, r in enumerate(batch)])
             seq += len(batch)
+            if probe:
+                lsn = await wal_lsn(conn)
+                before = backend_cpu(pid)
+                await (await conn.execute(probe, {"rows": body.decode()})).fetchall()
+                cpu["probe"] += backend_cpu(pid) - before
+                calls["probe"] += 1
+                wal["probe"] += await wal_lsn(conn) - lsn
+            lsn = await wal_lsn(conn)
             before = backend_cpu(pid)
             got = await (await conn.execute(record, {"rows": body.decode()})).fetchone() or {}
             cpu["record_outcomes"] += backend_cpu(pid) - before
             calls["record_outcomes"] += 1
+            wal["record_outcomes"] += await wal_lsn(conn) - lsn
             recorded += int(got["recorded"])
             if apply and got.get("webhooks"):
                 before = backend_cpu(pid)
@@ -220,9 +280,23 @@ async def measure(
             "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'"
         )
         succeeded = int((await cur.fetchone() or {})["n"])
+        stats = await marked_stats(conn) if tracked else {}
     assert succeeded == recorded == events, (succeeded, recorded, events)
     per = {k: round(1000 * v / recorded, 4) for k, v in cpu.items()}
-    return {"ms_per_delivery": per, "total": round(sum(per.values()), 4), "calls": calls}
+    total = round(sum(v for k, v in per.items() if k != "probe"), 4)
+    detail: dict[str, dict[str, float]] = {}
+    for name in ("record_outcomes", "probe"):
+        if name not in cpu:
+            continue
+        d = {"wal_bytes": round(wal[name] / recorded, 1)}
+        if name in stats:
+            s = stats[name]
+            d["buffers"] = round(s["touched"] / recorded, 2)
+            d["dirtied_plus_touched"] = round(s["buffers"] / recorded, 2)
+            d["server_ms_per_call"] = round(s["exec_ms"] / s["calls"], 4)
+            d["server_ms_per_delivery"] = round(s["exec_ms"] / recorded, 5)
+        detail[name] = d
+    return {"ms_per_delivery": per, "total": total, "calls": calls, "per_delivery": detail}
 
 
 SINGLE_BACKLOG = 2000
@@ -281,14 +355,15 @@ async def measure_single(
     return out
 
 
-async def statement_tracking(conn: psycopg.AsyncConnection[Any]) -> bool:
+async def statement_tracking(conn: psycopg.AsyncConnection[Any], quiet: bool = False) -> bool:
     """pg_stat_statements on for this session and reset, when the server has it loaded."""
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SET pg_stat_statements.track = 'top'")
         await conn.execute("SELECT pg_stat_statements_reset()")
     except psycopg.Error as exc:
-        print(f"no pg_stat_statements: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"no pg_stat_statements: {exc}", file=sys.stderr)
         return False
     return True
 
@@ -367,14 +442,20 @@ async def main() -> None:
     ap.add_argument("--single", type=int, metavar="N", help="N fan-outs of one fresh event")
     ap.add_argument("--own-server", action="store_true", help="on a throwaway server")
     ap.add_argument("--backlog", type=int, default=SINGLE_BACKLOG, help="--single: events first")
+    ap.add_argument("--probe", help="FILE: its block `probe` runs before each outcome statement")
+    ap.add_argument("--json", action="store_true", help="the result as JSON too")
     a = ap.parse_args()
     if a.single:
         await single(a)
         return
     with server(a) as dsn, fresh_database(dsn, a.db) as db_dsn:
-        r = await measure(db_dsn, a.events, a.webhooks or 16, a.sql, a.outcomes_per_call)
+        r = await measure(db_dsn, a.events, a.webhooks or 16, a.sql, a.outcomes_per_call, a.probe)
     parts = "  ".join(f"{k} {v:.4f} ({r['calls'][k]})" for k, v in r["ms_per_delivery"].items())
     print(f"{a.tag}: {r['total']:.4f} ms backend CPU per delivery  {parts}")
+    for name, d in r["per_delivery"].items():
+        print(f"  {name} per delivery: " + "  ".join(f"{k} {v}" for k, v in d.items()))
+    if a.json:
+        print(orjson.dumps(r).decode())
 
 
 if __name__ == "__main__":
