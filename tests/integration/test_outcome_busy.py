@@ -119,8 +119,9 @@ async def test_an_outcome_on_a_locked_row_is_reported_busy_then_written(
             await _until(returned, 10)
             assert (recorder.written, recorder.dropped, recorder.backlog) == (0, 0, 1)
             assert not recorder.lost
-        # the locker committed: the row is as the claim left it, still ours
-        assert await _row(conn, d.id) == before
+            # read while the lock is still held (the recorder's retry may write it as soon
+            # as the locker commits): the row is as the claim left it, still ours
+            assert await _row(conn, d.id) == before
 
         async def written() -> bool:
             return (await _row(conn, d.id))["status"] == "success"
