@@ -545,6 +545,39 @@ async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
         await conn.close()
 
 
+@pytest.mark.pgmatrix
+@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+async def test_a_failing_webhooks_spacing_is_capped_by_its_orgs_max_delay_in_the_claim(
+    request: pytest.FixtureRequest, database: str
+) -> None:
+    """Five failures past FAILING_AFTER, the last one 20 s ago: base 5 s doubles to 160 s,
+    so with its org's max of 300 s the claim leaves the row alone; with a max of 10 s the
+    spacing is 10 s and it takes it (the org's max_delay_seconds is read, not a default)."""
+    conn = await hostdb.connect(request.getfixturevalue(database))
+    try:
+        org = await hostdb.create_org(conn)
+        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
+        hook["org_id"] = org
+        await conn.execute(
+            "UPDATE webhooks SET consecutive_failures = %s,"
+            " last_failure_at = now() - interval '20 seconds' WHERE id = %s",
+            (FAILING_AFTER + 5, hook["id"]),
+        )
+        await more_pending(conn, hook, 3)
+        params = {**claim_params(hook), "room_ids": [], "room_left": []}
+        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=300)
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(query("delivery_claim_due"), params)
+            assert await cur.fetchall() == []
+        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=10)
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(query("delivery_claim_due"), params)
+            rows = await cur.fetchall()
+        assert [(r["failing"], r["max_delay_seconds"]) for r in rows] == [(True, 10)]
+    finally:
+        await conn.close()
+
+
 def secret_scans() -> sql.SQL:
     """Scans of dispatcher.webhook_secrets and its indexes in this transaction."""
     return sql.SQL(
