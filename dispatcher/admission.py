@@ -11,8 +11,9 @@ claim statements as parameters, and the statements apply it as given:
   its one probe in flight and nothing more until it ends.
 
 The database-side half of the same rule, for failures other processes saw, is
-`dispatcher.probe_due()` (migration 0022), with the same FAILING_AFTER and the same spacing:
-`probe_delay` here and that function are tested against each other.
+`dispatcher.webhook_claimable_v1()` with `dispatcher.probe_delay_v1()` (migration 0022),
+with the same FAILING_AFTER and the same spacing:
+`probe_delay` here and the SQL function are tested against each other.
 
 Claim-ahead: a webhook held back by its cap also gets up to `ahead` rows leased beyond
 it, kept here in a small FIFO queue; when one of its attempts ends, the next queued row
@@ -46,7 +47,7 @@ T = TypeVar("T")
 
 def probe_delay(policy: RetryPolicy, streak: int) -> float:
     """Seconds between probes of a webhook with `streak` consecutive failures
-    (the same schedule as dispatcher.probe_due() in SQL)."""
+    (the same schedule as dispatcher.probe_delay_v1() in SQL)."""
     if streak < FAILING_AFTER:
         return 0.0
     step = policy.base_delay_seconds * 2.0 ** min(streak - FAILING_AFTER, 20)
