@@ -105,7 +105,7 @@ class InvalidWebhook(ValueError):
     """The webhook's configuration cannot produce a valid request."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per attempt, never changed: not frozen (sender.Target)
 class BuiltRequest:
     headers: dict[str, str]
     recorded_headers: dict[str, str]  # what is stored in the delivery row: no secrets

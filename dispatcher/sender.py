@@ -66,7 +66,10 @@ READ_BUFSIZE = 16 * 1024
 MAX_ERROR_CHARS = 300
 
 
-@dataclass(frozen=True, slots=True)
+# Target, Prepared and request.BuiltRequest are made once per attempt and never changed
+# after; they are not frozen because a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (~0.1 us a field: Target's 10 cost ~1.3 us against ~0.4; issue 12).
+@dataclass(slots=True)
 class Target:
     """What is needed to send one attempt."""
 
@@ -100,7 +103,7 @@ class AttemptResult:
     charged: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
     """A target that passed every check made before a byte is sent."""
 
