@@ -68,6 +68,8 @@ MAX_HEADER_VALUE = 8192
 MESSAGE_ID_NAMESPACE = uuid.UUID("3b8f7c1e-5d0a-4f52-9c1d-6a2e8b4f0d17")
 _NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 _id_texts: dict[Any, str] = {}
+# a hex digit d -> that of (d & 0b0011) | 0b1000: the RFC variant in a UUID's 17th digit
+_VARIANT_DIGIT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
 
 
 def repeated_id_text(value: uuid.UUID) -> str:
@@ -94,18 +96,17 @@ def message_id(event_id: uuid.UUID | None, webhook_id: uuid.UUID, delivery_id: u
     if event_id is None:
         return str(delivery_id)
     name = f"{event_id}/{repeated_id_text(webhook_id)}"
-    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest())
-    h[6] = (h[6] & 0x0F) | 0x50  # version 5
-    h[8] = (h[8] & 0x3F) | 0x80  # the RFC variant (10xx)
-    x = h[:16].hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    x = hashlib.sha1(_NAMESPACE_BYTES + name.encode()).hexdigest()
+    # the version nibble (byte 6's high half) becomes 5, the variant bits of byte 8 10xx:
+    # set on the hex text (2.1 -> 1.8 us against a bytearray and a second hex())
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 class InvalidWebhook(ValueError):
     """The webhook's configuration cannot produce a valid request."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per attempt, never changed: not frozen (sender.Target)
 class BuiltRequest:
     headers: dict[str, str]
     recorded_headers: dict[str, str]  # what is stored in the delivery row: no secrets
