@@ -64,7 +64,7 @@ def test_a_held_webhook_alone_keeps_its_cap() -> None:
 
 
 def test_a_quiet_webhooks_recent_start_holds_the_backlogged_one_to_the_shared_depth() -> None:
-    adm, clock = make()
+    adm, _ = make()
     hot, quiet = uuid4(), uuid4()
     claim(adm, hot, 96)
     assert claim(adm, quiet, 1) == (1, 0)  # the quiet one starts: others share now
@@ -101,7 +101,7 @@ def test_after_the_window_the_backlogged_webhook_gets_its_cap_back() -> None:
 
 
 def test_a_quiet_webhook_is_never_limited() -> None:
-    adm, clock = make(cap=32, shared=2)
+    adm, _ = make(cap=32, shared=2)
     hot, quiet, other = uuid4(), uuid4(), uuid4()
     claim(adm, hot, 96)
     claim(adm, other, 1)
@@ -135,7 +135,7 @@ def test_zero_turns_it_off_and_it_is_never_above_the_cap() -> None:
 def test_a_claim_while_it_shares_leases_ahead_and_holds_it() -> None:
     """A backlogged webhook with nothing in flight (its attempts ended, the queue ran dry)
     is listed with the shared depth's room, and a claim that gives it that is held."""
-    adm, clock = make(cap=32, shared=8)
+    adm, _ = make(cap=32, shared=8)
     hot, quiet = uuid4(), uuid4()
     claim(adm, hot, 32)  # all it was given: held, nothing queued
     claim(adm, quiet, 1)
