@@ -27,12 +27,13 @@ limit appeared) is handed back for release, never sent early.
 
 Shared depth: a webhook with a backlog here (held back by the last claim, or with rows
 queued ahead) may have at most `shared_depth` attempts in flight, instead of its cap, while
-another webhook without a backlog (not held, nothing queued) has started an attempt within
-the last SHARE_WINDOW seconds. A hot webhook's ~cap attempts' callbacks then no longer sit
-in every loop iteration ahead of the quiet webhooks' events; when the quiet traffic stops,
-the hot webhook is back at its cap within SHARE_WINDOW. Alone, or among webhooks that all
-have a backlog, a webhook keeps its cap. The rows it does not start stay leased ahead in its
-queue (refilled as before). Each process decides for itself, from its own starts.
+another webhook without a backlog (not held, nothing queued, no more than the shared depth
+in flight) has started an attempt within the last SHARE_WINDOW seconds. A hot webhook's
+~cap attempts' callbacks then no longer sit in every loop iteration ahead of the quiet
+webhooks' events; when the quiet traffic stops, the hot webhook is back at its cap within
+SHARE_WINDOW. Alone, or among webhooks that all have a backlog or are busier than the shared
+depth, a webhook keeps its cap. The rows it does not start stay leased ahead in its queue
+(refilled as before). Each process decides for itself, from its own starts.
 
 Pure apart from the clock (injectable).
 """
@@ -207,10 +208,17 @@ class Admission(Generic[T]):
         held.update(k for k, n in self.room().items() if n <= 0)
         self._held = self._held | held if keep else held
         if self.shared_depth:
-            # the webhooks it started without a backlog: the others share while they have work
+            # the webhooks it started without a backlog, and with no more than the shared
+            # depth in flight (a trickle, not a drain spread over many webhooks by the
+            # global concurrency): the others share while they have work
             now = self._clock()
+            share = self.shared_depth
             for hook in got:
-                if hook not in self._held and hook not in self._queued:
+                if (
+                    hook not in self._held
+                    and hook not in self._queued
+                    and self._inflight.get(hook, 0) <= share
+                ):
                     self._quiet_started(hook, now)
 
     # -- shared depth -------------------------------------------------------------------
