@@ -26,6 +26,16 @@ webhook's backlog: others claim the rest), and is offered only to webhooks free 
 limits and failures; a queued row that may no longer start (the webhook began failing, a
 limit appeared) is handed back for release, never sent early.
 
+Shared depth: a webhook with a backlog here (held back by the last claim, or with rows
+queued ahead) may have at most `shared_depth` attempts in flight, instead of its cap, while
+another webhook without a backlog (not held, nothing queued, no more than the shared depth
+in flight) has started an attempt within the last SHARE_WINDOW seconds. A hot webhook's
+~cap attempts' callbacks then no longer sit in every loop iteration ahead of the quiet
+webhooks' events; when the quiet traffic stops, the hot webhook is back at its cap within
+SHARE_WINDOW. Alone, or among webhooks that all have a backlog or are busier than the shared
+depth, a webhook keeps its cap. The rows it does not start stay leased ahead in its queue
+(refilled as before). Each process decides for itself, from its own starts.
+
 Pure apart from the clock (injectable).
 """
 
@@ -41,6 +51,9 @@ from dispatcher.backoff import RetryPolicy
 from dispatcher.ratelimit import RateLimits
 
 FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe at a time
+# how long a start of a webhook without a backlog keeps the webhooks with one at the shared
+# depth (seconds)
+SHARE_WINDOW = 1.0
 
 T = TypeVar("T")
 
@@ -64,8 +77,16 @@ class Admission(Generic[T]):
         limits: RateLimits,
         clock: Callable[[], float] = time.monotonic,
         ahead: int | None = None,
+        shared_depth: int = 0,
     ) -> None:
         self.cap = cap
+        # a backlogged webhook's depth while others without a backlog have work (0 or at
+        # least the cap: off)
+        self.shared_depth = shared_depth if 0 < shared_depth < cap else 0
+        # the latest start of a webhook without a backlog (webhook, when), and the latest
+        # of any other such webhook: "someone else is quiet" for every webhook in O(1)
+        self._quiet_last: tuple[UUID | None, float] = (None, -1e18)
+        self._quiet_prev = -1e18
         # rows leased ahead per capped webhook (default twice the cap, none for a cap of
         # one; 0: off); the queue is refilled when it has run down to `refill_at`
         self.ahead = max(0, (2 * cap if cap > 1 else 0) if ahead is None else ahead)
@@ -92,6 +113,9 @@ class Admission(Generic[T]):
         Webhooks not listed have the full cap (and no limit of their own)."""
         cap = self.cap
         room = {k: max(cap - n, 0) for k, n in self._inflight.items() if n > 0}
+        if self.shared_depth:
+            for hook in self._sharing():
+                room[hook] = max(self.shared_depth - self._inflight.get(hook, 0), 0)
         for hook in self.limits.limited():
             room[hook] = min(room.get(hook, cap), self.limits.room(hook) or 0)
         now = self._clock()
@@ -105,7 +129,7 @@ class Admission(Generic[T]):
 
     def room_of(self, hook: UUID) -> int:
         """How many more attempts this webhook may start now (room() for one webhook)."""
-        room = self.cap - self._inflight.get(hook, 0)
+        room = self.depth(hook) - self._inflight.get(hook, 0)
         limit = self.limits.room(hook)
         if limit is not None:
             room = min(room, limit)
@@ -127,7 +151,7 @@ class Admission(Generic[T]):
             or hook in self._db_failing
             or self._streak.get(hook, (0, 0.0))[0] >= FAILING_AFTER
             or self.limits.room(hook) is not None
-            or not (hook in self._held or self._inflight.get(hook, 0) >= self.cap)
+            or not (hook in self._held or self._inflight.get(hook, 0) >= self.depth(hook))
         ):
             return 0
         return max(self.ahead - len(self._queued.get(hook, ())), 0)
@@ -184,6 +208,48 @@ class Admission(Generic[T]):
         held.update(k for k, n in got.items() if n >= self.cap)
         held.update(k for k, n in self.room().items() if n <= 0)
         self._held = self._held | held if keep else held
+        if self.shared_depth:
+            # the webhooks it started without a backlog, and with no more than the shared
+            # depth in flight (a trickle, not a drain spread over many webhooks by the
+            # global concurrency): the others share while they have work
+            now = self._clock()
+            share = self.shared_depth
+            for hook in got:
+                if (
+                    hook not in self._held
+                    and hook not in self._queued
+                    and self._inflight.get(hook, 0) <= share
+                ):
+                    self._quiet_started(hook, now)
+
+    # -- shared depth -------------------------------------------------------------------
+    def _quiet_started(self, hook: UUID, now: float) -> None:
+        last, when = self._quiet_last
+        if hook != last:
+            self._quiet_prev = when
+        self._quiet_last = (hook, now)
+
+    def _others_quiet(self, hook: UUID) -> bool:
+        """Has a webhook other than `hook`, without a backlog, started within SHARE_WINDOW?"""
+        last, when = self._quiet_last
+        if last == hook:
+            when = self._quiet_prev
+        return self._clock() - when < SHARE_WINDOW
+
+    def _sharing(self) -> list[UUID]:
+        """The webhooks at the shared depth now: a backlog here, and others quiet."""
+        return [hook for hook in {*self._held, *self._queued} if self._others_quiet(hook)]
+
+    def depth(self, hook: UUID) -> int:
+        """The most attempts of this webhook in flight now: its cap, or the shared depth
+        while it has a backlog here and another webhook without one has work."""
+        if (
+            self.shared_depth
+            and (hook in self._held or hook in self._queued)
+            and self._others_quiet(hook)
+        ):
+            return self.shared_depth
+        return self.cap
 
     # -- claim-ahead queue ----------------------------------------------------------------
     def can_start(self, hook: UUID) -> bool:
@@ -215,8 +281,9 @@ class Admission(Generic[T]):
             if not queue:
                 del self._queued[hook]
             return row, []
-        if self.room_of(hook) <= 0 and self._inflight.get(hook, 0) < self.cap:
-            # held back by something other than the cap: no end of an attempt will start them
+        if self.room_of(hook) <= 0 and self._inflight.get(hook, 0) < self.depth(hook):
+            # held back by something other than its depth (the cap or the shared depth):
+            # no end of an attempt will start them
             del self._queued[hook]
             return None, list(queue)
         return None, []

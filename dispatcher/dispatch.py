@@ -121,6 +121,7 @@ class Dispatcher:
             settings.per_webhook_concurrency,
             limits or RateLimits(),
             ahead=settings.claim_ahead,
+            shared_depth=settings.shared_depth,
         )
         self._attempts = Attempts(
             settings,
@@ -505,8 +506,10 @@ class Dispatcher:
         held = self.admission.ended(d.webhook_id)
         if not self._stopping:
             queued, give_back = self.admission.next_queued(d.webhook_id)
-            if queued is not None:
+            while queued is not None:
                 self._start(queued)  # the slot is taken again at once: no claim between
+                # more when its depth grew back (the shared depth's window ended)
+                queued, give_back = self.admission.next_queued(d.webhook_id)
             if give_back:
                 self._release_soon(give_back)
         if held and self.admission.refill_wanted(d.webhook_id):

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         description="rows leased ahead per webhook held back by its cap, started as its "
         "attempts end (default: twice per_webhook_concurrency, none for a cap of 1; 0: off)",
     )
+    shared_depth: int = Field(
+        default=8,
+        ge=0,
+        le=4096,
+        description="attempts in flight to a webhook with a backlog while other webhooks "
+        "without one have work (within the last second); never above "
+        "per_webhook_concurrency (0: off)",
+    )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
         default=1.0, gt=0, le=300, description="seconds between polls when no NOTIFY arrives"
