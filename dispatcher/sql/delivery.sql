@@ -468,30 +468,21 @@ WITH o AS (
     -- streak row write, and the recorder skips delivery_apply_webhook_counters): a healthy
     -- webhook's streak stays 0 without a write per batch. Read without a lock: a failure
     -- another recorder notes meanwhile is then ordered after these successes.
-    -- The outcomes' JSON is built only for a webhook that is noted, not for every outcome of
-    -- the batch before a HAVING drops the webhook: ~8 % of the lean statement's backend CPU
-    -- in a batch of 44 successes to a healthy webhook (bench/outcome_parts.py; issue 12,
-    -- session 8). One pass over the batch (a window, then the aggregate): a join of the
-    -- batch to its noted webhooks is planned as a nested loop (a CTE's rows are guessed), n^2
-    -- for a batch of n failing webhooks.
-    SELECT dispatcher.note_outcomes_v1(per_hook.webhook_id, per_hook.outs) AS ok
-    FROM (SELECT n.webhook_id,
-                 jsonb_agg(jsonb_build_object('success', n.success, 'counts', n.counts,
-                                              'gone', n.gone, 'started', n.started_at,
-                                              'ended', n.ended_at) ORDER BY n.seq) AS outs
-          FROM (SELECT d.*,
-                       bool_and(d.success AND NOT d.counts AND NOT d.gone)
-                           OVER (PARTITION BY d.webhook_id) AS only_successes
-                FROM done d WHERE counts OR success OR gone) n
-          WHERE NOT (n.only_successes AND EXISTS (
+    SELECT dispatcher.note_outcomes_v1(webhook_id, outs) AS ok
+    FROM (SELECT d.webhook_id,
+                 jsonb_agg(jsonb_build_object('success', success, 'counts', counts,
+                                              'gone', gone, 'started', started_at,
+                                              'ended', ended_at) ORDER BY seq) AS outs
+          FROM done d WHERE counts OR success OR gone
+          GROUP BY d.webhook_id
+          HAVING NOT (bool_and(d.success AND NOT d.counts AND NOT d.gone) AND EXISTS (
               SELECT 1 FROM dispatcher.webhook_streaks s
               JOIN public.webhooks w ON w.id = s.webhook_id
-              WHERE s.webhook_id = n.webhook_id AND NOT s.pending AND s.counted_until IS NULL
+              WHERE s.webhook_id = d.webhook_id AND NOT s.pending AND s.counted_until IS NULL
                 AND coalesce(w.consecutive_failures, 0) = 0
                 AND w.last_success_at >= now() - interval '1 second'
                 AND w.last_triggered_at >= now() - interval '1 second'))
-          GROUP BY n.webhook_id
-          ORDER BY n.webhook_id) per_hook
+          ORDER BY d.webhook_id) per_hook
 ), dead AS MATERIALIZED (
     -- delivery.dead_lettered (0026): only the rows that turn 'dlq' pay anything here;
     -- in webhook order, as above (the rate limit locks a row per webhook).
