@@ -60,12 +60,12 @@ class Settings(BaseSettings):
         "attempts end (default: twice per_webhook_concurrency, none for a cap of 1; 0: off)",
     )
     shared_depth: int = Field(
-        default=8,
+        default=0,
         ge=0,
         le=4096,
-        description="attempts in flight to a webhook with a backlog while other webhooks "
-        "without one have work (within the last second); never above "
-        "per_webhook_concurrency (0: off)",
+        description="opt-in: attempts in flight to a webhook with a backlog while other "
+        "webhooks without one (and with no more than this in flight) have started one within "
+        "the last second (0, the default, or at least per_webhook_concurrency: off)",
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
