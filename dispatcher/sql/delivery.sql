@@ -84,8 +84,9 @@ picked AS MATERIALIZED (
       -- gate: a row was taken but not read. Counted, not `EXISTS (picked p2 WHERE NOT EXISTS
       -- (claimed_events ...))`: that one was planned for its first row, as a nested loop
       -- rescanning claimed_events for every picked row, and found none in a pass that read
-      -- every event (the common case) after n^2/2 comparisons: ~13 ms of a 425-event fan-out
-      -- (docs/performance.md, branch fanrow). claimed_events' rows are picked rows.
+      -- every event (the common case) after n^2/2 comparisons: ~8.5 ms of CPU in a 425-event
+      -- fan-out, ~60 ms at 1,000 (docs/performance.md, branch fanrow). claimed_events' rows
+      -- are picked rows (DISTINCT: a partitioned events may repeat an id across partitions).
       AND (SELECT count(DISTINCT c.row_id) FROM claimed_events c) < (SELECT count(*) FROM picked)
     RETURNING o.event_id
 ), matched AS (
