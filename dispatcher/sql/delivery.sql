@@ -73,7 +73,7 @@ picked AS MATERIALIZED (
     -- as a sequential scan of an outbox that looked small, kept while its dead rows piled up.
     -- A plan made while the outbox was a few pages still scans it to pick and delete
     -- (docs/performance.md, branch fanlean: "not reached: TID in every plan"). All four are
-    -- gated (`-- gate`: an uncorrelated EXISTS, a one-time filter): a write with nothing to
+    -- gated (`-- gate`: uncorrelated, a one-time filter): a write with nothing to
     -- write reads no outbox page, whatever the plan (tests/integration/test_plans.py).
     UPDATE dispatcher.outbox o
     SET misses = coalesce(o.misses, 0) + 1,
@@ -81,8 +81,13 @@ picked AS MATERIALIZED (
     FROM picked p
     WHERE o.ctid = p.row_id
       AND NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p.row_id)
-      AND EXISTS (SELECT 1 FROM picked p2  -- gate
-                  WHERE NOT EXISTS (SELECT 1 FROM claimed_events c WHERE c.row_id = p2.row_id))
+      -- gate: a row was taken but not read. Counted, not `EXISTS (picked p2 WHERE NOT EXISTS
+      -- (claimed_events ...))`: that one was planned for its first row, as a nested loop
+      -- rescanning claimed_events for every picked row, and found none in a pass that read
+      -- every event (the common case) after n^2/2 comparisons: ~8.5 ms of CPU in a 425-event
+      -- fan-out, ~60 ms at 1,000 (docs/performance.md, branch fanrow). claimed_events' rows
+      -- are picked rows (DISTINCT: a partitioned events may repeat an id across partitions).
+      AND (SELECT count(DISTINCT c.row_id) FROM claimed_events c) < (SELECT count(*) FROM picked)
     RETURNING o.event_id
 ), matched AS (
     -- Claimable now (eligible) counts the events of `waiting` too: while a webhook row is
