@@ -11,7 +11,7 @@ skips it as in a drain (``--noting``: no streak row, every call notes it). Backe
 each call from ``/proc/<pid>/schedstat`` (ns), WAL bytes from the insert LSN, medians and
 means per delivery::
 
-    .venv/bin/python bench/outcome_parts.py --own-server tree bench/outcome_parts/p3_no_noted.sql
+    .venv/bin/python bench/outcome_parts.py --own-server tree VARIANT.sql
 
 A variant is ``tree`` (the tree's ``delivery_record_outcomes_lean``), ``tree-full`` (the full
 statement), ``floor`` (the durable floor's ``floor_record`` of bench/bench.sql, its five
