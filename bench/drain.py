@@ -107,7 +107,7 @@ class Drain:
             await probe.execute(q("prepare_backlog"))
             self.cluster.checkpoint()
             if track_sql:
-                self.cluster.set_statement_tracking(True)
+                self.cluster.set_statement_tracking(True, functions=True)
                 with self.cluster.admin() as admin:
                     admin.execute(q("statements_reset"))
             counters0 = await asyncio.to_thread(self._counters, db)

@@ -126,7 +126,10 @@ class BenchCluster:
         ) as conn:
             yield conn
 
-    def set_statement_tracking(self, on: bool) -> None:
+    def set_statement_tracking(self, on: bool, *, functions: bool = False) -> None:
+        """pg_stat_statements on or off; with `functions`, PL/pgSQL and trigger calls are
+        counted too (track_functions: two clock reads per call, so only where the counters
+        are used, the drains; not in the latency phase, whose tail it would touch)."""
         if not self.has_pg_stat_statements:
             return
         with self.admin() as conn:
@@ -138,7 +141,7 @@ class BenchCluster:
             # trigger and PL/pgSQL function calls in pg_stat_user_functions (pg_counters)
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET track_functions = {}").format(
-                    sql.Literal("pl" if on else "none")
+                    sql.Literal("pl" if on and functions else "none")
                 )
             )
             conn.execute("SELECT pg_reload_conf()")
