@@ -127,9 +127,10 @@ class Admission(Generic[T]):
             room[hook] = 0
         return room
 
-    def room_of(self, hook: UUID) -> int:
-        """How many more attempts this webhook may start now (room() for one webhook)."""
-        room = self.depth(hook) - self._inflight.get(hook, 0)
+    def room_of(self, hook: UUID, depth: int | None = None) -> int:
+        """How many more attempts this webhook may start now (room() for one webhook);
+        `depth`: its depth() as the caller already read it (one clock reading for both)."""
+        room = (self.depth(hook) if depth is None else depth) - self._inflight.get(hook, 0)
         limit = self.limits.room(hook)
         if limit is not None:
             room = min(room, limit)
@@ -275,13 +276,17 @@ class Admission(Generic[T]):
         queue = self._queued.get(hook)
         if not queue:
             return None, []
-        if self.can_start(hook):
+        # one reading of the depth for both tests below: the shared depth's window ending
+        # between them would otherwise read as "no room, and under its depth" (handed back)
+        depth = self.depth(hook)
+        room = self.room_of(hook, depth)
+        if room > 0:
             row = queue.popleft()
             self.dequeued += 1
             if not queue:
                 del self._queued[hook]
             return row, []
-        if self.room_of(hook) <= 0 and self._inflight.get(hook, 0) < self.depth(hook):
+        if room <= 0 and self._inflight.get(hook, 0) < depth:
             # held back by something other than its depth (the cap or the shared depth):
             # no end of an attempt will start them
             del self._queued[hook]

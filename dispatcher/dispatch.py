@@ -506,10 +506,14 @@ class Dispatcher:
         held = self.admission.ended(d.webhook_id)
         if not self._stopping:
             queued, give_back = self.admission.next_queued(d.webhook_id)
-            while queued is not None:
+            if queued is not None:
                 self._start(queued)  # the slot is taken again at once: no claim between
-                # more when its depth grew back (the shared depth's window ended)
+            # more when its depth grew back (the shared depth's window ended), while the
+            # process has room: the claim loop may have given the other freed slots away
+            while queued is not None and len(self._inflight) < self._s.concurrency:
                 queued, give_back = self.admission.next_queued(d.webhook_id)
+                if queued is not None:
+                    self._start(queued)
             if give_back:
                 self._release_soon(give_back)
         if held and self.admission.refill_wanted(d.webhook_id):

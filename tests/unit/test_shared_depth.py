@@ -150,3 +150,35 @@ def test_a_claim_while_it_shares_leases_ahead_and_holds_it() -> None:
     assert adm.room()[hot] == 8 and adm.claim_room()[hot] == 8 + 64
     assert claim(adm, hot, 72) == (8, 64)
     assert adm.depth(hot) == 8
+
+
+class SteppingClock(Clock):
+    """A clock that moves on by `step` at every reading: the window can end between two
+    readings of one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0.0
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
+def test_the_window_ending_inside_next_queued_hands_nothing_back() -> None:
+    clock = SteppingClock()
+    adm: Admission[Any] = Admission(32, RateLimits(clock=clock), clock=clock, shared_depth=8)
+    hot, quiet = uuid4(), uuid4()
+    assert claim(adm, hot, 96) == (32, 64)
+    claim(adm, quiet, 1)  # at clock 100: the hot one shares until 100 + SHARE_WINDOW
+    # one of its 32 ends just before the window does, and the clock moves on 10 ms at each
+    # reading inside next_queued: read more than once, the depth says 8 ("no room") and
+    # then 32 ("under its depth": no end of an attempt would start them), and the whole
+    # queue was handed back
+    clock.now = 100.0 + SHARE_WINDOW - 0.015
+    clock.step = 0.01
+    adm.ended(hot)
+    row, back = adm.next_queued(hot)
+    assert back == []
+    assert adm.queued(hot) + (row is not None) == 64
