@@ -49,6 +49,7 @@ from bench.receiver import ReceiverProcess
 from dispatcher.queries import load
 
 POLL = 0.02
+STOP_NOT_BEFORE_S = 3.0  # seconds from a daemon's spawn before the drain may SIGTERM it
 WAIT_SAMPLE_EVERY = 5  # polls: the daemon's backends' wait events every 100 ms
 
 
@@ -129,6 +130,13 @@ class Drain:
                     spy.stop()
                 for perf in perfs:
                     perf.stop()
+                # A daemon installs its SIGTERM handler once it has connected and checked the
+                # database; one still starting when a small drain ends (the second replica of
+                # `--small`) would die of the signal (exit -15), not stop cleanly. Each is
+                # given STOP_NOT_BEFORE_S from its spawn, which a full-size drain outlasts.
+                settle = t_spawn + STOP_NOT_BEFORE_S - time.time()
+                if settle > 0 and all(d.proc.poll() is None for d in daemons):
+                    await asyncio.sleep(settle)
                 for d in daemons:
                     d.terminate()
                 codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]

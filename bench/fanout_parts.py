@@ -236,7 +236,9 @@ async def run(
         if s.startswith("notrig:"):
             await c.execute("SET session_replication_role = replica")
         conns[s] = c
-        pids[s] = int((await (await c.execute("SELECT pg_backend_pid() AS p")).fetchone())["p"])
+        pid_row = await (await c.execute("SELECT pg_backend_pid() AS p")).fetchone()
+        assert pid_row is not None
+        pids[s] = int(pid_row["p"])
     cpu: dict[str, list[float]] = {s: [] for s in specs}
     wal: dict[str, list[int]] = {s: [] for s in specs}
     shape: dict[str, tuple[int, int]] = {}

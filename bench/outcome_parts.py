@@ -108,7 +108,9 @@ async def run(
             if int(got[-1]["events_claimed"]) == 0:
                 break
         assert len(leased) == rows, (len(leased), rows)
-        pid = int((await (await conn.execute("SELECT pg_backend_pid() AS p")).fetchone())["p"])
+        pid_row = await (await conn.execute("SELECT pg_backend_pid() AS p")).fetchone()
+        assert pid_row is not None
+        pid = int(pid_row["p"])
         now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         cpu: dict[str, list[float]] = {s: [] for s in specs}
         wal: dict[str, list[int]] = {s: [] for s in specs}
@@ -134,17 +136,18 @@ async def run(
                 await conn.execute("BEGIN")
                 lsn = await wal_lsn(conn)
                 before = backend_cpu(pid)
+                res: dict[str, Any] | None
                 if s == "floor":
                     cur = await conn.execute(texts[s], floor)
-                    got = {"recorded": cur.rowcount}
+                    res = {"recorded": cur.rowcount}
                 elif s.startswith("arrays:"):
-                    got = await (await conn.execute(texts[s], arrays)).fetchone()
+                    res = await (await conn.execute(texts[s], arrays)).fetchone()
                 else:
-                    got = await (await conn.execute(texts[s], {"rows": body})).fetchone()
+                    res = await (await conn.execute(texts[s], {"rows": body})).fetchone()
                 spent = backend_cpu(pid) - before
                 written = await wal_lsn(conn) - lsn
                 await conn.execute("ROLLBACK")
-                assert got is not None and int(got["recorded"]) == batch, (s, got)
+                assert res is not None and int(res["recorded"]) == batch, (s, res)
                 if r >= 10:  # psycopg prepares after five runs: the first ten are left out
                     cpu[s].append(spent * 1000 / batch)
                     wal[s].append(written // batch)

@@ -128,7 +128,7 @@ async def test_a_fully_read_batch_does_not_rescan_its_events_per_row(
     await conn.execute("ANALYZE")
     await conn.execute("BEGIN")
     cur = await conn.execute(
-        sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(sql.SQL(text)),  # type: ignore[arg-type]
+        sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(sql.SQL(text)),
         fan_out_args(batch=425, claim=40),
     )
     got = (await cur.fetchone() or {})["QUERY PLAN"]
