@@ -32,37 +32,7 @@ async def _webhook_with_clean_streak(conn: hostdb.Conn, success_ago: float) -> d
 
 async def _record(conn: hostdb.Conn, hook: dict[str, Any], **outcome: Any) -> dict[str, Any]:
     """Lease a fresh delivery row of `hook` and record one outcome for it."""
-    cur = await conn.execute(
-        "INSERT INTO webhook_deliveries (org_id, webhook_id, event_type, payload, request_url,"
-        " request_headers, request_body, status, next_retry_at)"
-        " VALUES (%s, %s, 'job.created', '{}', 'https://example.com/hook', '{}', '{}',"
-        " 'pending', now() + interval '30 seconds') RETURNING id, next_retry_at",
-        (hook["org_id"], hook["id"]),
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    now = datetime.now(UTC).isoformat()
-    success = outcome.get("success", True)
-    out = {
-        "id": str(row["id"]),
-        "webhook_id": str(hook["id"]),
-        "org_id": str(hook["org_id"]),
-        "claim": row["next_retry_at"].isoformat(),
-        "seq": 1,
-        "status": "success" if success else "retrying",
-        "outcome": "delivered" if success else "retryable",
-        "attempt": 1,
-        "attempt_number": 1 if success else 2,
-        "retry_in": None if success else 60.0,
-        "final": success,
-        "counts": not success,
-        "success": success,
-        "gone": False,
-        "response_status": 204 if success else 503,
-        "duration_ms": 3,
-        "started_at": now,
-        "ended_at": now,
-    }
+    out = _out(hook, await _leased(conn, hook), 1, outcome.get("success", True))
     cur = await conn.execute(
         query("delivery_record_outcomes"), {"rows": orjson.dumps([out]).decode()}
     )
