@@ -511,14 +511,27 @@ async def test_claim_reads_the_retry_policy_for_the_rows_it_leases_only(
         await conn.close()
 
 
+# (failures past FAILING_AFTER, seconds since the last, the org's (base, max) under which the
+# claim leaves the row alone, the (base, max) under which it takes it, the column that shows it)
+SPACING = {
+    # FAILING_AFTER in a row, 8 s ago: base 30 s holds it back; the default base of 5 s not
+    "base_delay": (0, 8, (30, 300), (5, 300), "base_delay_seconds"),
+    # five more, 20 s ago: base 5 s doubles to 160 s, held back under a max of 300 s; a max of
+    # 10 s caps the spacing (the org's max_delay_seconds is read, not a default)
+    "max_delay": (5, 20, (5, 300), (5, 10), "max_delay_seconds"),
+}
+
+
 @pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
+@pytest.mark.parametrize("case", sorted(SPACING))
 async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
-    request: pytest.FixtureRequest, database: str
+    request: pytest.FixtureRequest, database: str, case: str
 ) -> None:
-    """A webhook FAILING_AFTER failures in a row, the last one 8 s ago: with its org's base
-    delay of 30 s the claim leaves its due row alone; with the default of 5 s it takes it
-    (webhook_claimable_v1 reads the policy through 0045's subqueries)."""
+    """A failing webhook's due row is left alone by the claim until its org's policy spaces
+    the next probe (webhook_claimable_v1 reads the policy through 0045's subqueries), and
+    then taken: one probe at a time."""
+    extra, ago, held, taken, column = SPACING[case]
     conn = await hostdb.connect(request.getfixturevalue(database))
     try:
         org = await hostdb.create_org(conn)
@@ -526,54 +539,25 @@ async def test_a_failing_webhook_is_spaced_by_its_orgs_policy_in_the_claim(
         hook["org_id"] = org
         await conn.execute(
             "UPDATE webhooks SET consecutive_failures = %s,"
-            " last_failure_at = now() - interval '8 seconds' WHERE id = %s",
-            (FAILING_AFTER, hook["id"]),
+            " last_failure_at = now() - make_interval(secs => %s) WHERE id = %s",
+            (FAILING_AFTER + extra, ago, hook["id"]),
         )
         await more_pending(conn, hook, 3)
         params = {**claim_params(hook), "room_ids": [], "room_left": []}
-        await hostdb.set_retry_config(conn, org, base_delay_seconds=30, max_delay_seconds=300)
-        async with conn.transaction(force_rollback=True):
-            cur = await conn.execute(query("delivery_claim_due"), params)
-            assert await cur.fetchall() == []
-        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=300)
-        async with conn.transaction(force_rollback=True):
-            cur = await conn.execute(query("delivery_claim_due"), params)
-            rows = await cur.fetchall()
-        # one probe at a time for a failing webhook
-        assert [(r["failing"], r["base_delay_seconds"]) for r in rows] == [(True, 5)]
-    finally:
-        await conn.close()
-
-
-@pytest.mark.pgmatrix
-@pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
-async def test_a_failing_webhooks_spacing_is_capped_by_its_orgs_max_delay_in_the_claim(
-    request: pytest.FixtureRequest, database: str
-) -> None:
-    """Five failures past FAILING_AFTER, the last one 20 s ago: base 5 s doubles to 160 s,
-    so with its org's max of 300 s the claim leaves the row alone; with a max of 10 s the
-    spacing is 10 s and it takes it (the org's max_delay_seconds is read, not a default)."""
-    conn = await hostdb.connect(request.getfixturevalue(database))
-    try:
-        org = await hostdb.create_org(conn)
-        hook = await hostdb.create_webhook(conn, org, "https://example.com/hook", ["*"])
-        hook["org_id"] = org
-        await conn.execute(
-            "UPDATE webhooks SET consecutive_failures = %s,"
-            " last_failure_at = now() - interval '20 seconds' WHERE id = %s",
-            (FAILING_AFTER + 5, hook["id"]),
+        await hostdb.set_retry_config(
+            conn, org, base_delay_seconds=held[0], max_delay_seconds=held[1]
         )
-        await more_pending(conn, hook, 3)
-        params = {**claim_params(hook), "room_ids": [], "room_left": []}
-        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=300)
         async with conn.transaction(force_rollback=True):
             cur = await conn.execute(query("delivery_claim_due"), params)
             assert await cur.fetchall() == []
-        await hostdb.set_retry_config(conn, org, base_delay_seconds=5, max_delay_seconds=10)
+        await hostdb.set_retry_config(
+            conn, org, base_delay_seconds=taken[0], max_delay_seconds=taken[1]
+        )
         async with conn.transaction(force_rollback=True):
             cur = await conn.execute(query("delivery_claim_due"), params)
             rows = await cur.fetchall()
-        assert [(r["failing"], r["max_delay_seconds"]) for r in rows] == [(True, 10)]
+        expected = taken[0] if column == "base_delay_seconds" else taken[1]
+        assert [(r["failing"], r[column]) for r in rows] == [(True, expected)]
     finally:
         await conn.close()
 
