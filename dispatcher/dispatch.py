@@ -509,8 +509,13 @@ class Dispatcher:
             if queued is not None:
                 self._start(queued)  # the slot is taken again at once: no claim between
             # more when its depth grew back (the shared depth's window ended), while the
-            # process has room: the claim loop may have given the other freed slots away
-            while queued is not None and len(self._inflight) < self._s.concurrency:
+            # process has room: the claim loop may have given the other freed slots away.
+            # Without a shared depth the depth never grows: no second look per attempt.
+            while (
+                queued is not None
+                and self.admission.shared_depth
+                and len(self._inflight) < self._s.concurrency
+            ):
                 queued, give_back = self.admission.next_queued(d.webhook_id)
                 if queued is not None:
                     self._start(queued)
