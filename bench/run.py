@@ -315,10 +315,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             except Exception as exc:
                 res["errors"]["profiled_latency"] = f"{type(exc).__name__}: {exc}"
-        if args.profile and "floor" in names:  # the floor process, for comparison
-            _progress("floor with py-spy ...")
+        # the floor process, for comparison: the floor, else the highest rung of the ladder
+        floor = next((n for n in ("floor", *reversed(LADDER)) if n in names), None)
+        if args.profile and floor:
+            _progress(f"{floor} with py-spy ...")
             try:
-                res["profiled_floor"] = await sc.floor(profile=out.with_suffix(".floor.pyspy.txt"))
+                res["profiled_floor"] = await getattr(sc, floor)(
+                    profile=out.with_suffix(".floor.pyspy.txt")
+                )
+                res["profiled_floor"]["scenario"] = floor
             except Exception as exc:
                 res["errors"]["profiled_floor"] = f"{type(exc).__name__}: {exc}"
         if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:
