@@ -26,7 +26,7 @@ calls them (dispatcher/dispatch.py, sender.py, recorder.py), with the loop above
 
 - ``request``: the daemon's request, ``dispatcher.request.build_request`` (both signature
   schemes, every header: webhook-id from ``message_id``, User-Agent, X-InTime-*), signed by
-  ``signer_for``; the rows are leased by ``floor_lease_wide`` (event id, type and claim token
+  ``signer_for``; the rows are leased by ``floor_lease_wide`` (event id, org, type and claim token
   returned too). Without the real claim the X-InTime-Sequence number is a local counter (the
   header is sent; the number is the claim's once ``claim`` is real).
 - ``fanout``: ``delivery_fan_out_lean`` instead of ``floor_take_pending``, with the daemon's
