@@ -185,6 +185,21 @@ UPDATE public.webhook_deliveries d SET next_retry_at = now() + make_interval(sec
 FROM due WHERE d.id = due.id
 RETURNING d.id, d.request_body;
 
+-- name: floor_lease_wide
+-- floor_lease, returning what the daemon's request and outcome row need of each row (its
+-- event, org, type and claim token): bench/floor.py --real request or outcome, without the real
+-- claim (delivery_claim_due returns these itself).
+WITH due AS (
+    SELECT d.id FROM public.webhook_deliveries d
+    WHERE d.status IN ('pending', 'retrying') AND coalesce(d.next_retry_at, d.created_at) <= now()
+    ORDER BY coalesce(d.next_retry_at, d.created_at)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE public.webhook_deliveries d SET next_retry_at = now() + make_interval(secs => %(lease)s)
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.request_body, d.event_id, d.org_id, d.event_type, d.next_retry_at AS claim;
+
 -- name: floor_record
 -- The floor's outcomes, one statement per batch (last write of each row). A failure is left
 -- `retrying` 5 s later for someone else (the floor has no retry path).

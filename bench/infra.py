@@ -442,9 +442,14 @@ def start_daemon(spec: DaemonSpec, dsn: str, instance: str) -> DaemonProcess:
     return daemon
 
 
-def start_floor(dsn: str, instance: str, *, webhook: str, writes: int) -> DaemonProcess:
-    """bench/floor.py in its own process, started and measured like a daemon."""
+def start_floor(
+    dsn: str, instance: str, *, webhook: str, writes: int, real: tuple[str, ...] = ()
+) -> DaemonProcess:
+    """bench/floor.py in its own process, started and measured like a daemon; `real`: the
+    daemon's pieces it uses instead of its own (--real, the ladder's rungs)."""
     argv = [sys.executable, "-m", "bench.floor", dsn, webhook, "--writes", str(writes)]
+    if real:
+        argv += ["--real", ",".join(real)]
     floor = DaemonProcess({"BENCH_INSTANCE": instance}, argv=argv, cwd=ROOT)
     floor.start()
     return floor

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 Results = dict[str, Any]
+# floor3 with the daemon's pieces swapped in, one more per rung (bench/floor.py --real)
+LADDER = ("rung_request", "rung_fanout", "rung_claim", "rung_outcome")
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -31,13 +33,13 @@ def ratios(s: Results) -> dict[str, Any]:
     def paired(run: dict[str, Any]) -> float | None:
         return run.get("ratio_to_paired_ceiling")
 
-    for name in ("drain1", "floor", "floor3", "drain", "fanout"):
+    for name in ("drain1", "floor", "floor3", *LADDER, "drain", "fanout"):
         r = rate(name)
         if r is not None and ceiling:
             out[f"{name}_to_ceiling"] = round(r / ceiling, 3)
         if name in s and paired(s[name]):
             out[f"{name}_to_paired_ceiling"] = paired(s[name])
-    for name in ("floor", "floor3"):
+    for name in ("floor", "floor3", *LADDER):
         # the same backlog drained by the durable floor: how far drain1 is from it
         if name in s and "drain1" in s:
             out[f"drain1_to_{name}"] = round(s["drain1"]["deliveries_per_s"] / rate(name), 3)
@@ -118,16 +120,19 @@ def markdown(res: Results) -> str:
                 _met(ratio >= 0.5 if ratio else None),
             )
         )
-    for name in ("floor", "floor3"):
+    for name in ("floor", "floor3", *LADDER):
         if name not in s:
             continue
         d = s[name]
         ratio = r.get(f"{name}_to_paired_ceiling") or r.get(f"{name}_to_ceiling")
         beside = r.get(f"drain1_to_{name}_paired")
+        what = f"drain1's backlog, durable floor, {d['writes_per_row']} writes per row"
+        if d.get("real"):
+            what = f"floor3 with the daemon's {', '.join(d['real'])}"
         rows.append(
             (
                 name,
-                f"drain1's backlog, durable floor, {d['writes_per_row']} writes per row",
+                what,
                 f"{_num(d['deliveries_per_s'])} /s",
                 f"{_num(r.get(f'{name}_to_ceiling'), 2)}x ceiling, "
                 f"{_num(r.get(f'{name}_to_paired_ceiling'), 2)}x paired (>= 0.5)"
@@ -136,8 +141,8 @@ def markdown(res: Results) -> str:
                 _met(ratio >= 0.5 if ratio else None),
             )
         )
-    for name in ("drain1", "floor", "floor3"):
-        if name in s and ("floor" in s or "floor3" in s):
+    for name in ("drain1", "floor", "floor3", *LADDER):
+        if name in s and any(f in s for f in ("floor", "floor3", *LADDER)):
             d = s[name]
             rows.append(
                 (

@@ -26,7 +26,7 @@ from typing import Any
 from bench.drain import Drain
 from bench.infra import ROOT, BenchCluster, DaemonSpec
 from bench.receiver import ReceiverProcess, event_loop_name, run_loop
-from bench.report import markdown, profile_markdown, ratios
+from bench.report import LADDER, markdown, profile_markdown, ratios
 from bench.scenarios import Config, Scenarios
 
 ORDER = (
@@ -35,6 +35,7 @@ ORDER = (
     "drain1",
     "floor",
     "floor3",
+    *LADDER,
     "drain",
     "ordered",
     "fanout",
@@ -44,10 +45,13 @@ ORDER = (
     "replicas",
     "cost",
 )
+# Run only when named in --only: the ladder's rungs (issue 12), not part of the matrix.
+ON_REQUEST = frozenset(LADDER)
 NEEDS_CEILING = {
     "drain1",
     "floor",
     "floor3",
+    *LADDER,
     "drain",
     "ordered",
     "fanout",
@@ -63,6 +67,7 @@ PRIMARY: dict[str, Callable[[dict[str, Any]], float]] = {
     "drain1": lambda r: r["deliveries_per_s"],
     "floor": lambda r: r["deliveries_per_s"],
     "floor3": lambda r: r["deliveries_per_s"],
+    **{name: (lambda r: r["deliveries_per_s"]) for name in LADDER},
     "drain": lambda r: r["deliveries_per_s"],
     "slow": lambda r: r["deliveries_per_s"],
     "hotquiet": lambda r: r["quiet_p99_ms"] or 0.0,
@@ -141,6 +146,8 @@ SUMMARY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "hotquiet": _hotquiet_summary,
     "drain1": _drain_summary,
     "drain": _drain_summary,
+    "floor3": _drain_summary,
+    **dict.fromkeys(LADDER, _drain_summary),
 }
 
 
@@ -151,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help=f"comma-separated scenarios among {','.join(ORDER)} (the ceiling is added when a "
-        "ratio needs it)",
+        f"ratio needs it; {','.join(LADDER)} run only when named)",
     )
     p.add_argument("--no-ceiling", action="store_true", help="never run the ceiling")
     p.add_argument("--events", type=int, help="drain and replicas backlog (default 20000)")
@@ -204,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def selected(args: argparse.Namespace) -> list[str]:
-    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or set(ORDER)
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or set(ORDER) - ON_REQUEST
     unknown = wanted - set(ORDER)
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {ORDER}")
@@ -308,10 +315,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             except Exception as exc:
                 res["errors"]["profiled_latency"] = f"{type(exc).__name__}: {exc}"
-        if args.profile and "floor" in names:  # the floor process, for comparison
-            _progress("floor with py-spy ...")
+        # the floor process, for comparison: the floor, else the highest rung of the ladder
+        floor = next((n for n in ("floor", *reversed(LADDER)) if n in names), None)
+        if args.profile and floor:
+            _progress(f"{floor} with py-spy ...")
             try:
-                res["profiled_floor"] = await sc.floor(profile=out.with_suffix(".floor.pyspy.txt"))
+                res["profiled_floor"] = await getattr(sc, floor)(
+                    profile=out.with_suffix(".floor.pyspy.txt")
+                )
+                res["profiled_floor"]["scenario"] = floor
             except Exception as exc:
                 res["errors"]["profiled_floor"] = f"{type(exc).__name__}: {exc}"
         if cfg.ceiling_twice and "ceiling" in res["scenarios"] and len(names) > 1:

@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from bench.ceiling import pg_ceiling, run_http_ceiling
 from bench.drain import BenchError, Drain
+from bench.floor import REAL
 from bench.floor_latency import FloorProcess
 from bench.infra import (
     BENCH_ROLE,
@@ -192,18 +193,41 @@ class Scenarios:
         """The floor writing each row three times (pending, leased, outcome) like drain1."""
         return await self._floor("floor3", writes=3, profile=profile)
 
-    async def _floor(self, prefix: str, *, writes: int, profile: Path | None) -> dict[str, Any]:
+    # The ladder (issue 12): floor3 with the daemon's own pieces swapped in, one more per
+    # rung (bench/floor.py --real); the rung above rung_outcome is drain1, the daemon itself.
+    async def rung_request(self, profile: Path | None = None) -> dict[str, Any]:
+        """floor3 sending the daemon's request (build_request: both signatures, every header)."""
+        return await self._floor("rung_request", writes=3, profile=profile, real=REAL[:1])
+
+    async def rung_fanout(self, profile: Path | None = None) -> dict[str, Any]:
+        """... and creating the rows with the daemon's delivery_fan_out_lean."""
+        return await self._floor("rung_fanout", writes=3, profile=profile, real=REAL[:2])
+
+    async def rung_claim(self, profile: Path | None = None) -> dict[str, Any]:
+        """... and leasing them with the daemon's delivery_claim_due."""
+        return await self._floor("rung_claim", writes=3, profile=profile, real=REAL[:3])
+
+    async def rung_outcome(self, profile: Path | None = None) -> dict[str, Any]:
+        """... and recording outcomes with the recorder's statements: the daemon's SQL and
+        request under the floor's minimal loop."""
+        return await self._floor("rung_outcome", writes=3, profile=profile, real=REAL[:4])
+
+    async def _floor(
+        self, prefix: str, *, writes: int, profile: Path | None, real: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         events = self.cfg.drain1_events
         db = await self._backlog(prefix, events, 1, 1)
         try:
             async with await self.d.connect(db) as conn:
                 cur = await conn.execute(q("webhook_ids"))
                 hooks = [str(r["id"]) for r in await cur.fetchall()]
-            start = functools.partial(start_floor, webhook=hooks[0], writes=writes)
+            start = functools.partial(start_floor, webhook=hooks[0], writes=writes, real=real)
             result = await self.d.run(db, events, track_sql=True, profile=profile, start=start)
         finally:
             await asyncio.to_thread(self.cluster.drop_database, db)
         result.update(events=events, webhooks=1, writes_per_row=writes)
+        if real:
+            result["real"] = list(real)
         return result
 
     async def slow(self) -> dict[str, Any]:

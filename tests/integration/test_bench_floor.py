@@ -1,5 +1,6 @@
-"""The benchmark's durable floor (bench/floor.py, scenarios ``floor`` and ``floor3``) on a
-small backlog: every event delivered exactly once, signed, and every row recorded.
+"""The benchmark's durable floor (bench/floor.py, scenarios ``floor`` and ``floor3``, and the
+ladder's rungs, ``--real``) on a small backlog: every event delivered exactly once, signed,
+and every row recorded.
 
 Correctness only: its speed belongs to ``python -m bench``.
 """
@@ -18,7 +19,8 @@ from support.receiver import Receiver
 
 from bench.infra import q, start_floor
 from bench.workload import create_webhooks, publish_backlog
-from dispatcher.demo.receiver import verify_standard_webhooks
+from dispatcher.demo.receiver import verify_intime, verify_standard_webhooks
+from dispatcher.request import message_id
 
 EVENTS = 300
 
@@ -88,3 +90,67 @@ async def _all_recorded(
         assert floor.is_running(), floor.tail()
         assert time.monotonic() < deadline, f"{len(rows)} rows, not all recorded"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("real", ["request", "request,fanout,claim,outcome"])
+async def test_floor_with_the_daemons_pieces_delivers_as_the_daemon_does(
+    db_dsn: str, receiver: Receiver, real: str
+) -> None:
+    """The ladder (bench/floor.py --real): the daemon's request (both signatures, its
+    webhook-id, X-InTime-Sequence), and with every piece real its fan-out's sequence
+    numbers, its claim's tokens and its recorder's rows and webhook counters."""
+    pieces = tuple(real.split(","))
+    async with await psycopg.AsyncConnection.connect(
+        db_dsn, autocommit=True, row_factory=dict_row
+    ) as conn:
+        hooks = await create_webhooks(conn, receiver.url("/rung"), orgs=1, per_org=1)
+        await publish_backlog(conn, hooks.orgs, EVENTS, chunk=100)
+        cur = await conn.execute(q("webhook_ids"))
+        [webhook] = [str(r["id"]) for r in await cur.fetchall()]
+        floor = start_floor(db_dsn, "test-rung", webhook=webhook, writes=3, real=pieces)
+        try:
+            try:
+                await receiver.wait_for(EVENTS, timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nfloor: {floor.tail()}") from None
+            rows = await _all_recorded(conn, EVENTS, floor)
+            await asyncio.sleep(0.3)  # a duplicate would arrive meanwhile
+        finally:
+            floor.terminate()
+            code = await floor.wait_exit(10)
+            tail = floor.tail()
+            floor.close()
+        assert code == 0, tail
+        cur = await conn.execute("SELECT delivery_id, sequence FROM dispatcher.delivery_sequence")
+        numbers = {str(r["delivery_id"]): r["sequence"] for r in await cur.fetchall()}
+        cur = await conn.execute("SELECT last_success_at FROM webhooks")
+        hook = await cur.fetchone()
+
+    got = receiver.requests
+    assert len(got) == EVENTS  # exactly once
+    by_id = {str(r["id"]): r for r in rows}
+    assert set(by_id) == {req.headers["X-InTime-Delivery"] for req in got}
+    for req in got:
+        row = by_id[req.headers["X-InTime-Delivery"]]
+        assert req.body == row["request_body"].encode()
+        assert verify_standard_webhooks(hooks.secret, req.headers, req.body) is None
+        assert verify_intime(hooks.secret, req.headers, req.body) is None
+        assert req.headers["webhook-id"] == message_id(
+            row["event_id"], row["webhook_id"], row["id"]
+        )
+        assert req.headers["X-InTime-Event"] == row["event_type"]
+        assert req.headers["User-Agent"].startswith("webhook-dispatcher/")
+        assert int(req.headers["X-InTime-Sequence"]) > 0
+        assert row["status"] == "success" and row["next_retry_at"] is None
+    if "fanout" not in pieces:
+        return
+    # the fan-out numbered every delivery, the claim sent its number, the recorder
+    # recorded the request's headers and applied the webhook's counters
+    assert sorted(numbers.values()) == list(range(1, EVENTS + 1))
+    for req in got:
+        delivery = req.headers["X-InTime-Delivery"]
+        assert int(req.headers["X-InTime-Sequence"]) == numbers[delivery]
+        recorded = by_id[delivery]["request_headers"]
+        assert recorded["webhook-id"] == req.headers["webhook-id"]
+    assert hook is not None and hook["last_success_at"] is not None
