@@ -111,6 +111,7 @@ class Admission(Generic[T]):
         # the fastest in it, in the one before), of the webhooks without a backlog, and per
         # webhook with one
         self._quiet_fast = (-2, 0.0, 0.0)
+        self._pruned_at = -2
         self._fastest: dict[UUID, tuple[int, float, float]] = {}
         # rows leased ahead per capped webhook (default twice the cap, none for a cap of
         # one; 0: off); the queue is refilled when it has run down to `refill_at`
@@ -275,6 +276,12 @@ class Admission(Generic[T]):
 
     def _note_latency(self, hook: UUID, took: float) -> None:
         half = self._half()
+        if half != self._pruned_at:
+            # forget the webhooks with nothing ended in the window (O(webhooks with a
+            # backlog) once per half window)
+            self._pruned_at = half
+            for old in [k for k, v in self._fastest.items() if v[0] < half - 1]:
+                del self._fastest[old]
         if hook in self._held or hook in self._queued:
             at, fast, before = self._fastest.get(hook, (-2, 0.0, 0.0))
             if at == half:
@@ -289,9 +296,6 @@ class Admission(Generic[T]):
                 self._quiet_fast = (at, took, before)
         else:
             self._quiet_fast = (half, took, fast if at == half - 1 else float("inf"))
-            # forget the webhooks with nothing ended in the window
-            for old in [k for k, v in self._fastest.items() if v[0] < half - 1]:
-                del self._fastest[old]
 
     @staticmethod
     def _in_window(half: int, entry: tuple[int, float, float]) -> float | None:

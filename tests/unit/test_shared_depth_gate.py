@@ -161,3 +161,17 @@ def test_off_records_nothing() -> None:
     quiet_event(adm, quiet)
     end(adm, hot, QUIET_TOOK)
     assert adm.fastest(hot) is None and adm.fastest() is None and adm.depth(hot) == 32
+
+
+def test_webhooks_with_nothing_ended_in_the_window_are_forgotten() -> None:
+    """The per-webhook record stays as small as the set of webhooks with a backlog whose
+    attempts end, whether or not quiet traffic flows."""
+    adm, clock = make()
+    hooks = [uuid4() for _ in range(3)]
+    for hook in hooks:
+        hot_with_backlog(adm, hook)
+        end(adm, hook, 0.01)
+    assert len(adm._fastest) == 3
+    clock.now += LATENCY_WINDOW
+    end(adm, hooks[0], 0.01)
+    assert set(adm._fastest) == {hooks[0]}
