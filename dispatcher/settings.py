@@ -60,13 +60,13 @@ class Settings(BaseSettings):
         "attempts end (default: twice per_webhook_concurrency, none for a cap of 1; 0: off)",
     )
     shared_depth: int = Field(
-        default=8,
+        default=0,
         ge=0,
         le=4096,
-        description="attempts in flight to a webhook with a backlog and short attempts (no "
+        description="opt-in: attempts in flight to a webhook with a backlog and short attempts (no "
         "slower than twice the quiet webhooks' fastest) while other webhooks without one "
         "(and with no more than this in flight) have started one within the last second "
-        "(0, or at least per_webhook_concurrency: off)",
+        "(0, the default, or at least per_webhook_concurrency: off)",
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(
