@@ -36,21 +36,6 @@ SHARE_WINDOW. Alone, or among webhooks that all have a backlog or are busier tha
 depth, a webhook keeps its cap. The rows it does not start stay leased ahead in its queue
 (refilled as before). Each process decides for itself, from its own starts.
 
-Only for short attempts: holding a webhook to the shared depth `d` limits it to about
-d / (its attempts' latency) deliveries a second. A fast endpoint's latency under load is
-mostly our own loop's queueing, which every webhook of this process sees and which shrinks
-as its depth does: held to `d`, it loses next to nothing. A slow endpoint's latency is its
-own: held to `d` it would fall behind (a 100 ms endpoint receiving 100 events/s needs ~10
-in flight). So the shared depth applies only to a webhook whose fastest attempt ended
-within the last LATENCY_WINDOW took at most SHORT_RATIO times the fastest attempt of the
-webhooks without a backlog in the same window (`fastest()`): its attempts are no slower
-than our loop makes everyone's. A webhook with no attempt ended in the window, or while no
-quiet attempt ended in it, keeps its cap; one that turns slow gets its cap back within a
-LATENCY_WINDOW of its last fast attempt (a timeout, or an attempt still running, never
-counts as fast). The quiet webhooks are the reference because the rule only engages while
-they have work, and because they share the loop: the comparison needs no absolute
-threshold, so it holds on a fast machine and a loaded one alike.
-
 Pure apart from the clock (injectable).
 """
 
@@ -69,11 +54,6 @@ FAILING_AFTER = 3  # consecutive failures after which a webhook gets one probe a
 # how long a start of a webhook without a backlog keeps the webhooks with one at the shared
 # depth (seconds)
 SHARE_WINDOW = 1.0
-# the shared depth only for a webhook whose attempts are short: its fastest attempt ended
-# in the last LATENCY_WINDOW seconds took at most SHORT_RATIO times the fastest attempt of
-# the webhooks without a backlog (the quiet ones) in the same window
-LATENCY_WINDOW = 0.5
-SHORT_RATIO = 2.0
 
 T = TypeVar("T")
 
@@ -107,12 +87,6 @@ class Admission(Generic[T]):
         # of any other such webhook: "someone else is quiet" for every webhook in O(1)
         self._quiet_last: tuple[UUID | None, float] = (None, -1e18)
         self._quiet_prev = -1e18
-        # the fastest attempts ended in the two halves of LATENCY_WINDOW: (the half's index,
-        # the fastest in it, in the one before), of the webhooks without a backlog, and per
-        # webhook with one
-        self._quiet_fast = (-2, 0.0, 0.0)
-        self._pruned_at = -2
-        self._fastest: dict[UUID, tuple[int, float, float]] = {}
         # rows leased ahead per capped webhook (default twice the cap, none for a cap of
         # one; 0: off); the queue is refilled when it has run down to `refill_at`
         self.ahead = max(0, (2 * cap if cap > 1 else 0) if ahead is None else ahead)
@@ -265,62 +239,7 @@ class Admission(Generic[T]):
 
     def _sharing(self) -> list[UUID]:
         """The webhooks at the shared depth now: a backlog here, and others quiet."""
-        return [
-            hook
-            for hook in {*self._held, *self._queued}
-            if self._others_quiet(hook) and self._short(hook)
-        ]
-
-    def _half(self) -> int:
-        return int(self._clock() // (LATENCY_WINDOW / 2))
-
-    def _note_latency(self, hook: UUID, took: float) -> None:
-        half = self._half()
-        if half != self._pruned_at:
-            # forget the webhooks with nothing ended in the window (O(webhooks with a
-            # backlog) once per half window)
-            self._pruned_at = half
-            for old in [k for k, v in self._fastest.items() if v[0] < half - 1]:
-                del self._fastest[old]
-        if hook in self._held or hook in self._queued:
-            at, fast, before = self._fastest.get(hook, (-2, 0.0, 0.0))
-            if at == half:
-                if took < fast:
-                    self._fastest[hook] = (at, took, before)
-            else:
-                self._fastest[hook] = (half, took, fast if at == half - 1 else float("inf"))
-            return
-        at, fast, before = self._quiet_fast
-        if at == half:
-            if took < fast:
-                self._quiet_fast = (at, took, before)
-        else:
-            self._quiet_fast = (half, took, fast if at == half - 1 else float("inf"))
-
-    @staticmethod
-    def _in_window(half: int, entry: tuple[int, float, float]) -> float | None:
-        at, fast, before = entry
-        if at == half:
-            return min(fast, before)
-        if at == half - 1:
-            return fast
-        return None
-
-    def fastest(self, hook: UUID | None = None) -> float | None:
-        """The fastest attempt of `hook` (None: of the webhooks without a backlog) that
-        ended within the last LATENCY_WINDOW, in seconds (None: none ended)."""
-        half = self._half()
-        if hook is None:
-            return self._in_window(half, self._quiet_fast)
-        entry = self._fastest.get(hook)
-        return None if entry is None else self._in_window(half, entry)
-
-    def _short(self, hook: UUID) -> bool:
-        """Would the shared depth cost this webhook next to nothing? Its attempts are no
-        slower than our loop makes the quiet webhooks' (within SHORT_RATIO): their latency
-        is ours, not its endpoint's."""
-        own, quiet = self.fastest(hook), self.fastest()
-        return own is not None and quiet is not None and own <= SHORT_RATIO * quiet
+        return [hook for hook in {*self._held, *self._queued} if self._others_quiet(hook)]
 
     def depth(self, hook: UUID) -> int:
         """The most attempts of this webhook in flight now: its cap, or the shared depth
@@ -329,7 +248,6 @@ class Admission(Generic[T]):
             self.shared_depth
             and (hook in self._held or hook in self._queued)
             and self._others_quiet(hook)
-            and self._short(hook)
         ):
             return self.shared_depth
         return self.cap
@@ -394,12 +312,9 @@ class Admission(Generic[T]):
         if failing:
             self._probing.add(webhook_id)
 
-    def ended(self, webhook_id: UUID, took: float | None = None) -> bool:
-        """One attempt of this webhook ended (`took`: seconds from its start, for the
-        shared depth's gate); True when the webhook was held back at its limit by the
-        last claim (so rows of it may be waiting for this slot: claim now)."""
-        if took is not None and self.shared_depth:
-            self._note_latency(webhook_id, took)
+    def ended(self, webhook_id: UUID) -> bool:
+        """One attempt of this webhook ended; True when the webhook was held back at its
+        limit by the last claim (so rows of it may be waiting for this slot: claim now)."""
         n = self._inflight[webhook_id]
         if n <= 1:
             self._inflight.pop(webhook_id, None)

@@ -499,14 +499,11 @@ class Dispatcher:
         key = self._starts
         self._inflight[key] = (task, d)
         self.admission.started(d.webhook_id, active=d.active, failing=d.failing)
-        # when it started, for the shared depth's gate (its attempts' latency)
-        t0 = time.monotonic() if self.admission.shared_depth else 0.0
-        task.add_done_callback(functools.partial(self._done, key, d, t0))
+        task.add_done_callback(functools.partial(self._done, key, d))
 
-    def _done(self, key: int, d: Claimed, t0: float, _: asyncio.Task[None]) -> None:
+    def _done(self, key: int, d: Claimed, _: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
-        took = time.monotonic() - t0 if t0 else None
-        held = self.admission.ended(d.webhook_id, took)
+        held = self.admission.ended(d.webhook_id)
         if not self._stopping:
             queued, give_back = self.admission.next_queued(d.webhook_id)
             if queued is not None:

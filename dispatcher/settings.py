@@ -63,10 +63,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=4096,
-        description="opt-in: attempts in flight to a webhook with a backlog and short attempts (no "
-        "slower than twice the quiet webhooks' fastest) while other webhooks without one "
-        "(and with no more than this in flight) have started one within the last second "
-        "(0, the default, or at least per_webhook_concurrency: off)",
+        description="opt-in: attempts in flight to a webhook with a backlog while other "
+        "webhooks without one (and with no more than this in flight) have started one within "
+        "the last second (0, the default, or at least per_webhook_concurrency: off)",
     )
     batch_size: int = Field(default=64, ge=1, le=5000, description="rows claimed per query")
     poll_interval: float = Field(

@@ -35,10 +35,8 @@ async def test_a_hot_webhook_runs_at_the_shared_depth_while_a_quiet_one_gets_eve
     hot_org, quiet_org = await hostdb.create_org(conn, "Hot"), await hostdb.create_org(conn)
     hot = (await hostdb.create_webhook(conn, hot_org, receiver.url("/hot"), ["*"]))["id"]
     await hostdb.create_webhook(conn, quiet_org, receiver.url(QUIET), ["*"])
-    # both endpoints answer after 30 ms: the hot one's attempts are no slower than the
-    # quiet one's, so the gate (short attempts only) lets the shared depth hold it
     receiver.respond("/hot", Reply(204, delay=0.03))
-    receiver.respond(QUIET, Reply(204, delay=0.03))
+    receiver.respond(QUIET, Reply(204))
     daemon = await start_daemon(per_webhook_concurrency=8, shared_depth=2)
     dispatcher = daemon.app.dispatcher
     assert dispatcher is not None
@@ -90,57 +88,3 @@ async def test_a_hot_webhook_runs_at_the_shared_depth_while_a_quiet_one_gets_eve
     for path, n in (("/hot", HOT), (QUIET, quiet_sent)):
         ids = [r.headers["webhook-id"] for r in receiver.requests_for(path)]
         assert len(ids) == len(set(ids)) == n, path
-
-
-async def test_a_slow_endpoint_with_a_backlog_keeps_its_cap_while_a_quiet_one_gets_events(
-    conn, db_dsn, receiver, start_daemon, monkeypatch
-):
-    """The review's case: a slow endpoint (100 ms) draining a backlog beside a fast quiet
-    webhook. Held to the shared depth it would deliver 2 / 0.1 s, a quarter of its cap's
-    rate; the gate sees its attempts are its endpoint's, not our loop's, and keeps its cap."""
-    monkeypatch.setattr(admission, "SHARE_WINDOW", 60.0)
-    hot_org, quiet_org = await hostdb.create_org(conn, "Slow"), await hostdb.create_org(conn)
-    hot = (await hostdb.create_webhook(conn, hot_org, receiver.url("/hot"), ["*"]))["id"]
-    await hostdb.create_webhook(conn, quiet_org, receiver.url(QUIET), ["*"])
-    receiver.respond("/hot", Reply(204, delay=0.1))
-    receiver.respond(QUIET, Reply(204))
-    daemon = await start_daemon(per_webhook_concurrency=8, shared_depth=2)
-    dispatcher = daemon.app.dispatcher
-    assert dispatcher is not None
-    n_hot = 240
-
-    quiet_sent = 0
-    flowing = True
-
-    async def quiet_traffic() -> None:
-        nonlocal quiet_sent
-        async with await hostdb.connect(db_dsn) as pub:
-            while flowing:
-                await hostdb.publish(pub, "quiet.ping", {"n": quiet_sent}, org=quiet_org)
-                quiet_sent += 1
-                await asyncio.sleep(0.02)
-
-    publisher = asyncio.create_task(quiet_traffic())
-    try:
-        await receiver.wait_for(1, QUIET, timeout=30)
-        await hostdb.insert_events_directly(conn, hot_org, "job.created", n_hot)
-        # past its first claim (which starts up to its cap whatever the rule): from here on
-        # the shared depth would have drained it down to 2
-        await receiver.wait_for(n_hot // 4, "/hot", timeout=60)
-        receiver.max_concurrent["/hot"] = receiver.concurrent["/hot"]
-        quiet_before = len(receiver.requests_for(QUIET))
-        while len(receiver.requests_for("/hot")) < n_hot * 3 // 4:
-            assert not publisher.done()
-            await asyncio.sleep(0.05)
-        in_drain_max = receiver.max_concurrent["/hot"]
-        assert len(receiver.requests_for(QUIET)) > quiet_before + 10  # others had work
-        assert dispatcher.admission.depth(hot) == 8
-    finally:
-        flowing = False
-        with contextlib.suppress(Exception):
-            await publisher
-    assert in_drain_max == 8, f"the slow webhook was held to {in_drain_max} in flight"
-    await hostdb.wait_deliveries(conn, "status = 'success'", n_hot + quiet_sent, timeout=120)
-    assert dispatcher.released_unsent == 0
-    ids = [r.headers["webhook-id"] for r in receiver.requests_for("/hot")]
-    assert len(ids) == len(set(ids)) == n_hot

@@ -25,18 +25,6 @@ def make(cap: int = 32, shared: int = 8) -> tuple[Admission[Any], Clock]:
     return Admission(cap, RateLimits(clock=clock), clock=clock, shared_depth=shared), clock
 
 
-FAST = 0.002  # an attempt's latency: what our loop makes every webhook's
-
-
-def short(adm: Admission[Any], hot: UUID, quiet: UUID, took: float = FAST) -> None:
-    """One attempt of each ended just now, both as short (the gate: the hot one's
-    attempts are no slower than the quiet one's)."""
-    adm.started(quiet, active=True, failing=False)
-    adm.ended(quiet, took)
-    adm.started(hot, active=True, failing=False)
-    adm.ended(hot, took)
-
-
 def claim(adm: Admission[Any], hook: UUID, rows: int) -> tuple[int, int]:
     """One claim statement leasing `rows` rows of `hook`: (started, queued); the rest
     would be released."""
@@ -52,10 +40,9 @@ def claim(adm: Admission[Any], hook: UUID, rows: int) -> tuple[int, int]:
     return started, queued
 
 
-def end(adm: Admission[Any], hook: UUID, took: float = FAST) -> tuple[int, list[Any]]:
-    """One attempt of `hook` ended after `took` seconds: (queued rows started, rows
-    handed back)."""
-    adm.ended(hook, took)
+def end(adm: Admission[Any], hook: UUID) -> tuple[int, list[Any]]:
+    """One attempt of `hook` ended: (queued rows started, rows handed back)."""
+    adm.ended(hook)
     n = 0
     row, back = adm.next_queued(hook)
     while row is not None:
@@ -81,8 +68,6 @@ def test_a_quiet_webhooks_recent_start_holds_the_backlogged_one_to_the_shared_de
     hot, quiet = uuid4(), uuid4()
     claim(adm, hot, 96)
     assert claim(adm, quiet, 1) == (1, 0)  # the quiet one starts: others share now
-    assert adm.depth(hot) == 32  # ... once an attempt of each shows the hot one's are short
-    short(adm, hot, quiet)
     assert adm.depth(hot) == 8
     assert adm.room()[hot] == 0 and adm.room_of(hot) == 0
     # its 32 in flight end one by one: nothing starts until it is under 8, and no queued
@@ -103,12 +88,10 @@ def test_after_the_window_the_backlogged_webhook_gets_its_cap_back() -> None:
     hot, quiet = uuid4(), uuid4()
     claim(adm, hot, 96)
     claim(adm, quiet, 1)
-    short(adm, hot, quiet)
     for _ in range(24):
         end(adm, hot)
     assert adm.depth(hot) == 8
     clock.now += SHARE_WINDOW / 2
-    short(adm, hot, quiet)  # attempts keep ending (the quiet one started no new one)
     assert adm.depth(hot) == 8
     clock.now += SHARE_WINDOW / 2
     assert adm.depth(hot) == 32
@@ -122,7 +105,6 @@ def test_a_quiet_webhook_is_never_limited() -> None:
     hot, quiet, other = uuid4(), uuid4(), uuid4()
     claim(adm, hot, 96)
     claim(adm, other, 1)
-    short(adm, hot, other)
     # a webhook without a backlog here gets its cap, however many others are quiet
     assert claim(adm, quiet, 5) == (5, 0)
     assert adm.depth(quiet) == 32 and adm.room_of(quiet) == 27 and adm.room()[quiet] == 27
@@ -150,7 +132,6 @@ def test_zero_turns_it_off_and_it_is_never_above_the_cap() -> None:
         hot, quiet = uuid4(), uuid4()
         claim(adm, hot, 96)
         claim(adm, quiet, 1)
-        short(adm, hot, quiet)
         assert adm.shared_depth == 0 and adm.depth(hot) == cap
         assert end(adm, hot) == (1, [])
     assert Admission(4, RateLimits(), shared_depth=2).shared_depth == 2
@@ -163,7 +144,6 @@ def test_a_claim_while_it_shares_leases_ahead_and_holds_it() -> None:
     hot, quiet = uuid4(), uuid4()
     claim(adm, hot, 32)  # all it was given: held, nothing queued
     claim(adm, quiet, 1)
-    short(adm, hot, quiet)
     assert adm.depth(hot) == 8 and adm.room()[hot] == 0
     for _ in range(32):
         end(adm, hot)
@@ -192,8 +172,6 @@ def test_the_window_ending_inside_next_queued_hands_nothing_back() -> None:
     hot, quiet = uuid4(), uuid4()
     assert claim(adm, hot, 96) == (32, 64)
     claim(adm, quiet, 1)  # at clock 100: the hot one shares until 100 + SHARE_WINDOW
-    clock.now = 100.0 + SHARE_WINDOW - 0.1
-    short(adm, hot, quiet)  # its attempts are short (the gate is open at the window's end)
     # one of its 32 ends just before the window does, and the clock moves on 10 ms at each
     # reading inside next_queued: read more than once, the depth says 8 ("no room") and
     # then 32 ("under its depth": no end of an attempt would start them), and the whole
