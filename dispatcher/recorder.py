@@ -1,7 +1,11 @@
 """Writes attempt outcomes to PostgreSQL in batches, one statement per batch.
 
 Outcomes are queued by the delivery tasks and written by one task: under load a
-batch holds many outcomes; when idle each is written at once. A write that
+batch holds many outcomes; when idle each is written at once. Under load only (the previous
+batch held at least LINGER_AFTER outcomes) the writer lingers, like Kafka's linger.ms: it
+waits up to LINGER seconds for the batch to reach LINGER_TARGET before writing, so that a
+backlog's outcomes go in fuller statements. It never lingers over an ordered key's outcome
+(the key's next delivery waits for it), nor while drain() waits (shutdown). A write that
 fails because the database is away is retried (with capped backoff) until it
 succeeds or shutdown's deadline passes; an outcome whose claim was retaken by
 another replica (lease ran out) is dropped by the statement itself.
@@ -41,6 +45,12 @@ log = structlog.get_logger("dispatcher.recorder")
 
 MAX_BATCH = 500
 BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
+# The linger (issue 12): after a batch of at least LINGER_AFTER outcomes, the next one waits
+# up to LINGER seconds for LINGER_TARGET outcomes. An idle daemon's batches hold one outcome,
+# so it never lingers; a backlog's batches stay above LINGER_AFTER, so it keeps lingering.
+LINGER = 0.005
+LINGER_AFTER = 8
+LINGER_TARGET = 64
 
 
 # Longest error texts written (the delivery row's error_message, the attempt's error_code).
@@ -157,10 +167,17 @@ class Recorder:
         # Why claims were lost, by reason (lease_retaken, changed_by_another_writer, deleted).
         self.lost: Counter[str] = Counter()
         self.batches = 0
+        self._last = 0  # outcomes in the last batch written: under load when large
+        self._want = 0  # while lingering: the queue size that ends the linger
+        self._enough = asyncio.Event()  # ends a linger early
+        self._draining = False
+        self.lingered = 0  # batches that lingered
 
     def put(self, row: OutcomeRow) -> None:
         self._idle.clear()
         self._queue.put_nowait(row)
+        if self._want and (row.keyed or self._queue.qsize() >= self._want):
+            self._enough.set()
 
     @property
     def backlog(self) -> int:
@@ -182,6 +199,9 @@ class Recorder:
             self._busy = []
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            if self._last >= LINGER_AFTER and len(batch) < LINGER_TARGET and not self._draining:
+                await self._linger(batch)
+            self._last = len(batch)
             if batch:
                 await self._write_with_retry(batch)
             if self._counters_due:
@@ -189,13 +209,37 @@ class Recorder:
             if self._queue.empty() and not self._busy:
                 self._idle.set()
 
+    async def _linger(self, batch: list[OutcomeRow]) -> None:
+        """Under load: wait up to LINGER for the batch to fill to LINGER_TARGET, then take what
+        came. Not over an ordered key's outcome (its next delivery is released by this
+        write), and ended by one arriving, or by drain()."""
+        if any(row.keyed for row in batch):
+            return
+        self.lingered += 1
+        self._want = LINGER_TARGET - len(batch)
+        self._enough.clear()
+        try:
+            async with asyncio.timeout(LINGER):
+                await self._enough.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._want = 0
+        while len(batch) < MAX_BATCH and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+
     async def drain(self, timeout: float) -> bool:
-        """Wait until every queued outcome is written; False if the timeout passed first."""
+        """Wait until every queued outcome is written; False if the timeout passed first.
+        A linger in progress ends at once, and none starts while this waits."""
+        self._draining = True
+        self._enough.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
             return False
+        finally:
+            self._draining = False
 
     async def _apply_counters(self) -> None:
         """Write pending streak changes to public.webhooks, skipping locked webhook rows."""
