@@ -1,8 +1,9 @@
 """Writes attempt outcomes to PostgreSQL in batches, one statement per batch.
 
 Outcomes are queued by the delivery tasks and written by one task: under load a
-batch holds many outcomes; when idle each is written at once. Under load only (the previous
-batch held at least LINGER_AFTER outcomes) the writer lingers, like Kafka's linger.ms: it
+batch holds many outcomes; when idle each is written at once. Under load only (outcomes were
+already waiting when the batch began, and the previous batch held at least LINGER_AFTER fresh
+ones) the writer lingers, like Kafka's linger.ms: it
 waits up to LINGER seconds for the batch to reach LINGER_TARGET before writing, so that a
 backlog's outcomes go in fuller statements. It never lingers over an ordered key's outcome
 (the key's next delivery waits for it), nor while drain() waits (shutdown). A write that
@@ -46,8 +47,9 @@ log = structlog.get_logger("dispatcher.recorder")
 MAX_BATCH = 500
 BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending counters, are retried
 # The linger (issue 12): after a batch of at least LINGER_AFTER outcomes, the next one waits
-# up to LINGER seconds for LINGER_TARGET outcomes. An idle daemon's batches hold one outcome,
-# so it never lingers; a backlog's batches stay above LINGER_AFTER, so it keeps lingering.
+# up to LINGER seconds for LINGER_TARGET outcomes, if outcomes were already waiting when it
+# began. An idle daemon's writer waits for each outcome, so it never lingers, even right after
+# a busy spell; a backlog's batches stay above LINGER_AFTER, so it keeps lingering.
 LINGER = 0.005
 LINGER_AFTER = 8
 LINGER_TARGET = 64
@@ -187,6 +189,9 @@ class Recorder:
         """Write batches until cancelled."""
         while True:
             batch: list[OutcomeRow] = []
+            # Under load when outcomes were already waiting as this batch began: a writer that
+            # had to wait for its first outcome is idle, however large its last batch was.
+            waiting = not self._queue.empty()
             if self._queue.empty() and (self._busy or self._counters_due):
                 # Something waits on another transaction's lock: look again shortly.
                 try:
@@ -195,13 +200,21 @@ class Recorder:
                     pass
             else:
                 batch.append(await self._queue.get())
+            retried = len(self._busy)
             batch.extend(self._busy)
             self._busy = []
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            if self._last >= LINGER_AFTER and len(batch) < LINGER_TARGET and not self._draining:
+            if (
+                waiting
+                and self._last >= LINGER_AFTER
+                and len(batch) < LINGER_TARGET
+                and not self._draining
+            ):
                 await self._linger(batch)
-            self._last = len(batch)
+            # Only fresh outcomes say "under load": rows retried because another transaction
+            # holds their lock (BUSY_RETRY) would keep a lone outcome lingering for as long.
+            self._last = len(batch) - retried
             if batch:
                 await self._write_with_retry(batch)
             if self._counters_due:

@@ -26,8 +26,11 @@ class _Recorder(Recorder):
     def __init__(self) -> None:
         super().__init__(cast(Any, None))
         self.sizes: list[int] = []
+        self.hold = asyncio.Event()  # cleared: writes wait until it is set again
+        self.hold.set()
 
     async def _write(self, batch: list[OutcomeRow]) -> None:
+        await self.hold.wait()
         await asyncio.sleep(0.001)
         self.sizes.append(len(batch))
         self.batches += 1
@@ -137,3 +140,63 @@ async def test_drain_does_not_wait_for_a_linger(long_linger: float) -> None:
         assert rec.written == 201
     finally:
         task.cancel()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _written_while_held(rec: _Recorder, n: int) -> None:
+    """n outcomes taken into a batch whose write waits on `rec.hold` (cleared)."""
+    rec.hold.clear()
+    for _ in range(n):
+        rec.put(_row())
+    await _until(lambda: rec.backlog == 0, 1.0)  # all taken: the write is held
+
+
+async def test_a_lone_outcome_after_a_busy_spell_is_written_at_once(long_linger: float) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        await _burst(rec, 200)
+        assert await rec.drain(timeout=2 * long_linger)  # ends the last batch's linger
+        assert rec.written == 200 and rec.lingered > 0
+        await asyncio.sleep(0.02)  # idle: the writer waits for its next outcome
+        rec.put(_row())
+        await _until(lambda: rec.written == 201, long_linger / 2)
+        assert rec.sizes[-1] == 1
+    finally:
+        await _stop(task)
+
+
+async def test_a_keyed_outcome_waiting_alone_under_load_is_not_held_back(
+    long_linger: float,
+) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        await _written_while_held(rec, 20)  # under load: the next batch could linger
+        rec.put(_row(keyed=True))  # waiting when that batch begins, and nothing after it
+        rec.hold.set()
+        await _until(lambda: rec.written == 21, long_linger / 2)
+        assert rec.sizes == [20, 1]
+    finally:
+        await _stop(task)
+
+
+async def test_no_linger_starts_while_drain_waits(long_linger: float) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        await _written_while_held(rec, 20)
+        rec.put(_row())  # waiting when the next batch begins, after drain() started
+        drained = asyncio.create_task(rec.drain(timeout=2 * long_linger))
+        await asyncio.sleep(0)
+        start = time.monotonic()
+        rec.hold.set()
+        assert await drained
+        assert time.monotonic() - start < long_linger / 2
+        assert rec.written == 21
+    finally:
+        await _stop(task)
