@@ -306,18 +306,22 @@ class Floor:
                 self.in_flight -= 1
             self.wake_record.set()
 
-    async def _post(self, session: aiohttp.ClientSession, row: Row) -> None:
-        if self.real:
-            await self._post_real(session, row)
-            return
+    def _bare_headers(self, row: Row) -> dict[str, str]:
+        """The floor's own request head: one Standard Webhooks signature, no other contract."""
         unix = str(int(time.time()))
-        headers = {
+        return {
             "Content-Type": "application/json",
             "webhook-id": row.id,
             "webhook-timestamp": unix,
             "webhook-signature": sign_standard_with_keys(row.id, unix, row.body, self.keys),
             "X-InTime-Delivery": row.id,
         }
+
+    async def _post(self, session: aiohttp.ClientSession, row: Row) -> None:
+        if self.real:
+            await self._post_real(session, row)
+            return
+        headers = self._bare_headers(row)
         t0 = time.perf_counter()
         code: int | None = None
         text: str | None = None
@@ -355,14 +359,7 @@ class Floor:
             )
             headers, recorded = built.headers, built.recorded_headers
         else:
-            unix = str(int(time.time()))
-            headers = recorded = {
-                "Content-Type": "application/json",
-                "webhook-id": row.id,
-                "webhook-timestamp": unix,
-                "webhook-signature": sign_standard_with_keys(row.id, unix, row.body, self.keys),
-                "X-InTime-Delivery": row.id,
-            }
+            headers = recorded = self._bare_headers(row)
         t0 = time.perf_counter()
         code: int | None = None
         text: str | None = None

@@ -42,16 +42,7 @@ async def test_floor_delivers_every_event_once_signed_and_records_every_row(
         assert len(events) == EVENTS
 
         floor = start_floor(db_dsn, "test-floor", webhook=webhook, writes=writes)
-        try:
-            await receiver.wait_for(EVENTS, timeout=30)
-            rows = await _all_recorded(conn, EVENTS, floor)
-            await asyncio.sleep(0.3)  # a duplicate would arrive meanwhile
-        finally:
-            floor.terminate()
-            code = await floor.wait_exit(10)
-            tail = floor.tail()
-            floor.close()
-        assert code == 0, tail
+        rows = await _drained(conn, receiver, floor)
         cur = await conn.execute(q("outbox_count"))
         outbox = await cur.fetchone()
         assert outbox is not None and outbox["n"] == 0
@@ -76,6 +67,27 @@ async def test_floor_delivers_every_event_once_signed_and_records_every_row(
         assert row["attempt_number"] == 1
         assert str(row["webhook_id"]) == webhook
         assert row["request_url"] == receiver.url("/floor") + "/0/0"
+
+
+async def _drained(
+    conn: psycopg.AsyncConnection[dict[str, Any]], receiver: Receiver, floor: Any
+) -> list[dict[str, Any]]:
+    """Every event received and recorded by the floor process, which then exits 0 on SIGTERM
+    (a duplicate would arrive in the 0.3 s before it is stopped)."""
+    try:
+        try:
+            await receiver.wait_for(EVENTS, timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nfloor: {floor.tail()}") from None
+        rows = await _all_recorded(conn, EVENTS, floor)
+        await asyncio.sleep(0.3)
+    finally:
+        floor.terminate()
+        code = await floor.wait_exit(10)
+        tail = floor.tail()
+        floor.close()
+    assert code == 0, tail
+    return rows
 
 
 async def _all_recorded(
@@ -109,19 +121,7 @@ async def test_floor_with_the_daemons_pieces_delivers_as_the_daemon_does(
         cur = await conn.execute(q("webhook_ids"))
         [webhook] = [str(r["id"]) for r in await cur.fetchall()]
         floor = start_floor(db_dsn, "test-rung", webhook=webhook, writes=3, real=pieces)
-        try:
-            try:
-                await receiver.wait_for(EVENTS, timeout=30)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\nfloor: {floor.tail()}") from None
-            rows = await _all_recorded(conn, EVENTS, floor)
-            await asyncio.sleep(0.3)  # a duplicate would arrive meanwhile
-        finally:
-            floor.terminate()
-            code = await floor.wait_exit(10)
-            tail = floor.tail()
-            floor.close()
-        assert code == 0, tail
+        rows = await _drained(conn, receiver, floor)
         cur = await conn.execute("SELECT delivery_id, sequence FROM dispatcher.delivery_sequence")
         numbers = {str(r["delivery_id"]): r["sequence"] for r in await cur.fetchall()}
         cur = await conn.execute("SELECT last_success_at FROM webhooks")
