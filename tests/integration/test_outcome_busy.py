@@ -18,6 +18,7 @@ from uuid import UUID
 
 import hostdb
 import pytest
+from support.outcomes import delivered
 
 from dispatcher.admission import Admission
 from dispatcher.claims import Claimed
@@ -54,20 +55,12 @@ async def _leased(conn: hostdb.Conn) -> Claimed:
 
 def _success(d: Claimed, keyed: bool) -> OutcomeRow:
     now = datetime.now(UTC)
-    return OutcomeRow(
-        id=d.id,
-        webhook_id=d.webhook_id,
-        org_id=d.org_id,
-        claim=d.claim,
-        status="success",
-        outcome="delivered",
+    return delivered(
+        d.id,
+        d.webhook_id,
+        d.org_id,
+        d.claim,
         attempt=d.attempt,
-        attempt_number=d.attempt,
-        retry_in=None,
-        final=True,
-        counts=False,
-        success=True,
-        gone=False,
         request_url=d.url,
         request_headers={"content-type": "application/json"},
         response_status=204,

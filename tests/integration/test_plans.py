@@ -20,11 +20,12 @@ from typing import Any
 import hostdb
 import pytest
 from psycopg import sql
+from support.outcomes import delivered
 
 from bench.statement_cpu import fan_out_params
 from dispatcher.admission import FAILING_AFTER
 from dispatcher.queries import query
-from dispatcher.recorder import OutcomeRow, outcomes_json
+from dispatcher.recorder import outcomes_json
 
 BACKLOG = 3000
 OUTCOMES = 44
@@ -88,20 +89,11 @@ def outcomes(rows: list[dict[str, Any]]) -> str:
     now = datetime.now(UTC)
     return outcomes_json(
         [
-            OutcomeRow(
-                id=r["id"],
-                webhook_id=r["webhook_id"],
-                org_id=r["org_id"],
-                claim=r["next_retry_at"],
-                status="success",
-                outcome="delivered",
-                attempt=1,
-                attempt_number=1,
-                retry_in=None,
-                final=True,
-                counts=False,
-                success=True,
-                gone=False,
+            delivered(
+                r["id"],
+                r["webhook_id"],
+                r["org_id"],
+                r["next_retry_at"],
                 response_status=204,
                 duration_ms=1,
                 started_at=now,

@@ -17,6 +17,7 @@ from typing import Any, cast
 from uuid import uuid4
 
 import pytest
+from support.outcomes import delivered
 
 from dispatcher import recorder as recorder_module
 from dispatcher.recorder import OutcomeRow, Recorder
@@ -41,23 +42,7 @@ class _Recorder(Recorder):
 
 
 def _row(keyed: bool = False) -> OutcomeRow:
-    now = datetime.now(UTC)
-    return OutcomeRow(
-        id=uuid4(),
-        webhook_id=uuid4(),
-        org_id=uuid4(),
-        claim=now,
-        status="success",
-        outcome="delivered",
-        attempt=1,
-        attempt_number=1,
-        retry_in=None,
-        final=True,
-        counts=False,
-        success=True,
-        gone=False,
-        keyed=keyed,
-    )
+    return delivered(uuid4(), uuid4(), uuid4(), datetime.now(UTC), keyed=keyed)
 
 
 async def _until(cond: Any, bound: float) -> float:
