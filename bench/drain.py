@@ -15,6 +15,7 @@ import asyncio
 import functools
 import os
 import re
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -214,6 +215,7 @@ class Drain:
         stats: dict[str, Any] = {"count": 0}
         waits: dict[str, int] = {}
         polls = 0
+        open_seen: list[tuple[int, float]] = []  # (received, connections open), one a poll
         side: asyncio.Task[Any] | None = None
         while stats["count"] < expected:
             self._check(daemons, deadline, f"{stats['count']}/{expected} received")
@@ -232,6 +234,8 @@ class Drain:
                 if during is not None:
                     side = asyncio.ensure_future(during())
             rss.append((stats["count"], sum(proc_rss_mb(p) for p in pids)))
+            if first is not None:
+                open_seen.append((stats["count"], float(stats.get("open", 0))))
             polls += 1
             if first is not None and polls % WAIT_SAMPLE_EVERY == 0:
                 await self._sample_waits(probe, waits)
@@ -291,6 +295,7 @@ class Drain:
             # WAIT_SAMPLE_EVERY polls (a backend on a CPU shows "running")
             "daemon_wait_samples": dict(sorted(waits.items(), key=lambda kv: -kv[1])),
             "rss_mb_at": _rss_at(rss, expected),
+            "receiver_connections": _connections(stats, open_seen, expected),
             # per kind of process: CPU and run-queue wait ("waited for a CPU") per delivery
             "sched": sched_result,
             **({"during": side_result} if side is not None else {}),
@@ -409,7 +414,8 @@ class SchedWindow:
 
 
 def _rss_at(samples: list[tuple[int, float]], expected: int) -> dict[str, float]:
-    """Summed daemon RSS when 10 %, 50 % and 90 % of the deliveries had arrived."""
+    """A polled figure (the daemon RSS summed, connections open) when 10 %, 50 % and 90 %
+    of the deliveries had arrived."""
     out: dict[str, float] = {}
     for pct in (10, 50, 90):
         mark = expected * pct / 100
@@ -482,3 +488,21 @@ def _name(text: str) -> str:
         if n > 0 and (n >= _MIN_WORDS or whole):
             return name
     return _normal(text)[:60]
+
+
+def _connections(
+    stats: dict[str, Any], open_seen: list[tuple[int, float]], expected: int
+) -> dict[str, Any]:
+    """The receiver's view of the daemon's connections over the drain (from its last stats:
+    the requests counted there are the drain's, the connections since the reset)."""
+    count = max(int(stats.get("count", 0)), 1)
+    return {
+        "accepted": stats.get("connections"),
+        "accepted_per_1000": round(1000 * int(stats.get("connections", 0)) / count, 2),
+        "open_max": stats.get("open_max"),
+        "open_polled_median": statistics.median(n for _, n in open_seen) if open_seen else None,
+        "open_at": _rss_at(open_seen, expected),
+        "head_bytes_per_request": round(int(stats.get("head_bytes", 0)) / count, 1),
+        "body_bytes_per_request": round(int(stats.get("bytes", 0)) / count, 1),
+        "close_asked": stats.get("close_asked"),
+    }

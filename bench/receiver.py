@@ -8,7 +8,12 @@ delivery row id; ``webhook-id`` is one per event and webhook, not per row). Unde
 ``/slow/`` the answer comes ``SLOW_SECONDS`` after the body was read (a slow endpoint).
 Control endpoints (JSON):
 
-- ``GET /_bench/stats``: ``{"count", "first", "last", "bytes"}``
+- ``GET /_bench/stats``: ``{"count", "first", "last", "bytes", "connections", "open",
+  "open_max", "head_bytes", "close_asked"}``: ``connections`` the TCP connections accepted,
+  ``open_max`` the most open at once, ``head_bytes`` the requests' header bytes (names and
+  values as received, plus ": " and CRLF per line), ``close_asked`` the requests that asked
+  for ``Connection: close`` (keep-alive off); control requests excluded from all but the
+  connection figures
 - ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...], "signed": [...]}`` in arrival
   order (``signed``: the request's ``X-InTime-Timestamp``, when the sender signed it, in ms)
 - ``POST /_bench/reset``: forget everything recorded
@@ -39,6 +44,19 @@ class Recorder:
         self.times: list[float] = []
         self.signed: list[str] = []  # X-InTime-Timestamp: when the sender signed (ms)
         self.bytes = 0
+        self.connections = 0  # accepted since the last reset
+        self.open = 0  # open now
+        self.open_max = 0  # most open at once since the last reset
+        self.head_bytes = 0
+        self.close_asked = 0
+
+    def opened(self) -> None:
+        self.connections += 1
+        self.open += 1
+        self.open_max = max(self.open_max, self.open)
+
+    def closed(self) -> None:
+        self.open -= 1
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path.startswith(CONTROL):
@@ -48,6 +66,9 @@ class Recorder:
         self.ids.append(request.headers.get("X-InTime-Delivery", ""))
         self.signed.append(request.headers.get("X-InTime-Timestamp", ""))
         self.bytes += len(body)
+        self.head_bytes += sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if not request.keep_alive:
+            self.close_asked += 1
         if request.path.startswith(SLOW):
             await asyncio.sleep(SLOW_SECONDS)
         return web.Response(status=204)
@@ -60,20 +81,43 @@ class Recorder:
                 "first": self.times[0] if self.times else None,
                 "last": self.times[-1] if self.times else None,
                 "bytes": self.bytes,
+                "connections": self.connections,
+                "open": self.open,
+                "open_max": self.open_max,
+                "head_bytes": self.head_bytes,
+                "close_asked": self.close_asked,
             }
         elif action == "arrivals":
             data = {"ids": self.ids, "times": self.times, "signed": self.signed}
         elif action == "reset" and request.method == "POST":
             self.ids, self.times, self.signed, self.bytes = [], [], [], 0
+            self.connections, self.open_max = 0, self.open
+            self.head_bytes = self.close_asked = 0
             data = {"ok": True}
         else:
             return web.Response(status=404)
         return web.Response(body=json.dumps(data), content_type="application/json")
 
 
+class CountingServer(web.Server):
+    """aiohttp's low-level server, counting the connections it accepts and loses."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder.handle, access_log=None)
+        self.recorder = recorder
+
+    def connection_made(self, handler: Any, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self.recorder.opened()
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.recorder.closed()
+
+
 async def serve() -> None:
     recorder = Recorder()
-    server = web.Server(recorder.handle, access_log=None)
+    server = CountingServer(recorder)
     runner = web.ServerRunner(server, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -165,6 +209,8 @@ class ReceiverProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()  # the "PORT" pipe
 
 
 if __name__ == "__main__":
