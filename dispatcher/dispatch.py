@@ -9,9 +9,9 @@ webhook may start is `admission.py`'s answer; heartbeats and shared limits are
 `coordination.py`'s. No transaction is open across an HTTP call.
 
 Claim-ahead: rows leased for a webhook already at its cap wait in admission's bounded
-queue; when one of its attempts ends, the next one starts in the done callback, with no
-round trip, and the loop refills the queue once it has run down to half, in one statement
-for many rows. Queued rows were never sent: stop()
+queue; when one of its attempts ends, the next one starts at once, in the same task
+(_attempt_chain), with no round trip, and the loop refills the queue once it has run down
+to half, in one statement for many rows. Queued rows were never sent: stop()
 releases them, and so does a webhook that may no longer start them (it began failing).
 """
 
