@@ -328,8 +328,11 @@ class Admission(Generic[T]):
     ) -> None:
         """An attempt's outcome: a success ends a streak, a counted failure extends it."""
         if success:
-            self._streak.pop(webhook_id, None)
-            self._db_failing.discard(webhook_id)
+            # both are empty while every webhook succeeds: no lookup (UUID.__hash__ is Python)
+            if self._streak:
+                self._streak.pop(webhook_id, None)
+            if self._db_failing:
+                self._db_failing.discard(webhook_id)
         elif counts:
             streak = self._streak.get(webhook_id, (0, 0.0))[0] + 1
             self._streak[webhook_id] = (streak, self._clock() + probe_delay(policy, streak))

@@ -50,7 +50,8 @@ WebhookNow = tuple[str, str, CustomHeaders]
 
 
 class Attempts:
-    """Runs the attempts the loop starts (`deliver`), one task each.
+    """Runs the attempts the loop starts (`deliver`): one at a time per task (a webhook's
+    queued rows may follow one another in one task: Dispatcher._attempt_chain).
 
     ``release_soon`` gives leased rows back in the background (changed webhook, lost
     recheck); ``set_aside`` keeps a row leased while stopping for the loop's final
@@ -244,8 +245,9 @@ class Attempts:
         counter.inc()
         if r is not None and r.outcome is not Outcome.REFUSED:
             self._metrics.attempt_seconds.observe(r.duration_ms / 1000)
-        if row.success and d.created_at is not None:
-            waited = (datetime.now(UTC) - d.created_at).total_seconds()
+        if row.success and d.created_at is not None and row.ended_at is not None:
+            # the attempt's end as recorded (outcome_row's one clock reading), not a second one
+            waited = (row.ended_at - d.created_at).total_seconds()
             self._metrics.delivery_latency.observe(max(waited, 0.0))
         if not self._log_attempts:
             return

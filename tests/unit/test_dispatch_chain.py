@@ -1,0 +1,165 @@
+"""Attempts of a webhook at its cap, one after another in one task (Dispatcher._attempt_chain):
+when an attempt ends and the next row leased ahead for its webhook may start, that row is
+attempted in the same task, with no task of its own (issue 12, docs/performance.md
+"loopcost"). Each attempt is still in flight, for the loop and for admission, from its start
+to its end; stop() starts no queued row and gives every unsent one back; an attempt that
+raises ends its chain without losing the next row. The attempt itself is stood in for
+(Attempts.deliver): nothing here crosses aiohttp or psycopg."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from dispatcher.backoff import RetryPolicy
+from dispatcher.claims import Claimed
+from dispatcher.dispatch import Dispatcher
+from dispatcher.metrics import Metrics
+from dispatcher.recorder import Recorder
+from dispatcher.request import NO_CUSTOM_HEADERS
+from dispatcher.sender import Sender
+from dispatcher.settings import Settings
+
+HOOK = uuid.uuid4()
+CAP, AHEAD = 2, 4
+
+
+def _row() -> Claimed:
+    now = datetime.now(UTC)
+    return Claimed(
+        id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        webhook_id=HOOK,
+        event_id=uuid.uuid4(),
+        event_type="job.created",
+        request_body="{}",
+        attempt=1,
+        max_attempts=3,
+        claim=now,
+        url="https://example.com/hook",
+        secrets=("s" * 32,),
+        headers=NO_CUSTOM_HEADERS,
+        active=True,
+        policy=RetryPolicy(),
+    )
+
+
+class _Attempts:
+    """Stands in for Attempts.deliver: records what ran, in which task, and what was in
+    flight meanwhile; an attempt waits for `gate` (set: it ends at once) and raises for a
+    row in `fail`."""
+
+    def __init__(self, d: Dispatcher) -> None:
+        self.d = d
+        self.ran: list[tuple[Claimed, asyncio.Task[Any] | None, int, int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: set[uuid.UUID] = set()
+
+    async def deliver(self, row: Claimed) -> None:
+        self.ran.append(
+            (row, asyncio.current_task(), self.d.inflight, self.d.admission.inflight(HOOK))
+        )
+        await asyncio.sleep(0)  # an attempt suspends at least once (its POST)
+        await self.gate.wait()
+        if row.id in self.fail:
+            raise RuntimeError("a bug in an attempt")
+
+
+def _dispatcher() -> tuple[Dispatcher, _Attempts, list[Claimed]]:
+    settings = Settings(
+        database_url="postgresql://localhost/none",  # never connected
+        per_webhook_concurrency=CAP,
+        claim_ahead=AHEAD,
+    )
+    fake = cast(Any, None)
+    d = Dispatcher(settings, fake, Sender(settings), Recorder(fake), Metrics())
+    attempts = _Attempts(d)
+    d._attempts = cast(Any, attempts)
+    released: list[Claimed] = []
+
+    async def release(claims: list[Claimed]) -> None:
+        released.extend(claims)
+
+    d.release = release  # type: ignore[method-assign]
+    return d, attempts, released
+
+
+def _start_at_cap(d: Dispatcher, rows: list[Claimed]) -> None:
+    """As a claim does for a webhook held back by its cap: the cap starts, the rest queue."""
+    for row in rows[:CAP]:
+        d._start(row)
+    for row in rows[CAP:]:
+        assert d.admission.enqueue(HOOK, row)
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
+
+
+async def test_queued_rows_follow_in_the_tasks_of_the_attempts_that_freed_their_slots() -> None:
+    d, attempts, released = _dispatcher()
+    rows = [_row() for _ in range(CAP + AHEAD)]
+    _start_at_cap(d, rows)
+    await _until(lambda: len(attempts.ran) == len(rows) and d.inflight == 0)
+    assert [r for r, *_ in attempts.ran] == rows  # in the order they were leased
+    assert len({task for _, task, *_ in attempts.ran}) == CAP  # one task per slot, not per row
+    # every attempt was in flight while it ran, and never more than the cap at once
+    assert {(loop, hook) for *_, loop, hook in attempts.ran} == {(CAP, CAP)}
+    assert d.admission.inflight(HOOK) == 0 and d.admission.queued(HOOK) == 0
+    assert d.admission.dequeued == AHEAD and d.starts == CAP + AHEAD
+    assert released == []
+
+
+async def test_stop_starts_no_queued_row_and_gives_every_unsent_one_back() -> None:
+    d, attempts, released = _dispatcher()
+    rows = [_row() for _ in range(CAP + AHEAD)]
+    attempts.gate.clear()  # the first attempts hang until the grace period ends
+    _start_at_cap(d, rows)
+    await _until(lambda: len(attempts.ran) == CAP)
+    await asyncio.wait_for(d.stop(grace=0.05), 5)
+    assert [r for r, *_ in attempts.ran] == rows[:CAP]  # no queued row was attempted
+    assert sorted(r.id.int for r in released) == sorted(r.id.int for r in rows)
+    assert d.inflight == 0 and d.admission.inflight(HOOK) == 0
+
+
+async def test_attempts_that_end_while_stop_waits_for_a_claim_pass_start_no_queued_row() -> None:
+    """stop() first waits for a claim statement in flight (the rows it leases are given
+    back), and only then takes the queue: attempts ending meanwhile must not start queued
+    rows, in their own task or in a chain."""
+    d, attempts, released = _dispatcher()
+    rows = [_row() for _ in range(CAP + AHEAD)]
+    attempts.gate.clear()
+    _start_at_cap(d, rows)
+    await _until(lambda: len(attempts.ran) == CAP)
+    d._pass_done.clear()  # a claim pass is in flight
+    stopping = asyncio.ensure_future(d.stop(grace=5))
+    await asyncio.sleep(0)
+    attempts.gate.set()  # the attempts in flight end while stop waits for the pass
+    await _until(lambda: d.inflight == 0)
+    assert d.admission.queued(HOOK) == AHEAD  # still queued, not started
+    d._pass_done.set()
+    await asyncio.wait_for(stopping, 5)
+    assert [r for r, *_ in attempts.ran] == rows[:CAP]
+    assert sorted(r.id.int for r in released) == sorted(r.id.int for r in rows[CAP:])
+    assert d.admission.inflight(HOOK) == 0
+
+
+async def test_an_attempt_that_raises_ends_its_chain_and_the_next_row_still_starts() -> None:
+    d, attempts, released = _dispatcher()
+    rows = [_row() for _ in range(CAP + AHEAD)]
+    attempts.fail = {rows[0].id}
+    _start_at_cap(d, rows)
+    await _until(lambda: len(attempts.ran) == len(rows) and d.inflight == 0)
+    assert sorted(r.id.int for r, *_ in attempts.ran) == sorted(r.id.int for r in rows)
+    assert d.admission.inflight(HOOK) == 0 and d.admission.queued(HOOK) == 0
+    first = attempts.ran[0][1]
+    assert first is not None and first.done()
+    assert isinstance(first.exception(), RuntimeError)  # the bug is not swallowed
+    assert released == []
