@@ -12,8 +12,8 @@ Control endpoints (JSON):
 - ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...], "signed": [...]}`` in arrival
   order (``signed``: the request's ``X-InTime-Timestamp``, when the sender signed it, in ms)
 - ``GET /_bench/trace``: every ``/slow/`` request stamped, in the order answered:
-  ``[path, client port, entered, body read, sleep returned, response written, delivery id]``
-  (``time.time()``; bench/slow_timeline.py reads them)
+  ``[path, client port, entered, body read, sleep returned, response written, delivery id,
+  X-InTime-Timestamp]`` (``time.time()``; bench/slow_timeline.py reads them)
 - ``POST /_bench/reset``: forget everything recorded
 
 ``ReceiverProcess`` starts it and talks to the control endpoints.
@@ -42,7 +42,7 @@ class Recorder:
         self.times: list[float] = []
         self.signed: list[str] = []  # X-InTime-Timestamp: when the sender signed (ms)
         self.bytes = 0
-        self.trace: list[tuple[str, int, float, float, float, float, str]] = []  # /slow/
+        self.trace: list[tuple[str, int, float, float, float, float, str, str]] = []  # /slow/
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path.startswith(CONTROL):
@@ -51,9 +51,10 @@ class Recorder:
         body = await request.read()
         read = time.time()
         delivery = request.headers.get("X-InTime-Delivery", "")
+        signed = request.headers.get("X-InTime-Timestamp", "")
         self.times.append(read)
         self.ids.append(delivery)
-        self.signed.append(request.headers.get("X-InTime-Timestamp", ""))
+        self.signed.append(signed)
         self.bytes += len(body)
         if not request.path.startswith(SLOW):
             return web.Response(status=204)
@@ -64,7 +65,7 @@ class Recorder:
         await resp.write_eof()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         port = int(peer[1]) if peer else 0
-        self.trace.append((request.path, port, entered, read, woke, time.time(), delivery))
+        self.trace.append((request.path, port, entered, read, woke, time.time(), delivery, signed))
         return resp
 
     def control(self, request: web.BaseRequest) -> web.StreamResponse:

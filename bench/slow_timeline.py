@@ -21,6 +21,12 @@ has the headers) and ``out`` (the client begins its next POST -> the receiver's 
 entered), and ``turn`` (body read -> next POST on that connection). ``cycle`` =
 concurrency / rate: a slot's period (``inside`` + ``outside`` + start and end of the run);
 ``wave``: mean run of requests whose sleeps returned within 1 ms of the one before.
+From the request's own ``X-InTime-Timestamp`` (when the client signed it, ms, +0.5 ms to
+centre the truncation; the daemon and the bare client both sign with
+``dispatcher.request.build_request``), ``outside`` also splits into ``to_signed`` (answer
+written -> the next request on that connection signed: the client's turnaround up to its
+signature) and ``signed_to_entered`` (-> the receiver's handler entered: the client's HTTP
+write, loopback, the receiver's loop).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from bench.ceiling import run_http_ceiling
@@ -54,6 +61,13 @@ def dist(values: list[float]) -> str:
     return f"{statistics.fmean(v):.2f} / {p(0.5):.2f} / {p(0.9):.2f}"
 
 
+def signed_at(row: list[Any]) -> float | None:
+    """When the request was signed (its X-InTime-Timestamp, centred in its millisecond)."""
+    if len(row) < 8 or not row[7]:
+        return None
+    return datetime.fromisoformat(row[7]).timestamp() + 0.0005
+
+
 def receiver_report(rows: list[list[Any]], concurrency: int) -> dict[str, Any]:
     rows = [r for r in rows if "/slow/" in r[0]]
     if not rows:
@@ -70,6 +84,9 @@ def receiver_report(rows: list[list[Any]], concurrency: int) -> dict[str, Any]:
     for r in rows:
         by_conn[r[1]].append(r)
     outside = [(b[2] - a[5]) * MS for rs in by_conn.values() for a, b in itertools.pairwise(rs)]
+    pairs = [(a, b, signed_at(b)) for rs in by_conn.values() for a, b in itertools.pairwise(rs)]
+    to_signed = [(s - a[5]) * MS for a, _, s in pairs if s is not None]
+    signed_to_entered = [(b[2] - s) * MS for _, b, s in pairs if s is not None]
     woke = sorted(r[4] for r in rows)
     runs, run = [], 1
     for a, b in itertools.pairwise(woke):
@@ -92,6 +109,8 @@ def receiver_report(rows: list[list[Any]], concurrency: int) -> dict[str, Any]:
         "write_ms": dist(write),
         "outside_ms": dist(outside),
         "outside_implied_ms": round(cycle - statistics.fmean(inside), 2),
+        "to_signed_ms": dist(to_signed),
+        "signed_to_entered_ms": dist(signed_to_entered),
         "wave_mean": round(statistics.fmean(runs), 1),
         "wave_max": max(runs),
     }

@@ -18,9 +18,10 @@ def test_every_bare_client_request_is_stamped_by_the_receiver_and_joined(
     assert figures["requests_per_s"] > 0
     rows = json.loads((tmp_path / "receiver.json").read_text())
     assert len(rows) == 24  # the 4 of the warm-up round left out
-    for path, _port, entered, read, woke, written, _id in rows:
+    for path, _port, entered, read, woke, written, _id, signed in rows:
         assert path == "/slow/bare"
         assert entered <= read <= woke <= written
+        assert signed  # the bare client signs like the daemon (X-InTime-Timestamp)
     out = report(str(tmp_path), concurrency=4)
     assert out["receiver"]["requests"] == 24
     assert out["receiver"]["connections"] == 4

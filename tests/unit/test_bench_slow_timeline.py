@@ -52,3 +52,13 @@ def test_the_client_side_splits_the_time_outside_into_back_and_out() -> None:
     assert figures["back_ms"] == "1.00 / 1.00 / 1.00"
     assert figures["turn_ms"] == "0.50 / 0.50 / 0.50"  # "a" read at 53, "b" begun at 53.5
     assert figures["out_ms"].startswith("1.25 /")  # 1 ms ("a") and 1.5 ms ("b")
+
+
+def test_the_requests_signature_splits_the_time_outside_at_the_client() -> None:
+    # "b" signed in the 53rd ms (taken as 53.5 ms): 1.5 ms after "a"'s answer was written,
+    # 1.5 ms before it entered the receiver's handler
+    a = [*_row(1, 0.000, "a"), "1970-01-01T00:00:00.000Z"]
+    b = [*_row(1, 0.055, "b"), "1970-01-01T00:00:00.053Z"]
+    figures = receiver_report([a, b], concurrency=1)
+    assert figures["to_signed_ms"] == "1.50 / 1.50 / 1.50"
+    assert figures["signed_to_entered_ms"] == "1.50 / 1.50 / 1.50"
