@@ -4,7 +4,9 @@ HTTP: one Python process (``python -m bench.ceiling URL ...``, so nothing else s
 event loop), one aiohttp session with a 64-connection keep-alive pool, 64 workers POSTing the
 benchmark's ~1 KB body signed with ``dispatcher.request.build_request`` (a fresh id and
 signatures per request, as the daemon does), reading each answer. Same event loop as the
-daemon (uvloop when installed). Prints one JSON object.
+daemon (uvloop when installed). Prints one JSON object. ``BENCH_CLIENT_TRACE=DIR``: also
+stamp every request (``time.time()``: before the POST, headers back, body read) with its
+delivery id and write them to ``DIR/client-<pid>.json`` (bench/slow_timeline.py).
 
 PostgreSQL: one connection claiming 100 rows with ``FOR UPDATE SKIP LOCKED``, updating them
 and inserting one row each, in one statement per batch (``pg_ceiling``).
@@ -25,21 +27,27 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from bench.infra import q
+from bench.infra import proc_sched, q
 from bench.receiver import event_loop_name, run_loop
 from bench.workload import EVENT_TYPE, sample_body
 from dispatcher.request import build_request
 
 SECRET = "5f" * 32
+TRACE_DIR = os.environ.get("BENCH_CLIENT_TRACE", "")
+# BENCH_CLIENT_STAGGER=S: worker i of n starts i * S / n seconds late (not in-step waves)
+STAGGER = float(os.environ.get("BENCH_CLIENT_STAGGER", "0"))
 
 
 async def http_ceiling(url: str, requests: int, warmup: int, concurrency: int) -> dict[str, Any]:
     body = sample_body()
     errors = 0
     left = 0
+    trace: list[tuple[str, float, float, float]] = []  # (delivery id, sent, headers, read)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, i: int) -> None:
         nonlocal left, errors
+        if STAGGER:
+            await asyncio.sleep(i * STAGGER / concurrency)
         while left > 0:
             left -= 1
             delivery_id = str(uuid.uuid4())
@@ -49,35 +57,50 @@ async def http_ceiling(url: str, requests: int, warmup: int, concurrency: int) -
                 body=body,
                 secrets=[SECRET],
             )
+            sent = time.time()
             async with session.post(url, data=body, headers=req.headers) as resp:
+                headers = time.time()
                 await resp.read()
                 if resp.status != 204:
                     errors += 1
+            if TRACE_DIR:
+                trace.append((delivery_id, sent, headers, time.time()))
 
     async def phase(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal left
         left = n
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, i) for i in range(concurrency)))
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await phase(session, warmup)
-        cpu0, t0 = os.times(), time.perf_counter()
+        trace.clear()
+        cpu0, t0, wall0 = os.times(), time.perf_counter(), time.time()
+        sched0 = proc_sched(os.getpid())
         await phase(session, requests)
         elapsed = time.perf_counter() - t0
         cpu1 = os.times()
+        sched = proc_sched(os.getpid()) - sched0
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    if TRACE_DIR:
+        write_trace({"start": wall0, "end": wall0 + elapsed, "trace": trace})
     return {
         "requests": requests,
         "seconds": elapsed,
         "requests_per_s": requests / elapsed,
         "client_cpu_s_per_1000": cpu / requests * 1000,
+        "client_runq_wait_s_per_1000": sched.wait_s / requests * 1000,
         "errors": errors,
         "body_bytes": len(body),
         "concurrency": concurrency,
         "event_loop": event_loop_name(),
     }
+
+
+def write_trace(data: dict[str, Any]) -> None:
+    with open(os.path.join(TRACE_DIR, f"client-{os.getpid()}.json"), "w") as f:
+        json.dump(data, f)
 
 
 def run_http_ceiling(url: str, requests: int, warmup: int, concurrency: int = 64) -> dict[str, Any]:

@@ -16,6 +16,9 @@ Control endpoints (JSON):
   connection figures
 - ``GET /_bench/arrivals``: ``{"ids": [...], "times": [...], "signed": [...]}`` in arrival
   order (``signed``: the request's ``X-InTime-Timestamp``, when the sender signed it, in ms)
+- ``GET /_bench/trace``: every ``/slow/`` request stamped, in the order answered:
+  ``[path, client port, entered, body read, sleep returned, response written, delivery id,
+  X-InTime-Timestamp]`` (``time.time()``; bench/slow_timeline.py reads them)
 - ``POST /_bench/reset``: forget everything recorded
 
 ``ReceiverProcess`` starts it and talks to the control endpoints.
@@ -49,6 +52,7 @@ class Recorder:
         self.open_max = 0  # most open at once since the last reset
         self.head_bytes = 0
         self.close_asked = 0
+        self.trace: list[tuple[str, int, float, float, float, float, str, str]] = []  # /slow/
 
     def opened(self) -> None:
         self.connections += 1
@@ -61,17 +65,29 @@ class Recorder:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path.startswith(CONTROL):
             return self.control(request)
+        entered = time.time()
         body = await request.read()
-        self.times.append(time.time())
-        self.ids.append(request.headers.get("X-InTime-Delivery", ""))
-        self.signed.append(request.headers.get("X-InTime-Timestamp", ""))
+        read = time.time()
+        delivery = request.headers.get("X-InTime-Delivery", "")
+        signed = request.headers.get("X-InTime-Timestamp", "")
+        self.times.append(read)
+        self.ids.append(delivery)
+        self.signed.append(signed)
         self.bytes += len(body)
         self.head_bytes += sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if not request.keep_alive:
             self.close_asked += 1
-        if request.path.startswith(SLOW):
-            await asyncio.sleep(SLOW_SECONDS)
-        return web.Response(status=204)
+        if not request.path.startswith(SLOW):
+            return web.Response(status=204)
+        await asyncio.sleep(SLOW_SECONDS)
+        woke = time.time()
+        resp = web.Response(status=204)
+        await resp.prepare(request)  # written here, to stamp when (the server's is a no-op)
+        await resp.write_eof()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = int(peer[1]) if peer else 0
+        self.trace.append((request.path, port, entered, read, woke, time.time(), delivery, signed))
+        return resp
 
     def control(self, request: web.BaseRequest) -> web.StreamResponse:
         action = request.path[len(CONTROL) :]
@@ -89,10 +105,13 @@ class Recorder:
             }
         elif action == "arrivals":
             data = {"ids": self.ids, "times": self.times, "signed": self.signed}
+        elif action == "trace":
+            return web.Response(body=json.dumps(self.trace), content_type="application/json")
         elif action == "reset" and request.method == "POST":
             self.ids, self.times, self.signed, self.bytes = [], [], [], 0
             self.connections, self.open_max = 0, self.open
             self.head_bytes = self.close_asked = 0
+            self.trace = []
             data = {"ok": True}
         else:
             return web.Response(status=404)
@@ -192,6 +211,15 @@ class ReceiverProcess:
 
     async def arrivals(self) -> dict[str, Any]:
         return await self._get("GET", "arrivals")
+
+    async def trace(self) -> list[list[Any]]:
+        """The ``/slow/`` requests stamped (``GET /_bench/trace``)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        async with self._session.get(self.url(CONTROL + "trace")) as resp:
+            resp.raise_for_status()
+            rows: list[list[Any]] = await resp.json()
+            return rows
 
     async def reset(self) -> None:
         await self._get("POST", "reset")

@@ -39,6 +39,7 @@ from bench.infra import (
 )
 from bench.profile import Spy, summarize
 from bench.receiver import SLOW_SECONDS
+from bench.slow_timeline import receiver_report
 from bench.workload import (
     EVENT_TYPE,
     PAYLOAD,
@@ -240,6 +241,9 @@ class Scenarios:
         result["per_webhook_cap"] = cap
         result["cap_over_latency_per_s"] = round(bound, 1)
         result["ratio_to_cap_over_latency"] = round(result["deliveries_per_s"] / bound, 3)
+        # where each request's time beyond 50 ms went, by the receiver's stamps (the drain's
+        # requests are the trace's: the receiver was reset at the drain's start)
+        result["timeline"] = receiver_report(await self.receiver.trace(), cap)
         # The same receiver's slow path driven by a bare client with `cap` workers (no
         # database, no dispatcher), right after the drain: what cap / latency is in practice
         # on this machine (each request also pays its HTTP round trip and the receiver's
@@ -252,6 +256,8 @@ class Scenarios:
             cap,
             cap,
         )
+        # without the bare client's warm-up round (its first `cap` requests)
+        result["bare_client_timeline"] = receiver_report((await self.receiver.trace())[cap:], cap)
         await self.receiver.reset()
         result["bare_client_errors"] = bare["errors"]  # answers other than 204: not a ceiling
         result["all_success"] = result["all_success"] and bare["errors"] == 0
