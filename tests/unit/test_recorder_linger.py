@@ -185,3 +185,77 @@ async def test_no_linger_starts_while_drain_waits(long_linger: float) -> None:
         assert rec.written == 21
     finally:
         await _stop(task)
+
+
+@pytest.fixture
+def long_stream(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A steady stream's pairing (branch lat200) with its window and wait raised to seconds:
+    any outcome after a write is "in a stream", and nothing ends a wait but the next outcome,
+    an ordered key's outcome or drain(). raising=False: fails on the batches without it."""
+    monkeypatch.setattr(recorder_module, "STREAM_GAP", 5.0, raising=False)
+    monkeypatch.setattr(recorder_module, "STREAM_LINGER", 5.0, raising=False)
+    return 5.0
+
+
+async def test_a_steady_streams_outcomes_go_two_a_statement(long_stream: float) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.put(_row())  # no write before it: written at once
+        await _until(lambda: rec.written == 1, long_stream / 2)
+        for n in (3, 5, 7):
+            rec.put(_row())  # waits for the next one...
+            await asyncio.sleep(0.005)
+            assert rec.written == n - 2
+            rec.put(_row())  # ...which ends the wait: both in one statement
+            await _until(lambda n=n: rec.written == n, long_stream / 2)
+        assert rec.sizes == [1, 2, 2, 2]
+    finally:
+        await _stop(task)
+
+
+async def test_an_ordered_keys_outcome_is_not_held_for_a_pair(long_stream: float) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.put(_row())
+        await _until(lambda: rec.written == 1, long_stream / 2)
+        rec.put(_row(keyed=True))
+        await _until(lambda: rec.written == 2, long_stream / 2)
+        assert rec.sizes == [1, 1]
+    finally:
+        await _stop(task)
+
+
+async def test_drain_ends_a_wait_for_a_pair(long_stream: float) -> None:
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.put(_row())
+        await _until(lambda: rec.written == 1, long_stream / 2)
+        rec.put(_row())
+        await asyncio.sleep(0.005)  # waiting for a second one
+        start = time.monotonic()
+        assert await rec.drain(timeout=2 * long_stream)
+        assert time.monotonic() - start < long_stream / 2
+        assert rec.sizes == [1, 1]
+    finally:
+        await _stop(task)
+
+
+async def test_an_outcome_after_a_quiet_spell_is_written_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder_module, "STREAM_GAP", 0.05, raising=False)
+    monkeypatch.setattr(recorder_module, "STREAM_LINGER", 5.0, raising=False)
+    rec = _Recorder()
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.put(_row())
+        await _until(lambda: rec.written == 1, 2.5)
+        await asyncio.sleep(0.1)  # longer than STREAM_GAP since the last write began
+        rec.put(_row())
+        await _until(lambda: rec.written == 2, 2.5)
+        assert rec.sizes == [1, 1]
+    finally:
+        await _stop(task)
