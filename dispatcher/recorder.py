@@ -21,7 +21,6 @@ pending in dispatcher.webhook_streaks until the lock goes.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,13 +53,6 @@ BUSY_RETRY = 0.5  # seconds before rows locked by someone else, or pending count
 LINGER = 0.005
 LINGER_AFTER = 8
 LINGER_TARGET = 64
-# A steady stream (issue 12, latency at 200 events/s; EXPERIMENTAL, branch lat200): an outcome
-# taken alone less than STREAM_GAP seconds after the last write began waits up to STREAM_LINGER
-# for the next one, so that a stream of lone outcomes goes two a statement. The pair is
-# written when the next attempt ends, where that one's own write would fall. Slower than one
-# outcome per STREAM_GAP, every outcome is written at once as before.
-STREAM_GAP = 0.01
-STREAM_LINGER = 0.01
 
 
 # Longest error texts written (the delivery row's error_message, the attempt's error_code).
@@ -182,8 +174,6 @@ class Recorder:
         self._enough = asyncio.Event()  # ends a linger early
         self._draining = False
         self.lingered = 0  # batches that lingered
-        self.paired = 0  # lone outcomes that waited for the next one (a steady stream)
-        self._wrote_at = float("-inf")  # monotonic: when the last write began
 
     def put(self, row: OutcomeRow) -> None:
         self._idle.clear()
@@ -222,18 +212,10 @@ class Recorder:
                 and not self._draining
             ):
                 await self._linger(batch)
-            elif (
-                len(batch) == 1
-                and not waiting
-                and not self._draining
-                and time.monotonic() - self._wrote_at < STREAM_GAP
-            ):
-                await self._pair(batch)
             # Only fresh outcomes say "under load": rows retried because another transaction
             # holds their lock (BUSY_RETRY) would keep a lone outcome lingering for as long.
             self._last = len(batch) - retried
             if batch:
-                self._wrote_at = time.monotonic()
                 await self._write_with_retry(batch)
             if self._counters_due:
                 await self._apply_counters()
@@ -251,24 +233,6 @@ class Recorder:
         self._enough.clear()
         try:
             async with asyncio.timeout(LINGER):
-                await self._enough.wait()
-        except TimeoutError:
-            pass
-        finally:
-            self._want = 0
-        while len(batch) < MAX_BATCH and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-
-    async def _pair(self, batch: list[OutcomeRow]) -> None:
-        """A steady stream: wait up to STREAM_LINGER for one more outcome, then take what came.
-        Not over an ordered key's outcome, and ended by drain()."""
-        if batch[0].keyed:
-            return
-        self.paired += 1
-        self._want = 1
-        self._enough.clear()
-        try:
-            async with asyncio.timeout(STREAM_LINGER):
                 await self._enough.wait()
         except TimeoutError:
             pass
