@@ -19,10 +19,13 @@ A variant is ``tree`` (the tree's ``delivery_fan_out_lean``), ``file:PATH`` (the
 does), ``cut:A+B`` (the tree's statement with the named cuts of CUTS below applied: a
 part taken out to see what it costs, not a statement to run in a daemon), ``notrig:SPEC``
 (SPEC on a connection with ``session_replication_role = replica``: no trigger fires, the
-foreign keys' checks included), ``floor`` / ``floor_pending`` (the durable floor's
-``floor_take`` / ``floor_take_pending`` of bench/bench.sql: outbox delete + insert of the
-same rows, leased / due), or ``probe:NAME`` (one expression of PROBES over the batch's
-events, alone). docs/performance.md, "the fan-out's cost per delivery row (fanrow)".
+foreign keys' checks included), ``generic:SPEC`` / ``custom:SPEC`` (SPEC with
+``plan_cache_mode`` forced on its connection; each variant's line also says how many generic
+and custom plans its connection's prepared statements ran), ``floor`` / ``floor_pending``
+(the durable floor's ``floor_take`` / ``floor_take_pending`` of bench/bench.sql: outbox
+delete + insert of the same rows, leased / due), or ``probe:NAME`` (one expression of
+PROBES over the batch's events, alone). docs/performance.md, "the fan-out's cost per
+delivery row (fanrow)" and "latency at 200 events/s, stage by stage (lat200)".
 """
 
 from __future__ import annotations
@@ -134,6 +137,28 @@ CUTS: dict[str, list[tuple[str, str]]] = {
         (flex("FROM ranked RETURNING id, next_retry_at"), "FROM ranked"),
         (flex("ELSE parked_until END"), "ELSE parked_until END AS next_retry_at"),
     ],
+    # the writes that touch no row in the common case, each replaced by a SELECT of nothing:
+    # what their nodes cost a call even when idle (one event: latency at 200 events/s)
+    "held": [
+        (
+            r"held AS \(\s*INSERT INTO dispatcher\.held.*?ON CONFLICT DO NOTHING\s*\)",
+            "held AS (SELECT 1 WHERE false)",
+        )
+    ],
+    "deferred": [
+        (
+            r"deferred AS \(\s*UPDATE dispatcher\.outbox o\s*SET retry_at"
+            r".*?RETURNING o\.event_id\s*\)",
+            "deferred AS (SELECT NULL::uuid AS event_id WHERE false)",
+        )
+    ],
+    "unreadable": [
+        (
+            r"unreadable AS \(\s*UPDATE dispatcher\.outbox o\s*SET misses"
+            r".*?RETURNING o\.event_id\s*\)",
+            "unreadable AS (SELECT NULL::uuid AS event_id WHERE false)",
+        )
+    ],
     # the outbox rows not deleted
     "delete": [
         (
@@ -172,9 +197,18 @@ PROBES: dict[str, str] = {
 }
 
 
+# Session settings a variant's prefix puts on its connection (the text is the rest's).
+PREFIXES: dict[str, str] = {
+    "notrig:": "SET session_replication_role = replica",
+    "generic:": "SET plan_cache_mode = force_generic_plan",
+    "custom:": "SET plan_cache_mode = force_custom_plan",
+}
+
+
 def variant(spec: str) -> str:
-    if spec.startswith("notrig:"):
-        return variant(spec.removeprefix("notrig:"))
+    for prefix in PREFIXES:
+        if spec.startswith(prefix):
+            return variant(spec.removeprefix(prefix))
     if spec in ("floor", "floor_pending"):
         return bench_query("floor_take" if spec == "floor" else "floor_take_pending")
     if spec.startswith("probe:"):
@@ -191,7 +225,9 @@ def variant(spec: str) -> str:
                 if n != 1:
                     raise SystemExit(f"cut {name!r}: {pattern!r} not found in the tree's text")
         return text
-    raise SystemExit(f"{spec}: not a variant (tree, file:, cut:, notrig:, floor, probe:)")
+    raise SystemExit(
+        f"{spec}: not a variant (tree, file:, cut:, notrig:, generic:, custom:, floor, probe:)"
+    )
 
 
 async def run(
@@ -233,8 +269,9 @@ async def run(
     for s in specs:
         c = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
         await c.execute("SET default_toast_compression = lz4")  # as the daemon's sessions
-        if s.startswith("notrig:"):
-            await c.execute("SET session_replication_role = replica")
+        for prefix, setting in PREFIXES.items():
+            if s.startswith(prefix):
+                await c.execute(setting)
         conns[s] = c
         pid_row = await (await c.execute("SELECT pg_backend_pid() AS p")).fetchone()
         assert pid_row is not None
@@ -242,6 +279,7 @@ async def run(
     cpu: dict[str, list[float]] = {s: [] for s in specs}
     wal: dict[str, list[int]] = {s: [] for s in specs}
     shape: dict[str, tuple[int, int]] = {}
+    plans: dict[str, tuple[int, int]] = {}  # (generic, custom) plans of its prepared statements
     try:
         for r in range(rounds):
             order = specs[r % len(specs) :] + specs[: r % len(specs)]
@@ -265,6 +303,15 @@ async def run(
                 if r >= 10:
                     cpu[s].append(spent * 1000 / events)
                     wal[s].append(written // events)
+        for s in specs:
+            # how the server ran the prepared statement: a generic plan (planned once) or a
+            # custom plan (planned again on every call)
+            cur = await conns[s].execute(
+                "SELECT sum(generic_plans) AS g, sum(custom_plans) AS c FROM pg_prepared_statements"
+            )
+            got_plans = await cur.fetchone()
+            if got_plans is not None:
+                plans[s] = (int(got_plans["g"] or 0), int(got_plans["c"] or 0))
         if explain:
             # each variant's plan, run once more (rolled back), with per-node timing
             for s in specs:
@@ -287,6 +334,7 @@ async def run(
             "wal_bytes": statistics.median(wal[s]),
             "calls": len(cpu[s]),
             "returned_created": shape.get(s),
+            "generic_custom_plans": plans.get(s),
         }
         for s in specs
     }
@@ -295,7 +343,9 @@ async def run(
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "variants", nargs="*", help="tree, file:PATH, cut:A+B, notrig:SPEC, floor, probe:X"
+        "variants",
+        nargs="*",
+        help="tree, file:PATH, cut:A+B, notrig:/generic:/custom:SPEC, floor, probe:X",
     )
     ap.add_argument("--dsn", default="host=127.0.0.1 user=postgres", help="server to use")
     ap.add_argument("--db", default="bench_fanout_parts", help="database created and dropped")
@@ -317,7 +367,8 @@ async def main() -> None:
         print(
             f"{s}: backend CPU per created delivery median {d['median_ms']:.5f} ms"
             f" ({d['median_ms'] - base:+.5f})  mean {d['mean_ms']:.5f}  WAL {d['wal_bytes']} B"
-            f"  returned/created {d['returned_created']}  ({d['calls']} calls)"
+            f"  returned/created {d['returned_created']}  plans (generic, custom)"
+            f" {d['generic_custom_plans']}  ({d['calls']} calls)"
         )
 
 
