@@ -402,14 +402,16 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, m.event_type, m.request_body,
        rc.enable_jitter, rc.enable_dlq
 FROM marked m
 -- its webhook's previous secret (webhook_id is webhook_secrets' key) and its org's retry
--- policy (org_id is unique there), one probe each per marked row only
+-- policy (org_id is unique there): one probe each per marked row, none for the others
+-- (`m.hook_first` is a one-time filter of each lateral subquery; OFFSET 0 keeps the
+-- planner from flattening them into hash joins over the whole of both tables)
 LEFT JOIN LATERAL (SELECT w.previous_secret, w.previous_expires_at
                    FROM dispatcher.webhook_secrets w
-                   WHERE m.hook_first AND w.webhook_id = m.webhook_id) ws ON true
+                   WHERE m.hook_first AND w.webhook_id = m.webhook_id OFFSET 0) ws ON true
 LEFT JOIN LATERAL (SELECT c.max_retries, c.retry_strategy, c.base_delay_seconds,
                           c.max_delay_seconds, c.enable_jitter, c.enable_dlq
                    FROM public.integration_retry_config c
-                   WHERE m.hook_first AND c.org_id = m.org_id) rc ON true;
+                   WHERE m.hook_first AND c.org_id = m.org_id OFFSET 0) rc ON true;
 
 -- name: delivery_record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only
