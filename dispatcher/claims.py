@@ -1,15 +1,13 @@
 """A claimed delivery: what one row leased to this process carries, and its retry policy.
 
-Built from the rows the delivery_fan_out and delivery_claim_due queries return
-(`claimed_rows`). Pure apart from a log line when an org's retry configuration had to be
-clamped.
+Built from the rows the delivery_fan_out and delivery_claim_due queries return. Pure apart from a
+log line when an org's retry configuration had to be clamped.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +17,6 @@ import orjson
 import structlog
 
 from dispatcher.backoff import RetryPolicy
-from dispatcher.errors import DispatcherError
 from dispatcher.request import CustomHeaders, parse_custom_headers
 from dispatcher.tracing import valid_traceparent
 
@@ -70,15 +67,14 @@ class Claimed:
     keyed: bool = True
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], now: datetime) -> Claimed:
-        """One row that carries its webhook's columns (a fan-out's, or a claim's row
-        marked hook_first); the rows of a whole statement: `claimed_rows`."""
-        if row.get("hook_first") is False:
-            raise ClaimRowsIncomplete(row["webhook_id"])
-        return cls._from_parts(row, _webhook_part(row, now), now)
-
-    @classmethod
-    def _from_parts(cls, row: Mapping[str, Any], hook: _WebhookPart, now: datetime) -> Claimed:
+    def from_row(cls, row: dict[str, Any], now: datetime) -> Claimed:
+        policy = _policy(row["org_id"], _policy_values(row))
+        secret = row["secret"] or ""
+        previous = row["previous_secret"]
+        if previous and (expires := row["previous_expires_at"]) and expires > now:
+            secrets: tuple[str, ...] = (secret, previous)
+        else:
+            secrets = (secret,)
         return cls(
             id=row["id"],
             org_id=row["org_id"],
@@ -89,77 +85,17 @@ class Claimed:
             attempt=max(int(row["attempt_number"]), 1),
             max_attempts=max(int(row["max_attempts"]), 1),
             claim=row["claim"],
-            url=hook.url,
-            secrets=hook.secrets,
-            headers=hook.headers,
-            active=hook.active,
-            policy=hook.policy,
+            url=row["url"] or "",
+            secrets=secrets,
+            headers=parse_custom_headers(row["headers"]),
+            active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
+            policy=policy,
             failing=bool(row.get("failing")),
             created_at=row.get("created_at") or now,
             traceparent=valid_traceparent(row.get("traceparent")),
             sequence=row.get("sequence"),
             keyed=row.get("keyed") is not False,
         )
-
-
-class ClaimRowsIncomplete(DispatcherError):
-    """A claim statement's rows left a webhook's columns out of every one of its rows: a
-    mismatch between dispatcher/sql/delivery.sql and this module, not an operator's."""
-
-    def __init__(self, webhook_id: UUID) -> None:
-        super().__init__(f"no row of webhook {webhook_id} carries its url, secret and headers")
-        self.webhook_id = webhook_id
-
-
-@dataclass(frozen=True, slots=True)
-class _WebhookPart:
-    """What a claimed delivery takes from its webhook and its org, read once a statement."""
-
-    url: str
-    secrets: tuple[str, ...]  # current first, then one rotating out
-    headers: CustomHeaders
-    active: bool
-    policy: RetryPolicy
-
-
-def _webhook_part(row: Mapping[str, Any], now: datetime) -> _WebhookPart:
-    secret = row["secret"] or ""
-    previous = row["previous_secret"]
-    if previous and (expires := row["previous_expires_at"]) and expires > now:
-        secrets: tuple[str, ...] = (secret, previous)
-    else:
-        secrets = (secret,)
-    return _WebhookPart(
-        url=row["url"] or "",
-        secrets=secrets,
-        headers=parse_custom_headers(row["headers"]),
-        active=row["webhook_status"] == "active" and row["webhook_deleted_at"] is None,
-        policy=_policy(row["org_id"], _policy_values(row)),
-    )
-
-
-def claimed_rows(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[Claimed]:
-    """The deliveries leased by one claim statement, in its order.
-
-    delivery_claim_due sends a webhook's own columns (url, secret, headers, status,
-    previous secret) and its org's retry policy on one row per (webhook, org), marked
-    `hook_first`, and NULL on that webhook's other rows; a fan-out's rows each carry them.
-    Either way they are read once per (webhook, org) here, from the same statement's rows:
-    nothing is kept from one statement to the next, so an edit of the webhook committed
-    before a claim is what that claim's deliveries use."""
-    parts: dict[tuple[UUID, UUID], _WebhookPart] = {}
-    for row in rows:
-        if row.get("hook_first") is not False:
-            key = (row["webhook_id"], row["org_id"])
-            if key not in parts:
-                parts[key] = _webhook_part(row, now)
-    out: list[Claimed] = []
-    for row in rows:
-        part = parts.get((row["webhook_id"], row["org_id"]))
-        if part is None:
-            raise ClaimRowsIncomplete(row["webhook_id"])
-        out.append(Claimed._from_parts(row, part, now))
-    return out
 
 
 # webhook_deliveries.event_type is the host's varchar(100): longer types are cut there.

@@ -32,7 +32,7 @@ from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
 
 from dispatcher.admission import Admission
-from dispatcher.claims import Claimed, claimed_rows
+from dispatcher.claims import Claimed
 from dispatcher.db import Conn, Pool
 from dispatcher.delivery import Attempts
 from dispatcher.intake import Intake
@@ -464,7 +464,7 @@ class Dispatcher:
         plus the lease, however long the statement waited on a lock; `room` is what
         admission gave the statement (its claim_params())."""
         now = datetime.now(UTC)
-        started = claimed_rows(rows, now)
+        started = [Claimed.from_row(r, now) for r in rows]
         admission = self.admission
         spare: list[Claimed] = []
         for d in started:

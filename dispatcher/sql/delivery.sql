@@ -334,9 +334,6 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 -- dispatcher.webhook_claimable_v1 (0022): a failing webhook (%(failing_after)s+
 -- consecutive failures) gets one probe at a time, spaced by its org's backoff after its
 -- last failure, so it never hammers nor hogs slots.
--- Each row carries its delivery's columns; its webhook's (url, secret, headers, status,
--- previous secret) and its org's retry policy come once per (webhook, org), on the row
--- marked hook_first (dispatcher/claims.py, claimed_rows).
 WITH candidates AS (
     -- Due rows of the webhooks that may be claimed, oldest due first, locked SKIP LOCKED,
     -- at most %(scan)s (0044_claim_candidates.sql): read from dispatcher_deliveries_due_since
@@ -360,58 +357,32 @@ WITH candidates AS (
                                coalesce(room.n, %(hook_cap)s))
     ORDER BY r.due_at, r.created_at
     LIMIT %(limit)s
-), leased AS (
-    UPDATE public.webhook_deliveries d
-    SET next_retry_at = now() + make_interval(secs => %(lease)s)
-    -- its sequence row (0032), if any: the number and whether it is of an ordered key, one
-    -- primary-key probe per row (delivery_id is delivery_sequence's key: at most one row)
-    FROM due LEFT JOIN dispatcher.delivery_sequence s ON s.delivery_id = due.id
-    WHERE d.id = due.id
-    RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
-              coalesce(d.attempt_number, 1) AS attempt_number,
-              coalesce(d.max_attempts, 3) AS max_attempts,
-              d.next_retry_at AS claim, d.created_at,
-              d.request_headers ->> 'traceparent' AS traceparent, s.sequence,
-              -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
-              -- (per row; a statement-wide `any key at all?` test first cost ~2 ms a call in
-              -- drain1: planned as a scan of every unkeyed row)
-              s.order_key IS NOT NULL AS keyed,
-              due.failing, due.url, due.secret, due.headers, due.webhook_status,
-              due.webhook_deleted_at
-), marked AS (
-    -- The webhook's own columns (url, secret, headers, status, previous secret) and its
-    -- org's retry policy are sent once per (webhook, org) of the rows leased, on the row
-    -- marked hook_first, NULL on the others (issue 12, branch slimclaim: ~30 columns a row
-    -- cost the daemon ~13 us of CPU per row to read). Marked on what was leased, not on
-    -- `due`: a candidate the UPDATE does not see (a row committed after this statement's
-    -- snapshot but before the function's) is not returned, and must not take the mark away.
-    -- Read in this statement, as before: an edit committed before it is what it sends.
-    SELECT l.*, row_number() OVER (PARTITION BY l.webhook_id, l.org_id) = 1 AS hook_first
-    FROM leased l
 )
-SELECT m.id, m.org_id, m.webhook_id, m.event_id, m.event_type, m.request_body,
-       m.attempt_number, m.max_attempts, m.claim, m.failing, m.created_at, m.traceparent,
-       m.sequence, m.keyed, m.hook_first,
-       CASE WHEN m.hook_first THEN m.url END AS url,
-       CASE WHEN m.hook_first THEN m.secret END AS secret,
-       CASE WHEN m.hook_first THEN m.headers END AS headers,
-       CASE WHEN m.hook_first THEN m.webhook_status END AS webhook_status,
-       CASE WHEN m.hook_first THEN m.webhook_deleted_at END AS webhook_deleted_at,
-       ws.previous_secret, ws.previous_expires_at,
-       rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
-       rc.enable_jitter, rc.enable_dlq
-FROM marked m
--- its webhook's previous secret (webhook_id is webhook_secrets' key) and its org's retry
--- policy (org_id is unique there): one probe each per marked row, none for the others
--- (`m.hook_first` is a one-time filter of each lateral subquery; OFFSET 0 keeps the
--- planner from flattening them into hash joins over the whole of both tables)
-LEFT JOIN LATERAL (SELECT w.previous_secret, w.previous_expires_at
-                   FROM dispatcher.webhook_secrets w
-                   WHERE m.hook_first AND w.webhook_id = m.webhook_id OFFSET 0) ws ON true
-LEFT JOIN LATERAL (SELECT c.max_retries, c.retry_strategy, c.base_delay_seconds,
-                          c.max_delay_seconds, c.enable_jitter, c.enable_dlq
-                   FROM public.integration_retry_config c
-                   WHERE m.hook_first AND c.org_id = m.org_id OFFSET 0) rc ON true;
+UPDATE public.webhook_deliveries d
+SET next_retry_at = now() + make_interval(secs => %(lease)s)
+-- its sequence row (0032), if any: the number and whether it is of an ordered key, one
+-- primary-key probe per row (delivery_id is delivery_sequence's key: at most one row);
+-- its org's retry policy (org_id is unique there: at most one row), for the leased rows
+-- only; its webhook's previous secret (webhook_id is webhook_secrets' key), one probe per row
+FROM due LEFT JOIN dispatcher.delivery_sequence s ON s.delivery_id = due.id
+         LEFT JOIN public.integration_retry_config rc ON rc.org_id = due.org_id
+         LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = due.webhook_id
+WHERE d.id = due.id
+RETURNING d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.request_body,
+          coalesce(d.attempt_number, 1) AS attempt_number,
+          coalesce(d.max_attempts, 3) AS max_attempts,
+          d.status, d.next_retry_at AS claim,
+          due.url, due.secret, due.headers, due.webhook_status, due.webhook_deleted_at,
+          ws.previous_secret, ws.previous_expires_at,
+          rc.max_retries, rc.retry_strategy, rc.base_delay_seconds, rc.max_delay_seconds,
+          rc.enable_jitter, rc.enable_dlq, due.failing, 0::bigint AS events_claimed,
+          0::bigint AS deliveries_created, d.created_at,
+          d.request_headers ->> 'traceparent' AS traceparent,
+          s.sequence,
+          -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
+          -- (per row; a statement-wide `any key at all?` test first cost ~2 ms a call in
+          -- drain1: planned as a scan of every unkeyed row)
+          s.order_key IS NOT NULL AS keyed;
 
 -- name: delivery_record_outcomes
 -- Write a batch of attempt outcomes in one statement: the delivery rows (only

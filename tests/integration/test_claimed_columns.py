@@ -24,9 +24,8 @@ from dispatcher.ratelimit import RateLimits
 
 LEASE = 60.0
 # Columns from_row reads with row.get() that a statement leaves out on purpose: a fan-out
-# creates its deliveries (created_at: now), never claims a failing webhook's row, and
-# sends its webhook's columns on every row (no hook_first mark).
-NOT_FROM_FAN_OUT = {"created_at", "failing", "hook_first"}
+# creates its deliveries (created_at: now) and never claims a failing webhook's row.
+NOT_FROM_FAN_OUT = {"created_at", "failing"}
 
 
 class Reading(dict[str, Any]):

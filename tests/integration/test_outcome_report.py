@@ -19,7 +19,7 @@ import hostdb
 import pytest
 
 from dispatcher.admission import Admission
-from dispatcher.claims import Claimed, claimed_rows
+from dispatcher.claims import Claimed
 from dispatcher.queries import query
 from dispatcher.ratelimit import RateLimits
 from dispatcher.recorder import OutcomeRow, outcomes_json
@@ -37,7 +37,7 @@ async def _claim(conn: hostdb.Conn, limit: int) -> dict[UUID, Claimed]:
     """Lease the due rows as the daemon does (delivery_claim_due)."""
     cur = await conn.execute(query("delivery_claim_due"), _params(limit))
     now = datetime.now(UTC)
-    return {d.id: d for d in claimed_rows(await cur.fetchall(), now)}
+    return {r["id"]: Claimed.from_row(r, now) for r in await cur.fetchall() if r["id"]}
 
 
 def _outcome(d: Claimed, *, success: bool) -> OutcomeRow:

@@ -24,8 +24,6 @@ from support.outcomes import delivered
 
 from bench.statement_cpu import fan_out_params
 from dispatcher.admission import FAILING_AFTER
-from dispatcher.backoff import RetryPolicy
-from dispatcher.claims import claimed_rows
 from dispatcher.queries import query
 from dispatcher.recorder import outcomes_json
 
@@ -472,12 +470,12 @@ def policy_scans() -> sql.SQL:
 @pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 @pytest.mark.parametrize("prepare", [False, True])
-async def test_claim_reads_the_retry_policy_once_per_webhook_it_leases(
+async def test_claim_reads_the_retry_policy_for_the_rows_it_leases_only(
     request: pytest.FixtureRequest, database: str, prepare: bool
 ) -> None:
     """400 due rows of one webhook with room for ROOM: the claim reads its 4 x CLAIM
-    candidates, leases ROOM, and reads the org's policy once for them all (one row carries
-    it, issue 12 branch slimclaim); every delivery claimed from the rows has that policy."""
+    candidates, leases ROOM, and reads the org's policy no more than once per leased row;
+    the rows carry that policy."""
     conn = await hostdb.connect(request.getfixturevalue(database))
     try:
         org = await hostdb.create_org(conn)
@@ -496,12 +494,11 @@ async def test_claim_reads_the_retry_policy_once_per_webhook_it_leases(
             cur = await conn.execute(policy_scans())
             scans = int((await cur.fetchone() or {})["n"]) - before
         assert len(rows) == ROOM
-        assert [r["max_retries"] for r in rows if r["hook_first"]] == [7]
-        assert {d.policy for d in claimed_rows(rows, datetime.now(UTC))} == {
-            RetryPolicy(max_retries=7, retry_strategy="linear", base_delay_seconds=11)
+        assert {(r["max_retries"], r["retry_strategy"], r["base_delay_seconds"]) for r in rows} == {
+            (7, "linear", 11)
         }
-        # 0044: one probe per candidate (4 x CLAIM = 176); 0045: one per leased row (ROOM)
-        assert scans <= 2, scans
+        # 0044: one probe per candidate (4 x CLAIM = 176)
+        assert scans <= ROOM + 1, scans
     finally:
         await conn.close()
 
@@ -569,12 +566,12 @@ def secret_scans() -> sql.SQL:
 @pytest.mark.pgmatrix
 @pytest.mark.parametrize("database", ["db_dsn", "host_db_dsn"])
 @pytest.mark.parametrize("prepare", [False, True])
-async def test_claim_reads_the_previous_secret_once_per_webhook_it_leases(
+async def test_claim_reads_the_previous_secret_once_per_leased_row(
     request: pytest.FixtureRequest, database: str, prepare: bool
 ) -> None:
-    """A webhook whose secret was rotated: every delivery claimed signs with both secrets,
-    read once from webhook_secrets for the webhook (two scalar subqueries once read it twice
-    per row; since branch slimclaim one row of the claim carries it for all)."""
+    """A webhook whose secret was rotated: every leased row carries the previous secret and
+    its expiry, read with one probe of webhook_secrets per row at most (two scalar
+    subqueries read it twice before)."""
     conn = await hostdb.connect(request.getfixturevalue(database))
     try:
         org = await hostdb.create_org(conn)
@@ -595,9 +592,9 @@ async def test_claim_reads_the_previous_secret_once_per_webhook_it_leases(
             cur = await conn.execute(secret_scans())
             scans = int((await cur.fetchone() or {})["n"]) - before
         assert len(rows) == ROOM
-        assert {d.secrets for d in claimed_rows(rows, datetime.now(UTC))} == {
-            (hook["secret"], "whsec_old")
+        assert {(r["previous_secret"], r["previous_expires_at"].year) for r in rows} == {
+            ("whsec_old", 2030)
         }
-        assert scans <= 2, scans
+        assert scans <= ROOM + 1, scans
     finally:
         await conn.close()
