@@ -50,8 +50,7 @@ WebhookNow = tuple[str, str, CustomHeaders]
 
 
 class Attempts:
-    """Runs the attempts the loop starts (`deliver`): one at a time per task (a webhook's
-    queued rows may follow one another in one task: Dispatcher._attempt_chain).
+    """Runs the attempts the loop starts (`deliver`), one task each.
 
     ``release_soon`` gives leased rows back in the background (changed webhook, lost
     recheck); ``set_aside`` keeps a row leased while stopping for the loop's final

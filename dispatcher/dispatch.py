@@ -9,9 +9,9 @@ webhook may start is `admission.py`'s answer; heartbeats and shared limits are
 `coordination.py`'s. No transaction is open across an HTTP call.
 
 Claim-ahead: rows leased for a webhook already at its cap wait in admission's bounded
-queue; when one of its attempts ends, the next one starts at once, in the same task
-(_attempt_chain), with no round trip, and the loop refills the queue once it has run down
-to half, in one statement for many rows. Queued rows were never sent: stop()
+queue; when one of its attempts ends, the next one starts in the done callback, with no
+round trip, and the loop refills the queue once it has run down to half, in one statement
+for many rows. Queued rows were never sent: stop()
 releases them, and so does a webhook that may no longer start them (it began failing).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -493,60 +494,20 @@ class Dispatcher:
         return started
 
     def _start(self, d: Claimed) -> None:
-        """Start an attempt of `d` in a task of its own (its webhook's next queued rows may
-        follow in the same task: _attempt_chain)."""
+        task = asyncio.create_task(self._attempts.deliver(d))
         self._starts += 1
         key = self._starts
-        self._in_flight(key, asyncio.create_task(self._attempt_chain(key, d)), d)
-
-    def _in_flight(self, key: int, task: asyncio.Task[None], d: Claimed) -> None:
-        """`d`'s attempt, start number `key`, runs in `task` from now."""
         self._inflight[key] = (task, d)
         self.admission.started(d.webhook_id, active=d.active, failing=d.failing)
+        task.add_done_callback(functools.partial(self._done, key, d))
 
-    async def _attempt_chain(self, key: int, d: Claimed) -> None:
-        """Attempt `d`; then, while the next row queued for its webhook may start when an
-        attempt ends (claim-ahead), attempt that one here too, in this task, rather than in
-        a task of its own: in a drain most attempts start from the queue, and a task per
-        attempt cost ~2 us of ~17 of the loop's own Python per delivery (issue 12,
-        docs/performance.md "loopcost"). Each attempt is in flight (`_inflight`, admission)
-        from its start to its end, as before; stop() waits for or cancels this task, and
-        so the attempt it runs now. A chain ends with the queue, on stop, or when an
-        attempt raises (the next queued row then starts in a task of its own, as before).
-        Rows queued ahead of a cap are bounded (Admission.ahead), so a chain of attempts
-        that send nothing (a webhook switched off) is bounded too before it yields."""
-        task = asyncio.current_task()
-        assert task is not None
-        while True:
-            try:
-                await self._attempts.deliver(d)
-            except BaseException:
-                self._done(key, d)
-                raise
-            chained = self._done(key, d, task)
-            if chained is None:
-                return
-            key, d = chained
-
-    def _done(
-        self, key: int, d: Claimed, chain: asyncio.Task[None] | None = None
-    ) -> tuple[int, Claimed] | None:
-        """The attempt `key` of `d` ended. With `chain` (the task it ran in): the webhook's
-        next queued row, if it may start now, is put in flight in that task and returned
-        (the caller attempts it); without, it starts in a task of its own."""
+    def _done(self, key: int, d: Claimed, _: asyncio.Task[None]) -> None:
         self._inflight.pop(key, None)
         held = self.admission.ended(d.webhook_id)
-        chained: tuple[int, Claimed] | None = None
         if not self._stopping:
             queued, give_back = self.admission.next_queued(d.webhook_id)
             if queued is not None:
-                # the slot is taken again at once: no claim between
-                if chain is None:
-                    self._start(queued)
-                else:
-                    self._starts += 1
-                    chained = (self._starts, queued)
-                    self._in_flight(self._starts, chain, queued)
+                self._start(queued)  # the slot is taken again at once: no claim between
             # more when its depth grew back (the shared depth's window ended), while the
             # process has room: the claim loop may have given the other freed slots away.
             # Without a shared depth the depth never grows: no second look per attempt.
@@ -563,7 +524,6 @@ class Dispatcher:
         if held and self.admission.refill_wanted(d.webhook_id):
             self._hook_room.set()  # claim for it again now (refills its queue)
         self._slot_freed.set()
-        return chained
 
     def _release_soon(self, claims: list[Claimed]) -> None:
         """Give back leased rows that will not be sent here, in the background."""
