@@ -21,11 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
-from support.daemon import DaemonProcess
 
 from bench.ceiling import run_http_ceiling
 from bench.infra import (
@@ -50,6 +49,9 @@ from bench.infra import (
 from bench.profile import Perf, Spy, summarize
 from bench.receiver import ReceiverProcess
 from dispatcher.queries import load
+
+if TYPE_CHECKING:  # tests/ is on sys.path once bench.infra is imported
+    from support.daemon import DaemonProcess
 
 POLL = 0.02
 STOP_WAIT_S = 30.0  # at most, from a daemon's spawn, until it catches SIGTERM
