@@ -58,7 +58,7 @@ STOP_WAIT_S = 30.0  # at most, from a daemon's spawn, until it catches SIGTERM
 WAIT_SAMPLE_EVERY = 5  # polls: the daemon's backends' wait events every 100 ms
 
 
-async def _until_catching_sigterm(daemons: list[DaemonProcess], deadline: float) -> None:
+async def until_catching_sigterm(daemons: list[DaemonProcess], deadline: float) -> None:
     """Until every daemon still running catches SIGTERM, or time.time() passes ``deadline``."""
     for d in daemons:
         while d.proc.poll() is None and not catches_signal(d.proc.pid, signal.SIGTERM):
@@ -148,7 +148,7 @@ class Drain:
                 # database; one still starting when a small drain ends (the second replica of
                 # `--small`) would die of the signal (exit -15), not stop cleanly. Each is
                 # signalled once it catches SIGTERM (at most STOP_WAIT_S from its spawn).
-                await _until_catching_sigterm(daemons, t_spawn + STOP_WAIT_S)
+                await until_catching_sigterm(daemons, t_spawn + STOP_WAIT_S)
                 for d in daemons:
                     d.terminate()
                 codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
