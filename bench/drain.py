@@ -15,13 +15,14 @@ import asyncio
 import functools
 import os
 import re
+import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -31,6 +32,7 @@ from bench.infra import (
     DAEMON_ROLE,
     BenchCluster,
     DaemonSpec,
+    catches_signal,
     cpu_by_kind,
     cpu_delta,
     daemon_problems,
@@ -49,9 +51,21 @@ from bench.profile import Perf, Spy, summarize
 from bench.receiver import ReceiverProcess
 from dispatcher.queries import load
 
+if TYPE_CHECKING:  # tests/ is on sys.path once bench.infra is imported
+    from support.daemon import DaemonProcess
+
 POLL = 0.02
-STOP_NOT_BEFORE_S = 3.0  # seconds from a daemon's spawn before the drain may SIGTERM it
+STOP_WAIT_S = 30.0  # at most, from a daemon's spawn, until it catches SIGTERM
 WAIT_SAMPLE_EVERY = 5  # polls: the daemon's backends' wait events every 100 ms
+
+
+async def until_catching_sigterm(daemons: list[DaemonProcess], deadline: float) -> None:
+    """Until every daemon still running catches SIGTERM, or time.time() passes ``deadline``."""
+    for d in daemons:
+        while d.proc.poll() is None and not catches_signal(d.proc.pid, signal.SIGTERM):
+            if time.time() >= deadline:
+                return
+            await asyncio.sleep(POLL)
 
 
 class BenchError(RuntimeError):
@@ -134,10 +148,8 @@ class Drain:
                 # A daemon installs its SIGTERM handler once it has connected and checked the
                 # database; one still starting when a small drain ends (the second replica of
                 # `--small`) would die of the signal (exit -15), not stop cleanly. Each is
-                # given STOP_NOT_BEFORE_S from its spawn, which a full-size drain outlasts.
-                settle = t_spawn + STOP_NOT_BEFORE_S - time.time()
-                if settle > 0 and all(d.proc.poll() is None for d in daemons):
-                    await asyncio.sleep(settle)
+                # signalled once it catches SIGTERM (at most STOP_WAIT_S from its spawn).
+                await until_catching_sigterm(daemons, t_spawn + STOP_WAIT_S)
                 for d in daemons:
                     d.terminate()
                 codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]

@@ -392,6 +392,20 @@ def _status_kb(pid: int, key: str) -> float:
     return 0.0
 
 
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for ``signum`` (SigCgt of
+    /proc/<pid>/status); False when it is gone. Python installs none for SIGTERM until asked
+    (``loop.add_signal_handler``), so this tells a daemon or floor still starting (SIGTERM
+    would kill it) from one that would stop cleanly."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
 def proc_rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmRSS:") / 1024
 

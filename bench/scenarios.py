@@ -90,8 +90,8 @@ class Config:
             quiet_events=20,
             quiet_rate=20.0,
             fanout_events=40,
-            latency_seconds=2.0,
-            latency_warmup_seconds=0.5,
+            latency_seconds=1.0,  # 200 events measured (and the floor's 200 before them)
+            latency_warmup_seconds=0.25,
             intake_seconds=1.0,
             intake_rounds=1,
             cost_events=300,

@@ -37,7 +37,7 @@ DaemonFactory = Callable[..., DaemonProcess]
 
 # The PostgreSQL version matrix (scripts/test): the whole suite runs on one version, these
 # modules (core delivery, host compatibility, migrations) on every other one. Keep their total
-# under ~3 minutes on 2 cores: CI runs them once per extra version.
+# under ~3 minutes on 2 cores: CI runs them once per extra version (the versions in parallel).
 PGMATRIX_MODULES = frozenset(
     {
         "tests/integration/test_delivery.py",
