@@ -105,43 +105,25 @@ CUTS: dict[str, list[tuple[str, str]]] = {
             "row_number() OVER ()",
         ),
     ],
-    # the delivery_sequence rows (the counter upsert stays)
-    "seqrows": [
-        (r"\),\s*sequenced AS \(.*?RETURNING delivery_id, sequence\s*\)", ")"),
-        (flex("LEFT JOIN sequenced sq ON sq.delivery_id = m.id"), ""),
-        (flex("sq.sequence,"), "NULL::bigint AS sequence,"),
-    ],
-    # the sequence numbers altogether: counter upsert and rows
+    # the delivery_sequence rows (the counter upsert and the numbering stay)
+    "seqrows": [(r"\),\s*sequenced AS \(.*?FROM numbered\s*\)", ")")],
+    # the sequence numbers altogether: counter upsert, numbering and rows
     "seq": [
-        (r"\),\s*seq_counts AS \(.*?RETURNING delivery_id, sequence\s*\)", ")"),
-        (flex("LEFT JOIN sequenced sq ON sq.delivery_id = m.id"), ""),
-        (flex("sq.sequence,"), "NULL::bigint AS sequence,"),
-    ],
-    # lock-first: the webhook rows read without FOR KEY SHARE SKIP LOCKED (nothing waits)
-    "lock": [(flex("FOR KEY SHARE SKIP LOCKED"), "")],
-    # the ordered gate: the lean statement's read of webhook_settings
-    "gate": [(flex("AND NOT (SELECT g.ordered FROM gate g)"), "")],
-    # the unreadable events' write (with its counting gate)
-    "unreadable": [
-        (
-            flex("UPDATE dispatcher.outbox o SET misses")
-            + r".*?"
-            + flex("RETURNING o.event_id ), matched AS ("),
-            "SELECT NULL::uuid AS event_id WHERE false ), matched AS (",
-        )
-    ],
-    # the policy function per delivery row (0037): the old tree's inline clamp instead
-    "policy": [
-        (
-            flex("(dispatcher.retry_policy_v1(max_retries => rc.max_retries)).max_retries + 1"),
-            "least(greatest(coalesce(rc.max_retries, 3), 1), 10) + 1",
-        )
+        (r"\),\s*seq_counts AS \(.*?RETURNING s\.webhook_id, s\.last\s*(?=\),\s*numbered)", ""),
+        (r"l\.last - count\(\*\) OVER.*?AS sequence,", "NULL::bigint AS sequence,"),
+        (flex("JOIN seq_last l ON l.webhook_id = r.webhook_id"), ""),
+        (r"\),\s*sequenced AS \(.*?FROM numbered\s*\)", ")"),
     ],
     # pending rows created with next_retry_at = now() instead of null: the AFTER INSERT
     # trigger dispatcher_delivery_due (WHEN next_retry_at IS NULL) does not fire
-    "duetrigger": [(flex("ELSE parked_until END"), "ELSE coalesce(parked_until, now()) END")],
+    "duetrigger": [
+        (
+            flex("ELSE r.parked_until END AS claim"),
+            "ELSE coalesce(r.parked_until, now()) END AS claim",
+        )
+    ],
     # the leased rows returned (the marker row only)
-    "returned": [(flex("AND i.next_retry_at IS NOT NULL AND m.eligible"), "AND false")],
+    "returned": [(flex("WHERE m.claim IS NOT NULL AND m.eligible"), "WHERE false")],
     # the delivery rows not written (a SELECT of what would be inserted)
     "insert": [
         (
@@ -152,8 +134,7 @@ CUTS: dict[str, list[tuple[str, str]]] = {
             + flex("SELECT id, org_id, webhook_id,"),
             "SELECT id, org_id, webhook_id,",
         ),
-        (flex("FROM ranked RETURNING id, next_retry_at"), "FROM ranked"),
-        (flex("ELSE parked_until END"), "ELSE parked_until END AS next_retry_at"),
+        (flex("FROM numbered RETURNING id"), "FROM numbered"),
     ],
     # the outbox rows not deleted
     "delete": [
