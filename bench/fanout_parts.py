@@ -16,7 +16,8 @@ delivery::
 
 A variant is ``tree`` (the tree's ``delivery_fan_out_lean``), ``file:PATH`` (the block
 ``delivery_fan_out_lean`` of a file of named blocks, variant regions cut as the loader
-does), ``cut:A+B`` (the tree's statement with the named cuts of CUTS below applied: a
+does), ``old:PATH`` (the block ``fan_out`` of such a file: `1098956`'s statement, on this
+tree's schema), ``cut:A+B`` (the tree's statement with the named cuts of CUTS below applied: a
 part taken out to see what it costs, not a statement to run in a daemon), ``notrig:SPEC``
 (SPEC on a connection with ``session_replication_role = replica``: no trigger fires, the
 foreign keys' checks included), ``generic:SPEC`` / ``custom:SPEC`` (SPEC with
@@ -107,23 +108,25 @@ CUTS: dict[str, list[tuple[str, str]]] = {
             "row_number() OVER ()",
         ),
     ],
-    # the delivery_sequence rows (the counter upsert stays)
-    "seqrows": [
-        (r"\),\s*sequenced AS \(.*?RETURNING delivery_id, sequence\s*\)", ")"),
-        (flex("LEFT JOIN sequenced sq ON sq.delivery_id = m.id"), ""),
-        (flex("sq.sequence,"), "NULL::bigint AS sequence,"),
-    ],
-    # the sequence numbers altogether: counter upsert and rows
+    # the delivery_sequence rows (the counter upsert and the numbering stay)
+    "seqrows": [(r"\),\s*sequenced AS \(.*?FROM numbered\s*\)", ")")],
+    # the sequence numbers altogether: counter upsert, numbering and rows
     "seq": [
-        (r"\),\s*seq_counts AS \(.*?RETURNING delivery_id, sequence\s*\)", ")"),
-        (flex("LEFT JOIN sequenced sq ON sq.delivery_id = m.id"), ""),
-        (flex("sq.sequence,"), "NULL::bigint AS sequence,"),
+        (r"\),\s*seq_counts AS \(.*?RETURNING s\.webhook_id, s\.last\s*(?=\),\s*numbered)", ""),
+        (r"l\.last - count\(\*\) OVER.*?AS sequence,", "NULL::bigint AS sequence,"),
+        (flex("JOIN seq_last l ON l.webhook_id = r.webhook_id"), ""),
+        (r"\),\s*sequenced AS \(.*?FROM numbered\s*\)", ")"),
     ],
     # pending rows created with next_retry_at = now() instead of null: the AFTER INSERT
     # trigger dispatcher_delivery_due (WHEN next_retry_at IS NULL) does not fire
-    "duetrigger": [(flex("ELSE parked_until END"), "ELSE coalesce(parked_until, now()) END")],
+    "duetrigger": [
+        (
+            flex("ELSE r.parked_until END AS claim"),
+            "ELSE coalesce(r.parked_until, now()) END AS claim",
+        )
+    ],
     # the leased rows returned (the marker row only)
-    "returned": [(flex("AND i.next_retry_at IS NOT NULL AND m.eligible"), "AND false")],
+    "returned": [(flex("WHERE m.claim IS NOT NULL AND m.eligible"), "WHERE false")],
     # the delivery rows not written (a SELECT of what would be inserted)
     "insert": [
         (
@@ -134,8 +137,7 @@ CUTS: dict[str, list[tuple[str, str]]] = {
             + flex("SELECT id, org_id, webhook_id,"),
             "SELECT id, org_id, webhook_id,",
         ),
-        (flex("FROM ranked RETURNING id, next_retry_at"), "FROM ranked"),
-        (flex("ELSE parked_until END"), "ELSE parked_until END AS next_retry_at"),
+        (flex("FROM numbered RETURNING id"), "FROM numbered"),
     ],
     # the writes that touch no row in the common case, each replaced by a SELECT of nothing:
     # what their nodes cost a call even when idle (one event: latency at 200 events/s)
@@ -217,6 +219,10 @@ def variant(spec: str) -> str:
         return str(tree_query("delivery_fan_out_lean"))
     if spec.startswith("file:"):
         return load(Path(spec.removeprefix("file:")).read_text())["delivery_fan_out_lean"]
+    if spec.startswith("old:"):
+        # the pre-issue tree's statement (1098956: block `fan_out` of dispatcher/sql/queries.sql)
+        # on this tree's schema
+        return load(Path(spec.removeprefix("old:")).read_text())["fan_out"]
     if spec.startswith("cut:"):
         text = str(tree_query("delivery_fan_out_lean"))
         for name in spec.removeprefix("cut:").split("+"):
@@ -238,13 +244,17 @@ async def run(
     rounds: int,
     warm: int,
     explain: bool = False,
+    orgs: int = 1,
+    per_org: int = 1,
 ) -> dict[str, Any]:
     await apply_migrations(dsn)
     texts = {s: variant(s) for s in specs}
     setup = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
     async with setup:
         await setup.execute("SET default_toast_compression = lz4")
-        hooks = await create_webhooks(setup, "http://127.0.0.1:9", orgs=1, per_org=1)
+        # events round-robin over the orgs: drain1's shape at 1 x 1, the drain's at 16 x 1,
+        # the fan-out scenario's at 1 x 10
+        hooks = await create_webhooks(setup, "http://127.0.0.1:9", orgs=orgs, per_org=per_org)
         await publish_backlog(setup, hooks.orgs, warm)
         params = fan_out_params(batch=warm, claim=0)
         got = await (
@@ -253,13 +263,14 @@ async def run(
         assert int(got[-1]["events_claimed"]) == warm, got[-1]
         await publish_backlog(setup, hooks.orgs, events)
         await setup.execute("ANALYZE")
-        row = await (await setup.execute("SELECT id, url FROM webhooks")).fetchone()
-        assert row is not None
-        webhook, url = row["id"], row["url"]
+        rows = await (await setup.execute("SELECT id, url FROM webhooks ORDER BY id")).fetchall()
+        assert len(rows) == orgs * per_org
+        webhook, url = rows[0]["id"], rows[0]["url"]
     params = {
         **fan_out_params(batch=events, claim=leased),
-        "room_ids": [webhook],
-        "room_left": [leased],
+        # every webhook's room: `leased` (the per-webhook cap never binds)
+        "room_ids": [r["id"] for r in rows],
+        "room_left": [leased] * len(rows),
         "webhook": webhook,
         "url": url,
         "max_attempts": 4,
@@ -300,9 +311,12 @@ async def run(
                         sum(1 for x in rows if x["id"] is not None),
                         int(rows[-1]["deliveries_created"]),
                     )
+                # per delivery created (a probe: per event; drain1's and the drain's shapes
+                # create one per event)
+                made = events if s.startswith("probe:") else max(1, shape[s][1])
                 if r >= 10:
-                    cpu[s].append(spent * 1000 / events)
-                    wal[s].append(written // events)
+                    cpu[s].append(spent * 1000 / made)
+                    wal[s].append(written // made)
         for s in specs:
             # how the server ran the prepared statement: a generic plan (planned once) or a
             # custom plan (planned again on every call)
@@ -356,12 +370,16 @@ async def main() -> None:
     ap.add_argument("--warm", type=int, default=1000, help="events fanned out and kept first")
     ap.add_argument("--explain", action="store_true", help="print each variant's plan at the end")
     ap.add_argument("--show", help="print the text of this variant and exit")
+    ap.add_argument("--orgs", type=int, default=1, help="orgs (the drain: 16)")
+    ap.add_argument("--per-org", type=int, default=1, help="webhooks per org (fan-out: 10)")
     a = ap.parse_args()
     if a.show:
         print(variant(a.show))
         return
     with server(a) as dsn, fresh_database(dsn, a.db) as db_dsn:
-        r = await run(db_dsn, a.variants, a.events, a.leased, a.rounds, a.warm, a.explain)
+        r = await run(
+            db_dsn, a.variants, a.events, a.leased, a.rounds, a.warm, a.explain, a.orgs, a.per_org
+        )
     base = r[a.variants[0]]["median_ms"]
     for s, d in r.items():
         print(

@@ -255,19 +255,6 @@ picked AS MATERIALIZED (
       AND m.event_id NOT IN (SELECT event_id FROM ordered_wait)
 -- [end]
     ON CONFLICT DO NOTHING
-), inserted AS (
-    INSERT INTO public.webhook_deliveries (
-        id, org_id, webhook_id, event_type, event_id, payload, request_url,
-        request_headers, request_body, attempt_number, max_attempts, status, next_retry_at
-    )
-    SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
-           CASE WHEN traceparent IS NULL THEN '{}'::jsonb
-                ELSE jsonb_build_object('traceparent', traceparent) END,
-           body_text, 1, max_attempts, 'pending',
-           CASE WHEN eligible AND rn <= %(claim)s
-                THEN now() + make_interval(secs => %(lease)s) ELSE parked_until END
-    FROM ranked
-    RETURNING id, next_retry_at
 ), seq_counts AS (
     -- Sequence numbers (0032): one counter row per webhook, bumped once per statement
     -- (in webhook order, so two fan-outs never wait on each other in a cycle).
@@ -277,28 +264,48 @@ picked AS MATERIALIZED (
     SELECT webhook_id, n FROM seq_counts ORDER BY webhook_id
     ON CONFLICT (webhook_id) DO UPDATE SET last = s.last + EXCLUDED.last
     RETURNING s.webhook_id, s.last
+), numbered AS MATERIALIZED (
+    -- Each delivery with its number and its lease, once: the delivery row, its number's row
+    -- and the rows returned are all read from here, never joined back on id. Those joins
+    -- (matched to inserted, to the numbers) were planned from the CTEs' row estimates (one
+    -- to three rows) as nested loops, each rescanning every row per row: 2 x n^2 tuples a
+    -- fan-out of n deliveries (docs/performance.md, branch drain16).
+    -- The webhook's count from the window (seq_counts' n), so one join, not two.
+    SELECT r.*,
+           l.last - count(*) OVER (PARTITION BY r.webhook_id)
+               + row_number() OVER (PARTITION BY r.webhook_id
+                                    ORDER BY r.queued_at, r.event_created_at, r.event_id)
+               AS sequence,
+           CASE WHEN r.eligible AND r.rn <= %(claim)s
+                THEN now() + make_interval(secs => %(lease)s) ELSE r.parked_until END AS claim
+    FROM ranked r
+    JOIN seq_last l ON l.webhook_id = r.webhook_id
+), inserted AS (
+    INSERT INTO public.webhook_deliveries (
+        id, org_id, webhook_id, event_type, event_id, payload, request_url,
+        request_headers, request_body, attempt_number, max_attempts, status, next_retry_at
+    )
+    SELECT id, org_id, webhook_id, left(event_type, 100), event_id, body, url,
+           CASE WHEN traceparent IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('traceparent', traceparent) END,
+           body_text, 1, max_attempts, 'pending', claim
+    FROM numbered
+    RETURNING id
 ), sequenced AS (
     INSERT INTO dispatcher.delivery_sequence (delivery_id, webhook_id, sequence, order_key,
                                               parked_until)
-    SELECT r.id, r.webhook_id,
-           l.last - c.n + row_number() OVER (PARTITION BY r.webhook_id
-                                             ORDER BY r.queued_at, r.event_created_at, r.event_id),
-           r.order_key, r.parked_until
-    FROM ranked r
-    JOIN seq_counts c ON c.webhook_id = r.webhook_id
-    JOIN seq_last l ON l.webhook_id = r.webhook_id
-    RETURNING delivery_id, sequence
+    SELECT id, webhook_id, sequence, order_key, parked_until FROM numbered
 )
 SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS event_type,
        m.body_text AS request_body, 1 AS attempt_number, m.max_attempts,
-       'pending'::text AS status, i.next_retry_at AS claim,
+       'pending'::text AS status, m.claim,
        m.url, m.secret, m.headers, m.webhook_status, m.webhook_deleted_at,
        ws.previous_secret, ws.previous_expires_at,
        m.max_retries, m.retry_strategy, m.base_delay_seconds, m.max_delay_seconds,
        m.enable_jitter, m.enable_dlq,
        (SELECT count(*) FROM claimed) AS events_claimed,
        (SELECT count(*) FROM inserted) AS deliveries_created,
-       NULL::uuid[] AS events_unreadable, m.traceparent, sq.sequence,
+       NULL::uuid[] AS events_unreadable, m.traceparent, m.sequence,
 -- [full]
        (SELECT count(*) FROM deferred) + (SELECT count(*) FROM ordered_wait) AS events_deferred,
 -- [lean]
@@ -306,10 +313,9 @@ SELECT m.id, m.org_id, m.webhook_id, m.event_id, left(m.event_type, 100) AS even
 -- [end]
        -- an ordered key's delivery: its outcome needs the full delivery_record_outcomes
        m.order_key IS NOT NULL AS keyed, NULL::boolean AS ordered_refused
-FROM matched m
-JOIN inserted i ON i.id = m.id AND i.next_retry_at IS NOT NULL AND m.eligible
-LEFT JOIN sequenced sq ON sq.delivery_id = m.id
+FROM numbered m
 LEFT JOIN dispatcher.webhook_secrets ws ON ws.webhook_id = m.webhook_id
+WHERE m.claim IS NOT NULL AND m.eligible  -- the rows created with a lease (next_retry_at)
 UNION ALL
 -- A marker row carrying the counts of events claimed and deliveries created, for
 -- batches that produced no claimed delivery (id is null), the ids of the events

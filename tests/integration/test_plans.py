@@ -372,6 +372,63 @@ async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
         await conn.close()
 
 
+# The rows a fan-out creates (one per delivery) pass through several CTEs: matched, ranked,
+# and the delivery rows, the numbers and the rows returned made from them. Joined back on id,
+# those CTEs were planned from their estimates (one to three rows) as nested loops, each
+# rescanning a CTE of every created row once per created row: 2 x n^2 tuples read for a
+# fan-out of n deliveries, in every plan (docs/performance.md, branch drain16).
+PER_DELIVERY_CTES = {"matched", "ranked", "numbered", "inserted", "sequenced"}
+
+
+@VARIANTS
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+async def test_fan_out_reads_each_created_row_once_per_use(
+    db_dsn: str, mode: str, variant: str
+) -> None:
+    """The 16-webhook drain's fan-out (16 orgs of one webhook, 64 events): no CTE holding
+    a row per delivery is scanned more than once where it is read, in the generic plan
+    psycopg's prepared statement settles on or in a custom one; and the statement so planned
+    still creates, leases and numbers every delivery (1..4 for each webhook)."""
+    conn = await hostdb.connect(db_dsn)
+    try:
+        for i in range(16):
+            org = await hostdb.create_org(conn, f"Org{i}")
+            await hostdb.create_webhook(conn, org, f"https://example.com/{i}", ["*"])
+            await hostdb.insert_events_directly(conn, org, "job.created", 4)
+        await conn.execute("ANALYZE")
+        text, args = fan_out_prepared(variant)
+        await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
+        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE fan({})").format(args)
+        )
+        got = await cur.fetchone()
+        assert got is not None
+        rescanned = [
+            (n["CTE Name"], n["Actual Loops"], n["Actual Rows"])
+            for n in nodes(got["QUERY PLAN"][0]["Plan"])
+            if n["Node Type"] == "CTE Scan"
+            and n["CTE Name"] in PER_DELIVERY_CTES
+            and n["Actual Loops"] > 1
+        ]
+        assert not rescanned, rescanned
+        cur = await conn.execute(
+            "SELECT count(*) AS deliveries, count(*) FILTER (WHERE d.next_retry_at > now())"
+            " AS leased, array_agg(DISTINCT s.sequence ORDER BY s.sequence) AS numbers,"
+            " count(DISTINCT s.webhook_id) AS webhooks"
+            " FROM webhook_deliveries d JOIN dispatcher.delivery_sequence s"
+            " ON s.delivery_id = d.id"
+        )
+        assert await cur.fetchone() == {
+            "deliveries": 64,
+            "leased": 64,
+            "numbers": [1, 2, 3, 4],
+            "webhooks": 16,
+        }
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- claim
 # delivery_claim_due reads its candidates through the partial index
 # dispatcher_deliveries_due_since in the order they became due, locks them SKIP LOCKED and
