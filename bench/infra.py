@@ -425,7 +425,6 @@ class DaemonSpec:
         return {
             "DISPATCHER_DATABASE_URL": dsn,
             "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
-            "DISPATCHER_LOG_LEVEL": "warning",
             "DISPATCHER_LOG_FORMAT": "json",
             "DISPATCHER_METRICS_ADDRESS": "",
             "DISPATCHER_INSTANCE_NAME": instance,
@@ -442,6 +441,15 @@ class DaemonSpec:
         default = Settings.model_fields[key.removeprefix("DISPATCHER_").lower()].default
         return int(default)
 
+    def log_level(self) -> str:
+        """The daemons' log level as they get it (extra env, inherited env, else the default)."""
+        value = self.extra_env.get("DISPATCHER_LOG_LEVEL", os.environ.get("DISPATCHER_LOG_LEVEL"))
+        if value is not None:
+            return value
+        from dispatcher.settings import Settings
+
+        return str(Settings.model_fields["log_level"].default)
+
     def effective(self) -> dict[str, str]:
         """The daemon's DISPATCHER_* settings that differ from its defaults (for the report)."""
         inherited = {k: v for k, v in os.environ.items() if k.startswith("DISPATCHER_")}
@@ -450,8 +458,15 @@ class DaemonSpec:
         return dict(sorted(shown.items()))
 
 
+# Where the daemons' output goes: a file the bench reads once they have stopped, as journald
+# would take it from a pipe. In memory when /dev/shm exists, so disk writeback is no part of it.
+DAEMON_LOG_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+
+
 def start_daemon(spec: DaemonSpec, dsn: str, instance: str) -> DaemonProcess:
-    daemon = DaemonProcess(spec.env(dsn, instance), ("run",), cwd=ROOT)
+    """A daemon at its default log level (info: a `delivery_attempt` line per attempt) unless
+    DISPATCHER_LOG_LEVEL is set (`--daemon-env DISPATCHER_LOG_LEVEL=warning`, or inherited)."""
+    daemon = DaemonProcess(spec.env(dsn, instance), ("run",), cwd=ROOT, log_dir=DAEMON_LOG_DIR)
     daemon.start()
     return daemon
 

@@ -355,7 +355,8 @@ def markdown(res: Results) -> str:
     lines.append(
         f"{meta['mode']} run {meta['timestamp']} at {meta['commit'][:10]}; {meta['cpus']} cores, "
         f"load average {meta['loadavg_start']} -> {meta['loadavg_end']}; PostgreSQL "
-        f"{meta['postgres']} (fsync off); event loop {meta['event_loop']}."
+        f"{meta['postgres']} (fsync off); event loop {meta['event_loop']}; daemon log level "
+        f"{meta.get('daemon_log_level', 'warning')}."
     )
     return "\n".join(lines)
 

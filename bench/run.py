@@ -272,6 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg_start": _load(),
         "daemon_env": spec.effective(),
+        "daemon_log_level": spec.log_level(),
         "config": cfg.__dict__,
         "repeat": args.repeat,
         "nice": os.getpriority(os.PRIO_PROCESS, 0),

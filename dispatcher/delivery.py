@@ -26,6 +26,7 @@ from psycopg_pool import PoolTimeout
 from dispatcher.admission import Admission
 from dispatcher.claims import Claimed
 from dispatcher.db import Pool
+from dispatcher.logs import hot_info
 from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Outcome
 from dispatcher.queries import query
@@ -250,7 +251,8 @@ class Attempts:
             self._metrics.delivery_latency.observe(max(waited, 0.0))
         if not self._log_attempts:
             return
-        log.info(
+        hot_info(
+            log,
             "delivery_attempt",
             delivery_id=d.id,
             webhook_id=d.webhook_id,

@@ -49,11 +49,13 @@ class DaemonProcess:
         *,
         argv: Sequence[str] | None = None,
         cwd: Path | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.argv = list(argv) if argv is not None else [sys.executable, "-m", "dispatcher", *args]
         self.env = {"PYTHONUNBUFFERED": "1", **(env or {})}
         self.cwd = cwd
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix="dispatcher-daemon-"))
+        # the daemon's stdout and stderr go to a file in a fresh directory (under log_dir if given)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="dispatcher-daemon-", dir=log_dir))
         self.log_path = self.tmp_dir / "daemon.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
