@@ -13,10 +13,10 @@ import asyncio
 import uuid
 
 from support.hostile import RawConnection, RawServer
+from support.sending import loopback_sender
 
 from dispatcher.outcomes import Outcome
-from dispatcher.sender import Sender, Target
-from dispatcher.settings import load_settings
+from dispatcher.sender import Target
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "AAAAAAAAAAA="
 IN_FLIGHT = 8  # attempts at once, well under the connector's limit
@@ -31,28 +31,18 @@ async def _answer_ok(conn: RawConnection) -> None:
 
 
 async def test_attempts_to_one_endpoint_reuse_their_connections() -> None:
-    settings = load_settings(
-        database_url="postgresql://unused@127.0.0.1/none",
-        allowed_target_networks="127.0.0.1/32",
-        http_timeout=5.0,
-    )
-    sender = Sender(settings)
-    await sender.start()
-    try:
-        async with RawServer(_answer_ok) as server:
+    async with loopback_sender() as sender, RawServer(_answer_ok) as server:
 
-            async def one() -> Outcome:
-                target = Target(str(uuid.uuid4()), "order.paid", server.url(), "{}", (SECRET,))
-                result = await sender.attempt(target)
-                assert result.response_body == "ok"
-                return result.outcome
+        async def one() -> Outcome:
+            target = Target(str(uuid.uuid4()), "order.paid", server.url(), "{}", (SECRET,))
+            result = await sender.attempt(target)
+            assert result.response_body == "ok"
+            return result.outcome
 
-            outcomes: list[Outcome] = []
-            for _ in range(ATTEMPTS // IN_FLIGHT):
-                outcomes += await asyncio.gather(*(one() for _ in range(IN_FLIGHT)))
-            accepted, requests = server.connections, server.requests
-    finally:
-        await sender.close()
+        outcomes: list[Outcome] = []
+        for _ in range(ATTEMPTS // IN_FLIGHT):
+            outcomes += await asyncio.gather(*(one() for _ in range(IN_FLIGHT)))
+        accepted, requests = server.connections, server.requests
 
     assert outcomes == [Outcome.DELIVERED] * ATTEMPTS
     assert requests == ATTEMPTS

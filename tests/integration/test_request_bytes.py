@@ -15,11 +15,11 @@ from __future__ import annotations
 import uuid
 
 from support.hostile import RawConnection, RawServer
+from support.sending import loopback_sender
 
 from dispatcher.outcomes import Outcome
 from dispatcher.request import USER_AGENT, read_custom_headers
-from dispatcher.sender import Sender, Target
-from dispatcher.settings import load_settings
+from dispatcher.sender import Target
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "AAAAAAAAAAA="
 BODY = '{"type":"order.paid","data":{"id":"ord_1","amount":4200,"note":"caf\u00e9"}}'
@@ -49,38 +49,28 @@ def _expected_head(server: RawServer, path: str, recorded: dict[str, str], lengt
 
 async def test_request_bytes_exact() -> None:
     behaviour = _Answer204()
-    settings = load_settings(
-        database_url="postgresql://unused@127.0.0.1/none",
-        allowed_target_networks="127.0.0.1/32",
-        http_timeout=5.0,
-    )
-    sender = Sender(settings)
-    await sender.start()
-    try:
-        async with RawServer(behaviour) as server:
-            delivery_id, msg_id = str(uuid.uuid4()), str(uuid.uuid4())
-            plain = Target(
-                delivery_id,
-                "order.paid",
-                server.url("/hook"),
-                BODY,
-                (SECRET,),
-                msg_id=msg_id,
-                sequence=17,
-            )
-            custom = Target(
-                str(uuid.uuid4()),
-                "order.paid",
-                server.url("/hook?a=1"),
-                BODY,
-                (SECRET, "whsec_" + "B" * 43 + "="),
-                read_custom_headers({"X-Tenant": "acme", "Accept": "application/json"}),
-                msg_id=msg_id,
-                traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            )
-            results = [await sender.attempt(plain), await sender.attempt(custom)]
-    finally:
-        await sender.close()
+    async with loopback_sender() as sender, RawServer(behaviour) as server:
+        delivery_id, msg_id = str(uuid.uuid4()), str(uuid.uuid4())
+        plain = Target(
+            delivery_id,
+            "order.paid",
+            server.url("/hook"),
+            BODY,
+            (SECRET,),
+            msg_id=msg_id,
+            sequence=17,
+        )
+        custom = Target(
+            str(uuid.uuid4()),
+            "order.paid",
+            server.url("/hook?a=1"),
+            BODY,
+            (SECRET, "whsec_" + "B" * 43 + "="),
+            read_custom_headers({"X-Tenant": "acme", "Accept": "application/json"}),
+            msg_id=msg_id,
+            traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        results = [await sender.attempt(plain), await sender.attempt(custom)]
 
     got = behaviour.got
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DELIVERED]

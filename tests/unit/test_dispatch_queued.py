@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
-from dispatcher.backoff import RetryPolicy
+from support.claimed import claimed
+
 from dispatcher.claims import Claimed
 from dispatcher.dispatch import Dispatcher
 from dispatcher.metrics import Metrics
 from dispatcher.recorder import Recorder
-from dispatcher.request import NO_CUSTOM_HEADERS
 from dispatcher.sender import Sender
 from dispatcher.settings import Settings
 
@@ -28,23 +27,7 @@ CAP, AHEAD = 2, 4
 
 
 def _row() -> Claimed:
-    now = datetime.now(UTC)
-    return Claimed(
-        id=uuid.uuid4(),
-        org_id=uuid.uuid4(),
-        webhook_id=HOOK,
-        event_id=uuid.uuid4(),
-        event_type="job.created",
-        request_body="{}",
-        attempt=1,
-        max_attempts=3,
-        claim=now,
-        url="https://example.com/hook",
-        secrets=("s" * 32,),
-        headers=NO_CUSTOM_HEADERS,
-        active=True,
-        policy=RetryPolicy(),
-    )
+    return claimed(webhook_id=HOOK)
 
 
 class _Attempts:

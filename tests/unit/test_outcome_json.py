@@ -4,19 +4,17 @@ their text, datetimes as isoformat(), long error texts cut)."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from support.claimed import claimed as claimed_row
 
-from dispatcher.backoff import RetryPolicy
 from dispatcher.claims import Claimed
 from dispatcher.outcomes import Outcome
 from dispatcher.recorder import OutcomeRow, outcome_row, outcomes_json
-from dispatcher.request import NO_CUSTOM_HEADERS
 from dispatcher.sender import AttemptResult
 from dispatcher.transitions import after_attempt
 
@@ -55,23 +53,7 @@ def former_json(row: OutcomeRow, seq: int) -> dict[str, Any]:
 
 
 def claimed(claim: datetime, attempt: int = 1) -> Claimed:
-    return Claimed(
-        id=uuid.uuid4(),
-        org_id=uuid.uuid4(),
-        webhook_id=uuid.uuid4(),
-        event_id=uuid.uuid4(),
-        event_type="job.created",
-        request_body="{}",
-        attempt=attempt,
-        max_attempts=3,
-        claim=claim,
-        url="https://example.com/hook",
-        secrets=("s" * 32,),
-        headers=NO_CUSTOM_HEADERS,
-        active=True,
-        policy=RetryPolicy(),
-        sent_at=claim - timedelta(microseconds=1),
-    )
+    return claimed_row(claim=claim, attempt=attempt, sent_at=claim - timedelta(microseconds=1))
 
 
 CLAIMS = [
