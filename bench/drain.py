@@ -130,44 +130,59 @@ class Drain:
             dsn = self.cluster.dsn(db, role=DAEMON_ROLE)
             starter = start or functools.partial(start_daemon, self.spec)
             daemons = [starter(dsn, f"bench-{i + 1}") for i in range(replicas)]
-            t_spawn = time.time()
-            self.running = tuple(d.proc.pid for d in daemons)
-            spies: list[Spy] = []
-            perfs: list[Perf] = []
-            perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
             try:
-                result = await self._watch(
-                    probe, daemons, expected, t_spawn, profile, spies, during, perf_out, perfs, db
-                )
-                result["peak_rss_mb"] = round(max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1)
+                t_spawn = time.time()
+                self.running = tuple(d.proc.pid for d in daemons)
+                spies: list[Spy] = []
+                perfs: list[Perf] = []
+                perf_out = self.perf_dir / f"{db}.perf.data" if self.perf_dir else None
+                try:
+                    result = await self._watch(
+                        probe,
+                        daemons,
+                        expected,
+                        t_spawn,
+                        profile,
+                        spies,
+                        during,
+                        perf_out,
+                        perfs,
+                        db,
+                    )
+                    result["peak_rss_mb"] = round(
+                        max(proc_peak_rss_mb(d.proc.pid) for d in daemons), 1
+                    )
+                finally:
+                    for spy in spies:
+                        spy.stop()
+                    for perf in perfs:
+                        perf.stop()
+                    # A daemon installs its SIGTERM handler once it has connected and checked the
+                    # database; one still starting when a small drain ends (the second replica of
+                    # `--small`) would die of the signal (exit -15), not stop cleanly. Each is
+                    # signalled once it catches SIGTERM (at most STOP_WAIT_S from its spawn).
+                    await until_catching_sigterm(daemons, t_spawn + STOP_WAIT_S)
+                    for d in daemons:
+                        d.terminate()
+                    codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
+                    if track_sql:
+                        self.cluster.set_statement_tracking(False)
+                result["exit_codes"] = codes
+                # server counters of the drain's database per delivery (bench.sql pg_counters),
+                # from the daemons' start to their exit: a backend reports its counters when
+                # idle for a while or when it ends, so only the exit makes them whole
+                await asyncio.sleep(0.2)
+                counters1 = await asyncio.to_thread(self._counters, db)
+                result["pg_counters_per_delivery"] = {
+                    k: round((counters1[k] - counters0.get(k, 0.0)) / expected, 4)
+                    for k in sorted(counters1)
+                }
+                result["daemon_warnings"] = sorted({p for d in daemons for p in daemon_problems(d)})
             finally:
-                for spy in spies:
-                    spy.stop()
-                for perf in perfs:
-                    perf.stop()
-                # A daemon installs its SIGTERM handler once it has connected and checked the
-                # database; one still starting when a small drain ends (the second replica of
-                # `--small`) would die of the signal (exit -15), not stop cleanly. Each is
-                # signalled once it catches SIGTERM (at most STOP_WAIT_S from its spawn).
-                await until_catching_sigterm(daemons, t_spawn + STOP_WAIT_S)
+                # a failed drain too (bench/run.py carries on with the next scenario): the
+                # daemons' log dirs hold their info lines, in /dev/shm
                 for d in daemons:
-                    d.terminate()
-                codes = [await asyncio.to_thread(stop_daemon, d, signal=False) for d in daemons]
-                if track_sql:
-                    self.cluster.set_statement_tracking(False)
-            result["exit_codes"] = codes
-            # server counters of the drain's database per delivery (bench.sql pg_counters),
-            # from the daemons' start to their exit: a backend reports its counters when
-            # idle for a while or when it ends, so only the exit makes them whole
-            await asyncio.sleep(0.2)
-            counters1 = await asyncio.to_thread(self._counters, db)
-            result["pg_counters_per_delivery"] = {
-                k: round((counters1[k] - counters0.get(k, 0.0)) / expected, 4)
-                for k in sorted(counters1)
-            }
-            result["daemon_warnings"] = sorted({p for d in daemons for p in daemon_problems(d)})
-            for d in daemons:
-                d.close()
+                    d.close()
             cur = await probe.execute(q("statuses"))
             result["statuses"] = {r["status"]: r["n"] for r in await cur.fetchall()}
             cur = await probe.execute(q("body_size"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -459,8 +460,24 @@ class DaemonSpec:
 
 
 # Where the daemons' output goes: a file the bench reads once they have stopped, as journald
-# would take it from a pipe. In memory when /dev/shm exists, so disk writeback is no part of it.
-DAEMON_LOG_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+# would take it from a pipe. In memory when /dev/shm exists and has room for a large drain's
+# info lines (~470 bytes a delivery: ~50 MB per 100,000; a container's default /dev/shm is
+# 64 MB, PostgreSQL's shared memory included), so disk writeback is no part of it; else the
+# temporary directory. BENCH_DAEMON_LOG_DIR chooses.
+DAEMON_LOG_ROOM = 512 * 2**20
+
+
+def _daemon_log_dir() -> Path | None:
+    chosen = os.environ.get("BENCH_DAEMON_LOG_DIR")
+    if chosen:
+        return Path(chosen)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free >= DAEMON_LOG_ROOM:
+        return shm
+    return None
+
+
+DAEMON_LOG_DIR = _daemon_log_dir()
 
 
 def start_daemon(spec: DaemonSpec, dsn: str, instance: str) -> DaemonProcess:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import orjson
 import structlog
+from structlog._config import BoundLoggerLazyProxy as _LazyProxy  # what get_logger() returns
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -85,10 +86,20 @@ def hot_info(log: Any, event: str, /, **fields: Any) -> None:
     redacted by the chain, so the same fields and values are all that matters: never pass a
     secret, a signature, a token or a body (the module's rule)."""
     lines = _json_lines
-    if lines is not None and lines.in_force():
+    if lines is not None and _plain(log, fields) and lines.in_force():
         lines(event, fields)
     else:
         log.info(event, **fields)
+
+
+# fields the chain treats otherwise (a traceback rendered, a clash with the event's name)
+_SPECIAL = frozenset({"event", "exc_info", "stack_info"})
+
+
+def _plain(log: Any, fields: dict[str, Any]) -> bool:
+    """`log` is a module's `structlog.get_logger()` with nothing bound (a bound logger's
+    context would be part of the chain's line) and no field needs the chain."""
+    return type(log) is _LazyProxy and not log._initial_values and _SPECIAL.isdisjoint(fields)
 
 
 def _readable_ids(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:

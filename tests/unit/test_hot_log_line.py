@@ -105,3 +105,26 @@ def test_on_a_console_the_chains_renderer_writes_it() -> None:
     text = stream.getvalue()
     assert "delivery_attempt" in text and not text.startswith("{")
     assert str(uuid.UUID(int=1)) in text
+
+
+def test_a_bound_logger_goes_through_the_chain_with_its_context() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    for bound in (log.bind(worker="w1"), structlog.get_logger("tests.hot_info", worker="w1")):
+        hot_info(bound, "delivery_attempt", attempt=1)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["worker"] for line in lines] == ["w1", "w1"]
+
+
+def test_fields_the_chain_treats_otherwise_go_through_it() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        hot_info(log, "delivery_attempt", exc_info=True)
+    (line,) = (json.loads(x) for x in stream.getvalue().splitlines())
+    # dict_tracebacks rendered it: a structured exception, not the text "True"
+    assert line["exception"][0]["exc_type"] == "ValueError"
+    with pytest.raises(TypeError):  # as log.info does: `event` twice
+        hot_info(log, "delivery_attempt", event="other")
