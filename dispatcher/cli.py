@@ -46,9 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def register(sub: Sub) -> None:
     """The core's commands: run, migrate, version."""
-    p = sub.add_parser("run", help="run the daemon (needs DISPATCHER_DATABASE_URL)")
+    p = sub.add_parser(
+        "run",
+        help="run the daemon (needs DISPATCHER_DATABASE_URL)",
+        description="Run the daemon against DISPATCHER_DATABASE_URL (from the environment;"
+        " docs/operations.md lists every DISPATCHER_* setting).",
+    )
     p.set_defaults(handler=_run)
-    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema (needs DISPATCHER_DATABASE_URL)",
+        description="Create or upgrade the dispatcher schema in the database at"
+        " DISPATCHER_DATABASE_URL (a role that may create it: docs/operations.md).",
+    )
     p.add_argument(
         "--check",
         action="store_true",
