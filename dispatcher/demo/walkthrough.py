@@ -256,6 +256,9 @@ class Demo:
             poll_interval=0.2,
             shutdown_grace=2.0,
             metrics_address=f"127.0.0.1:{_free_port()}" if self.args.keep_running else "",
+            # the story is webhooks: no OAuth refresh or failover of a configured database's
+            # real integrations while it runs (nor their plaintext-token warning in the story)
+            integrations_enabled=False,
         )
         app = App(settings, install_signals=False)
         task = asyncio.create_task(app.run(), name="daemon")

@@ -57,6 +57,7 @@ def assert_story(out: str) -> None:
     assert out.count("-> dead-letter queue") == 1, out
     assert "customer.created -> no webhook subscribes" in out
     assert "dispatcher migrate" in out and "dispatcher run" in out  # how to go further
+    assert "integrations_" not in out  # the integrations worker is off: webhooks only
 
 
 async def test_demo_on_embedded_postgres_exits_0_and_leaves_nothing_running(daemon_factory):
