@@ -5,6 +5,10 @@
 pick_python() {
     local candidate
     if [ -n "${PYTHON:-}" ]; then
+        if ! command -v "$PYTHON" >/dev/null 2>&1; then
+            echo "error: PYTHON=$PYTHON: not found" >&2
+            return 1
+        fi
         if "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             echo "$PYTHON"
             return 0
@@ -14,14 +18,14 @@ pick_python() {
     fi
     # 3.11 or 3.12 first: pgserver (the embedded PostgreSQL of the demo and the test extras)
     # has no wheel for 3.13 yet (docs/operations.md, "Python versions")
-    for candidate in python3 python3.12 python3.11; do
+    for candidate in python3 python3.12 python3.11 python; do
         command -v "$candidate" >/dev/null 2>&1 || continue
         if "$candidate" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info < (3, 13))' 2>/dev/null; then
             echo "$candidate"
             return 0
         fi
     done
-    for candidate in python3 python3.13 python; do
+    for candidate in python3 python3.13 python3.14 python; do
         command -v "$candidate" >/dev/null 2>&1 || continue
         if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             echo "warning: only $("$candidate" --version 2>&1) found: the daemon runs on it, but" \

@@ -58,6 +58,9 @@ FAST_SETTINGS: Mapping[str, str] = {
     "huge_pages": "off",
     "max_wal_size": "256MB",  # the data dir may live in RAM (/dev/shm); checkpoints are cheap
     "log_line_prefix": "'%m [%p] %q%u@%d '",
+    # each FILE_COPY clone checkpoints twice: on by default since 15, they would fill the log
+    # tail a cluster error shows
+    "log_checkpoints": "off",
 }
 
 
