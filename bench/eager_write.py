@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,16 @@ def force_deferred_write() -> None:
     )
 
 
-async def serve() -> None:
+async def start_receiver(
+    on_body: Callable[[bytes], None] | None = None,
+) -> tuple[web.AppRunner, int]:
+    """An aiohttp receiver on a free loopback port answering every POST /h with 200 "ok" once
+    its body is read (`on_body` sees each body): its runner, to clean up, and its port."""
+
     async def answer(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if on_body is not None:
+            on_body(body)
         return web.Response(text="ok")
 
     app = web.Application()
@@ -89,10 +97,12 @@ async def serve() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    sockets = getattr(server, "sockets", None) or []
-    print("PORT", sockets[0].getsockname()[1], flush=True)
+    return runner, runner.addresses[0][1]
+
+
+async def serve() -> None:
+    _, port = await start_receiver()
+    print("PORT", port, flush=True)
     await asyncio.Event().wait()
 
 

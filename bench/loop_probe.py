@@ -32,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.probe_install import install_probe
+
 PROBE = '''"""Written by bench/loop_probe.py into a frozen copy (never committed)."""
 import atexit, json, os, time
 from dispatcher import delivery as _dl, dispatch as _d, recorder as _r
@@ -125,17 +127,16 @@ DUMP = """        timeline = _with_signed(rows, _signed(arrivals, event_of))
 
 
 def install(snapshot: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (snapshot / "dispatcher" / "_loop_probe.py").write_text(PROBE.replace("@OUT@", str(out)))
-    (snapshot / "dispatcher" / "__main__.py").write_text(MAIN)
-    scenarios = snapshot / "bench" / "scenarios.py"
-    text = scenarios.read_text()
-    if ANCHOR not in text:
-        raise SystemExit(f"{scenarios}: hotquiet's anchor not found (bench changed?)")
-    text = text.replace(ANCHOR, DUMP.replace("@OUT@", str(out)), 1)
-    if "\nimport json\n" not in text:
-        text = text.replace("\nimport asyncio\n", "\nimport asyncio\nimport json\n", 1)
-    scenarios.write_text(text)
+    install_probe(
+        snapshot,
+        out,
+        module="_loop_probe",
+        probe=PROBE,
+        main=MAIN,
+        scenario="hotquiet",
+        anchor=ANCHOR,
+        dump=DUMP,
+    )
     print(f"probe installed in {snapshot}; output in {out}")
 
 

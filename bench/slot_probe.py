@@ -33,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.probe_install import install_probe
 from bench.slow_timeline import dist
 
 PROBE = '''"""Written by bench/slot_probe.py into a frozen copy (never committed)."""
@@ -106,17 +107,16 @@ STAGES = ("back", "to_done", "to_task", "to_signed", "to_entered", "outside")
 
 
 def install(snapshot: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    scenarios = snapshot / "bench" / "scenarios.py"
-    text = scenarios.read_text()
-    if ANCHOR not in text:
-        raise SystemExit(f"{scenarios}: slow's anchor not found (bench changed?)")
-    text = text.replace(ANCHOR, DUMP.replace("@OUT@", str(out)), 1)
-    if "\nimport json\n" not in text:
-        text = text.replace("\nimport asyncio\n", "\nimport asyncio\nimport json\n", 1)
-    scenarios.write_text(text)
-    (snapshot / "dispatcher" / "_slot_probe.py").write_text(PROBE.replace("@OUT@", str(out)))
-    (snapshot / "dispatcher" / "__main__.py").write_text(MAIN)
+    install_probe(
+        snapshot,
+        out,
+        module="_slot_probe",
+        probe=PROBE,
+        main=MAIN,
+        scenario="slow",
+        anchor=ANCHOR,
+        dump=DUMP,
+    )
     print(f"probe installed in {snapshot}; output in {out}")
 
 

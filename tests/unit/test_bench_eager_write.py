@@ -10,9 +10,15 @@ from collections.abc import AsyncIterator
 
 import aiohttp.client_reqrep as reqrep
 import pytest
-from aiohttp import web
 
-from bench.eager_write import BURST, WARMUP_BURSTS, bursts, force_deferred_write, sched
+from bench.eager_write import (
+    BURST,
+    WARMUP_BURSTS,
+    bursts,
+    force_deferred_write,
+    sched,
+    start_receiver,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 
@@ -21,18 +27,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/p
 async def receiver() -> AsyncIterator[tuple[int, list[int]]]:
     """A local aiohttp receiver: its port and the sizes of the bodies it read."""
     bodies: list[int] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        bodies.append(len(await request.read()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/h", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await start_receiver(lambda body: bodies.append(len(body)))
     yield port, bodies
     await runner.cleanup()
 
