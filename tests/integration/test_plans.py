@@ -233,6 +233,22 @@ def fan_out_prepared(variant: str = "") -> tuple[str, sql.Composed]:
     return text, args
 
 
+async def explain_fan_out(
+    conn: Any, mode: str, variant: str = "", *, buffers: bool = False
+) -> dict[str, Any]:
+    """The root node of delivery_fan_out's (or its `variant`'s) plan, run once under
+    EXPLAIN ANALYZE as a prepared statement with `plan_cache_mode` = `mode`."""
+    text, args = fan_out_prepared(variant)
+    await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
+    await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if buffers else "ANALYZE, FORMAT JSON"
+    cur = await conn.execute(sql.SQL("EXPLAIN ({}) EXECUTE fan({})").format(sql.SQL(options), args))
+    got = await cur.fetchone()
+    assert got is not None
+    root: dict[str, Any] = got["QUERY PLAN"][0]["Plan"]
+    return root
+
+
 async def drained_outbox(conn: hostdb.Conn, events: int) -> uuid.UUID:
     """One webhook; `events` events fanned out (the outbox left with their dead rows, no live
     one), then statistics, as a working database has them. Autovacuum off for the tables the
@@ -348,17 +364,10 @@ async def test_fan_out_finds_an_events_webhooks_by_index(db_dsn: str) -> None:
         for org in orgs:
             await hostdb.insert_events_directly(conn, org, "job.created", 1)
         await conn.execute("ANALYZE")
-        text, args = fan_out_prepared()
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
-        cur = await conn.execute(
-            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE fan({})").format(args)
-        )
-        got = await cur.fetchone()
-        assert got is not None
+        plan = await explain_fan_out(conn, "force_generic_plan", buffers=True)
         reads = [
             (n["Node Type"], n.get("Index Name"))
-            for n in nodes(got["QUERY PLAN"][0]["Plan"])
+            for n in nodes(plan)
             if n.get("Relation Name") == "webhooks"
         ]
         assert reads and all(kind != "Seq Scan" for kind, _ in reads), reads
@@ -396,17 +405,10 @@ async def test_fan_out_reads_each_created_row_once_per_use(
             await hostdb.create_webhook(conn, org, f"https://example.com/{i}", ["*"])
             await hostdb.insert_events_directly(conn, org, "job.created", 4)
         await conn.execute("ANALYZE")
-        text, args = fan_out_prepared(variant)
-        await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
-        await conn.execute(sql.SQL("PREPARE fan AS {}").format(sql.SQL(text)))
-        cur = await conn.execute(
-            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE fan({})").format(args)
-        )
-        got = await cur.fetchone()
-        assert got is not None
+        plan = await explain_fan_out(conn, mode, variant)
         rescanned = [
             (n["CTE Name"], n["Actual Loops"], n["Actual Rows"])
-            for n in nodes(got["QUERY PLAN"][0]["Plan"])
+            for n in nodes(plan)
             if n["Node Type"] == "CTE Scan"
             and n["CTE Name"] in PER_DELIVERY_CTES
             and n["Actual Loops"] > 1
