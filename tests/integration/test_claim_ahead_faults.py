@@ -1,0 +1,47 @@
+"""Hostile checks of issue 12's delivery loop (branch breakit): faults while rows wait in a
+claim-ahead queue. Behaviour only: no timing is asserted; every wait has a generous deadline
+(a settle window is a pause in which nothing more may happen, never a bound on speed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import hostdb
+from support.receiver import Reply
+
+
+async def test_a_410_sends_no_queued_row_to_the_gone_endpoint(conn, receiver, start_daemon):
+    """410 Gone disables the webhook. Rows leased ahead behind the two attempts that got the
+    410 must not be sent to the gone endpoint afterwards: each would end `failed` with its
+    410, a final 4xx that re-enabling the webhook does not requeue, where a row not sent ends
+    `failed` 'Webhook is not active' (or stays pending) and is delivered after the enable.
+
+    Before the fix the queue kept starting rows until the process's own streak reached
+    FAILING_AFTER (a 410 counted as one failure like any other), and the refill of the
+    held-back webhook leased more meanwhile: 4 requests reached the gone endpoint, 2 of
+    them after its first 410, and those 2 events were never delivered after the enable."""
+    org = await hostdb.create_org(conn)
+    # a short probe spacing, so that the re-enabled webhook is tried again soon
+    await hostdb.set_retry_config(
+        conn, org, retry_strategy="fixed", base_delay_seconds=1, enable_jitter=False
+    )
+    hook = (await hostdb.create_webhook(conn, org, receiver.url("/gone"), ["*"]))["id"]
+    receiver.respond("/gone", Reply(410, delay=0.3))
+    await hostdb.insert_events_directly(conn, org, "job.created", 20)
+    daemon = await start_daemon(per_webhook_concurrency=2, claim_ahead=4)
+    dispatcher = daemon.app.dispatcher
+    assert dispatcher is not None
+    await receiver.wait_for(2, "/gone", timeout=30)
+    await hostdb.wait_webhook(conn, hook, lambda h: h["status"] == "disabled", timeout=30)
+    await asyncio.sleep(1.5)  # settle: anything still queued would have been sent by now
+    gone = receiver.requests_for("/gone")
+    assert len(gone) == 2, f"{len(gone)} requests reached the gone endpoint, 2 were in flight"
+
+    # Enabled again (the host's button), the endpoint is back: every other event arrives.
+    receiver.respond("/gone", Reply(204))
+    await conn.execute("UPDATE webhooks SET status = 'active' WHERE id = %s", (hook,))
+    await hostdb.wait_deliveries(
+        conn, "webhook_id = %s AND status = 'success'", 18, (hook,), timeout=60
+    )
+    ids = [r.headers["webhook-id"] for r in receiver.requests_for("/gone")]
+    assert len(ids) == len(set(ids)) == 20
