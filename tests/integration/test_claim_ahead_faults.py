@@ -45,3 +45,37 @@ async def test_a_410_sends_no_queued_row_to_the_gone_endpoint(conn, receiver, st
     )
     ids = [r.headers["webhook-id"] for r in receiver.requests_for("/gone")]
     assert len(ids) == len(set(ids)) == 20
+
+
+async def test_a_row_whose_lease_ran_out_in_the_queue_is_sent_once_by_whoever_took_it(
+    conn, receiver, start_daemon
+):
+    """Replica A leases 11 rows of one slow webhook (cap 1, 10 leased ahead, lease 12 s,
+    1.4 s per attempt): its last queued rows wait past their lease's end, and replica B,
+    polling, takes them over. When A's queue reaches them, A must not send them (its lease
+    extension finds the claim token changed): every event reaches the receiver once.
+    Checked sound (branch breakit): no fix needed; kept as a regression test."""
+    org = await hostdb.create_org(conn)
+    await hostdb.create_webhook(conn, org, receiver.url("/slowq"), ["*"])
+    receiver.respond("/slowq", Reply(204, delay=1.4))
+    await hostdb.insert_events_directly(conn, org, "job.created", 11)
+    first = await start_daemon(
+        per_webhook_concurrency=1,
+        claim_ahead=10,
+        http_timeout=2.0,
+        lease_seconds=12.0,
+        poll_interval=30.0,  # A claims again only when its attempts end: B polls first
+        instance_name="a",
+    )
+    one = first.app.dispatcher
+    assert one is not None
+    await receiver.wait_for(1, "/slowq", timeout=30)
+    assert one.admission.queued() == 10, "premise: A leased every row, 10 of them ahead"
+    second = await start_daemon(per_webhook_concurrency=4, instance_name="b")
+    two = second.app.dispatcher
+    assert two is not None
+    await hostdb.wait_deliveries(conn, "status = 'success'", 11, timeout=90)
+    await asyncio.sleep(2 * 1.4)  # settle: a row A still held would have been sent by now
+    ids = [r.headers["webhook-id"] for r in receiver.requests_for("/slowq")]
+    assert len(ids) == len(set(ids)) == 11
+    assert two.starts >= 1, "premise: B took over rows whose lease ran out in A's queue"
