@@ -324,17 +324,28 @@ class Admission(Generic[T]):
         return webhook_id in self._held
 
     def outcome(
-        self, webhook_id: UUID, policy: RetryPolicy, *, success: bool, counts: bool
+        self,
+        webhook_id: UUID,
+        policy: RetryPolicy,
+        *,
+        success: bool,
+        counts: bool,
+        gone: bool = False,
     ) -> None:
-        """An attempt's outcome: a success ends a streak, a counted failure extends it."""
+        """An attempt's outcome: a success ends a streak, a counted failure extends it. A
+        410 (`gone`: the webhook is being disabled) makes it failing at once: its queued
+        rows go back unsent and it is not claimed again before a probe, which finds it
+        disabled (or enabled again, and then a success ends the streak)."""
         if success:
             # both are empty while every webhook succeeds: no lookup (UUID.__hash__ is Python)
             if self._streak:
                 self._streak.pop(webhook_id, None)
             if self._db_failing:
                 self._db_failing.discard(webhook_id)
-        elif counts:
+        elif counts or gone:
             streak = self._streak.get(webhook_id, (0, 0.0))[0] + 1
+            if gone:
+                streak = max(streak, FAILING_AFTER)
             self._streak[webhook_id] = (streak, self._clock() + probe_delay(policy, streak))
 
     def inflight(self, webhook_id: UUID) -> int:

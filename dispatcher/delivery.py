@@ -237,7 +237,9 @@ class Attempts:
     ) -> None:
         row = outcome_row(d, r, t, error)
         self._recorder.put(row)
-        self.admission.outcome(d.webhook_id, d.policy, success=row.success, counts=row.counts)
+        self.admission.outcome(
+            d.webhook_id, d.policy, success=row.success, counts=row.counts, gone=row.gone
+        )
         outcome = row.outcome
         counter = self._attempts_counter.get(outcome)
         if counter is None:

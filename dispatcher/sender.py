@@ -28,6 +28,7 @@ import aiohttp
 import structlog
 from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from dispatcher.backoff import parse_retry_after
 from dispatcher.bounded_read import read_bounded
@@ -305,9 +306,9 @@ class Sender:
                 )
                 result.response_body, incomplete = await self._read_capped(resp)
                 if 300 <= status < 400:
-                    location = resp.headers.get("Location", "")[:200]
+                    location = redirect_shown(resp.headers.get("Location", ""))
                     result.error_message = (
-                        f"HTTP {status}: redirect to {_clean(location)!r} not followed "
+                        f"HTTP {status}: redirect to {location!r} not followed "
                         "(webhook URLs must answer directly)"
                     )
                     result.error_code = "redirect"
@@ -379,6 +380,24 @@ class Sender:
                 break
             out[_clean(name)[:100]] = _clean(value)[:MAX_RESPONSE_HEADER_VALUE]
         return out
+
+
+def redirect_shown(location: str) -> str:
+    """A redirect's target as an attempt's error (and so its log line) quotes it: scheme,
+    host and port only, "/..." standing for any path or query. A redirect often echoes the
+    webhook's own URL (HTTP to HTTPS), whose path or query may be its credential
+    (``?token=``): the URL itself is never logged. The whole Location stays in the
+    response headers recorded on the delivery row."""
+    text = _clean(location.strip())
+    try:
+        url = URL(text)
+        origin = str(url.origin()) if url.absolute and url.raw_host else None
+    except (ValueError, TypeError):
+        origin = None
+    if origin is None:
+        return "(a relative or unreadable Location)" if text else "(no Location)"
+    rest = text[len(origin) :] if text.startswith(origin) else "/..."
+    return origin[:200] + ("/" if rest == "/" else "/..." if rest else "")
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -85,6 +85,24 @@ def test_a_webhook_failing_here_gets_one_probe_at_a_time_spaced_by_its_backoff()
     assert adm.room() == {}  # a success ends the streak
 
 
+def test_a_410_makes_the_webhook_failing_at_once_and_hands_its_queue_back() -> None:
+    """One 410 (the webhook is being disabled) is enough: its queued rows go back unsent
+    and nothing of it starts before a probe (branch breakit)."""
+    adm, clock = make(cap=2, ahead=4)
+    hook = uuid4()
+    adm.started(hook, active=True, failing=False)
+    adm.started(hook, active=True, failing=False)
+    for row in ("a", "b", "c"):
+        assert adm.enqueue(hook, row)
+    adm.outcome(hook, POLICY, success=False, counts=True, gone=True)
+    adm.ended(hook)
+    assert adm.next_queued(hook) == (None, ["a", "b", "c"])
+    assert adm.room() == {hook: 0} and adm.ahead_room(hook) == 0
+    clock.now += probe_delay(POLICY, FAILING_AFTER)
+    adm.ended(hook)
+    assert adm.room() == {hook: 1}  # one probe: it finds the webhook disabled, or enabled
+
+
 def test_failures_that_do_not_count_leave_the_streak_alone() -> None:
     adm, _ = make()
     hook = uuid4()
