@@ -1,0 +1,619 @@
+"""What else was going on when an event of `latency` was slow (issue 12, branch lat5).
+
+Not a scenario, and never run on a working tree: like bench/loop_probe.py it edits a frozen
+copy (bench/README.md, "Measuring a frozen tree") so that
+
+- the daemon first imports a probe that writes, as JSON lines in OUT, every doorbell heard
+  (`wake`), fan-out (start, end, events, the deliveries it started, nested or not), due scan,
+  outcome write (the recorder's statement), every other statement by name (heartbeat, gauges,
+  counters, retention...), every wait for a pool connection, every cyclic GC collection
+  (gc.callbacks) and every attempt's start;
+- `latency` starts a sampler process (`sample`, below) before its floor part and stops it
+  after the daemon's, and writes the floor's and the daemon's events (COMMIT times,
+  arrivals, the rows' stage times) to OUT;
+- the sampler reads every INTERVAL (5 ms): the machine's CPU pressure (/proc/pressure/cpu
+  "some": microseconds during which a runnable task waited for a CPU), the runnable count
+  (/proc/stat procs_running), and schedstat (on CPU, waited for a CPU) of the bench's
+  children (daemon, floor, receiver) and of the PostgreSQL server's processes by kind
+  (the daemon's backends, autovacuum workers, checkpointer, walwriter...).
+
+`report` takes each measured event's window, COMMIT returned -> arrival, and lists for the
+slowest events what overlapped it: a due scan, an outcome write, other statements, a pool
+wait, a GC collection, a fan-out of two events or more, another event's fan-out before its
+own, autovacuum or checkpointer CPU, the machine's CPU pressure and the share of it not the
+pipeline's; then, per condition, how often it overlapped the slowest 1 % / 2 % against all
+events, for the daemon and, where it applies, the floor in the same run. The wrappers and the
+sampler cost a little CPU: take rates and percentiles of record from runs without them.
+
+    python -m bench.tail_probe install /tmp/snap /tmp/tail_out
+    cd /tmp/snap && flock /work/wt/_bench.lock /tmp/bvenv/bin/python -m bench --nice -15 \\
+        --only latency --no-ceiling
+    python -m bench.tail_probe report /tmp/tail_out [--slowest 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import glob
+import itertools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.probe_install import install_probe
+
+PROBE = '''"""Written by bench/tail_probe.py into a frozen copy (never committed)."""
+import atexit, gc, json, os, time
+import psycopg, psycopg_pool
+from dispatcher import delivery as _dl, dispatch as _d, queries as _q, recorder as _r
+
+_out = open(f"@OUT@/daemon_{os.getpid()}.jsonl", "w", buffering=1 << 20)
+atexit.register(_out.flush)
+_now = time.time
+
+
+def _w(*a):
+    _out.write(json.dumps(a) + "\\n")
+
+
+_wake = _d.Dispatcher.wake
+def wake(self):
+    _w("wake", _now(), len(self._inflight), self._passes)
+    return _wake(self)
+_d.Dispatcher.wake = wake
+
+_fo = _d.Dispatcher._fan_out
+async def _fan_out(self, conn, params, events_wanted, claim):
+    t0, p = _now(), self._passes
+    ev, claimed = await _fo(self, conn, params, events_wanted, claim)
+    _w("fan_out", t0, _now(), ev, [str(c.id) for c in claimed[:50]], p)
+    return ev, claimed
+_d.Dispatcher._fan_out = _fan_out
+
+_cd = _d.Dispatcher._claim_due
+async def _claim_due(self, conn, params, limit):
+    t0, p = _now(), self._passes
+    rows = await _cd(self, conn, params, limit)
+    _w("due", t0, _now(), len(rows), p)
+    return rows
+_d.Dispatcher._claim_due = _claim_due
+
+_deliver = _dl.Attempts.deliver
+async def deliver(self, d):
+    _w("run", str(d.id), _now())
+    return await _deliver(self, d)
+_dl.Attempts.deliver = deliver
+
+_write = _r.Recorder._write
+async def _rec_write(self, batch):
+    t0 = _now()
+    try:
+        return await _write(self, batch)
+    finally:
+        _w("record", t0, _now(), len(batch))
+_r.Recorder._write = _rec_write
+
+_names = {}
+_exe = psycopg.AsyncConnection.execute
+async def execute(self, query, *a, **k):
+    if not _names:
+        _names.update({v: n for n, v in _q._all().items()})
+    t0 = _now()
+    try:
+        return await _exe(self, query, *a, **k)
+    finally:
+        name = _names.get(query) if isinstance(query, str) else None
+        _w("sql", t0, _now(), name or str(query)[:30])
+psycopg.AsyncConnection.execute = execute
+
+_get = psycopg_pool.AsyncConnectionPool.getconn
+async def getconn(self, timeout=None):
+    t0 = _now()
+    try:
+        return await _get(self, timeout)
+    finally:
+        _w("pool", t0, _now())
+psycopg_pool.AsyncConnectionPool.getconn = getconn
+
+_gc0 = [0.0]
+def _gc(phase, info):
+    if phase == "start":
+        _gc0[0] = _now()
+    else:
+        _w("gc", _gc0[0], _now(), info.get("generation"), info.get("collected"))
+gc.callbacks.append(_gc)
+'''
+
+MAIN = '''"""`python -m dispatcher`, with bench/tail_probe.py's probe imported first."""
+
+import dispatcher._tail_probe  # noqa: F401
+from dispatcher.cli import main
+
+raise SystemExit(main())
+'''
+
+_EVENTS = """
+        with open(f"@OUT@/@KIND@_{time.time():.3f}.json", "w") as _f:  # bench/tail_probe.py
+            json.dump(
+                {
+                    "commits": commits,
+                    "arrived": arrived,
+                    "timeline": {
+                        str(k): {
+                            kk: vv if vv is None or isinstance(vv, (int, float)) else str(vv)
+                            for kk, vv in v.items()
+                        }
+                        for k, v in timeline.items()
+                    },
+                    "event_of": @EVENT_OF@,
+                },
+                _f,
+            )
+"""
+# (anchor, what goes in its place) in bench/scenarios.py; install_probe does the first
+PATCHES = (
+    (  # the sampler, from before the floor's part to after the daemon's
+        """        floor = None
+        if self.cfg.latency_floor:
+            # The floor alone""",
+        """        _sampler = subprocess.Popen(  # bench/tail_probe.py
+            [sys.executable, "-m", "bench.tail_probe", "sample", "@OUT@",
+             str(self.cluster.pg.postmaster_pid())]
+        )
+        floor = None
+        if self.cfg.latency_floor:
+            # The floor alone""",
+    ),
+    (
+        """        sql_cost = self.d.sql_cost(db, max(len(commits), 1))
+""",
+        """        _sampler.send_signal(signal.SIGTERM)  # bench/tail_probe.py
+        await asyncio.to_thread(_sampler.wait)
+        sql_cost = self.d.sql_cost(db, max(len(commits), 1))
+""",
+    ),
+    (
+        """        arrived = _arrived(arrivals, None)
+""",
+        """        arrived = _arrived(arrivals, None)
+"""
+        + _EVENTS.replace("@KIND@", "floor").replace("@EVENT_OF@", "{}"),
+    ),
+)
+ANCHOR = """        arrived = _arrived(arrivals, event_of)
+        figures = latency_figures(commits, pub.commit_sent, arrived)
+        commit_ms"""
+DUMP = (
+    """        arrived = _arrived(arrivals, event_of)
+"""
+    + _EVENTS.replace("@KIND@", "daemon").replace("@EVENT_OF@", "event_of")
+    + """        figures = latency_figures(commits, pub.commit_sent, arrived)
+        commit_ms"""
+)
+
+
+def install(snapshot: Path, out: Path) -> None:
+    install_probe(
+        snapshot,
+        out,
+        module="_tail_probe",
+        probe=PROBE,
+        main=MAIN,
+        scenario="latency",
+        anchor=ANCHOR,
+        dump=DUMP,
+    )
+    scenarios = snapshot / "bench" / "scenarios.py"
+    text = scenarios.read_text()
+    for anchor, new in PATCHES:
+        if text.count(anchor) != 1:
+            raise SystemExit(f"{scenarios}: anchor not found once (bench changed?): {anchor!r}")
+        text = text.replace(anchor, new.replace("@OUT@", str(out)), 1)
+    for mod in ("signal", "sys"):
+        if f"\nimport {mod}\n" not in text:
+            text = text.replace("\nimport asyncio\n", f"\nimport asyncio\nimport {mod}\n", 1)
+    scenarios.write_text(text)
+    print(f"probe installed in {snapshot}; output in {out}")
+
+
+# -- the sampler ---------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _kind(pid: int, parent: int) -> str:
+    from bench.infra import backend_role, process_kind
+
+    if parent != os.getppid():
+        role = backend_role(pid)
+        if role == "other":
+            return "pg_" + process_kind(pid).replace(" ", "_")
+        return f"pg_{role}"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    for word, kind in (
+        ("dispatcher", "daemon"),
+        ("floor_latency", "floor"),
+        ("receiver", "receiver"),
+        ("tail_probe", "sampler"),
+    ):
+        if word in cmd:
+            return kind
+    return "bench_child"
+
+
+def sample(out: Path, postmaster: int, interval: float) -> None:
+    """Until SIGTERM: every `interval` s one row [t, cpu pressure us, procs_running,
+    {kind: [on-CPU ns, waited ns]} summed over the processes of that kind]; written to
+    OUT/sampler_<t>.json at the end. Per-process counters are cumulative: the report
+    differences consecutive rows per kind (a process born or gone changes its kind's sum)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 0)  # not the bench's -15: it should not get first turn
+    rows: list[list[Any]] = []
+    kinds: dict[int, str] = {}
+    stop = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    psi = open("/proc/pressure/cpu", "rb")
+    stat = open("/proc/stat", "rb")
+    bench = os.getppid()
+    me = os.getpid()
+    while not stop:
+        t = time.time()
+        psi.seek(0)
+        some = int(psi.readline().rsplit(b"total=", 1)[1])
+        stat.seek(0)
+        running = 0
+        for line in stat:
+            if line.startswith(b"procs_running"):
+                running = int(line.split()[1])
+                break
+        per: dict[str, list[int]] = {}
+        pids = [(p, bench) for p in _children(bench) if p not in (me, postmaster)]
+        pids += [(postmaster, postmaster)] + [(p, postmaster) for p in _children(postmaster)]
+        for pid, parent in pids:
+            kind = kinds.get(pid)
+            if kind is None:
+                kind = "pg_postmaster" if pid == postmaster else _kind(pid, parent)
+                if pid == postmaster or kind not in ("pg_postmaster", "gone"):
+                    kinds[pid] = kind  # a backend just forked has the postmaster's title
+            try:
+                on, waited = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+            except (OSError, ValueError):
+                continue
+            acc = per.setdefault(kind, [0, 0])
+            acc[0] += int(on)
+            acc[1] += int(waited)
+        rows.append([t, some, running, per])
+        time.sleep(max(0.0, interval - (time.time() - t)))
+    (out / f"sampler_{time.time():.3f}.json").write_text(json.dumps(rows))
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+def _overlap(spans: list[tuple[float, float]], starts: list[float], a: float, b: float) -> float:
+    """Seconds of [a, b] covered by `spans` (sorted by start; `starts` their starts)."""
+    total = 0.0
+    i = bisect.bisect_left(starts, b)
+    j = i - 1
+    while j >= 0:
+        s, e = spans[j]
+        if e > a:
+            total += max(0.0, min(e, b) - max(s, a))
+        if s < a - 5.0:  # no span lasts 5 s here
+            break
+        j -= 1
+    return total
+
+
+class Sampled:
+    """The sampler's rows as per-interval deltas: CPU pressure, per-kind on-CPU and waited."""
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.t = [r[0] for r in rows[1:]]
+        self.t0 = [r[0] for r in rows[:-1]]
+        self.psi = [(b[1] - a[1]) / 1e6 for a, b in itertools.pairwise(rows)]
+        self.running = [b[2] for b in rows[1:]]
+        self.cpu: dict[str, list[float]] = {}
+        self.wait: dict[str, list[float]] = {}
+        kinds = {k for r in rows for k in r[3]}
+        for k in kinds:
+            on, wt = [], []
+            for a, b in itertools.pairwise(rows):
+                x, y = a[3].get(k, [0, 0]), b[3].get(k, [0, 0])
+                on.append(max(0, y[0] - x[0]) / 1e9)
+                wt.append(max(0, y[1] - x[1]) / 1e9)
+            self.cpu[k], self.wait[k] = on, wt
+
+    def window(self, a: float, b: float) -> dict[str, Any]:
+        """Sums over the sample intervals that overlap [a, b], each weighted by its overlap."""
+        i = bisect.bisect_left(self.t, a)
+        out: dict[str, Any] = {"psi": 0.0, "running_max": 0, "cpu": {}, "wait": {}}
+        while i < len(self.t) and self.t0[i] < b:
+            s, e = self.t0[i], self.t[i]
+            w = max(0.0, min(e, b) - max(s, a)) / max(e - s, 1e-9)
+            out["psi"] += self.psi[i] * w
+            out["running_max"] = max(out["running_max"], self.running[i])
+            for k in self.cpu:
+                out["cpu"][k] = out["cpu"].get(k, 0.0) + self.cpu[k][i] * w
+                out["wait"][k] = out["wait"].get(k, 0.0) + self.wait[k][i] * w
+            i += 1
+        return out
+
+
+_OURS = ("daemon", "floor", "receiver", "pg_daemon", "pg_floor", "pg_bench", "bench_child")
+
+
+def _features(w: dict[str, Any], span: float) -> dict[str, float]:
+    cpu = w["cpu"]
+    ours = sum(v for k, v in cpu.items() if k in _OURS)
+    pg_bg = sum(
+        v for k, v in cpu.items() if k.startswith("pg_") and k not in _OURS and k != "pg_other"
+    )
+    return {
+        "pressure_ms": w["psi"] * 1000,
+        "running_max": w["running_max"],
+        "autovacuum_ms": (cpu.get("pg_autovacuum_worker", 0) + cpu.get("pg_autovacuum_launcher", 0))
+        * 1000,
+        "checkpointer_ms": cpu.get("pg_checkpointer", 0) * 1000,
+        "pg_background_ms": pg_bg * 1000,
+        "pipeline_cpu_ms": ours * 1000,
+        "pipeline_waited_ms": sum(v for k, v in w["wait"].items() if k in _OURS) * 1000,
+        "span_ms": span * 1000,
+    }
+
+
+def _daemon_rows(
+    bench: dict[str, Any], log: list[list[Any]], sampled: Sampled
+) -> list[dict[str, Any]]:
+    commits: dict[str, float] = bench["commits"]
+    arrived: dict[str, float] = bench["arrived"]
+    timeline = bench["timeline"]
+    delivery_of = {v: k for k, v in bench["event_of"].items()}
+    by: dict[str, list[list[Any]]] = {}
+    for x in log:
+        by.setdefault(x[0], []).append(x)
+    wakes = sorted(x[1] for x in by.get("wake", []))
+    runs = {x[1]: x[2] for x in by.get("run", [])}
+    fan_of = {i: x for x in by.get("fan_out", []) for i in x[4]}
+    fan_outs = sorted((x[1], x[2]) for x in by.get("fan_out", []) if x[3] > 0)
+
+    def spans(xs: list[list[Any]]) -> tuple[list[tuple[float, float]], list[float]]:
+        s = sorted((x[1], x[2]) for x in xs)
+        return s, [a for a, _ in s]
+
+    due = spans(by.get("due", []))
+    rec = spans(by.get("record", []))
+    other_sql = spans(
+        [
+            x
+            for x in by.get("sql", [])
+            if not str(x[3]).startswith(
+                ("delivery_fan_out", "delivery_claim_due", "delivery_record")
+            )
+            and "outcome" not in str(x[3])
+        ]
+    )
+    other_names = sorted(
+        (x[1], x[2], x[3])
+        for x in by.get("sql", [])
+        if not str(x[3]).startswith(("delivery_fan_out", "delivery_claim_due", "delivery_record"))
+        and "outcome" not in str(x[3])
+    )
+    pool_waits = spans([x for x in by.get("pool", []) if x[2] - x[1] > 0.0002])
+    gcs = spans(by.get("gc", []))
+    fo_starts = [a for a, _ in fan_outs]
+    out = []
+    for event, commit in commits.items():
+        d = delivery_of.get(event)
+        if event not in arrived or d is None:
+            continue
+        a = arrived[event]
+        t = timeline.get(event, {})
+        f = fan_of.get(d)
+        i = bisect.bisect_left(wakes, commit)
+        heard = wakes[i] if i < len(wakes) else None
+        run = runs.get(d)
+        signed = t.get("signed")
+
+        def ms(x: float | None, y: float | None) -> float | None:
+            return None if x is None or y is None else round((y - x) * 1000, 3)
+
+        # another event's fan-out started between COMMIT and this event's own fan-out
+        before_own = 0
+        if f is not None:
+            j = bisect.bisect_left(fo_starts, commit)
+            while j < len(fo_starts) and fo_starts[j] < f[1]:
+                before_own += 1
+                j += 1
+        names = sorted({n for s, e, n in other_names if s < a and e > commit})
+        row = {
+            "event": event,
+            "commit": commit,
+            "total_ms": (a - commit) * 1000,
+            "commit_to_heard": ms(commit, heard),
+            "heard_to_fan_out": ms(heard, f[1] if f else None),
+            "fan_out": ms(f[1], f[2]) if f else None,
+            "fan_out_to_run": ms(f[2] if f else None, run),
+            "run_to_signed": ms(run, signed),
+            "signed_to_arrival": ms(signed, a),
+            "fan_out_events": f[3] if f else None,
+            "nested": bool(f and f[5] > 1),
+            "fan_outs_before_own": before_own,
+            "due_scan_ms": _overlap(*due, commit, a) * 1000,
+            "outcome_write_ms": _overlap(*rec, commit, a) * 1000,
+            "other_sql_ms": _overlap(*other_sql, commit, a) * 1000,
+            "other_sql": names,
+            "pool_wait_ms": _overlap(*pool_waits, commit, a) * 1000,
+            "gc_ms": _overlap(*gcs, commit, a) * 1000,
+            **_features(sampled.window(commit, a), a - commit),
+        }
+        out.append(row)
+    return out
+
+
+def _floor_rows(bench: dict[str, Any], sampled: Sampled) -> list[dict[str, Any]]:
+    out = []
+    for event, commit in bench["commits"].items():
+        a = bench["arrived"].get(event)
+        if a is None:
+            continue
+        out.append(
+            {
+                "event": event,
+                "commit": commit,
+                "total_ms": (a - commit) * 1000,
+                **_features(sampled.window(commit, a), a - commit),
+            }
+        )
+    return out
+
+
+CONDITIONS = {
+    "due scan overlapped": lambda r: r.get("due_scan_ms", 0) > 0,
+    "outcome write overlapped": lambda r: r.get("outcome_write_ms", 0) > 0,
+    "other statement overlapped": lambda r: r.get("other_sql_ms", 0) > 0,
+    "pool wait > 0.2 ms": lambda r: r.get("pool_wait_ms", 0) > 0,
+    "GC collection": lambda r: r.get("gc_ms", 0) > 0,
+    "fan-out of 2+ events": lambda r: (r.get("fan_out_events") or 1) > 1,
+    "another fan-out before its own": lambda r: r.get("fan_outs_before_own", 0) > 0,
+    "nested fan-out (beside a due scan)": lambda r: r.get("nested", False),
+    "autovacuum CPU": lambda r: r["autovacuum_ms"] > 0.05,
+    "checkpointer CPU": lambda r: r["checkpointer_ms"] > 0.05,
+    "CPU pressure > 1 ms": lambda r: r["pressure_ms"] > 1.0,
+    "CPU pressure > 25 % of its span": lambda r: r["pressure_ms"] > 0.25 * r["span_ms"],
+    "runnable > 2 at a sample": lambda r: r["running_max"] > 2,
+}
+STAGES = (
+    "commit_to_heard",
+    "heard_to_fan_out",
+    "fan_out",
+    "fan_out_to_run",
+    "run_to_signed",
+    "signed_to_arrival",
+)
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))], 2)
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: r["total_ms"])
+    n = len(rows)
+    groups = {
+        "all": rows,
+        "fastest_50pct": rows[: n // 2],
+        "slowest_2pct": rows[-max(1, n // 50) :],
+        "slowest_1pct": rows[-max(1, n // 100) :],
+    }
+    share = {
+        name: {
+            g: round(sum(1 for r in rs if cond(r)) / max(len(rs), 1), 3) for g, rs in groups.items()
+        }
+        for name, cond in CONDITIONS.items()
+        if "heard_to_fan_out" in rows[0]
+        or name.startswith(("autovacuum", "checkpointer", "CPU", "runnable"))
+    }
+    med: dict[str, Any] = {}
+    for g, rs in groups.items():
+        keys = [
+            "total_ms",
+            "pressure_ms",
+            "pipeline_waited_ms",
+            *[s for s in STAGES if s in rows[0]],
+        ]
+        med[g] = {k: _pct([r[k] for r in rs if r.get(k) is not None], 50) for k in keys}
+    return {
+        "events": n,
+        "p50_ms": _pct([r["total_ms"] for r in rows], 50),
+        "p99_ms": _pct([r["total_ms"] for r in rows], 99),
+        "share_with_condition": share,
+        "medians": med,
+    }
+
+
+def _load(path: str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def report(out: Path, slowest: int) -> list[dict[str, Any]]:
+    results = []
+    samplers = sorted(glob.glob(str(out / "sampler_*.json")))
+    logs = [
+        [json.loads(line) for line in open(f)]
+        for f in sorted(glob.glob(str(out / "daemon_*.jsonl")))
+    ]
+    for f in sorted(glob.glob(str(out / "daemon_*.json"))):
+        bench = _load(f)
+        w0, w1 = min(bench["commits"].values()), max(bench["commits"].values())
+        sampled = next(
+            (Sampled(s) for s in map(_load, samplers) if s and s[0][0] <= w0 and s[-1][0] >= w1),
+            None,
+        )
+        inside = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
+        if sampled is None or not max(inside, default=0):
+            print(f"{f}: no sampler or daemon log covers its window", file=sys.stderr)
+            continue
+        rows = _daemon_rows(bench, logs[inside.index(max(inside))], sampled)
+        floors = [
+            _load(g)
+            for g in sorted(glob.glob(str(out / "floor_*.json")))
+            if sampled.t0[0] <= min(_load(g)["commits"].values()) <= sampled.t[-1]
+        ]
+        one: dict[str, Any] = {"run": Path(f).name, "daemon": _summary(rows)}
+        if floors:
+            one["floor"] = _summary(_floor_rows(floors[-1], sampled))
+        keep = sorted(rows, key=lambda r: r["total_ms"])[-slowest:]
+        one["slowest"] = [
+            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "event"}
+            for r in reversed(keep)
+        ]
+        results.append(one)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("install", help="put the probe into a frozen copy")
+    i.add_argument("snapshot", type=Path)
+    i.add_argument("out", type=Path)
+    s = sub.add_parser("sample", help="the sampler (started by the patched latency scenario)")
+    s.add_argument("out", type=Path)
+    s.add_argument("postmaster", type=int)
+    s.add_argument("--interval", type=float, default=0.005)
+    r = sub.add_parser("report", help="the slow events and what overlapped them, per run")
+    r.add_argument("out", type=Path)
+    r.add_argument("--slowest", type=int, default=40)
+    args = ap.parse_args()
+    if args.cmd == "install":
+        install(args.snapshot, args.out)
+    elif args.cmd == "sample":
+        sample(args.out, args.postmaster, args.interval)
+    else:
+        print(json.dumps(report(args.out, args.slowest), indent=1))
+
+
+if __name__ == "__main__":
+    main()
