@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -486,7 +487,7 @@ def _floor_rows(bench: dict[str, Any], sampled: Sampled) -> list[dict[str, Any]]
     return out
 
 
-CONDITIONS = {
+CONDITIONS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "due scan overlapped": lambda r: r.get("due_scan_ms", 0) > 0,
     "outcome write overlapped": lambda r: r.get("outcome_write_ms", 0) > 0,
     "other statement overlapped": lambda r: r.get("other_sql_ms", 0) > 0,
