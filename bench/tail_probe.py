@@ -199,13 +199,17 @@ DUMP = (
 )
 
 
-def install(snapshot: Path, out: Path) -> None:
+def install(snapshot: Path, out: Path, *, sampler_only: bool = False) -> None:
+    """The probe, the sampler and the dumps; `sampler_only`: the daemon left as it is (its
+    own `python -m dispatcher`, no wrappers): the run's CPU and latency without the probe's
+    cost, the per-event report then without the daemon's side."""
+    main = (snapshot / "dispatcher" / "__main__.py").read_text() if sampler_only else MAIN
     install_probe(
         snapshot,
         out,
         module="_tail_probe",
         probe=PROBE,
-        main=MAIN,
+        main=main,
         scenario="latency",
         anchor=ANCHOR,
         dump=DUMP,
@@ -258,7 +262,8 @@ def _kind(pid: int, parent: int) -> str:
 
 def sample(out: Path, postmaster: int, interval: float) -> None:
     """Until SIGTERM: every `interval` s one row [t, cpu pressure us, procs_running,
-    {kind: [on-CPU ns, waited ns]} summed over the processes of that kind]; written to
+    {kind: [on-CPU ns, waited ns]} summed over the processes of that kind, and "machine":
+    [the cores' busy time from /proc/stat, in ticks made ns, 0]]; written to
     OUT/sampler_<t>.json at the end. Per-process counters are cumulative: the report
     differences consecutive rows per kind (a process born or gone changes its kind's sum)."""
     os.setpriority(os.PRIO_PROCESS, 0, 0)  # not the bench's -15: it should not get first turn
@@ -271,25 +276,25 @@ def sample(out: Path, postmaster: int, interval: float) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    psi = open("/proc/pressure/cpu", "rb")
-    stat = open("/proc/stat", "rb")
+    # os.pread, not a buffered file's seek(0): that re-reads nothing inside its buffer
+    psi = os.open("/proc/pressure/cpu", os.O_RDONLY)
+    stat = os.open("/proc/stat", os.O_RDONLY)
     bench = os.getppid()
-    me = os.getpid()
+    tick = os.sysconf("SC_CLK_TCK")
     while not stop:
         t = time.time()
-        psi.seek(0)
-        some = int(psi.readline().rsplit(b"total=", 1)[1])
-        stat.seek(0)
-        running = 0
-        for line in stat:
-            if line.startswith(b"procs_running"):
-                running = int(line.split()[1])
-                break
+        some = int(os.pread(psi, 4096, 0).split(b"\n", 1)[0].rsplit(b"total=", 1)[1])
+        text = os.pread(stat, 65536, 0)
+        cpu = [int(x) for x in text.split(b"\n", 1)[0].split()[1:9]]
+        busy_ns = (sum(cpu) - cpu[3] - cpu[4]) * 1_000_000_000 // tick  # all but idle, iowait
+        running = int(text.split(b"procs_running", 1)[1].split()[0])
         per: dict[str, list[int]] = {}
-        pids = [(p, bench) for p in _children(bench) if p not in (me, postmaster)]
+        pids = [(bench, bench)] + [(p, bench) for p in _children(bench) if p != postmaster]
         pids += [(postmaster, postmaster)] + [(p, postmaster) for p in _children(postmaster)]
         for pid, parent in pids:
             kind = kinds.get(pid)
+            if kind is None and pid == bench:
+                kind = kinds[pid] = "bench"
             if kind is None:
                 kind = "pg_postmaster" if pid == postmaster else _kind(pid, parent)
                 if pid == postmaster or kind not in ("pg_postmaster", "gone"):
@@ -301,6 +306,7 @@ def sample(out: Path, postmaster: int, interval: float) -> None:
             acc = per.setdefault(kind, [0, 0])
             acc[0] += int(on)
             acc[1] += int(waited)
+        per["machine"] = [busy_ns, 0]
         rows.append([t, some, running, per])
         time.sleep(max(0.0, interval - (time.time() - t)))
     (out / f"sampler_{time.time():.3f}.json").write_text(json.dumps(rows))
@@ -359,12 +365,13 @@ class Sampled:
         return out
 
 
-_OURS = ("daemon", "floor", "receiver", "pg_daemon", "pg_floor", "pg_bench", "bench_child")
+_OURS = ("daemon", "floor", "receiver", "pg_daemon", "pg_floor", "pg_bench", "bench_child", "bench")
 
 
 def _features(w: dict[str, Any], span: float) -> dict[str, float]:
     cpu = w["cpu"]
     ours = sum(v for k, v in cpu.items() if k in _OURS)
+    tracked = sum(v for k, v in cpu.items() if k != "machine")
     pg_bg = sum(
         v for k, v in cpu.items() if k.startswith("pg_") and k not in _OURS and k != "pg_other"
     )
@@ -377,6 +384,9 @@ def _features(w: dict[str, Any], span: float) -> dict[str, float]:
         "pg_background_ms": pg_bg * 1000,
         "pipeline_cpu_ms": ours * 1000,
         "pipeline_waited_ms": sum(v for k, v in w["wait"].items() if k in _OURS) * 1000,
+        # the machine's busy time (10 ms ticks: one event's figure is coarse) less every
+        # process the sampler follows (itself too): other people's work
+        "foreign_ms": (cpu.get("machine", 0) - tracked) * 1000,
         "span_ms": span * 1000,
     }
 
@@ -459,6 +469,10 @@ def _daemon_rows(
             "nested": bool(f and f[5] > 1),
             "fan_outs_before_own": before_own,
             "due_scan_ms": _overlap(*due, commit, a) * 1000,
+            # the same, over its own fan-out statement only (not a longer window's chance)
+            "fan_out_beside_due_ms": _overlap(*due, f[1], f[2]) * 1000 if f else 0.0,
+            "fan_out_beside_outcome_ms": _overlap(*rec, f[1], f[2]) * 1000 if f else 0.0,
+            "fan_out_beside_other_sql_ms": _overlap(*other_sql, f[1], f[2]) * 1000 if f else 0.0,
             "outcome_write_ms": _overlap(*rec, commit, a) * 1000,
             "other_sql_ms": _overlap(*other_sql, commit, a) * 1000,
             "other_sql": names,
@@ -471,6 +485,7 @@ def _daemon_rows(
 
 
 def _floor_rows(bench: dict[str, Any], sampled: Sampled) -> list[dict[str, Any]]:
+    """Each event's latency and what the sampler saw over it (no stages)."""
     out = []
     for event, commit in bench["commits"].items():
         a = bench["arrived"].get(event)
@@ -496,6 +511,10 @@ CONDITIONS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "fan-out of 2+ events": lambda r: (r.get("fan_out_events") or 1) > 1,
     "another fan-out before its own": lambda r: r.get("fan_outs_before_own", 0) > 0,
     "nested fan-out (beside a due scan)": lambda r: r.get("nested", False),
+    "its fan-out beside a due scan": lambda r: r.get("fan_out_beside_due_ms", 0) > 0,
+    "its fan-out beside an outcome write": lambda r: r.get("fan_out_beside_outcome_ms", 0) > 0,
+    "its fan-out beside another statement": lambda r: r.get("fan_out_beside_other_sql_ms", 0) > 0,
+    "foreign CPU > 0.5 core over its span": lambda r: r["foreign_ms"] > 0.5 * r["span_ms"],
     "autovacuum CPU": lambda r: r["autovacuum_ms"] > 0.05,
     "checkpointer CPU": lambda r: r["checkpointer_ms"] > 0.05,
     "CPU pressure > 1 ms": lambda r: r["pressure_ms"] > 1.0,
@@ -534,14 +553,35 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for name, cond in CONDITIONS.items()
         if "heard_to_fan_out" in rows[0]
-        or name.startswith(("autovacuum", "checkpointer", "CPU", "runnable"))
+        or name.startswith(("autovacuum", "checkpointer", "CPU", "runnable", "foreign"))
     }
+
+    def latency(rs: list[dict[str, Any]]) -> list[Any]:
+        t = [r["total_ms"] for r in rs]
+        return [len(t), _pct(t, 50), _pct(t, 90), _pct(t, 99)]
+
+    # events with and without each condition: [events, p50, p90, p99] ms
+    split = {
+        name: {
+            "with": latency([r for r in rows if cond(r)]),
+            "without": latency([r for r in rows if not cond(r)]),
+        }
+        for name, cond in CONDITIONS.items()
+        if name in share
+    }
+    # second by second: latency, and the CPU of the pipeline, its wait and other people's
+    t0 = rows and min(r["commit"] for r in rows)
+    seconds: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        seconds.setdefault(int(r["commit"] - t0), []).append(r)
     med: dict[str, Any] = {}
     for g, rs in groups.items():
         keys = [
             "total_ms",
             "pressure_ms",
+            "pipeline_cpu_ms",
             "pipeline_waited_ms",
+            "foreign_ms",
             *[s for s in STAGES if s in rows[0]],
         ]
         med[g] = {k: _pct([r[k] for r in rs if r.get(k) is not None], 50) for k in keys}
@@ -550,8 +590,26 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": _pct([r["total_ms"] for r in rows], 50),
         "p99_ms": _pct([r["total_ms"] for r in rows], 99),
         "share_with_condition": share,
+        "latency_with_and_without": split,
         "medians": med,
+        "by_second": {k: latency(v) for k, v in sorted(seconds.items())},
     }
+
+
+def _cores_by_second(rows: list[dict[str, Any]], sampled: Sampled) -> dict[int, dict[str, float]]:
+    """Per second of the run (from its first COMMIT): cores' worth of the pipeline's CPU, of
+    its processes' waits for a CPU, of other people's CPU, of PostgreSQL's background work."""
+    t0 = min(r["commit"] for r in rows)
+    out = {}
+    for k in range(int(max(r["commit"] for r in rows) - t0) + 1):
+        f = _features(sampled.window(t0 + k, t0 + k + 1), 1.0)
+        out[k] = {
+            "pipeline": round(f["pipeline_cpu_ms"] / 1000, 2),
+            "pipeline_waiting": round(f["pipeline_waited_ms"] / 1000, 2),
+            "foreign": round(f["foreign_ms"] / 1000, 2),
+            "pg_background": round(f["pg_background_ms"] / 1000, 3),
+        }
+    return out
 
 
 def _load(path: str) -> Any:
@@ -573,18 +631,23 @@ def report(out: Path, slowest: int) -> list[dict[str, Any]]:
             None,
         )
         inside = [sum(1 for e in x if e[0] == "wake" and w0 <= e[1] <= w1) for x in logs]
-        if sampled is None or not max(inside, default=0):
-            print(f"{f}: no sampler or daemon log covers its window", file=sys.stderr)
+        if sampled is None:
+            print(f"{f}: no sampler covers its window", file=sys.stderr)
             continue
-        rows = _daemon_rows(bench, logs[inside.index(max(inside))], sampled)
+        if max(inside, default=0):
+            rows = _daemon_rows(bench, logs[inside.index(max(inside))], sampled)
+        else:  # --sampler-only: the machine's side alone
+            rows = _floor_rows(bench, sampled)
         floors = [
             _load(g)
             for g in sorted(glob.glob(str(out / "floor_*.json")))
             if sampled.t0[0] <= min(_load(g)["commits"].values()) <= sampled.t[-1]
         ]
         one: dict[str, Any] = {"run": Path(f).name, "daemon": _summary(rows)}
+        one["daemon"]["cores_by_second"] = _cores_by_second(rows, sampled)
         if floors:
-            one["floor"] = _summary(_floor_rows(floors[-1], sampled))
+            frows = _floor_rows(floors[-1], sampled)
+            one["floor"] = {**_summary(frows), "cores_by_second": _cores_by_second(frows, sampled)}
         keep = sorted(rows, key=lambda r: r["total_ms"])[-slowest:]
         one["slowest"] = [
             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "event"}
@@ -600,6 +663,7 @@ def main() -> None:
     i = sub.add_parser("install", help="put the probe into a frozen copy")
     i.add_argument("snapshot", type=Path)
     i.add_argument("out", type=Path)
+    i.add_argument("--sampler-only", action="store_true", help="no probe in the daemon")
     s = sub.add_parser("sample", help="the sampler (started by the patched latency scenario)")
     s.add_argument("out", type=Path)
     s.add_argument("postmaster", type=int)
@@ -609,7 +673,7 @@ def main() -> None:
     r.add_argument("--slowest", type=int, default=40)
     args = ap.parse_args()
     if args.cmd == "install":
-        install(args.snapshot, args.out)
+        install(args.snapshot, args.out, sampler_only=args.sampler_only)
     elif args.cmd == "sample":
         sample(args.out, args.postmaster, args.interval)
     else:
