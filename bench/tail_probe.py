@@ -237,6 +237,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
 def _kind(pid: int, parent: int) -> str:
     from bench.infra import backend_role, process_kind
 
@@ -297,15 +304,19 @@ def sample(out: Path, postmaster: int, interval: float) -> None:
                 kind = kinds[pid] = "bench"
             if kind is None:
                 kind = "pg_postmaster" if pid == postmaster else _kind(pid, parent)
-                if pid == postmaster or kind not in ("pg_postmaster", "gone"):
-                    kinds[pid] = kind  # a backend just forked has the postmaster's title
-            try:
-                on, waited = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
-            except (OSError, ValueError):
-                continue
+                if pid == postmaster or kind not in ("pg_postmaster", "gone", "bench_child"):
+                    kinds[pid] = kind  # just forked, a process still has its parent's title
+            # every thread of the bench's children (the floor, the publisher's threads);
+            # PostgreSQL's processes have one
+            tasks = [pid] if parent == postmaster else _tasks(pid)
             acc = per.setdefault(kind, [0, 0])
-            acc[0] += int(on)
-            acc[1] += int(waited)
+            for tid in tasks:
+                try:
+                    on, waited = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[:2]
+                except (OSError, ValueError):
+                    continue
+                acc[0] += int(on)
+                acc[1] += int(waited)
         per["machine"] = [busy_ns, 0]
         rows.append([t, some, running, per])
         time.sleep(max(0.0, interval - (time.time() - t)))
