@@ -402,6 +402,13 @@ def _features(w: dict[str, Any], span: float) -> dict[str, float]:
     }
 
 
+def _phase(starts: list[float], t: float) -> float | None:
+    """Milliseconds from `t` to the nearest start in `starts` (negative: it came before)."""
+    i = bisect.bisect_left(starts, t)
+    near = [x for x in starts[max(0, i - 1) : i + 1]]
+    return round((min(near, key=lambda x: abs(x - t)) - t) * 1000, 3) if near else None
+
+
 def _daemon_rows(
     bench: dict[str, Any], log: list[list[Any]], sampled: Sampled
 ) -> list[dict[str, Any]]:
@@ -477,6 +484,7 @@ def _daemon_rows(
             "run_to_signed": ms(run, signed),
             "signed_to_arrival": ms(signed, a),
             "fan_out_events": f[3] if f else None,
+            "due_scan_phase_ms": _phase(due[1], commit),
             "nested": bool(f and f[5] > 1),
             "fan_outs_before_own": before_own,
             "due_scan_ms": _overlap(*due, commit, a) * 1000,
@@ -492,6 +500,58 @@ def _daemon_rows(
             **_features(sampled.window(commit, a), a - commit),
         }
         out.append(row)
+    return out
+
+
+def _debiased(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checks that a long window's chance of overlapping something does not bias.
+
+    - due scans run every CLAIM_DUE_EVERY whatever the events do: latency by the distance
+      from COMMIT to the nearest scan's start;
+    - the previous event's outcome write beside this event's fan-out: only 1-event fan-outs
+      whose previous event took 2-4 ms (the same local load, roughly), with and without."""
+
+    def lat(rs: list[dict[str, Any]], key: str = "total_ms") -> list[Any]:
+        t = [r[key] for r in rs if r.get(key) is not None]
+        return [len(t), _pct(t, 50), _pct(t, 90), _pct(t, 99)]
+
+    phase: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        p = r.get("due_scan_phase_ms")
+        if p is None:
+            continue
+        k = (
+            "scan starts 0-3 ms after COMMIT"
+            if 0 <= p < 3
+            else "scan started 0-3 ms before COMMIT"
+            if -3 < p < 0
+            else "scan 3-8 ms away"
+            if abs(p) < 8
+            else "no scan within 8 ms"
+        )
+        phase.setdefault(k, []).append(r)
+    by_commit = sorted(rows, key=lambda r: r["commit"])
+    pairs: dict[str, list[dict[str, Any]]] = {"beside an outcome write": [], "alone": []}
+    for prev, r in itertools.pairwise(by_commit):
+        if r.get("fan_out_events") == 1 and 2.0 <= prev["total_ms"] <= 4.0:
+            beside = r.get("fan_out_beside_outcome_ms", 0) > 0
+            pairs["beside an outcome write" if beside else "alone"].append(r)
+    return {
+        "latency_by_due_scan_phase": {k: lat(v) for k, v in sorted(phase.items())},
+        "one_event_fan_out_after_a_2_4_ms_event": {
+            k: {"latency": lat(v), "fan_out_ms": lat(v, "fan_out")} for k, v in pairs.items()
+        },
+    }
+
+
+def _quiet_and_loaded(rows: list[dict[str, Any]], cores: dict[int, dict[str, float]]) -> Any:
+    """Latency pooled over the seconds when other people used < 0.1 core, and >= 0.4."""
+    t0 = min(r["commit"] for r in rows)
+    out = {}
+    for name, lo, hi in (("quiet", -1e9, 0.1), ("loaded", 0.4, 1e9)):
+        secs = {k for k, v in cores.items() if lo <= v["foreign"] < hi}
+        t = [r["total_ms"] for r in rows if int(r["commit"] - t0) in secs]
+        out[name] = {"seconds": len(secs), "events": len(t), "p50": _pct(t, 50), "p99": _pct(t, 99)}
     return out
 
 
@@ -655,10 +715,19 @@ def report(out: Path, slowest: int) -> list[dict[str, Any]]:
             if sampled.t0[0] <= min(_load(g)["commits"].values()) <= sampled.t[-1]
         ]
         one: dict[str, Any] = {"run": Path(f).name, "daemon": _summary(rows)}
-        one["daemon"]["cores_by_second"] = _cores_by_second(rows, sampled)
+        cores = _cores_by_second(rows, sampled)
+        one["daemon"]["cores_by_second"] = cores
+        one["daemon"]["quiet_and_loaded_seconds"] = _quiet_and_loaded(rows, cores)
+        if "fan_out" in rows[0]:
+            one["daemon"]["debiased"] = _debiased(rows)
         if floors:
             frows = _floor_rows(floors[-1], sampled)
-            one["floor"] = {**_summary(frows), "cores_by_second": _cores_by_second(frows, sampled)}
+            fcores = _cores_by_second(frows, sampled)
+            one["floor"] = {
+                **_summary(frows),
+                "cores_by_second": fcores,
+                "quiet_and_loaded_seconds": _quiet_and_loaded(frows, fcores),
+            }
         keep = sorted(rows, key=lambda r: r["total_ms"])[-slowest:]
         one["slowest"] = [
             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "event"}
