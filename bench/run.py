@@ -106,6 +106,7 @@ def _drain_summary(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "deliveries_per_s": r["deliveries_per_s"],
         "ratio_to_paired_ceiling": r.get("ratio_to_paired_ceiling"),
+        "paired_ceiling_cpu_s_per_1000": r.get("paired_ceiling_cpu_s_per_1000"),
         "daemon_cpu_s_per_1000": r.get("daemon_cpu_s_per_1000"),
         "postgres_cpu_s_per_1000": r.get("postgres_cpu_s_per_1000"),
         "statements_per_delivery": r.get("sql", {}).get("statements_per_delivery"),
