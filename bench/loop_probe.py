@@ -93,6 +93,19 @@ async def _claim_due(self, conn, params, limit):
     return rows
 _d.Dispatcher._claim_due = _claim_due
 
+_hear = _d.Dispatcher._claim_due_hearing_doorbell
+async def _claim_due_hearing_doorbell(self, conn, params, limit):
+    # the guard's inputs: may a doorbell during this scan be answered beside it?
+    t0, p = _now(), self._passes
+    stats = self._pool.get_stats()
+    spare = self._s.concurrency - len(self._inflight) - limit
+    try:
+        return await _hear(self, conn, params, limit)
+    finally:
+        _w("hear", t0, _now(), spare, p, stats.get("pool_available", 0),
+           stats.get("pool_size", 0), stats.get("requests_waiting", 0))
+_d.Dispatcher._claim_due_hearing_doorbell = _claim_due_hearing_doorbell
+
 _deliver = _dl.Attempts.deliver
 async def deliver(self, d):
     _w("run", str(d.id), _now())
