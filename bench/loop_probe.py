@@ -235,6 +235,49 @@ def tail_split(rows: list[dict[str, Any]], share: float) -> dict[str, Any]:
     return out
 
 
+def _beside_scan(
+    by_kind: dict[str, list[list[Any]]], heard: float | None, f: list[Any] | None
+) -> str | None:
+    """For a doorbell heard during a due scan whose event a pass of the loop took (not a fan-out
+    beside the scan): why it waited. `_claim_due_hearing_doorbell` answers one doorbell per
+    scan, so a later one waits for the scan ("after the scan's doorbell fan-out"), as does one
+    that rings while that fan-out still runs. None: not such a doorbell."""
+    if heard is None or f is None or f[8] > 1:
+        return None
+    scan = next((x for x in by_kind.get("claim_due", []) if x[1] <= heard <= x[2]), None)
+    if scan is None:
+        return None
+    fan_outs = by_kind.get("fan_out", [])
+    if any(y is not f and scan[1] <= y[1] <= heard <= y[2] for y in fan_outs):
+        return "while the scan's doorbell fan-out ran"
+    if any(scan[1] <= y[1] and y[2] <= heard and y[8] > 1 for y in fan_outs):
+        return "after the scan's doorbell fan-out"
+    return "other"
+
+
+def second_doorbells(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The quiet events whose doorbell came after its due scan's one doorbell fan-out: how
+    many, their latency against the others', and how many of the slowest 5 % / 1 % they are."""
+    rows = sorted(rows, key=lambda r: r["total"])
+    second = [r["total"] for r in rows if r["beside_scan"] == "after the scan's doorbell fan-out"]
+    others = [r["total"] for r in rows if r["beside_scan"] != "after the scan's doorbell fan-out"]
+
+    def among(share: float) -> int:
+        tail = rows[-max(1, round(len(rows) * share)) :]
+        return sum(1 for r in tail if r["beside_scan"] == "after the scan's doorbell fan-out")
+
+    return {
+        "events": len(second),
+        "of": len(rows),
+        "total_p50_ms": _pct(second, 50),
+        "others_total_p50_ms": _pct(others, 50),
+        "in_slowest_5pct": among(0.05),
+        "in_slowest_1pct": among(0.01),
+        "p99_ms_all": _pct([r["total"] for r in rows], 99),
+        "p99_ms_without_them": _pct(others, 99),
+    }
+
+
 STAGES = (
     "total",
     "commit_to_heard",
@@ -314,6 +357,7 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
                 "signed_to_arrival": ms(t.get("signed"), a),
                 "running": running,
                 "nested": bool(f and f[8] > 1),
+                "beside_scan": _beside_scan(by_kind, heard, f),
             }
         )
     rows.sort(key=lambda r: r["total"])
@@ -338,6 +382,9 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
         "statements": statements,
         "stages_ms": stages,
         "doorbell_rang_during": dict(Counter(r["running"] for r in rows)),
+        "doorbell_during_scan_not_beside": dict(
+            Counter(r["beside_scan"] for r in rows if r["beside_scan"] is not None)
+        ),
         "by_what_ran": {
             k: {
                 "events": len(v),
@@ -392,6 +439,7 @@ def report(out: Path) -> list[dict[str, Any]]:
                 "all": tail_split(pooled, 1.0),
                 "slowest_5pct": tail_split(pooled, 0.05),
                 "slowest_1pct": tail_split(pooled, 0.01),
+                "second_doorbells_during_a_scan": second_doorbells(pooled),
             }
         )
     return results

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from bench.loop_probe import Sched, tail_split
+from bench.loop_probe import Sched, _beside_scan, second_doorbells, tail_split
 
 
 def _stamp(log: list[list[Any]], fd: int) -> None:
@@ -60,3 +60,25 @@ def test_tail_split_takes_the_slowest_and_means_each_stretch() -> None:
     assert one["events"] == 2 and one["total_ms_min"] == 199
     assert one["total"] == {"wall": 199.5, "cpu": 99.75, "wait": 1, "idle": 0}
     assert tail_split(rows, 1.0)["events"] == 200
+
+
+def test_a_second_doorbell_during_a_due_scan_is_told_apart() -> None:
+    # a due scan from 1.000 to 1.030; the first doorbell's fan-out beside it (nested: passes 2)
+    # from 1.002 to 1.008; a second doorbell at 1.010 waits, its event taken by the loop's next
+    # pass (passes 1) at 1.031; a third rings at 1.005, while the first fan-out still runs
+    scan = ["claim_due", 1.000, 1.030, 64, 62, 1]
+    beside = ["fan_out", 1.002, 1.008, 1, 1, 1, ["a"], 1, 2]
+    after = ["fan_out", 1.031, 1.035, 1, 1, 2, ["b", "c"], 2, 1]
+    by_kind = {"claim_due": [scan], "fan_out": [beside, after]}
+    assert _beside_scan(by_kind, 1.010, after) == "after the scan's doorbell fan-out"
+    assert _beside_scan(by_kind, 1.005, after) == "while the scan's doorbell fan-out ran"
+    assert _beside_scan(by_kind, 1.003, beside) is None  # answered beside the scan
+    assert _beside_scan(by_kind, 1.040, after) is None  # no scan running when it rang
+    rows: list[dict[str, Any]] = [{"total": float(t), "beside_scan": None} for t in range(1, 99)]
+    rows += [
+        {"total": 200.0 + t, "beside_scan": "after the scan's doorbell fan-out"} for t in (1, 2)
+    ]
+    got = second_doorbells(rows)
+    assert got["events"] == 2 and got["of"] == 100
+    assert got["in_slowest_1pct"] == 1 and got["in_slowest_5pct"] == 2
+    assert got["p99_ms_without_them"] == 97.0 and got["p99_ms_all"] == 201.0
