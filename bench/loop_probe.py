@@ -16,6 +16,13 @@ arrival, and prints each stage's percentiles, what the loop was running when the
 rang (a due scan, a fan-out, nothing), and how busy each kind of statement kept its
 connection. The wrappers cost the daemon a little CPU: take rates from runs without them.
 
+Every record is followed by the loop thread's scheduler counters (`/proc/thread-self/
+schedstat`: ns on a CPU, ns runnable but waiting for one); `report` interpolates them to split
+each stretch of a quiet event's life into the loop on a CPU (running callbacks: the hot
+webhook's, mostly), waiting for a CPU (the machine's scheduling), and neither (asleep in its
+poll: waiting for PostgreSQL, the kernel or the receiver), as mean ms per event for all quiet
+events of every run pooled, their slowest 5 % and their slowest 1 % (branch hqtail).
+
     python -m bench.loop_probe install /tmp/snap /tmp/probe_out
     cd /tmp/snap && flock /work/wt/_bench.lock /tmp/bvenv/bin/python -m bench --nice -15 \\
         --only hotquiet --repeat 2 --no-ceiling
@@ -43,8 +50,15 @@ atexit.register(_out.flush)
 _now = time.time
 
 
+# the loop thread's own scheduler counters (ns on a CPU, ns runnable but waiting for one),
+# stamped with every record: report splits any stretch of wall time into the loop running
+# (callbacks), waiting for a CPU, and asleep in its poll (waiting for I/O)
+_sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+
+
 def _w(*a):
-    _out.write(json.dumps(a) + "\\n")
+    c, d, _ = os.pread(_sched, 64, 0).split()
+    _out.write(json.dumps(a) + "\\n" + json.dumps(("s", _now(), int(c), int(d))) + "\\n")
 
 
 _wake = _d.Dispatcher.wake
@@ -78,6 +92,19 @@ async def _claim_due(self, conn, params, limit):
     _w("claim_due", t0, _now(), limit, len(rows), self._passes)
     return rows
 _d.Dispatcher._claim_due = _claim_due
+
+_hear = _d.Dispatcher._claim_due_hearing_doorbell
+async def _claim_due_hearing_doorbell(self, conn, params, limit):
+    # the guard's inputs: may a doorbell during this scan be answered beside it?
+    t0, p = _now(), self._passes
+    stats = self._pool.get_stats()
+    spare = self._s.concurrency - len(self._inflight) - limit
+    try:
+        return await _hear(self, conn, params, limit)
+    finally:
+        _w("hear", t0, _now(), spare, p, stats.get("pool_available", 0),
+           stats.get("pool_size", 0), stats.get("requests_waiting", 0))
+_d.Dispatcher._claim_due_hearing_doorbell = _claim_due_hearing_doorbell
 
 _deliver = _dl.Attempts.deliver
 async def deliver(self, d):
@@ -147,6 +174,110 @@ def _pct(xs: list[float], p: float) -> float | None:
     return round(xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))], 2)
 
 
+class Sched:
+    """The loop thread's scheduler counters over time (the probe's "s" records), interpolated:
+    any stretch of the daemon's wall time split into on a CPU (the loop running callbacks,
+    whoever's), waiting for a CPU (runnable, not running) and the rest (asleep in its poll:
+    nothing ready, waiting for I/O)."""
+
+    def __init__(self, log: list[list[Any]]) -> None:
+        pts = sorted((x[1], x[2], x[3]) for x in log if x[0] == "s")
+        self.t = [p[0] for p in pts]
+        self.cpu = [p[1] / 1e6 for p in pts]  # ms
+        self.wait = [p[2] / 1e6 for p in pts]
+
+    def _at(self, xs: list[float], t: float) -> float | None:
+        i = bisect.bisect_left(self.t, t)
+        if i == 0 or i == len(self.t):
+            return None  # outside the stamps: no figure rather than a guess
+        t0, t1 = self.t[i - 1], self.t[i]
+        f = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
+        return xs[i - 1] + f * (xs[i] - xs[i - 1])
+
+    def split(self, a: float | None, b: float | None) -> dict[str, float] | None:
+        """ms of [a, b] (time.time() seconds) on a CPU, waiting for one, and neither."""
+        if a is None or b is None or b < a:
+            return None
+        c0, c1 = self._at(self.cpu, a), self._at(self.cpu, b)
+        w0, w1 = self._at(self.wait, a), self._at(self.wait, b)
+        if c0 is None or c1 is None or w0 is None or w1 is None:
+            return None
+        wall = (b - a) * 1000
+        cpu, wait = c1 - c0, w1 - w0
+        return {"wall": wall, "cpu": cpu, "wait": wait, "idle": wall - cpu - wait}
+
+
+# the stretches of a quiet event's life split by Sched: (name, from, to) of _one's points
+SPLITS = (
+    ("commit_to_heard", "commit", "heard"),
+    ("heard_to_fan_out_sent", "heard", "sent"),
+    ("fan_out_statement", "sent", "returned"),
+    ("fan_out_end_to_attempt", "returned", "run"),
+    ("attempt_to_signed", "run", "signed"),
+    ("signed_to_arrival", "signed", "arrival"),
+    ("total", "commit", "arrival"),
+)
+
+
+def tail_split(rows: list[dict[str, Any]], share: float) -> dict[str, Any]:
+    """The slowest `share` of `rows` (at least one): per stretch, the mean ms per event of wall
+    time, of the loop thread on a CPU, waiting for one, and neither."""
+    rows = sorted(rows, key=lambda r: r["total"])
+    tail = rows[-max(1, round(len(rows) * share)) :]
+    out: dict[str, Any] = {"events": len(tail), "total_ms_min": round(tail[0]["total"], 2)}
+    for name, _, _ in SPLITS:
+        xs = [r["split"][name] for r in tail if r["split"].get(name)]
+        if xs:
+            out[name] = {
+                k: round(sum(x[k] for x in xs) / len(xs), 2)
+                for k in ("wall", "cpu", "wait", "idle")
+            }
+    return out
+
+
+def _beside_scan(
+    by_kind: dict[str, list[list[Any]]], heard: float | None, f: list[Any] | None
+) -> str | None:
+    """For a doorbell heard during a due scan whose event a pass of the loop took (not a fan-out
+    beside the scan): why it waited. `_claim_due_hearing_doorbell` answers one doorbell per
+    scan, so a later one waits for the scan ("after the scan's doorbell fan-out"), as does one
+    that rings while that fan-out still runs. None: not such a doorbell."""
+    if heard is None or f is None or f[8] > 1:
+        return None
+    scan = next((x for x in by_kind.get("claim_due", []) if x[1] <= heard <= x[2]), None)
+    if scan is None:
+        return None
+    fan_outs = by_kind.get("fan_out", [])
+    if any(y is not f and scan[1] <= y[1] <= heard <= y[2] for y in fan_outs):
+        return "while the scan's doorbell fan-out ran"
+    if any(scan[1] <= y[1] and y[2] <= heard and y[8] > 1 for y in fan_outs):
+        return "after the scan's doorbell fan-out"
+    return "other"
+
+
+def second_doorbells(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The quiet events whose doorbell came after its due scan's one doorbell fan-out: how
+    many, their latency against the others', and how many of the slowest 5 % / 1 % they are."""
+    rows = sorted(rows, key=lambda r: r["total"])
+    second = [r["total"] for r in rows if r["beside_scan"] == "after the scan's doorbell fan-out"]
+    others = [r["total"] for r in rows if r["beside_scan"] != "after the scan's doorbell fan-out"]
+
+    def among(share: float) -> int:
+        tail = rows[-max(1, round(len(rows) * share)) :]
+        return sum(1 for r in tail if r["beside_scan"] == "after the scan's doorbell fan-out")
+
+    return {
+        "events": len(second),
+        "of": len(rows),
+        "total_p50_ms": _pct(second, 50),
+        "others_total_p50_ms": _pct(others, 50),
+        "in_slowest_5pct": among(0.05),
+        "in_slowest_1pct": among(0.01),
+        "p99_ms_all": _pct([r["total"] for r in rows], 99),
+        "p99_ms_without_them": _pct(others, 99),
+    }
+
+
 STAGES = (
     "total",
     "commit_to_heard",
@@ -165,6 +296,7 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
     arrived = dict(zip(bench["arrivals"]["ids"], bench["arrivals"]["times"], strict=True))
     timeline = bench["timeline"]
     w0, w1 = min(commits.values()), max(commits.values())
+    sched = Sched(log)
     wakes = sorted(x[1] for x in log if x[0] == "wake")
     runs = {x[1]: x[2] for x in log if x[0] == "run"}
     by_kind: dict[str, list[list[Any]]] = {}
@@ -203,8 +335,18 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
         def ms(a_: float | None, b_: float | None) -> float | None:
             return None if a_ is None or b_ is None else (b_ - a_) * 1000
 
+        points = {
+            "commit": commit,
+            "heard": heard,
+            "sent": f[1] if f else None,
+            "returned": f[2] if f else None,
+            "run": run,
+            "signed": t.get("signed"),
+            "arrival": a,
+        }
         rows.append(
             {
+                "split": {n: sched.split(points[x], points[y]) for n, x, y in SPLITS},
                 "total": (a - commit) * 1000,
                 "commit_to_heard": ms(commit, heard),
                 "heard_to_fan_out_sent": ms(heard, f[1] if f else None),
@@ -215,6 +357,7 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
                 "signed_to_arrival": ms(t.get("signed"), a),
                 "running": running,
                 "nested": bool(f and f[8] > 1),
+                "beside_scan": _beside_scan(by_kind, heard, f),
             }
         )
     rows.sort(key=lambda r: r["total"])
@@ -235,9 +378,13 @@ def _one(bench: dict[str, Any], log: list[list[Any]]) -> dict[str, Any]:
         g.append(r)
     return {
         "events": len(rows),
+        "rows": rows,
         "statements": statements,
         "stages_ms": stages,
         "doorbell_rang_during": dict(Counter(r["running"] for r in rows)),
+        "doorbell_during_scan_not_beside": dict(
+            Counter(r["beside_scan"] for r in rows if r["beside_scan"] is not None)
+        ),
         "by_what_ran": {
             k: {
                 "events": len(v),
@@ -281,6 +428,20 @@ def report(out: Path) -> list[dict[str, Any]]:
             print(f"{f}: no daemon log covers its window")
             continue
         results.append({"run": Path(f).name, **_one(bench, logs[inside.index(most)])})
+    pooled = [r for x in results for r in x.pop("rows")]
+    if pooled:
+        # every run's quiet events together: the loop thread's time in each stretch, for all
+        # of them, the slowest 5 % and the slowest 1 %
+        results.append(
+            {
+                "run": "all runs pooled: the loop thread during each stretch (mean ms per event)",
+                "events": len(pooled),
+                "all": tail_split(pooled, 1.0),
+                "slowest_5pct": tail_split(pooled, 0.05),
+                "slowest_1pct": tail_split(pooled, 0.01),
+                "second_doorbells_during_a_scan": second_doorbells(pooled),
+            }
+        )
     return results
 
 
