@@ -39,9 +39,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.probe_install import install_probe
+from bench.probe_install import ATTEMPT_WRAPS, install_probe
 
-PROBE = '''"""Written by bench/loop_probe.py into a frozen copy (never committed)."""
+PROBE = (
+    '''"""Written by bench/loop_probe.py into a frozen copy (never committed)."""
 import atexit, json, os, time
 from dispatcher import delivery as _dl, dispatch as _d, recorder as _r
 
@@ -106,21 +107,9 @@ async def _claim_due_hearing_doorbell(self, conn, params, limit):
            stats.get("pool_size", 0), stats.get("requests_waiting", 0))
 _d.Dispatcher._claim_due_hearing_doorbell = _claim_due_hearing_doorbell
 
-_deliver = _dl.Attempts.deliver
-async def deliver(self, d):
-    _w("run", str(d.id), _now())
-    return await _deliver(self, d)
-_dl.Attempts.deliver = deliver
-
-_write = _r.Recorder._write
-async def _rec_write(self, batch):
-    t0 = _now()
-    try:
-        return await _write(self, batch)
-    finally:
-        _w("record", t0, _now(), len(batch))
-_r.Recorder._write = _rec_write
 '''
+    + ATTEMPT_WRAPS
+)
 
 MAIN = '''"""`python -m dispatcher`, with bench/loop_probe.py's probe imported first."""
 

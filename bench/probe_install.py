@@ -6,6 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Probe text both loop_probe and tail_probe install: a "run" record when an attempt starts
+# and a "record" record around each outcome write. It expects the probe's `_dl` (dispatcher.
+# delivery), `_r` (dispatcher.recorder), `_w` (write one record) and `_now` (its clock).
+ATTEMPT_WRAPS = """_deliver = _dl.Attempts.deliver
+async def deliver(self, d):
+    _w("run", str(d.id), _now())
+    return await _deliver(self, d)
+_dl.Attempts.deliver = deliver
+
+_write = _r.Recorder._write
+async def _rec_write(self, batch):
+    t0 = _now()
+    try:
+        return await _write(self, batch)
+    finally:
+        _w("record", t0, _now(), len(batch))
+_r.Recorder._write = _rec_write
+"""
+
 
 def install_probe(
     snapshot: Path,

@@ -47,9 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.probe_install import install_probe
+from bench.probe_install import ATTEMPT_WRAPS, install_probe
 
-PROBE = '''"""Written by bench/tail_probe.py into a frozen copy (never committed)."""
+PROBE = (
+    '''"""Written by bench/tail_probe.py into a frozen copy (never committed)."""
 import atexit, gc, json, os, time
 import psycopg, psycopg_pool
 from dispatcher import delivery as _dl, dispatch as _d, queries as _q, recorder as _r
@@ -85,21 +86,9 @@ async def _claim_due(self, conn, params, limit):
     return rows
 _d.Dispatcher._claim_due = _claim_due
 
-_deliver = _dl.Attempts.deliver
-async def deliver(self, d):
-    _w("run", str(d.id), _now())
-    return await _deliver(self, d)
-_dl.Attempts.deliver = deliver
-
-_write = _r.Recorder._write
-async def _rec_write(self, batch):
-    t0 = _now()
-    try:
-        return await _write(self, batch)
-    finally:
-        _w("record", t0, _now(), len(batch))
-_r.Recorder._write = _rec_write
-
+'''
+    + ATTEMPT_WRAPS
+    + """
 _names = {}
 _exe = psycopg.AsyncConnection.execute
 async def execute(self, query, *a, **k):
@@ -129,7 +118,8 @@ def _gc(phase, info):
     else:
         _w("gc", _gc0[0], _now(), info.get("generation"), info.get("collected"))
 gc.callbacks.append(_gc)
-'''
+"""
+)
 
 MAIN = '''"""`python -m dispatcher`, with bench/tail_probe.py's probe imported first."""
 
