@@ -192,6 +192,9 @@ async def test_each_doorbell_during_the_scan_gets_a_fan_out_one_at_a_time() -> N
 
 
 async def test_no_further_fan_out_while_stopping_or_without_an_idle_connection() -> None:
+    """The guard holds before each further doorbell fan-out, not only the first: stopping,
+    or no idle pool connection, and the doorbell waits for the pass after the scan. (It
+    passes on the code before branch doorbells too, which never opened a second one.)"""
     for stop in (True, False):
         pool = _Pool()
         d, scan, fan_outs = _dispatcher(pool)
