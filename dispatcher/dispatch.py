@@ -385,14 +385,64 @@ class Dispatcher:
     async def _claim_due_hearing_doorbell(
         self, conn: Conn, params: dict[str, Any], limit: int
     ) -> tuple[list[Claimed], bool]:
-        """`_claim_due`, and a doorbell that rings while it runs (or rang during this pass's
-        fan-out) answered at once by a fan-out on a second connection, with the slots
+        """`_claim_due`, and each doorbell that rings while it runs (or rang during this
+        pass's fan-out) answered at once by a fan-out on a second connection, with the slots
         neither takes, rather than after the scan: a fresh event does not queue behind a
-        due scan, such as the refills of a hot webhook at its cap (issue 12). Returns
+        due scan, such as the refills of a hot webhook at its cap (issue 12). One doorbell
+        fan-out at a time: when one ends while the scan still runs and the doorbell rang
+        again, the next starts, after the same guard (`_spare_beside_scan`). Returns
         (rows started by the scan, whether such a fan-out says more may be waiting).
 
         The two statements may lease rows of one webhook beyond its cap: the extra ones
         wait in its claim-ahead queue or are released unsent, as for any claim."""
+        if self._spare_beside_scan(limit) is None:
+            return await self._claim_due(conn, params, limit), False  # no task of its own
+        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
+        fan_out: asyncio.Future[bool] | None = None
+        fanned = due_full = False
+        try:
+            while True:
+                if not self._wake.is_set():
+                    await self._scan_or_doorbell(scan)
+                # The guard again before each fan-out: rows started by an earlier one
+                # count while in flight; stopping means no further statement.
+                spare = None if scan.done() else self._spare_beside_scan(limit)
+                if spare is None:
+                    break  # the doorbell's pass (if it rang) follows the scan at once
+                self._wake.clear()
+                fan_out = asyncio.ensure_future(
+                    self._claim_and_start(spare, outbox=True, scan=False)
+                )
+                (more,) = await asyncio.gather(fan_out, return_exceptions=True)
+                fan_out = None
+                if isinstance(more, BaseException):
+                    # The scan's rows start; only the doorbell's fan-out failed (no
+                    # connection came, or its statement failed): not this pass's failure.
+                    # Its pass follows the scan.
+                    log.warning("doorbell_fan_out_failed", error=type(more).__name__)
+                    self._wake.set()
+                    break
+                fanned = fanned or more
+                # each nested pass starts by clearing it: keep what an earlier one found
+                due_full = due_full or self._due_full
+            rows = await scan
+        except BaseException:
+            # Cancelled (the pass's deadline, stop): both statements end before this
+            # pass gives its connection back, so rows the scan leased are not orphaned
+            # on a connection the pool closes.
+            children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
+            for child in children:
+                child.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
+            raise
+        self._due_full = due_full or self._due_full
+        return rows, fanned
+
+    def _spare_beside_scan(self, limit: int) -> int | None:
+        """The slots a doorbell's fan-out beside a due scan of `limit` rows may take, or
+        None when none may open now: too few spare slots (rows started by an earlier
+        doorbell fan-out count while in flight), stopping, a nested pass, or no idle pool
+        connection."""
         spare = self._s.concurrency - len(self._inflight) - limit
         if (
             spare < min(self._min_batch, self._s.concurrency)
@@ -405,47 +455,27 @@ class Dispatcher:
             # simply follows the scan.
             or self._pool.get_stats().get("pool_available", 0) < 1
         ):
-            return await self._claim_due(conn, params, limit), False  # no task of its own
-        scan = asyncio.ensure_future(self._claim_due(conn, params, limit))
-        fan_out: asyncio.Future[bool] | None = None
+            return None
+        return spare
+
+    async def _scan_or_doorbell(self, scan: asyncio.Future[list[Claimed]]) -> None:
+        """Until `scan` ends or the doorbell rings: one future, resolved by the scan's done
+        callback or by _ring, rather than a task waiting on the doorbell and asyncio.wait
+        (issue 12, "pyevent": once per due scan, every CLAIM_DUE_EVERY at a steady low
+        rate). The idle wait is not running now."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._waiting_for = (self._wake,)
+
+        def scan_ended(_: object) -> None:
+            _wake_up(waiter)
+
+        scan.add_done_callback(scan_ended)
         try:
-            if not self._wake.is_set():
-                # Until the scan ends or the doorbell rings: one future, resolved by the
-                # scan's done callback or by _ring, rather than a task waiting on the
-                # doorbell and asyncio.wait (issue 12, "pyevent": once per due scan, every
-                # CLAIM_DUE_EVERY at a steady low rate). The idle wait is not running now.
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-                self._waiting_for = (self._wake,)
-                scan.add_done_callback(lambda _: _wake_up(waiter))
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
-                    self._waiting_for = ()
-            if scan.done() or self._stopping:
-                return await scan, False  # the doorbell's pass follows at once
-            self._wake.clear()
-            fan_out = asyncio.ensure_future(self._claim_and_start(spare, outbox=True, scan=False))
-            got = await asyncio.gather(scan, fan_out, return_exceptions=True)
-        except BaseException:
-            # Cancelled (the pass's deadline, stop): both statements end before this
-            # pass gives its connection back, so rows the scan leased are not orphaned
-            # on a connection the pool closes.
-            children: list[asyncio.Future[Any]] = [scan] if fan_out is None else [scan, fan_out]
-            for child in children:
-                child.cancel()
-            await asyncio.gather(*children, return_exceptions=True)
-            raise
-        rows, fanned = got
-        if isinstance(rows, BaseException):
-            raise rows
-        if isinstance(fanned, BaseException):
-            # The scan's rows started; only the doorbell's fan-out failed (no connection
-            # came, or its statement failed): not this pass's failure. Its pass follows.
-            log.warning("doorbell_fan_out_failed", error=type(fanned).__name__)
-            self._wake.set()
-            return rows, False
-        return rows, fanned
+            await waiter
+        finally:
+            scan.remove_done_callback(scan_ended)
+            self._waiter = None
+            self._waiting_for = ()
 
     async def _claim_due(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Claimed]:
         """Lease and start up to `limit` due deliveries, in the order they became due."""

@@ -140,3 +140,75 @@ async def test_cancelled_while_waiting_the_scan_is_cancelled_too_and_the_wait_is
     # the idle wait works as before afterwards
     d.wake()
     assert await asyncio.wait_for(d._wait([d._wake], 60), 5) is True
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(200):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_each_doorbell_during_the_scan_gets_a_fan_out_one_at_a_time() -> None:
+    """A doorbell that rings after the first doorbell fan-out ended, while the scan still
+    runs, gets its own; one that rings during a fan-out waits for it to end (never two at
+    once), then gets the next (branch doorbells, issue 12)."""
+    d, scan, fan_outs = _dispatcher(_Pool())
+    running, release = 0, asyncio.Event()
+    most = 0
+
+    async def claim_and_start(free: int, outbox: bool = True, scan: bool = True) -> bool:
+        nonlocal running, most
+        fan_outs.append((free, outbox, scan))
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        release.clear()
+        return len(fan_outs) == 2  # the second says more may be waiting
+
+    d._claim_and_start = claim_and_start  # type: ignore[method-assign]
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+    await asyncio.wait_for(scan.started.wait(), 5)
+    d.wake()
+    await _until(lambda: len(fan_outs) == 1)
+    d.wake()  # during the first fan-out: waits for it
+    await asyncio.sleep(0.05)
+    assert len(fan_outs) == 1
+    release.set()
+    await _until(lambda: len(fan_outs) == 2)
+    assert len(fan_outs) == 2 and not call.done()
+    release.set()
+    await _until(lambda: running == 0)
+    d.wake()  # after the second ended, the scan still running: a third
+    await _until(lambda: len(fan_outs) == 3)
+    assert len(fan_outs) == 3 and most == 1
+    release.set()
+    await _until(lambda: running == 0)
+    scan.finish.set()
+    rows, fanned = await asyncio.wait_for(call, 5)
+    assert rows == _ROWS * 3 and fanned is True  # any fan-out's "more" is kept
+    assert [f[1:] for f in fan_outs] == [(True, False)] * 3
+
+
+async def test_no_further_fan_out_while_stopping_or_without_an_idle_connection() -> None:
+    """The guard holds before each further doorbell fan-out, not only the first: stopping,
+    or no idle pool connection, and the doorbell waits for the pass after the scan. (It
+    passes on the code before branch doorbells too, which never opened a second one.)"""
+    for stop in (True, False):
+        pool = _Pool()
+        d, scan, fan_outs = _dispatcher(pool)
+        call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {}, 3))
+        await asyncio.wait_for(scan.started.wait(), 5)
+        d.wake()
+        await _until(lambda f=fan_outs: len(f) == 1)
+        if stop:
+            d._stopping = True
+        else:
+            pool.available = 0
+        d.wake()
+        await asyncio.sleep(0.05)
+        assert len(fan_outs) == 1 and not call.done()
+        scan.finish.set()
+        assert await asyncio.wait_for(call, 5) == (_ROWS * 3, False)
+        assert d._wake.is_set()  # heard by the pass that follows
