@@ -19,15 +19,12 @@ from typing import Any
 
 import hostdb
 import pytest
+from support.in_process import running_dispatcher
 from support.receiver import Receiver, Reply
 
 from dispatcher.claims import Claimed
-from dispatcher.db import Conn, open_pool
+from dispatcher.db import Conn
 from dispatcher.dispatch import Dispatcher
-from dispatcher.metrics import Metrics
-from dispatcher.recorder import Recorder
-from dispatcher.sender import Sender
-from dispatcher.settings import load_settings
 
 HOT = 60
 
@@ -71,46 +68,23 @@ async def test_a_doorbell_during_a_held_refill_is_delivered_and_nothing_is_lost(
         return await original(self, c, params, limit)
 
     monkeypatch.setattr(Dispatcher, "_claim_due", claim_due)
-    # Four connections open from the start, as a busy daemon's pool has grown to: the
-    # doorbell's pass never waits for a connection while the scan holds one (with none
-    # idle, the default pool of two here, it follows the scan).
-    settings = load_settings(
-        database_url=db_dsn,
-        allowed_target_networks="127.0.0.1/32",
-        poll_interval=60.0,
-        pool_min_size=4,
-        **limits,
-    )
-    pool = await open_pool(settings)
-    sender = Sender(settings)
-    await sender.start()
-    recorder = Recorder(pool)
-    recording = asyncio.create_task(recorder.run())
-    dispatcher = Dispatcher(settings, pool, sender, recorder, Metrics())
-    loop = asyncio.create_task(dispatcher.run())
-    try:
-        await receiver.wait_for(8, "/hot", timeout=20)  # the backlog is fanned out, draining
-        hold = True  # the next due scan of the loop (a refill) is held before its statement
-        await asyncio.wait_for(held.wait(), 20)
-        event = await hostdb.publish(conn, "order.paid", {"n": 1}, org=quiet_org)
-        dispatcher.wake()  # what the listener does on the NOTIFY
-        got = await receiver.wait_for(1, "/quiet", timeout=10)
-        assert not may_run.is_set()  # delivered while the refill still waits
-        assert str(event) in got[0].body.decode()
-        may_run.set()
-        # The rest of the backlog drains by refills alone: the poll (60 s) is never reached.
-        await hostdb.wait_deliveries(conn, "status = 'success'", HOT + 1, timeout=30)
-        hot_ids = [r.headers["webhook-id"] for r in receiver.requests_for("/hot")]
-        assert len(hot_ids) == len(set(hot_ids)) == HOT
-        # Not asserted: released_unsent. Two statements side by side may lease a capped
-        # webhook's rows beyond its cap and queue (the extra ones go back unsent; 4-8 rows
-        # here in some runs): the room is not divided between them.
-    finally:
-        may_run.set()
-        await dispatcher.stop(5)
-        await asyncio.wait_for(loop, 10)
-        await recorder.drain(5)
-        recording.cancel()
-        await asyncio.gather(recording, return_exceptions=True)
-        await sender.close()
-        await pool.close()
+    async with running_dispatcher(db_dsn, **limits) as (dispatcher, _, _):
+        try:
+            await receiver.wait_for(8, "/hot", timeout=20)  # the backlog is fanned out, draining
+            hold = True  # the next due scan of the loop (a refill) is held before its statement
+            await asyncio.wait_for(held.wait(), 20)
+            event = await hostdb.publish(conn, "order.paid", {"n": 1}, org=quiet_org)
+            dispatcher.wake()  # what the listener does on the NOTIFY
+            got = await receiver.wait_for(1, "/quiet", timeout=10)
+            assert not may_run.is_set()  # delivered while the refill still waits
+            assert str(event) in got[0].body.decode()
+            may_run.set()
+            # The rest of the backlog drains by refills alone: the poll (60 s) is never reached.
+            await hostdb.wait_deliveries(conn, "status = 'success'", HOT + 1, timeout=30)
+            hot_ids = [r.headers["webhook-id"] for r in receiver.requests_for("/hot")]
+            assert len(hot_ids) == len(set(hot_ids)) == HOT
+            # Not asserted: released_unsent. Two statements side by side may lease a capped
+            # webhook's rows beyond its cap and queue (the extra ones go back unsent; 4-8 rows
+            # here in some runs): the room is not divided between them.
+        finally:
+            may_run.set()

@@ -11,21 +11,16 @@ test_doorbell_during_due_scan.py. Nothing about speed is asserted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import hostdb
 import pytest
+from support.in_process import running_dispatcher
 from support.receiver import Receiver, Reply
 
 from dispatcher.claims import Claimed
-from dispatcher.db import Conn, open_pool
+from dispatcher.db import Conn
 from dispatcher.dispatch import Dispatcher
-from dispatcher.metrics import Metrics
-from dispatcher.recorder import Recorder
-from dispatcher.sender import Sender
-from dispatcher.settings import load_settings
 
 HOT = 40
 
@@ -69,35 +64,6 @@ class _Holds:
         monkeypatch.setattr(Dispatcher, "_fan_out", held_fan_out)
 
 
-@asynccontextmanager
-async def _daemon(db_dsn: str) -> AsyncIterator[tuple[Dispatcher, asyncio.Task[None], Recorder]]:
-    settings = load_settings(
-        database_url=db_dsn,
-        allowed_target_networks="127.0.0.1/32",
-        poll_interval=60.0,
-        pool_min_size=4,  # idle connections beside the scan's, as a busy daemon's pool
-        per_webhook_concurrency=4,
-    )
-    pool = await open_pool(settings)
-    sender = Sender(settings)
-    await sender.start()
-    recorder = Recorder(pool)
-    recording = asyncio.create_task(recorder.run())
-    dispatcher = Dispatcher(settings, pool, sender, recorder, Metrics())
-    loop = asyncio.create_task(dispatcher.run())
-    try:
-        yield dispatcher, loop, recorder
-    finally:
-        if not loop.done():
-            await dispatcher.stop(5)
-            await asyncio.wait_for(loop, 10)
-        await recorder.drain(5)
-        recording.cancel()
-        await asyncio.gather(recording, return_exceptions=True)
-        await sender.close()
-        await pool.close()
-
-
 async def _hot_and_quiet(conn: hostdb.Conn, receiver: Receiver) -> Any:
     hot_org = await hostdb.create_org(conn)
     await hostdb.create_webhook(conn, hot_org, receiver.url("/hot"), ["*"])
@@ -113,7 +79,7 @@ async def test_two_doorbells_during_a_held_scan_are_both_delivered_before_it_end
 ) -> None:
     quiet_org = await _hot_and_quiet(conn, receiver)
     holds = _Holds(monkeypatch)
-    async with _daemon(db_dsn) as (dispatcher, _, _):
+    async with running_dispatcher(db_dsn, per_webhook_concurrency=4) as (dispatcher, _, _):
         try:
             await receiver.wait_for(4, "/hot", timeout=20)  # draining by refills
             holds.hold_scan = True
@@ -146,7 +112,8 @@ async def test_stop_during_the_second_doorbells_fan_out_sends_nothing_it_leased(
     quiet_org = await _hot_and_quiet(conn, receiver)
     holds = _Holds(monkeypatch)
     holds.hold_fan_out = 2
-    async with _daemon(db_dsn) as (dispatcher, loop, recorder):
+    daemon = running_dispatcher(db_dsn, per_webhook_concurrency=4)
+    async with daemon as (dispatcher, loop, recorder):
         try:
             await receiver.wait_for(4, "/hot", timeout=20)
             holds.hold_scan = True

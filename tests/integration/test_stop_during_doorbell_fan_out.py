@@ -12,15 +12,12 @@ from typing import Any
 
 import hostdb
 import pytest
+from support.in_process import running_dispatcher
 from support.receiver import Receiver, Reply
 
 from dispatcher.claims import Claimed
-from dispatcher.db import Conn, open_pool
+from dispatcher.db import Conn
 from dispatcher.dispatch import Dispatcher
-from dispatcher.metrics import Metrics
-from dispatcher.recorder import Recorder
-from dispatcher.sender import Sender
-from dispatcher.settings import load_settings
 
 HOT = 40
 
@@ -63,43 +60,24 @@ async def test_stop_during_the_doorbells_fan_out_sends_nothing_it_leased(
 
     monkeypatch.setattr(Dispatcher, "_claim_due", held_claim_due)
     monkeypatch.setattr(Dispatcher, "_fan_out", held_fan_out)
-    settings = load_settings(
-        database_url=db_dsn,
-        allowed_target_networks="127.0.0.1/32",
-        poll_interval=60.0,
-        pool_min_size=4,
-        per_webhook_concurrency=4,
-    )
-    pool = await open_pool(settings)
-    sender = Sender(settings)
-    await sender.start()
-    recorder = Recorder(pool)
-    recording = asyncio.create_task(recorder.run())
-    dispatcher = Dispatcher(settings, pool, sender, recorder, Metrics())
-    loop = asyncio.create_task(dispatcher.run())
-    try:
-        await receiver.wait_for(4, "/hot", timeout=20)  # draining by refills
-        hold_scan = True
-        await asyncio.wait_for(scan_held.wait(), 20)
-        event = await hostdb.publish(conn, "order.paid", {"n": 1}, org=quiet_org)
-        dispatcher.wake()  # the NOTIFY: a fan-out on a second connection, held too
-        await asyncio.wait_for(fan_out_held.wait(), 20)
-        stopping = asyncio.create_task(dispatcher.stop(5))
-        await asyncio.sleep(0.2)  # stop() is waiting for the pass
-        assert not stopping.done()
-        go.set()  # both statements run now, after the stop began
-        await asyncio.wait_for(stopping, 30)
-        await asyncio.wait_for(loop, 10)
-        await recorder.drain(5)
-    finally:
-        go.set()
-        if not loop.done():
-            await dispatcher.stop(5)
+    daemon = running_dispatcher(db_dsn, per_webhook_concurrency=4)
+    async with daemon as (dispatcher, loop, recorder):
+        try:
+            await receiver.wait_for(4, "/hot", timeout=20)  # draining by refills
+            hold_scan = True
+            await asyncio.wait_for(scan_held.wait(), 20)
+            event = await hostdb.publish(conn, "order.paid", {"n": 1}, org=quiet_org)
+            dispatcher.wake()  # the NOTIFY: a fan-out on a second connection, held too
+            await asyncio.wait_for(fan_out_held.wait(), 20)
+            stopping = asyncio.create_task(dispatcher.stop(5))
+            await asyncio.sleep(0.2)  # stop() is waiting for the pass
+            assert not stopping.done()
+            go.set()  # both statements run now, after the stop began
+            await asyncio.wait_for(stopping, 30)
             await asyncio.wait_for(loop, 10)
-        recording.cancel()
-        await asyncio.gather(recording, return_exceptions=True)
-        await sender.close()
-        await pool.close()
+            await recorder.drain(5)
+        finally:
+            go.set()
 
     assert receiver.requests_for("/quiet") == [], "the doorbell's row was sent while stopping"
     leased = await hostdb.deliveries(
