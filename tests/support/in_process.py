@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import hostdb
+
 from dispatcher.db import open_pool
 from dispatcher.dispatch import Dispatcher
 from dispatcher.metrics import Metrics
@@ -53,3 +55,28 @@ async def running_dispatcher(
         await asyncio.gather(recording, return_exceptions=True)
         await sender.close()
         await pool.close()
+
+
+async def assert_stopped_cleanly_then_delivered_once(
+    conn: Any,
+    receiver: Any,
+    start_daemon: Any,
+    *,
+    unsent_event: Any,
+    sent: dict[str, int],
+) -> None:
+    """After a stop() that raced a doorbell's fan-out: nothing is left leased, the event whose
+    row was leased while stopping is `pending` (given back unsent), and a later daemon (the
+    test's patches undone first) delivers every event once: `sent` is requests per receiver
+    path in the end, each with its own webhook-id."""
+    leased = await hostdb.deliveries(
+        conn, "status IN ('pending', 'retrying') AND next_retry_at > now()"
+    )
+    assert leased == [], "rows left leased after stop"
+    rows = await hostdb.deliveries(conn, "event_id = %s", (unsent_event,))
+    assert len(rows) == 1 and rows[0]["status"] == "pending", rows
+    await start_daemon(per_webhook_concurrency=4)
+    await hostdb.wait_deliveries(conn, "status = 'success'", sum(sent.values()), timeout=60)
+    for path, n in sent.items():
+        ids = [r.headers["webhook-id"] for r in receiver.requests_for(path)]
+        assert len(ids) == len(set(ids)) == n, path
