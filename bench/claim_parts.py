@@ -14,12 +14,13 @@ per leased row; each variant's leased ids are compared with the first variant's:
     nice -n 5 .venv/bin/python bench/claim_parts.py --own-server tree cut:window floor
 
 A variant is ``tree`` (the tree's `delivery_claim_due`), ``file:PATH`` (the block
-`delivery_claim_due` of a file of named blocks; a file's ``-- function:`` blocks of
-``CREATE FUNCTION`` text are run first), ``cut:A+B`` (the tree's statement, and
+`delivery_claim_due` of a file of named blocks; its blocks named ``function...``, each a
+``CREATE FUNCTION``, are run first), ``cut:A+B`` (the tree's statement, and
 claim_candidates_v2 as a copy of its own, with the cuts of CUTS applied: a part taken out to
 see what it costs, not a statement to run in a daemon), ``inline`` (the candidates' query in
 the statement, no function; ``nosort:`` in front: with the function's two settings on the
-connection), ``floor`` / ``floor_wide`` (bench/bench.sql's `floor_lease` / `floor_lease_wide`).
+connection; ``generic:`` / ``custom:``: ``plan_cache_mode`` forced on it), ``floor`` /
+``floor_wide`` (bench/bench.sql's `floor_lease` / `floor_lease_wide`).
 docs/performance.md, "the claim statement, part by part (claimparts)".
 """
 
@@ -168,6 +169,8 @@ def inline_candidates() -> str:
 
 PREFIXES: dict[str, str] = {
     "nosort:": "SET enable_bitmapscan = off; SET enable_sort = off",
+    "generic:": "SET plan_cache_mode = force_generic_plan",
+    "custom:": "SET plan_cache_mode = force_custom_plan",
 }
 
 
