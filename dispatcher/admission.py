@@ -104,6 +104,11 @@ class Admission(Generic[T]):
         self._streak: dict[UUID, tuple[int, float]] = {}
         # webhooks the last claim held back: rows of theirs may be waiting
         self._held: set[UUID] = set()
+        # failing webhooks whose due probe a due scan offered and found no row for (all of
+        # their rows final, or the webhook disabled by a 410): their probe no longer arms
+        # the loop's timer (next_probe_in); doorbells and polls find new work as for any
+        # webhook, and a row of theirs claimed or an outcome of theirs clears the mark
+        self._probe_idle: set[UUID] = set()
         self._asked: dict[UUID, int] = {}  # the room the last claim statement was given
 
     # -- the rule ---------------------------------------------------------------------
@@ -336,6 +341,8 @@ class Admission(Generic[T]):
         410 (`gone`: the webhook is being disabled) makes it failing at once: its queued
         rows go back unsent and it is not claimed again before a probe, which finds it
         disabled (or enabled again, and then a success ends the streak)."""
+        if self._probe_idle:
+            self._probe_idle.discard(webhook_id)
         if success:
             # both are empty while every webhook succeeds: no lookup (UUID.__hash__ is Python)
             if self._streak:
@@ -352,11 +359,38 @@ class Admission(Generic[T]):
         return self._inflight.get(webhook_id, 0)
 
     def next_probe_in(self) -> float | None:
-        """Seconds until the earliest held-back probe of a failing webhook may go, if any."""
+        """Seconds until the earliest held-back probe of a failing webhook may go, if any.
+
+        A probe a due scan already offered and found no row for (`due_scanned`) does not
+        count: with nothing of that webhook's due, a timer at 0 s would have the loop scan
+        again every millisecond for as long as the process lives (a webhook gone with 410,
+        or three final failures and no row left)."""
         now = self._clock()
         waits = [
             until - now
             for hook, (streak, until) in self._streak.items()
-            if streak >= FAILING_AFTER and not self._inflight.get(hook)
+            if streak >= FAILING_AFTER
+            and not self._inflight.get(hook)
+            and hook not in self._probe_idle
         ]
         return max(0.0, min(waits)) if waits else None
+
+    def due_scanned(self, started: float, claimed: Iterable[UUID], full: bool) -> None:
+        """A due scan that began at `started` (this clock) leased rows of the `claimed`
+        webhooks; `full`: it reached its limit (rows of others may simply not have fit). A
+        failing webhook whose probe was already due when it began, and of which it leased
+        nothing, is marked idle (next_probe_in); one it leased a row of is not."""
+        if not self._streak:
+            return
+        got = set(claimed)
+        self._probe_idle -= got
+        if full:
+            return
+        for hook, (streak, until) in self._streak.items():
+            if (
+                streak >= FAILING_AFTER
+                and until <= started
+                and hook not in got
+                and not self._inflight.get(hook)
+            ):
+                self._probe_idle.add(hook)

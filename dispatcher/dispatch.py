@@ -486,7 +486,12 @@ class Dispatcher:
         cur = await conn.execute(
             query("delivery_claim_due"), {**room, **params, "limit": limit, "scan": limit * 4}
         )
-        return self._start_rows(await cur.fetchall(), sent, room)
+        started = self._start_rows(await cur.fetchall(), sent, room)
+        # a failing webhook's due probe that found nothing stops arming the idle timer
+        self.admission.due_scanned(
+            sent, (d.webhook_id for d in started), full=len(started) >= limit
+        )
+        return started
 
     def _start_rows(self, rows: list[Any], sent: float, room: dict[str, Any]) -> list[Claimed]:
         """Start an attempt for each leased row; returns what was started. `sent` is when

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import hostdb
+import pytest
 from support.receiver import Reply
 
 from dispatcher.recorder import LINGER_TARGET
@@ -47,6 +48,44 @@ async def test_a_410_sends_no_queued_row_to_the_gone_endpoint(conn, receiver, st
     )
     ids = [r.headers["webhook-id"] for r in receiver.requests_for("/gone")]
     assert len(ids) == len(set(ids)) == 20
+
+
+@pytest.mark.parametrize("status", [410, 400])
+async def test_a_failing_webhook_with_nothing_left_to_send_does_not_make_the_loop_spin(
+    conn, receiver, start_daemon, status
+):
+    """A webhook gone with 410 (disabled), or one whose last three rows ended in final 4xx
+    failures, has a probe due that no row can fill. The loop's idle timer armed for that
+    probe fired at once, forever: ~700 passes a second, each a fan-out and a due scan, for
+    as long as the process lived (review of branch breakit). Now the scan that finds no row
+    for the probe leaves the loop to its doorbells and polls: a handful of passes a second."""
+    org = await hostdb.create_org(conn)
+    await hostdb.set_retry_config(
+        conn,
+        org,
+        retry_strategy="fixed",
+        base_delay_seconds=1,
+        enable_jitter=False,
+        max_retries=0,
+    )
+    hook = (await hostdb.create_webhook(conn, org, receiver.url("/fails"), ["*"]))["id"]
+    receiver.respond("/fails", Reply(status))
+    await hostdb.insert_events_directly(conn, org, "job.created", 3)
+    daemon = await start_daemon(per_webhook_concurrency=1, poll_interval=1.0)
+    dispatcher = daemon.app.dispatcher
+    assert dispatcher is not None
+    await hostdb.wait_deliveries(
+        conn,
+        "webhook_id = %s AND status = 'failed'",
+        3 if status == 400 else 1,
+        (hook,),
+        timeout=30,
+    )
+    await asyncio.sleep(2.5)  # past the probe's spacing (1 s): the probe is due, no row for it
+    before = dispatcher.progress
+    await asyncio.sleep(2.0)
+    passes = dispatcher.progress - before
+    assert passes < 40, f"{passes} loop passes in 2 s with nothing to do"
 
 
 async def test_a_row_whose_lease_ran_out_in_the_queue_is_sent_once_by_whoever_took_it(

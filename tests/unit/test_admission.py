@@ -103,6 +103,36 @@ def test_a_410_makes_the_webhook_failing_at_once_and_hands_its_queue_back() -> N
     assert adm.room() == {hook: 1}  # one probe: it finds the webhook disabled, or enabled
 
 
+def test_a_due_probe_with_nothing_to_claim_stops_arming_the_timer() -> None:
+    """A webhook gone with 410 (or three final failures and no row left) has a due probe that
+    no scan can fill: next_probe_in must not stay at 0, or the loop scans every millisecond
+    for as long as it lives (review of branch breakit)."""
+    adm, clock = make()
+    hook = uuid4()
+    adm.outcome(hook, POLICY, success=False, counts=True, gone=True)
+    clock.now += probe_delay(POLICY, FAILING_AFTER) + 0.5
+    assert adm.next_probe_in() == 0.0
+    adm.due_scanned(clock.now, [], full=False)  # the scan offered the probe: no row of it
+    assert adm.next_probe_in() is None
+    adm.due_scanned(clock.now, [hook], full=False)  # a row of it turned up and was claimed
+    assert adm.next_probe_in() == 0.0
+
+
+def test_a_full_scan_or_a_probe_not_yet_due_keeps_the_timer() -> None:
+    adm, clock = make()
+    hook = uuid4()
+    adm.outcome(hook, POLICY, success=False, counts=True, gone=True)
+    adm.due_scanned(clock.now, [], full=False)  # before the probe was due: not offered
+    assert adm.next_probe_in() == probe_delay(POLICY, FAILING_AFTER)
+    clock.now += probe_delay(POLICY, FAILING_AFTER)
+    adm.due_scanned(clock.now, [uuid4()], full=True)  # its row may not have fit
+    assert adm.next_probe_in() == 0.0
+    adm.due_scanned(clock.now, [], full=False)
+    assert adm.next_probe_in() is None
+    adm.outcome(hook, POLICY, success=False, counts=True)  # a probe's outcome: armed again
+    assert adm.next_probe_in() == probe_delay(POLICY, FAILING_AFTER + 1)
+
+
 def test_failures_that_do_not_count_leave_the_streak_alone() -> None:
     adm, _ = make()
     hook = uuid4()
