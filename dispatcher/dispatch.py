@@ -294,7 +294,12 @@ class Dispatcher:
             self._due_full = len(due) >= batch or self._due_full
             return self._due_full or fanned
         async with self._pool.connection() as conn:
-            scan_due = scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            # A doorbell's pass beside a due scan (nested: _passes > 1) never scans due work
+            # itself: the scan it runs beside is one, and a fresh event must not wait behind
+            # a second (which would also lease a capped webhook's rows twice over).
+            scan_due = self._passes == 1 and (
+                scan or time.monotonic() - self._due_scanned >= CLAIM_DUE_EVERY
+            )
             due_first = scan_due and self._outbox_busy
             due = await self._claim_due(conn, params, batch) if due_first else []
             room_for_new = batch - len(due)

@@ -8,6 +8,9 @@ methods (`_claim_due`, `_claim_and_start`): what crosses psycopg is not exercise
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from dispatcher.dispatch import Dispatcher
@@ -23,6 +26,10 @@ class _Pool:
 
     def get_stats(self) -> dict[str, int]:
         return {"pool_available": self.available}
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        yield _CONN
 
 
 class _Scan:
@@ -212,3 +219,37 @@ async def test_no_further_fan_out_while_stopping_or_without_an_idle_connection()
         scan.finish.set()
         assert await asyncio.wait_for(call, 5) == (_ROWS * 3, False)
         assert d._wake.is_set()  # heard by the pass that follows
+
+
+async def test_a_doorbells_pass_beside_a_slow_scan_scans_no_due_work_of_its_own() -> None:
+    """A doorbell heard CLAIM_DUE_EVERY or more into a slow due scan: its pass (nested, on a
+    second connection) is the fan-out alone. It used to run a due scan of its own too,
+    before its fan-out when the outbox was busy: the fresh event waited behind a second scan
+    and a capped webhook's rows were leased twice over (review of branch doorbells)."""
+    d, scan, _ = _dispatcher(_Pool())
+    del d._claim_and_start  # the real pass, with its statements stood in for below
+    calls: list[tuple[str, int]] = []
+
+    async def claim_due(conn: Any, params: dict[str, Any], limit: int) -> list[Any]:
+        calls.append(("due", d._passes))
+        if d._passes == 1:
+            await scan.finish.wait()  # the loop's own scan, slow
+        return []
+
+    async def fan_out(
+        conn: Any, params: dict[str, Any], events_wanted: int, claim: int
+    ) -> tuple[int, list[Any]]:
+        calls.append(("fan_out", d._passes))
+        return 0, []
+
+    d._claim_due = claim_due  # type: ignore[method-assign]
+    d._fan_out = fan_out  # type: ignore[method-assign]
+    d._outbox_busy = True  # the outbox held more: a due scan would go first
+    call = asyncio.ensure_future(d._claim_due_hearing_doorbell(_CONN, {"lease": 30.0}, 3))
+    await _until(lambda: calls == [("due", 1)])
+    d._due_scanned = time.monotonic() - 1.0  # the doorbell comes long into the scan
+    d.wake()
+    await _until(lambda: ("fan_out", 2) in calls)
+    scan.finish.set()
+    await asyncio.wait_for(call, 5)
+    assert calls == [("due", 1), ("fan_out", 2)]
