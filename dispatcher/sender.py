@@ -382,6 +382,10 @@ class Sender:
         return out
 
 
+# a host shown in a redirect's error: a DNS name, an IPv4 or an IPv6 literal, nothing else
+_PLAIN_HOST = re.compile(r"[a-z0-9.-]+|[0-9a-f:.]+(%[a-z0-9]+)?", re.IGNORECASE)
+
+
 def redirect_shown(location: str) -> str:
     """A redirect's target as an attempt's error (and so its log line) quotes it: scheme,
     host and port only, "/..." standing for any path or query. A redirect often echoes the
@@ -392,7 +396,11 @@ def redirect_shown(location: str) -> str:
     try:
         url = URL(text)
         origin = str(url.origin()) if url.absolute and url.raw_host else None
-    except (ValueError, TypeError):
+    except Exception:  # yarl raises IndexError too on some malformed hosts
+        origin = None
+    if origin is not None and not _PLAIN_HOST.fullmatch(url.raw_host or ""):
+        # a host yarl accepted with other characters in it (percent-encoded path or query,
+        # ';'): it may carry what followed it in the URL
         origin = None
     if origin is None:
         return "(a relative or unreadable Location)" if text else "(no Location)"

@@ -20,6 +20,12 @@ from dispatcher.sender import redirect_shown
         ("/elsewhere?token=s3cret", "(a relative or unreadable Location)"),
         ("http://[::1/x?token=s3cret", "(a relative or unreadable Location)"),
         ("", "(no Location)"),
+        # a host yarl accepts with encoded path and query in it, or a ';' (review)
+        ("https://example.com%2Fhook%3Ftoken%3Ds3cret", "(a relative or unreadable Location)"),
+        ("https://example.com;s3cret/x", "(a relative or unreadable Location)"),
+        # yarl raises IndexError on these (review): no crash, nothing shown
+        ("https://[]>@/", "(a relative or unreadable Location)"),
+        ("http://[]@", "(a relative or unreadable Location)"),
     ],
 )
 def test_a_redirect_is_shown_by_its_origin_alone(location: str, shown: str) -> None:
