@@ -22,7 +22,7 @@ import pytest_asyncio
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.daemon import DaemonProcess
-from support.pg import PgCluster, find_bindir, server_major
+from support.pg import PgCluster, clean_up_on_sigterm, find_bindir, server_major
 from support.proxy import TcpProxy
 from support.receiver import Receiver
 
@@ -101,6 +101,7 @@ def template_dsn(pg_cluster: PgCluster) -> str:
 def db_dsn(pg_cluster: PgCluster, template_dsn: str) -> Iterator[str]:
     """A fresh migrated database per test, dropped (WITH FORCE) afterwards."""
     name = f"t_{uuid.uuid4().hex}"
+    clean_up_on_sigterm()  # an in-process daemon's event loop may have reset SIGTERM
     _ensure_running(pg_cluster)
     _create_with_retry(pg_cluster, name, TEMPLATE_DB)
     try:

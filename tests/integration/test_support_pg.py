@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +196,52 @@ def test_an_unavailable_version_fails_naming_what_was_found(
     monkeypatch.setenv(VERSION_ENV, "sixteen")
     with pytest.raises(PgClusterError, match="expected a major version"):
         find_bindir()
+
+
+def test_a_process_killed_by_sigterm_leaves_no_cluster_running(tmp_path: Path) -> None:
+    """atexit does not run on SIGTERM (a CI timeout, pkill): a pytest or bench killed that way
+    left its servers running and their data under /dev/shm. The first cluster installs a
+    handler that cleans up and then dies of the signal as before."""
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from support.pg import PgCluster\n"
+        "c = PgCluster()\n"
+        "c.start()\n"
+        "print(c.root, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    root: Path | None = None
+    pid = 0
+    try:
+        assert proc.stdout is not None
+        root = Path(proc.stdout.readline().strip())
+        pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM  # still dies of the signal
+        assert not root.exists(), "the cluster's directory is left behind"
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        assert not _alive(pid), "the postmaster is still running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if pid and _alive(pid):  # the failure this test looks for: do not leave it running
+            os.kill(pid, signal.SIGQUIT)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -23,6 +23,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -268,6 +269,32 @@ def reachable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
 
 _reachable_copies: dict[Path, Path] = {}
 
+# Clusters not cleaned up yet. atexit does not run when the process is killed by SIGTERM (a CI
+# timeout, `pkill`, a supervisor), which left running servers and their data under /dev/shm:
+# the first cluster installs a SIGTERM handler that cleans them up and then dies of the
+# signal as before, if nothing else handles SIGTERM in this process.
+_live: list[PgCluster] = []
+_owner = os.getpid()  # a forked child inherits the handler, not the clusters
+
+
+def _clean_up_and_die(signum: int, frame: object) -> None:
+    if os.getpid() == _owner:
+        for cluster in list(_live):
+            cluster.cleanup()
+        for copy in _reachable_copies.values():
+            shutil.rmtree(copy.parent.parent, ignore_errors=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def clean_up_on_sigterm() -> None:
+    """Install the SIGTERM clean-up (again: an event loop that handled SIGTERM itself, such as
+    an in-process daemon's, puts the default back when it closes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _clean_up_and_die)
+
 
 # --------------------------------------------------------------------------- cluster
 
@@ -295,6 +322,8 @@ class PgCluster:
         self._cleaned = False
         self._prepare_root()
         atexit.register(self.cleanup)
+        _live.append(self)
+        clean_up_on_sigterm()
 
     def __repr__(self) -> str:
         return f"PgCluster(port={self.port}, root={self.root}, bindir={self.bindir})"
@@ -341,6 +370,8 @@ class PgCluster:
             return
         self._cleaned = True
         atexit.unregister(self.cleanup)
+        if self in _live:
+            _live.remove(self)
         try:
             self.stop("immediate", timeout=10)
         except (PgClusterError, subprocess.SubprocessError):
