@@ -196,7 +196,12 @@ async def test_full_scenario_runs_under_the_dispatcher_role(
     )
     attempts = {r["webhook_id"]: r["n"] for r in await cur.fetchall()}
     # History of every attempt of deliveries that did not succeed at once (written as the role).
-    assert attempts == {flaky["id"]: 2, dead["id"]: 8, gone["id"]: 4}
+    # The gone webhook: its first 410 disables it, and a row of it leased before that answer
+    # but not started yet is given back unsent and ends 'Webhook is not active' without an
+    # attempt (branch breakit); how many of the other three were already in flight is timing.
+    gone_attempts = attempts.pop(gone["id"], 0)
+    assert attempts == {flaky["id"]: 2, dead["id"]: 8}
+    assert 1 <= gone_attempts <= 4, gone_attempts
     # Lifecycle events (0026): a delivery.dead_lettered published as the role from
     # record_outcomes (one: the others fall under the per-webhook rate limit), none refused.
     cur = await conn.execute(
