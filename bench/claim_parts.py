@@ -44,7 +44,14 @@ sys.path.insert(0, os.getcwd())  # the tree under test
 from bench.fanout_parts import flex
 from bench.floor import room_params
 from bench.infra import q as bench_query
-from bench.statement_cpu import backend_cpu, fan_out_params, fresh_database, server, wal_lsn
+from bench.statement_cpu import (
+    backend_cpu,
+    fan_out_params,
+    fresh_database,
+    prepared_plans,
+    server,
+    wal_lsn,
+)
 from bench.workload import create_webhooks, publish_backlog
 from dispatcher.migrations import apply_migrations
 from dispatcher.queries import load
@@ -285,12 +292,7 @@ async def run(
                     cpu[s].append(spent * 1000 / len(got))
                     wal[s].append(written // len(got))
         for s in specs:
-            cur = await conns[s].execute(
-                "SELECT sum(generic_plans) AS g, sum(custom_plans) AS c FROM pg_prepared_statements"
-            )
-            got_plans = await cur.fetchone()
-            if got_plans is not None:
-                plans[s] = (int(got_plans["g"] or 0), int(got_plans["c"] or 0))
+            plans[s] = await prepared_plans(conns[s])
         if explain:
             for s in specs:
                 conn = conns[s]

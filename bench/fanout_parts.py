@@ -47,7 +47,14 @@ from psycopg.rows import dict_row
 sys.path.insert(0, os.getcwd())  # the tree under test
 
 from bench.infra import q as bench_query
-from bench.statement_cpu import backend_cpu, fan_out_params, fresh_database, server, wal_lsn
+from bench.statement_cpu import (
+    backend_cpu,
+    fan_out_params,
+    fresh_database,
+    prepared_plans,
+    server,
+    wal_lsn,
+)
 from bench.workload import create_webhooks, publish_backlog
 from dispatcher.migrations import apply_migrations
 from dispatcher.queries import load
@@ -318,14 +325,7 @@ async def run(
                     cpu[s].append(spent * 1000 / made)
                     wal[s].append(written // made)
         for s in specs:
-            # how the server ran the prepared statement: a generic plan (planned once) or a
-            # custom plan (planned again on every call)
-            cur = await conns[s].execute(
-                "SELECT sum(generic_plans) AS g, sum(custom_plans) AS c FROM pg_prepared_statements"
-            )
-            got_plans = await cur.fetchone()
-            if got_plans is not None:
-                plans[s] = (int(got_plans["g"] or 0), int(got_plans["c"] or 0))
+            plans[s] = await prepared_plans(conns[s])
         if explain:
             # each variant's plan, run once more (rolled back), with per-node timing
             for s in specs:

@@ -179,6 +179,16 @@ async def wal_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     return int((await cur.fetchone() or {})["b"])
 
 
+async def prepared_plans(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+    """How this connection's prepared statements ran so far: (generic plans, planned once;
+    custom plans, planned again on every call)."""
+    cur = await conn.execute(
+        "SELECT sum(generic_plans) AS g, sum(custom_plans) AS c FROM pg_prepared_statements"
+    )
+    row = await cur.fetchone() or {}
+    return int(row.get("g") or 0), int(row.get("c") or 0)
+
+
 async def marked_stats(conn: psycopg.AsyncConnection[Any]) -> dict[str, dict[str, float]]:
     """Calls, server ms and shared buffers of the statements named by MARKS."""
     out: dict[str, dict[str, float]] = {}
